@@ -1,0 +1,112 @@
+/*
+ * One logging module (after OpenBSD's log.c): text lines to stderr in the foreground, JSON lines
+ * with --log-format=json. Untrusted text is escaped by callers with log_escape().
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common.h"
+
+enum log_level common_log_level = LOG_LEVEL_WARN;
+static enum log_format log_format_cur = LOG_FORMAT_TEXT;
+static const char *log_prog = "paddock";
+
+static const char *const level_names[] = {"error", "warn", "info", "debug"};
+
+void
+log_init(const char *progname, enum log_level level, enum log_format format)
+{
+    if (progname != NULL)
+        log_prog = progname;
+    common_log_level = level;
+    log_format_cur = format;
+}
+
+/* Escapes for a text line, or (json) for the inside of a JSON string. */
+static char *
+escape_impl(const void *data, size_t len, size_t max, bool json)
+{
+    const unsigned char *p = data;
+    size_t n = len < max ? len : max;
+    char *out = xmalloc(n * 6 + 4);
+    size_t o = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = p[i];
+        if (c == '\n') {
+            out[o++] = '\\';
+            out[o++] = 'n';
+        } else if (c == '\t') {
+            out[o++] = '\\';
+            out[o++] = 't';
+        } else if (c == '\\') {
+            out[o++] = '\\';
+            out[o++] = '\\';
+        } else if (c == '"') {
+            out[o++] = '\\';
+            out[o++] = '"';
+        } else if ((c < 0x20 || c >= 0x7f) && json) {
+            snprintf(out + o, 7, "\\u%04x", c);
+            o += 6;
+        } else if (c < 0x20 || c >= 0x7f) {
+            snprintf(out + o, 5, "\\x%02x", c);
+            o += 4;
+        } else {
+            out[o++] = (char)c;
+        }
+    }
+    if (n < len) {
+        memcpy(out + o, "...", 3);
+        o += 3;
+    }
+    out[o] = '\0';
+    return out;
+}
+
+char *
+log_escape(const void *data, size_t len, size_t max)
+{
+    return escape_impl(data, len, max, false);
+}
+
+void
+common_log(enum log_level level, int errnum, const char *fmt, ...)
+{
+    va_list ap;
+    char *msg = NULL;
+    int saved = errno;
+
+    va_start(ap, fmt);
+    if (vasprintf(&msg, fmt, ap) < 0)
+        msg = NULL;
+    va_end(ap);
+    if (msg == NULL)
+        return;
+    if (log_format_cur == LOG_FORMAT_JSON) {
+        char ts[40];
+        cleanup_free char *esc = escape_impl(msg, strlen(msg), 65536, true);
+        util_format_time(util_now_ms(), ts, sizeof(ts));
+        if (errnum != 0)
+            fprintf(stderr, "{\"time\":\"%s\",\"level\":\"%s\",\"msg\":\"%s: %s\"}\n", ts,
+                    level_names[level], esc, strerror(errnum));
+        else
+            fprintf(stderr, "{\"time\":\"%s\",\"level\":\"%s\",\"msg\":\"%s\"}\n", ts,
+                    level_names[level], esc);
+    } else if (errnum != 0) {
+        fprintf(stderr, "%s: %s: %s\n", log_prog, msg, strerror(errnum));
+    } else {
+        fprintf(stderr, "%s: %s\n", log_prog, msg);
+    }
+    free(msg);
+    errno = saved;
+}
+
+void
+log_err(const struct err *e)
+{
+    common_log(LOG_LEVEL_ERROR, 0, "%s", e->msg);
+}

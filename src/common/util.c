@@ -1,0 +1,300 @@
+/* Ids, sizes, time and small fd helpers. */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common.h"
+
+int
+util_random(void *buf, size_t n, struct err **errp)
+{
+    unsigned char *p = buf;
+
+    while (n > 0) {
+        ssize_t r = getrandom(p, n, 0);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return err_set(errp, ERR_INTERNAL, errno, "getrandom");
+        p += r;
+        n -= (size_t)r;
+    }
+    return 0;
+}
+
+static const char b32[] = "abcdefghijklmnopqrstuvwxyz234567";
+
+int
+util_id_new(const char *prefix, char *out, size_t outlen, struct err **errp)
+{
+    unsigned char raw[16];
+    size_t plen = strlen(prefix);
+    uint64_t acc = 0;
+    int bits = 0;
+    size_t o = plen;
+
+    ASSERT(outlen >= plen + 27);
+    if (util_random(raw, sizeof(raw), errp) < 0)
+        return -1;
+    memcpy(out, prefix, plen);
+    for (size_t i = 0; i < sizeof(raw); i++) {
+        acc = (acc << 8) | raw[i];
+        bits += 8;
+        while (bits >= 5) {
+            out[o++] = b32[(acc >> (bits - 5)) & 31];
+            bits -= 5;
+        }
+    }
+    if (bits > 0)
+        out[o++] = b32[(acc << (5 - bits)) & 31];
+    out[o] = '\0';
+    return 0;
+}
+
+bool
+util_id_valid(const char *prefix, const char *s)
+{
+    size_t plen = strlen(prefix);
+
+    if (strncmp(s, prefix, plen) != 0 || strlen(s) != plen + 26)
+        return false;
+    for (const char *p = s + plen; *p != '\0'; p++)
+        if (strchr(b32, *p) == NULL)
+            return false;
+    return true;
+}
+
+int
+util_parse_u64(const char *s, uint64_t max, uint64_t *out, struct err **errp)
+{
+    uint64_t v = 0;
+
+    if (s == NULL || *s == '\0')
+        return err_set(errp, ERR_INVALID, 0, "empty number");
+    for (const char *p = s; *p != '\0'; p++) {
+        if (*p < '0' || *p > '9')
+            return err_set(errp, ERR_INVALID, 0, "'%s' is not a non-negative integer", s);
+        if (v > (UINT64_MAX - (uint64_t)(*p - '0')) / 10)
+            return err_set(errp, ERR_INVALID, 0, "'%s' is too large", s);
+        v = v * 10 + (uint64_t)(*p - '0');
+    }
+    if (v > max)
+        return err_set(errp, ERR_INVALID, 0, "'%s' is larger than %" PRIu64, s, max);
+    *out = v;
+    return 0;
+}
+
+int
+util_parse_size(const char *s, uint64_t *out, struct err **errp)
+{
+    const char *p = s;
+    uint64_t v = 0, mult = 1;
+    bool digits = false;
+
+    if (s == NULL)
+        return err_set(errp, ERR_INVALID, 0, "empty size");
+    for (; *p >= '0' && *p <= '9'; p++) {
+        digits = true;
+        if (v > (UINT64_MAX - (uint64_t)(*p - '0')) / 10)
+            return err_set(errp, ERR_INVALID, 0, "size '%s' is too large", s);
+        v = v * 10 + (uint64_t)(*p - '0');
+    }
+    if (!digits)
+        return err_set(errp, ERR_INVALID, 0,
+                       "size '%s' must be a number with an optional K, M, G or T suffix", s);
+    switch (*p) {
+    case '\0':
+        break;
+    case 'k':
+    case 'K':
+        mult = 1ULL << 10;
+        break;
+    case 'm':
+    case 'M':
+        mult = 1ULL << 20;
+        break;
+    case 'g':
+    case 'G':
+        mult = 1ULL << 30;
+        break;
+    case 't':
+    case 'T':
+        mult = 1ULL << 40;
+        break;
+    default:
+        return err_set(errp, ERR_INVALID, 0,
+                       "size '%s' must be a number with an optional K, M, G or T suffix", s);
+    }
+    if (*p != '\0') {
+        p++;
+        if (strcmp(p, "") != 0 && strcmp(p, "i") != 0 && strcmp(p, "iB") != 0 &&
+            strcmp(p, "B") != 0)
+            return err_set(errp, ERR_INVALID, 0,
+                           "size '%s' must be a number with an optional K, M, G or T suffix", s);
+    }
+    if (mult > 1 && v > UINT64_MAX / mult)
+        return err_set(errp, ERR_INVALID, 0, "size '%s' is too large", s);
+    *out = v * mult;
+    return 0;
+}
+
+void
+util_format_size(uint64_t bytes, char *out, size_t outlen)
+{
+    static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+    unsigned u = 0;
+    uint64_t whole = bytes, rem = 0;
+
+    while (whole >= 1024 && u + 1 < sizeof(units) / sizeof(units[0])) {
+        rem = whole % 1024;
+        whole /= 1024;
+        u++;
+    }
+    if (rem == 0)
+        snprintf(out, outlen, "%" PRIu64 " %s", whole, units[u]);
+    else
+        snprintf(out, outlen, "%.1f %s", (double)whole + (double)rem / 1024.0, units[u]);
+}
+
+int64_t
+util_now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t
+util_mono_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+void
+util_format_time(int64_t ms, char *out, size_t outlen)
+{
+    time_t secs = (time_t)(ms / 1000);
+    struct tm tm;
+
+    gmtime_r(&secs, &tm);
+    snprintf(out, outlen, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ms % 1000));
+}
+
+int
+util_write_all(int fd, const void *data, size_t len)
+{
+    const char *p = data;
+
+    while (len > 0) {
+        ssize_t w = write(fd, p, len);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0)
+            return -1;
+        p += w;
+        len -= (size_t)w;
+    }
+    return 0;
+}
+
+int
+util_read_exact(int fd, void *data, size_t len)
+{
+    char *p = data;
+
+    while (len > 0) {
+        ssize_t r = read(fd, p, len);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return -1;
+        if (r == 0) {
+            errno = EIO;
+            return -1;
+        }
+        p += r;
+        len -= (size_t)r;
+    }
+    return 0;
+}
+
+int
+util_read_file_at(int dirfd, const char *path, size_t max, char **out, size_t *len_out,
+                  struct err **errp)
+{
+    cleanup_close int fd = openat(dirfd, path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    struct buf b;
+    char chunk[8192];
+
+    if (fd < 0)
+        return err_set(errp, errno == ENOENT ? ERR_NOT_FOUND : ERR_IO, errno, "open %s", path);
+    buf_init(&b, max);
+    for (;;) {
+        ssize_t r = read(fd, chunk, sizeof(chunk));
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            buf_free(&b);
+            return err_set(errp, ERR_IO, errno, "read %s", path);
+        }
+        if (r == 0)
+            break;
+        if (buf_append(&b, chunk, (size_t)r, errp) < 0)
+            return err_wrap(errp, "read %s", path);
+    }
+    *out = buf_steal(&b, len_out);
+    return 0;
+}
+
+int
+util_write_file_at(int dirfd, const char *path, const void *data, size_t len, unsigned mode,
+                   struct err **errp)
+{
+    cleanup_free char *tmp = xasprintf("%s.tmp.%d", path, (int)getpid());
+    cleanup_close int fd = -1;
+
+    fd = openat(dirfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, mode);
+    if (fd < 0)
+        return err_set(errp, ERR_IO, errno, "create %s", tmp);
+    if (util_write_all(fd, data, len) < 0 || fchmod(fd, mode) < 0 || fsync(fd) < 0) {
+        int e = errno;
+        unlinkat(dirfd, tmp, 0);
+        return err_set(errp, ERR_IO, e, "write %s", tmp);
+    }
+    if (renameat(dirfd, tmp, dirfd, path) < 0) {
+        int e = errno;
+        unlinkat(dirfd, tmp, 0);
+        return err_set(errp, ERR_IO, e, "rename %s", path);
+    }
+    return 0;
+}
+
+int
+util_mkdir_p(const char *path, unsigned mode, struct err **errp)
+{
+    cleanup_free char *p = xstrdup(path);
+
+    for (char *s = p + 1; *s != '\0'; s++) {
+        if (*s != '/')
+            continue;
+        *s = '\0';
+        if (mkdir(p, mode) < 0 && errno != EEXIST)
+            return err_set(errp, ERR_IO, errno, "mkdir %s", p);
+        *s = '/';
+    }
+    if (mkdir(p, mode) < 0 && errno != EEXIST)
+        return err_set(errp, ERR_IO, errno, "mkdir %s", p);
+    return 0;
+}

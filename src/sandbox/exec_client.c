@@ -1,0 +1,148 @@
+/* The caller's side of exec: send the request, relay stdin, hand output to a callback. */
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "sandbox_int.h"
+
+static json_t *
+strv_json(const char *const *v)
+{
+    json_t *a = json_array();
+
+    for (; v != NULL && *v != NULL; v++)
+        json_array_append_new(a, json_string(*v));
+    return a;
+}
+
+static json_t *
+exec_request(const struct sandbox_exec_opts *o)
+{
+    json_t *j = json_pack("{s:s, s:I, s:I, s:b}", "op", "exec", "timeout_ms",
+                          (json_int_t)o->timeout_ms, "max_output", (json_int_t)o->max_output,
+                          "stdin", o->stdin_fd >= 0);
+
+    if (o->shell != NULL)
+        json_object_set_new(j, "shell", json_string(o->shell));
+    else
+        json_object_set_new(j, "argv", strv_json(o->argv));
+    json_object_set_new(j, "env", strv_json(o->env));
+    if (o->cwd != NULL)
+        json_object_set_new(j, "cwd", json_string(o->cwd));
+    return j;
+}
+
+static int
+fill_result(json_t *j, struct sandbox_exec_result *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->exited = json_is_true(json_object_get(j, "exited"));
+    out->code = (int)json_integer_value(json_object_get(j, "code"));
+    out->signal = (int)json_integer_value(json_object_get(j, "signal"));
+    out->timed_out = json_is_true(json_object_get(j, "timed_out"));
+    out->dropped[1] = (uint64_t)json_integer_value(json_object_get(j, "dropped_stdout"));
+    out->dropped[2] = (uint64_t)json_integer_value(json_object_get(j, "dropped_stderr"));
+    out->duration_ms = json_integer_value(json_object_get(j, "duration_ms"));
+    return 0;
+}
+
+/* Reads the caller's stdin into a frame; closes it (and says so) at EOF. */
+static int
+pump_stdin(int *in_fd, struct proto_sendq *q, struct err **errp)
+{
+    char chunk[PROTO_CHUNK];
+    ssize_t r = read(*in_fd, chunk, sizeof(chunk));
+
+    if (r < 0 && (errno == EINTR || errno == EAGAIN))
+        return 0;
+    if (r <= 0) {
+        *in_fd = -1;
+        return sandbox__sendq_push(q, PROTO_STDIN_EOF, NULL, 0, errp);
+    }
+    return sandbox__sendq_push(q, PROTO_STDIN, chunk, (size_t)r, errp);
+}
+
+/* Handles one frame from init; 1 when it was the result. */
+static int
+on_frame(struct proto_frame *f, const struct sandbox_exec_opts *o, struct sandbox_exec_result *out,
+         struct err **errp)
+{
+    json_t *j = NULL;
+
+    switch (f->type) {
+    case PROTO_STDOUT:
+    case PROTO_STDERR:
+        if (o->on_output != NULL &&
+            o->on_output(f->type == PROTO_STDOUT ? 1 : 2, f->data, f->len, o->arg) < 0)
+            return err_set(errp, ERR_IO, errno, "write command output");
+        return 0;
+    case PROTO_RESULT:
+        if (sandbox__proto_result(f, &j, errp) < 0)
+            return -1;
+        fill_result(j, out);
+        json_decref(j);
+        return 1;
+    case PROTO_REQ:
+    case PROTO_STDIN:
+    case PROTO_STDIN_EOF:
+    case PROTO_DATA:
+    case PROTO_DATA_EOF:
+    case PROTO_ENTRY:
+        break;
+    }
+    return err_set(errp, ERR_IO, 0, "unexpected frame %u from sandbox init", f->type);
+}
+
+int
+sandbox_exec(const char *env_dir, const struct sandbox_exec_opts *o,
+             struct sandbox_exec_result *out, struct err **errp)
+{
+    cleanup_close int conn = sandbox__connect(env_dir, errp);
+    json_t *req;
+    struct proto_sendq q;
+    int in_fd = o->stdin_fd;
+    int rc = -1;
+
+    if (conn < 0)
+        return -1;
+    req = exec_request(o);
+    rc = sandbox__proto_send_json(conn, PROTO_REQ, req, errp);
+    json_decref(req);
+    if (rc < 0)
+        return -1;
+    sandbox__sendq_init(&q);
+    for (;;) {
+        struct pollfd p[2] = {
+            {conn, (short)(POLLIN | (sandbox__sendq_pending(&q) ? POLLOUT : 0)), 0},
+            {in_fd, (short)(sandbox__sendq_pending(&q) ? 0 : POLLIN), 0},
+        };
+        struct proto_frame f;
+
+        if (poll(p, 2, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            rc = err_set(errp, ERR_IO, errno, "poll");
+            break;
+        }
+        rc = -1;
+        if ((p[1].revents & (POLLIN | POLLHUP | POLLERR)) && pump_stdin(&in_fd, &q, errp) < 0)
+            break;
+        if ((p[0].revents & POLLOUT || sandbox__sendq_pending(&q)) &&
+            sandbox__sendq_flush(&q, conn, errp) < 0)
+            break;
+        rc = 0;
+        if (!(p[0].revents & (POLLIN | POLLHUP | POLLERR)))
+            continue;
+        rc = -1;
+        if (sandbox__proto_recv(conn, &f, errp) < 0)
+            break;
+        rc = on_frame(&f, o, out, errp);
+        sandbox__proto_frame_free(&f);
+        if (rc != 0)
+            break;
+    }
+    sandbox__sendq_free(&q);
+    return rc < 0 ? err_wrap(errp, "exec") : 0;
+}

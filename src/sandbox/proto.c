@@ -1,0 +1,239 @@
+/*
+ * The control protocol between a paddock process and a sandbox's init: length-prefixed
+ * frames on a unix stream socket. Each side caps frames and parses the other's JSON with
+ * jansson, so a compromised init can at worst send a wrong answer, never overrun a buffer.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "sandbox_int.h"
+
+int
+sandbox__proto_send(int fd, uint32_t type, const void *data, size_t len, struct err **errp)
+{
+    uint32_t hdr[2] = {type, (uint32_t)len};
+    struct iovec iov[2] = {{hdr, sizeof(hdr)}, {(void *)(uintptr_t)data, len}};
+    struct msghdr mh = {.msg_iov = iov, .msg_iovlen = 2};
+    size_t total = sizeof(hdr) + len;
+
+    ASSERT(len <= PROTO_MAX_FRAME);
+    while (total > 0) {
+        ssize_t w = sendmsg(fd, &mh, MSG_NOSIGNAL);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0)
+            return err_set(errp, ERR_IO, errno, "send to sandbox init");
+        total -= (size_t)w;
+        while (w > 0 && mh.msg_iovlen > 0) {
+            if ((size_t)w >= mh.msg_iov[0].iov_len) {
+                w -= (ssize_t)mh.msg_iov[0].iov_len;
+                mh.msg_iov++;
+                mh.msg_iovlen--;
+            } else {
+                mh.msg_iov[0].iov_base = (char *)mh.msg_iov[0].iov_base + w;
+                mh.msg_iov[0].iov_len -= (size_t)w;
+                w = 0;
+            }
+        }
+    }
+    return 0;
+}
+
+int
+sandbox__proto_send_json(int fd, uint32_t type, json_t *obj, struct err **errp)
+{
+    cleanup_free char *s = json_dumps(obj, JSON_COMPACT);
+
+    if (s == NULL)
+        return err_set(errp, ERR_INTERNAL, 0, "encode control message");
+    if (strlen(s) > PROTO_MAX_FRAME)
+        return err_set(errp, ERR_LIMIT, 0, "control message larger than %u bytes",
+                       PROTO_MAX_FRAME);
+    return sandbox__proto_send(fd, type, s, strlen(s), errp);
+}
+
+int
+sandbox__proto_recv(int fd, struct proto_frame *f, struct err **errp)
+{
+    uint32_t hdr[2];
+    ssize_t r;
+
+    f->data = NULL;
+    do {
+        r = recv(fd, hdr, sizeof(hdr), MSG_WAITALL);
+    } while (r < 0 && errno == EINTR);
+    if (r == 0)
+        return err_set(errp, ERR_IO, 0, "sandbox init closed the connection");
+    if (r < 0)
+        return err_set(errp, ERR_IO, errno, "receive from sandbox init");
+    if ((size_t)r < sizeof(hdr))
+        return err_set(errp, ERR_IO, 0, "short frame header from sandbox init");
+    if (hdr[0] < PROTO_REQ || hdr[0] > PROTO_RESULT)
+        return err_set(errp, ERR_IO, 0, "unknown frame type %u from sandbox init", hdr[0]);
+    if (hdr[1] > PROTO_MAX_FRAME)
+        return err_set(errp, ERR_LIMIT, 0, "frame of %u bytes exceeds the %u-byte cap", hdr[1],
+                       PROTO_MAX_FRAME);
+    f->type = hdr[0];
+    f->len = hdr[1];
+    f->data = xmalloc((size_t)f->len + 1);
+    if (f->len > 0) {
+        do {
+            r = recv(fd, f->data, f->len, MSG_WAITALL);
+        } while (r < 0 && errno == EINTR);
+        if (r != (ssize_t)f->len) {
+            sandbox__proto_frame_free(f);
+            return err_set(errp, ERR_IO, r < 0 ? errno : 0, "truncated frame from sandbox init");
+        }
+    }
+    f->data[f->len] = '\0';
+    return 0;
+}
+
+void
+sandbox__proto_frame_free(struct proto_frame *f)
+{
+    free(f->data);
+    f->data = NULL;
+}
+
+json_t *
+sandbox__proto_parse_json(const struct proto_frame *f, struct err **errp)
+{
+    json_error_t jerr;
+    json_t *j = json_loadb(f->data, f->len, JSON_REJECT_DUPLICATES, &jerr);
+
+    if (j == NULL) {
+        err_set(errp, ERR_INVALID, 0, "bad control message: %s", jerr.text);
+        return NULL;
+    }
+    if (!json_is_object(j)) {
+        json_decref(j);
+        err_set(errp, ERR_INVALID, 0, "bad control message: not an object");
+        return NULL;
+    }
+    return j;
+}
+
+int
+sandbox__proto_send_error(int fd, const struct err *e)
+{
+    json_t *j = json_pack("{s:b, s:s, s:i, s:s}", "ok", 0, "code", err_code_name(e->code),
+                          "errno", e->errnum, "message", e->msg);
+    int r = sandbox__proto_send_json(fd, PROTO_RESULT, j, NULL);
+
+    json_decref(j);
+    return r;
+}
+
+int
+sandbox__proto_result(const struct proto_frame *f, json_t **obj_out, struct err **errp)
+{
+    json_t *j;
+    json_t *ok;
+
+    if (f->type != PROTO_RESULT)
+        return err_set(errp, ERR_IO, 0, "unexpected frame type %u from sandbox init", f->type);
+    j = sandbox__proto_parse_json(f, errp);
+    if (j == NULL)
+        return -1;
+    ok = json_object_get(j, "ok");
+    if (!json_is_boolean(ok)) {
+        json_decref(j);
+        return err_set(errp, ERR_IO, 0, "bad result from sandbox init");
+    }
+    if (!json_is_true(ok)) {
+        const char *code = json_string_value(json_object_get(j, "code"));
+        const char *msg = json_string_value(json_object_get(j, "message"));
+        cleanup_free char *esc = NULL;
+        enum err_code c = err_code_from_name(code != NULL ? code : "internal");
+
+        msg = msg != NULL ? msg : "unknown error";
+        esc = log_escape(msg, strlen(msg), 1024);
+        /* The message comes from inside the sandbox: it is escaped, never trusted. */
+        err_set(errp, c, 0, "%s", esc);
+        json_decref(j);
+        return -1;
+    }
+    if (obj_out != NULL)
+        *obj_out = j;
+    else
+        json_decref(j);
+    return 0;
+}
+
+int
+sandbox__connect(const char *env_dir, struct err **errp)
+{
+    cleanup_close int dirfd = open(env_dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    cleanup_close int fd = -1;
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+
+    if (dirfd < 0)
+        return err_set(errp, errno == ENOENT ? ERR_NOT_FOUND : ERR_IO, errno, "open %s", env_dir);
+    /* Going through /proc/self/fd keeps the path short whatever the data directory is. */
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "/proc/self/fd/%d/%s", dirfd, PROTO_SOCK_NAME);
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return err_set(errp, ERR_IO, errno, "socket");
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        if (errno == ECONNREFUSED || errno == ENOENT)
+            return err_set(errp, ERR_CONFLICT, 0, "sandbox is not running");
+        return err_set(errp, ERR_IO, errno, "connect to sandbox init");
+    }
+    return steal_fd(&fd);
+}
+
+void
+sandbox__sendq_init(struct proto_sendq *q)
+{
+    buf_init(&q->b, 4 * (PROTO_MAX_FRAME + 8));
+    q->off = 0;
+}
+
+int
+sandbox__sendq_push(struct proto_sendq *q, uint32_t type, const void *data, size_t len,
+                    struct err **errp)
+{
+    uint32_t hdr[2] = {type, (uint32_t)len};
+
+    ASSERT(len <= PROTO_MAX_FRAME);
+    if (buf_append(&q->b, hdr, sizeof(hdr), errp) < 0 || buf_append(&q->b, data, len, errp) < 0)
+        return err_wrap(errp, "queue frame");
+    return 0;
+}
+
+int
+sandbox__sendq_flush(struct proto_sendq *q, int fd, struct err **errp)
+{
+    while (q->off < q->b.len) {
+        ssize_t w = send(fd, q->b.data + q->off, q->b.len - q->off, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return 0;
+        if (w < 0)
+            return err_set(errp, ERR_IO, errno, "send");
+        q->off += (size_t)w;
+    }
+    q->b.len = 0;
+    q->off = 0;
+    return 0;
+}
+
+bool
+sandbox__sendq_pending(const struct proto_sendq *q)
+{
+    return q->off < q->b.len;
+}
+
+void
+sandbox__sendq_free(struct proto_sendq *q)
+{
+    buf_free(&q->b);
+    q->off = 0;
+}

@@ -1,0 +1,176 @@
+/*
+ * sandbox — the isolation runtime. It executes a fully resolved spec and holds no policy:
+ * namespaces, id maps, the overlay root, cgroups, seccomp, the pid-1 init, exec and file
+ * operations carried out inside the sandbox, start/stop, and the storage that gives every
+ * environment a persistent, size-capped directory. Every privileged operation of paddock
+ * lives in this module. See docs/internals/SANDBOX.md.
+ */
+#ifndef PADDOCK_SANDBOX_H
+#define PADDOCK_SANDBOX_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "common/common.h"
+
+/** Each sandbox maps 65536 ids: sandbox id N is host id host_id + N. */
+#define SANDBOX_ID_RANGE 65536u
+/** The first host id of slot 0; slot s starts at SANDBOX_ID_BASE + s * SANDBOX_ID_RANGE. */
+#define SANDBOX_ID_BASE 0x40000000u
+/** Number of slots; they end below 2^31 so no id is ever negative as a signed int. */
+#define SANDBOX_ID_SLOTS 16383u
+
+/* ------------------------------------------------------------- storage */
+
+/**
+ * Makes sure dir/envs is the data directory's storage: a btrfs file system in the sparse
+ * image dir/storage.img (created with size_if_new bytes when missing), loop-mounted with
+ * quotas enabled. Every environment is a subvolume of it with a qgroup limit: the disk cap.
+ * Idempotent and safe against concurrent callers (flock on dir/storage.lock).
+ */
+int sandbox_storage_ensure(const char *dir, uint64_t size_if_new, struct err **errp);
+
+/** Unmounts dir/envs (the loop device detaches itself). A no-op when not mounted. */
+int sandbox_storage_unmount(const char *dir, struct err **errp);
+
+/**
+ * Creates the environment's subvolume envs_dir/id capped at disk_bytes, with the overlay
+ * directories owned by host_id (the sandbox's root) and /etc/hosts, /etc/hostname for id.
+ */
+int sandbox_volume_create(const char *envs_dir, const char *id, uint32_t host_id,
+                          uint64_t disk_bytes, struct err **errp);
+
+/**
+ * Deletes the subvolume envs_dir/id and everything in it. It never walks the tree, so no
+ * symlink planted inside can redirect it. A missing volume is not an error.
+ */
+int sandbox_volume_destroy(const char *envs_dir, const char *id, struct err **errp);
+
+/** Changes the disk cap of an existing volume. */
+int sandbox_volume_set_limit(const char *envs_dir, const char *id, uint64_t disk_bytes,
+                             struct err **errp);
+
+/* --------------------------------------------------------------- image */
+
+/**
+ * Makes sure images_dir/host exists: the skeleton of the default base image (a synthesized
+ * /etc, the /bin, /sbin, /lib* links and empty mount points; /usr comes from the host at
+ * start). Built once into a temporary directory and renamed into place. *path_out is owned.
+ */
+int sandbox_image_ensure_host(const char *images_dir, char **path_out, struct err **errp);
+
+/* ----------------------------------------------------------- lifecycle */
+
+/** The resolved spec of one sandbox start. Strings are borrowed for the call. */
+struct sandbox_spec {
+    const char *id;        /* environment id: hostname and cgroup name */
+    const char *env_dir;   /* the volume made by sandbox_volume_create() */
+    const char *image_dir; /* skeleton made by sandbox_image_ensure_host() */
+    uint32_t host_id;      /* first host uid/gid of the sandbox's range */
+    uint64_t memory_bytes; /* 0: no limit */
+    uint32_t cpus_milli;   /* 0: no limit */
+    uint64_t pids;         /* 0: no limit */
+};
+
+/** Identity of a running sandbox's init: host pid plus start time, safe against reuse. */
+struct sandbox_init {
+    pid_t pid;
+    uint64_t start; /* field 22 of /proc/PID/stat */
+};
+
+/**
+ * Starts a sandbox: creates namespaces, cgroups and the root file system, and leaves
+ * paddock's init running as its pid 1, serving env_dir/ctl.sock. The init is not a child
+ * of the caller (it is reparented away), so it outlives the calling process.
+ * Must be called from a single-threaded process (it forks).
+ */
+int sandbox_start(const struct sandbox_spec *spec, struct sandbox_init *out, struct err **errp);
+
+/** True when init is alive and is the process that was started (not a reused pid). */
+bool sandbox_alive(const struct sandbox_init *init);
+
+/**
+ * Stops a sandbox: kills its pid namespace (every process in it), waits until they are gone
+ * and removes its cgroups. Files are kept. Stopping a dead sandbox only removes cgroups.
+ */
+int sandbox_stop(const char *id, const struct sandbox_init *init, struct err **errp);
+
+/* ------------------------------------------------------ exec and files */
+
+/** Called for each chunk of output; stream is 1 (stdout) or 2 (stderr). */
+typedef int sandbox_output_cb(int stream, const void *data, size_t len, void *arg);
+
+struct sandbox_exec_opts {
+    const char *const *argv; /* NULL-terminated; or NULL when shell is set */
+    const char *shell;       /* run as /bin/sh -c SHELL */
+    const char *const *env;  /* NULL-terminated "K=V" added to the defaults, may be NULL */
+    const char *cwd;         /* NULL: /workspace */
+    uint64_t timeout_ms;     /* 0: none; past it the whole process tree is killed */
+    uint64_t max_output;     /* per stream; bytes past it are dropped and counted */
+    int stdin_fd;            /* -1: the command's stdin is empty */
+    sandbox_output_cb *on_output;
+    void *arg;
+};
+
+struct sandbox_exec_result {
+    bool exited;    /* true: code is valid; false: signal is valid */
+    int code;       /* exit status */
+    int signal;     /* terminating signal */
+    bool timed_out; /* the timeout killed the process tree */
+    uint64_t dropped[3]; /* bytes dropped past max_output, [1] stdout, [2] stderr */
+    int64_t duration_ms;
+};
+
+/**
+ * Runs a command in the running sandbox whose volume is env_dir, streaming output to
+ * opts->on_output while it runs. Several execs may run at once. ERR_CONFLICT when the
+ * sandbox is not running.
+ */
+int sandbox_exec(const char *env_dir, const struct sandbox_exec_opts *opts,
+                 struct sandbox_exec_result *out, struct err **errp);
+
+enum sandbox_file_type {
+    SANDBOX_FILE_REG = 0,
+    SANDBOX_FILE_DIR,
+    SANDBOX_FILE_LINK,
+    SANDBOX_FILE_OTHER,
+};
+
+struct sandbox_file_entry {
+    const char *path; /* absolute inside the sandbox; borrowed for the callback */
+    enum sandbox_file_type type;
+    uint64_t size;
+    unsigned mode; /* permission bits */
+    int64_t mtime_ms;
+};
+
+typedef int sandbox_entry_cb(const struct sandbox_file_entry *e, void *arg);
+
+/**
+ * Checks a path given by a caller: absolute inside the sandbox, or relative to /workspace;
+ * no ".." component, no NUL, at most 4095 bytes. *abs_out (owned) is the absolute form.
+ */
+int sandbox_path_resolve(const char *path, char **abs_out, struct err **errp);
+
+/** Reads at most max bytes of a regular file from offset, passing them to cb (stream 1). */
+int sandbox_file_read(const char *env_dir, const char *path, uint64_t offset, uint64_t max,
+                      sandbox_output_cb *cb, void *arg, struct err **errp);
+
+/**
+ * Replaces (atomically) or creates a file with what is read from in_fd until EOF, creating
+ * missing parent directories. At most max bytes are accepted (ERR_LIMIT past them, and the
+ * old file is left as it was).
+ */
+int sandbox_file_write(const char *env_dir, const char *path, unsigned mode, int in_fd,
+                       uint64_t max, struct err **errp);
+
+/** Lists path (a directory's entries, recursively when asked; a file itself otherwise). */
+int sandbox_file_list(const char *env_dir, const char *path, bool recursive, sandbox_entry_cb *cb,
+                      void *arg, struct err **errp);
+
+/** Deletes a file, or a directory when recursive is true (never following symlinks). */
+int sandbox_file_delete(const char *env_dir, const char *path, bool recursive,
+                        struct err **errp);
+
+#endif

@@ -1,0 +1,129 @@
+/* Declarations shared by the files of src/sandbox/; no other module includes this. */
+#ifndef PADDOCK_SANDBOX_INT_H
+#define PADDOCK_SANDBOX_INT_H
+
+#include <linux/filter.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "sandbox.h"
+
+/* ------------------------------------------------ control protocol (proto.c) */
+
+/*
+ * Frames on the control socket: a 4-byte type and a 4-byte length (host byte order; both
+ * ends are on one machine), then the payload. The first frame of a connection is a REQ;
+ * the last one from init is a RESULT. Both sides cap every frame at PROTO_MAX_FRAME and
+ * treat the other side as untrusted: init runs inside the sandbox.
+ */
+enum proto_type {
+    PROTO_REQ = 1,   /* JSON request {"op": ...} */
+    PROTO_STDIN,     /* raw bytes for the command's stdin */
+    PROTO_STDIN_EOF, /* the command's stdin is closed */
+    PROTO_STDOUT,    /* raw output */
+    PROTO_STDERR,
+    PROTO_DATA,      /* raw file content, either direction */
+    PROTO_DATA_EOF,  /* end of file content */
+    PROTO_ENTRY,     /* JSON file-list entry */
+    PROTO_RESULT,    /* JSON {"ok":true,...} or {"ok":false,"code":..,"message":..} */
+};
+
+#define PROTO_MAX_FRAME (1u << 20)
+#define PROTO_CHUNK     (64u * 1024)
+#define PROTO_SOCK_NAME "ctl.sock"
+
+struct proto_frame {
+    uint32_t type;
+    uint32_t len;
+    char *data; /* owned, NUL-terminated for convenience */
+};
+
+/** Writes one frame (blocking). */
+int sandbox__proto_send(int fd, uint32_t type, const void *data, size_t len, struct err **errp);
+/** Writes a JSON object as one frame of the given type. */
+int sandbox__proto_send_json(int fd, uint32_t type, json_t *obj, struct err **errp);
+/** Reads one frame (blocking). ERR_IO with errnum 0 and "closed" on a clean EOF. */
+int sandbox__proto_recv(int fd, struct proto_frame *f, struct err **errp);
+void sandbox__proto_frame_free(struct proto_frame *f);
+/** Parses a frame's payload as a JSON object (depth and size already capped). */
+json_t *sandbox__proto_parse_json(const struct proto_frame *f, struct err **errp);
+/** Sends RESULT {"ok":false,"code":...,"message":...} for e. */
+int sandbox__proto_send_error(int fd, const struct err *e);
+/** Turns a RESULT frame into 0, or -1 with *errp rebuilt from the peer's error. */
+int sandbox__proto_result(const struct proto_frame *f, json_t **obj_out, struct err **errp);
+
+/*
+ * Frames waiting to be sent on a socket without blocking (MSG_DONTWAIT), so that a side that
+ * also has to read never deadlocks against a peer that is itself blocked writing.
+ */
+struct proto_sendq {
+    struct buf b;
+    size_t off;
+};
+
+void sandbox__sendq_init(struct proto_sendq *q);
+/** Queues a frame. ERR_LIMIT when the queue already holds more than a few frames. */
+int sandbox__sendq_push(struct proto_sendq *q, uint32_t type, const void *data, size_t len,
+                        struct err **errp);
+/** Sends what the socket accepts now. */
+int sandbox__sendq_flush(struct proto_sendq *q, int fd, struct err **errp);
+bool sandbox__sendq_pending(const struct proto_sendq *q);
+void sandbox__sendq_free(struct proto_sendq *q);
+
+/** Connects to env_dir/ctl.sock. ERR_CONFLICT when nothing listens (the sandbox is down). */
+int sandbox__connect(const char *env_dir, struct err **errp);
+
+/* ------------------------------------------------------- cgroups (cgroup.c) */
+
+struct sandbox_limits {
+    uint64_t memory_bytes;
+    uint32_t cpus_milli;
+    uint64_t pids;
+};
+
+/* One backend per cgroup version (crun's cgroup manager pattern). */
+struct cgroup_ops {
+    const char *name;
+    int (*create)(const char *id, const struct sandbox_limits *lim, struct err **errp);
+    int (*attach)(const char *id, pid_t pid, struct err **errp);
+    int (*destroy)(const char *id, struct err **errp);
+};
+
+/** The backend for this machine: v2 when its controllers are enabled, v1 otherwise. */
+const struct cgroup_ops *sandbox__cgroup_ops(struct err **errp);
+
+/* ----------------------------------------------------- seccomp (seccomp.c) */
+
+/** The compiled filter, built once per process with libseccomp (in the parent). Borrowed. */
+int sandbox__seccomp_program(const struct sock_fprog **prog_out, struct err **errp);
+/** Loads prog into the calling process (the child); needs no_new_privs or CAP_SYS_ADMIN. */
+int sandbox__seccomp_load(const struct sock_fprog *prog);
+
+/* --------------------------------------------------------- mounts (mounts.c) */
+
+/**
+ * In the child: builds the root file system from env_dir's layers (cwd is env_dir, the two
+ * idmapped lower layers arrive as detached mounts) and pivots into it.
+ */
+int sandbox__rootfs_setup(int skel_fd, int usr_fd, struct err **errp);
+
+/* ---------------------------------------------------------- init (init.c) */
+
+/** pid 1: reaps, accepts control connections, forks one handler per connection. */
+void sandbox__init_main(int listen_fd) __attribute__((noreturn));
+
+/* ------------------------------------------------ handlers (exec.c, files.c) */
+
+/** Handles one exec request on conn inside the sandbox. Returns the handler's exit status. */
+int sandbox__handle_exec(int conn, json_t *req);
+int sandbox__handle_read(int conn, json_t *req);
+int sandbox__handle_write(int conn, json_t *req);
+int sandbox__handle_list(int conn, json_t *req);
+int sandbox__handle_delete(int conn, json_t *req);
+
+/** Reads field 22 (start time) of /proc/PID/stat; 0 when the process is gone. */
+uint64_t sandbox__proc_start_time(pid_t pid);
+
+#endif

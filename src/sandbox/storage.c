@@ -1,0 +1,302 @@
+/*
+ * Storage: the disk cap. Overlayfs has no size limit of its own and this kernel has no
+ * ext4/xfs project quotas (no CONFIG_QFMT_V2, no XFS_QUOTA), so each data directory gets one
+ * btrfs file system in a sparse image, loop-mounted at DATA/envs with quotas on. Every
+ * environment is a subvolume with a qgroup limit: writes past it fail with EDQUOT, the
+ * host's disk never sees more than the image's size, a subvolume is created in about a
+ * millisecond, and deleting one never walks (or follows) anything inside it.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/btrfs.h>
+#include <linux/loop.h>
+#include <linux/magic.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "sandbox_int.h"
+
+static bool
+is_our_mount(const char *envs, const char *dir)
+{
+    struct statfs sfs;
+    struct stat a, b;
+
+    if (statfs(envs, &sfs) < 0 || sfs.f_type != BTRFS_SUPER_MAGIC)
+        return false;
+    return stat(envs, &a) == 0 && stat(dir, &b) == 0 && a.st_dev != b.st_dev;
+}
+
+static int
+run_mkfs(const char *image, struct err **errp)
+{
+    static char prog[] = "mkfs.btrfs", quiet[] = "-q", force[] = "-f";
+    static char path_env[] = "PATH=/usr/sbin:/sbin:/usr/bin:/bin";
+    cleanup_free char *img = xstrdup(image);
+    char *const argv[] = {prog, quiet, force, img, NULL};
+    char *const envp[] = {path_env, NULL};
+    posix_spawn_file_actions_t fa;
+    pid_t pid;
+    int status, r;
+
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+    r = posix_spawnp(&pid, "mkfs.btrfs", &fa, NULL, argv, envp);
+    posix_spawn_file_actions_destroy(&fa);
+    if (r != 0)
+        return err_set(errp, ERR_INTERNAL, r, "run mkfs.btrfs (install btrfs-progs)");
+    if (waitpid(pid, &status, 0) < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        return err_set(errp, ERR_INTERNAL, 0, "mkfs.btrfs %s failed", image);
+    return 0;
+}
+
+/* Attaches image to a free loop device that detaches itself once unmounted. */
+static int
+loop_attach(int image_fd, char *dev, size_t devlen, struct err **errp)
+{
+    cleanup_close int ctl = open("/dev/loop-control", O_RDWR | O_CLOEXEC);
+
+    if (ctl < 0)
+        return err_set(errp, ERR_INTERNAL, errno, "open /dev/loop-control");
+    for (int tries = 0; tries < 32; tries++) {
+        struct loop_config cfg;
+        int n = ioctl(ctl, LOOP_CTL_GET_FREE);
+        int fd;
+        if (n < 0)
+            return err_set(errp, ERR_INTERNAL, errno, "find a free loop device");
+        snprintf(dev, devlen, "/dev/loop%d", n);
+        fd = open(dev, O_RDWR | O_CLOEXEC);
+        if (fd < 0)
+            return err_set(errp, ERR_INTERNAL, errno, "open %s", dev);
+        memset(&cfg, 0, sizeof(cfg));
+        cfg.fd = (uint32_t)image_fd;
+        cfg.info.lo_flags = LO_FLAGS_AUTOCLEAR | LO_FLAGS_DIRECT_IO;
+        if (ioctl(fd, LOOP_CONFIGURE, &cfg) == 0)
+            return fd;
+        if (errno == EINVAL) { /* direct I/O not possible on this backing file */
+            cfg.info.lo_flags = LO_FLAGS_AUTOCLEAR;
+            if (ioctl(fd, LOOP_CONFIGURE, &cfg) == 0)
+                return fd;
+        }
+        close(fd);
+        if (errno != EBUSY)
+            return err_set(errp, ERR_INTERNAL, errno, "configure %s", dev);
+    }
+    return err_set(errp, ERR_INTERNAL, EBUSY, "no free loop device");
+}
+
+static int
+quota_enable(const char *envs, struct err **errp)
+{
+    cleanup_close int fd = open(envs, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    struct btrfs_ioctl_quota_ctl_args q = {.cmd = BTRFS_QUOTA_CTL_ENABLE};
+
+    if (fd < 0 || ioctl(fd, BTRFS_IOC_QUOTA_CTL, &q) < 0)
+        return err_set(errp, ERR_INTERNAL, errno, "enable btrfs quotas on %s", envs);
+    return 0;
+}
+
+static int
+mount_storage(const char *dir, const char *envs, uint64_t size_if_new, struct err **errp)
+{
+    cleanup_free char *image = xasprintf("%s/storage.img", dir);
+    cleanup_close int image_fd = -1;
+    cleanup_close int loop_fd = -1;
+    char dev[64];
+    bool fresh = false;
+
+    image_fd = open(image, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+    if (image_fd < 0 && errno == ENOENT) {
+        image_fd = open(image, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (image_fd < 0 || ftruncate(image_fd, (off_t)size_if_new) < 0) {
+            int e = errno;
+            unlink(image);
+            return err_set(errp, ERR_IO, e, "create %s", image);
+        }
+        if (run_mkfs(image, errp) < 0) {
+            unlink(image);
+            return -1;
+        }
+        fresh = true;
+    }
+    if (image_fd < 0)
+        return err_set(errp, ERR_IO, errno, "open %s", image);
+    if (mkdir(envs, 0700) < 0 && errno != EEXIST)
+        return err_set(errp, ERR_IO, errno, "mkdir %s", envs);
+    loop_fd = loop_attach(image_fd, dev, sizeof(dev), errp);
+    if (loop_fd < 0)
+        return -1;
+    /* discard=async gives space freed inside back to the host as holes in the image. */
+    if (mount(dev, envs, "btrfs", MS_NOSUID | MS_NODEV | MS_NOATIME, "discard=async") < 0)
+        return err_set(errp, ERR_INTERNAL, errno, "mount %s on %s", dev, envs);
+    chmod(envs, 0700);
+    if (fresh && quota_enable(envs, errp) < 0) {
+        umount2(envs, MNT_DETACH);
+        return -1;
+    }
+    return 0;
+}
+
+int
+sandbox_storage_ensure(const char *dir, uint64_t size_if_new, struct err **errp)
+{
+    cleanup_free char *envs = xasprintf("%s/envs", dir);
+    cleanup_free char *lockp = xasprintf("%s/storage.lock", dir);
+    cleanup_close int lock = -1;
+
+    if (is_our_mount(envs, dir))
+        return 0;
+    lock = open(lockp, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (lock < 0 || flock(lock, LOCK_EX) < 0)
+        return err_set(errp, ERR_IO, errno, "lock %s", lockp);
+    if (is_our_mount(envs, dir))
+        return 0;
+    if (mount_storage(dir, envs, size_if_new, errp) < 0)
+        return err_wrap(errp, "storage of %s", dir);
+    return 0;
+}
+
+int
+sandbox_storage_unmount(const char *dir, struct err **errp)
+{
+    cleanup_free char *envs = xasprintf("%s/envs", dir);
+
+    if (!is_our_mount(envs, dir))
+        return 0;
+    if (umount2(envs, 0) < 0 && umount2(envs, MNT_DETACH) < 0)
+        return err_set(errp, ERR_IO, errno, "unmount %s", envs);
+    return 0;
+}
+
+static int
+limit_fd(int fd, uint64_t disk_bytes, struct err **errp)
+{
+    struct btrfs_ioctl_qgroup_limit_args q;
+
+    memset(&q, 0, sizeof(q));
+    q.qgroupid = 0; /* the subvolume fd refers to */
+    q.lim.flags = BTRFS_QGROUP_LIMIT_MAX_RFER;
+    q.lim.max_rfer = disk_bytes;
+    if (ioctl(fd, BTRFS_IOC_QGROUP_LIMIT, &q) < 0)
+        return err_set(errp, ERR_INTERNAL, errno, "set disk limit");
+    return 0;
+}
+
+static int
+mkdir_owned(int dfd, const char *name, unsigned mode, uint32_t owner, struct err **errp)
+{
+    if (mkdirat(dfd, name, mode) < 0 && errno != EEXIST)
+        return err_set(errp, ERR_IO, errno, "mkdir %s", name);
+    if (fchownat(dfd, name, owner, owner, AT_SYMLINK_NOFOLLOW) < 0 ||
+        fchmodat(dfd, name, mode, 0) < 0)
+        return err_set(errp, ERR_IO, errno, "chown %s", name);
+    return 0;
+}
+
+static int
+write_owned(int dfd, const char *name, const char *content, uint32_t owner, struct err **errp)
+{
+    if (util_write_file_at(dfd, name, content, strlen(content), 0644, errp) < 0)
+        return -1;
+    if (fchownat(dfd, name, owner, owner, AT_SYMLINK_NOFOLLOW) < 0)
+        return err_set(errp, ERR_IO, errno, "chown %s", name);
+    return 0;
+}
+
+/* The layout a sandbox start expects in a fresh volume (see mounts.c). */
+static int
+populate(int vfd, const char *id, uint32_t owner, struct err **errp)
+{
+    static const char *const dirs[] = {"upper", "upper/root", "upper/usr", "work", "work/root",
+                                       "work/usr", "rootfs", "lower", "usrlower",
+                                       "upper/root/etc"};
+    cleanup_free char *hosts = xasprintf("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost "
+                                         "ip6-loopback\n127.0.1.1\t%s\n",
+                                         id);
+    cleanup_free char *hostname = xasprintf("%s\n", id);
+
+    for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++)
+        if (mkdir_owned(vfd, dirs[i], 0755, owner, errp) < 0)
+            return -1;
+    if (write_owned(vfd, "upper/root/etc/hosts", hosts, owner, errp) < 0 ||
+        write_owned(vfd, "upper/root/etc/hostname", hostname, owner, errp) < 0)
+        return -1;
+    if (fchown(vfd, owner, owner) < 0 || fchmod(vfd, 0700) < 0)
+        return err_set(errp, ERR_IO, errno, "chown volume");
+    return 0;
+}
+
+static bool
+valid_name(const char *id)
+{
+    return id[0] != '\0' && id[0] != '.' && strchr(id, '/') == NULL &&
+           strlen(id) < BTRFS_PATH_NAME_MAX;
+}
+
+int
+sandbox_volume_create(const char *envs_dir, const char *id, uint32_t host_id,
+                      uint64_t disk_bytes, struct err **errp)
+{
+    cleanup_close int efd = open(envs_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    cleanup_close int vfd = -1;
+    struct btrfs_ioctl_vol_args va;
+
+    if (!valid_name(id))
+        return err_set(errp, ERR_INVALID, 0, "bad volume name");
+    if (efd < 0)
+        return err_set(errp, ERR_IO, errno, "open %s", envs_dir);
+    memset(&va, 0, sizeof(va));
+    snprintf(va.name, sizeof(va.name), "%s", id);
+    if (ioctl(efd, BTRFS_IOC_SUBVOL_CREATE, &va) < 0)
+        return err_set(errp, errno == EEXIST ? ERR_CONFLICT : ERR_INTERNAL, errno,
+                       "create volume %s", id);
+    vfd = openat(efd, id, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+    if (vfd < 0 || (disk_bytes > 0 && limit_fd(vfd, disk_bytes, errp) < 0) ||
+        populate(vfd, id, host_id, errp) < 0) {
+        if (vfd < 0)
+            err_set(errp, ERR_IO, errno, "open volume %s", id);
+        sandbox_volume_destroy(envs_dir, id, NULL);
+        return err_wrap(errp, "create volume %s", id);
+    }
+    return 0;
+}
+
+int
+sandbox_volume_set_limit(const char *envs_dir, const char *id, uint64_t disk_bytes,
+                         struct err **errp)
+{
+    cleanup_close int efd = open(envs_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    cleanup_close int vfd = -1;
+
+    if (!valid_name(id) || efd < 0)
+        return err_set(errp, ERR_INVALID, errno, "volume %s", id);
+    vfd = openat(efd, id, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+    if (vfd < 0)
+        return err_set(errp, ERR_NOT_FOUND, errno, "volume %s", id);
+    return limit_fd(vfd, disk_bytes, errp);
+}
+
+int
+sandbox_volume_destroy(const char *envs_dir, const char *id, struct err **errp)
+{
+    cleanup_close int efd = open(envs_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    struct btrfs_ioctl_vol_args va;
+
+    if (!valid_name(id))
+        return err_set(errp, ERR_INVALID, 0, "bad volume name");
+    if (efd < 0)
+        return err_set(errp, ERR_IO, errno, "open %s", envs_dir);
+    memset(&va, 0, sizeof(va));
+    snprintf(va.name, sizeof(va.name), "%s", id);
+    if (ioctl(efd, BTRFS_IOC_SNAP_DESTROY, &va) < 0 && errno != ENOENT)
+        return err_set(errp, ERR_IO, errno, "delete volume %s", id);
+    return 0;
+}
