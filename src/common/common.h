@@ -157,8 +157,8 @@ void common_log(enum log_level level, int errnum, const char *fmt, ...)
 void log_err(const struct err *e);
 
 /**
- * Escapes untrusted bytes for a log line or terminal: printable ASCII passes, everything else
- * becomes \n, \t, \\ or \xHH. At most max input bytes are escaped; "..." marks a cut. Owned.
+ * Escapes untrusted bytes for a log line or terminal: printable ASCII passes except \ and ",
+ * which are backslash-escaped; everything else becomes \n, \t or \xHH. At most max input bytes are escaped; "..." marks a cut. Owned.
  */
 char *log_escape(const void *data, size_t len, size_t max);
 
@@ -228,7 +228,11 @@ int util_read_exact(int fd, void *data, size_t len);
 int util_read_file_at(int dirfd, const char *path, size_t max, char **out, size_t *len_out,
                       struct err **errp);
 
-/** Creates or replaces path relative to dirfd atomically (temp file + rename) with mode. */
+/**
+ * Creates or replaces path relative to dirfd atomically (temp file + rename) with mode. The
+ * data is fsync()ed before the rename unless mode has UTIL_WRITE_NOSYNC set.
+ */
+#define UTIL_WRITE_NOSYNC 0x10000u
 int util_write_file_at(int dirfd, const char *path, const void *data, size_t len, unsigned mode,
                        struct err **errp);
 

@@ -132,10 +132,12 @@ buf_append(struct buf *b, const void *data, size_t len, struct err **errp)
     need = b->len + len + 1;
     if (need > b->cap) {
         size_t cap = b->cap < 64 ? 64 : b->cap;
-        while (cap < need)
+        while (cap < need && cap <= SIZE_MAX / 2)
             cap *= 2;
-        if (cap > b->max + 1)
+        if (b->max < SIZE_MAX && cap > b->max + 1)
             cap = b->max + 1;
+        if (cap < need)
+            cap = need;
         b->data = xrealloc(b->data, cap);
         b->cap = cap;
     }

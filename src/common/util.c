@@ -184,12 +184,14 @@ util_mono_ns(void)
 void
 util_format_time(int64_t ms, char *out, size_t outlen)
 {
-    time_t secs = (time_t)(ms / 1000);
+    /* Floor division, so times before the epoch come out right too. */
+    int64_t msec = ((ms % 1000) + 1000) % 1000;
+    time_t secs = (time_t)((ms - msec) / 1000);
     struct tm tm;
 
     gmtime_r(&secs, &tm);
     snprintf(out, outlen, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
-             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ms % 1000));
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)msec);
 }
 
 int
@@ -264,11 +266,13 @@ util_write_file_at(int dirfd, const char *path, const void *data, size_t len, un
 {
     cleanup_free char *tmp = xasprintf("%s.tmp.%d", path, (int)getpid());
     cleanup_close int fd = -1;
+    bool sync = !(mode & UTIL_WRITE_NOSYNC);
 
+    mode &= 07777;
     fd = openat(dirfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, mode);
     if (fd < 0)
         return err_set(errp, ERR_IO, errno, "create %s", tmp);
-    if (util_write_all(fd, data, len) < 0 || fchmod(fd, mode) < 0 || fsync(fd) < 0) {
+    if (util_write_all(fd, data, len) < 0 || fchmod(fd, mode) < 0 || (sync && fsync(fd) < 0)) {
         int e = errno;
         unlinkat(dirfd, tmp, 0);
         return err_set(errp, ERR_IO, e, "write %s", tmp);
@@ -286,6 +290,8 @@ util_mkdir_p(const char *path, unsigned mode, struct err **errp)
 {
     cleanup_free char *p = xstrdup(path);
 
+    if (p[0] == '\0')
+        return err_set(errp, ERR_INVALID, 0, "empty directory path");
     for (char *s = p + 1; *s != '\0'; s++) {
         if (*s != '/')
             continue;

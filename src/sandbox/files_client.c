@@ -34,6 +34,11 @@ sandbox_path_resolve(const char *path, char **abs_out, struct err **errp)
     /* Trailing slashes are dropped, except for "/" itself. */
     for (size_t n = strlen(*abs_out); n > 1 && (*abs_out)[n - 1] == '/'; n--)
         (*abs_out)[n - 1] = '\0';
+    if (strlen(*abs_out) > PATH_MAX_LEN) {
+        free(*abs_out);
+        *abs_out = NULL;
+        return err_set(errp, ERR_INVALID, 0, "path is longer than %d bytes", PATH_MAX_LEN);
+    }
     return 0;
 }
 

@@ -202,8 +202,10 @@ sandbox__sendq_push(struct proto_sendq *q, uint32_t type, const void *data, size
     uint32_t hdr[2] = {type, (uint32_t)len};
 
     ASSERT(len <= PROTO_MAX_FRAME);
-    if (buf_append(&q->b, hdr, sizeof(hdr), errp) < 0 || buf_append(&q->b, data, len, errp) < 0)
+    if (buf_append(&q->b, hdr, sizeof(hdr), errp) < 0 || buf_append(&q->b, data, len, errp) < 0) {
+        q->off = 0; /* the buffer was freed with what it held */
         return err_wrap(errp, "queue frame");
+    }
     return 0;
 }
 

@@ -123,7 +123,7 @@ int sandbox__handle_write(int conn, json_t *req);
 int sandbox__handle_list(int conn, json_t *req);
 int sandbox__handle_delete(int conn, json_t *req);
 
-/** Reads field 22 (start time) of /proc/PID/stat; 0 when the process is gone. */
+/** Reads field 22 (start time) of /proc/PID/stat; 0 when the process is gone or a zombie. */
 uint64_t sandbox__proc_start_time(pid_t pid);
 
 #endif

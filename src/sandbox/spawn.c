@@ -84,8 +84,8 @@ sandbox__proc_start_time(pid_t pid)
         return 0;
     /* The command name may contain spaces and parentheses: fields start after the last ')'. */
     p = strrchr(stat, ')');
-    if (p == NULL)
-        return 0;
+    if (p == NULL || p[1] != ' ' || p[2] == 'Z' || p[2] == 'X')
+        return 0; /* a zombie is as dead as a missing process */
     /* field 3 is the state; start time is field 22, i.e. the 20th after ')'. */
     for (int field = 2; field < 22 && p != NULL; field++)
         p = strchr(p + 1, ' ');

@@ -204,7 +204,10 @@ mkdir_owned(int dfd, const char *name, unsigned mode, uint32_t owner, struct err
 static int
 write_owned(int dfd, const char *name, const char *content, uint32_t owner, struct err **errp)
 {
-    if (util_write_file_at(dfd, name, content, strlen(content), 0644, errp) < 0)
+    /* No fsync: the volume is brand new, and a crash before btrfs commits loses the whole
+     * half-made environment, which reconcile removes anyway. */
+    if (util_write_file_at(dfd, name, content, strlen(content), 0644 | UTIL_WRITE_NOSYNC, errp) <
+        0)
         return -1;
     if (fchownat(dfd, name, owner, owner, AT_SYMLINK_NOFOLLOW) < 0)
         return err_set(errp, ERR_IO, errno, "chown %s", name);

@@ -46,7 +46,7 @@ static const char *const migrations[] = {
 static int
 db_err(struct store *s, struct err **errp, const char *what)
 {
-    int rc = sqlite3_errcode(s->db);
+    int rc = sqlite3_errcode(s->db) & 0xff; /* extended codes are on (EXRESCODE) */
     enum err_code code = ERR_IO;
 
     if (rc == SQLITE_CONSTRAINT)

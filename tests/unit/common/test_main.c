@@ -1,0 +1,16 @@
+/* unit_common: runs every test group of src/common/. */
+#include "../unit.h"
+
+#include "suites.h"
+
+int
+main(void)
+{
+    int failed = 0;
+
+    failed += test_err_run();
+    failed += test_mem_run();
+    failed += test_log_run();
+    failed += test_util_run();
+    return failed == 0 ? 0 : 1;
+}
