@@ -401,7 +401,12 @@ print_entry(const struct sandbox_file_entry *fe, void *arg)
     if (arr != NULL) {
         char mode[8];
         snprintf(mode, sizeof(mode), "%04o", fe->mode);
-        json_array_append_new(arr, json_pack("{s:s, s:s, s:I, s:s, s:s}", "path", fe->path,
+        json_t *path = json_string(fe->path);
+        if (path == NULL) { /* not UTF-8: shown escaped, as in the text listing */
+            cleanup_free char *esc = log_escape(fe->path, strlen(fe->path), 4096);
+            path = json_string(esc);
+        }
+        json_array_append_new(arr, json_pack("{s:o, s:s, s:I, s:s, s:s}", "path", path,
                                              "type", type_names[fe->type], "size",
                                              (json_int_t)fe->size, "mode", mode, "mtime", mtime));
         return 0;

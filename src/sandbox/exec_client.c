@@ -13,7 +13,7 @@ strv_json(const char *const *v)
     json_t *a = json_array();
 
     for (; v != NULL && *v != NULL; v++)
-        json_array_append_new(a, json_string(*v));
+        json_array_append_new(a, sandbox__json_bytes(*v));
     return a;
 }
 
@@ -25,12 +25,12 @@ exec_request(const struct sandbox_exec_opts *o)
                           "stdin", o->stdin_fd >= 0);
 
     if (o->shell != NULL)
-        json_object_set_new(j, "shell", json_string(o->shell));
+        json_object_set_new(j, "shell", sandbox__json_bytes(o->shell));
     else
         json_object_set_new(j, "argv", strv_json(o->argv));
     json_object_set_new(j, "env", strv_json(o->env));
     if (o->cwd != NULL)
-        json_object_set_new(j, "cwd", json_string(o->cwd));
+        json_object_set_new(j, "cwd", sandbox__json_bytes(o->cwd));
     return j;
 }
 
@@ -130,8 +130,12 @@ sandbox_exec(const char *env_dir, const struct sandbox_exec_opts *o,
         if ((p[1].revents & (POLLIN | POLLHUP | POLLERR)) && pump_stdin(&in_fd, &q, errp) < 0)
             break;
         if ((p[0].revents & POLLOUT || sandbox__sendq_pending(&q)) &&
-            sandbox__sendq_flush(&q, conn, errp) < 0)
-            break;
+            sandbox__sendq_flush(&q, conn, NULL) < 0) {
+            /* The command finished without reading all its input: stop sending, and read
+             * on for its result. */
+            sandbox__sendq_free(&q);
+            in_fd = -1;
+        }
         rc = 0;
         if (!(p[0].revents & (POLLIN | POLLHUP | POLLERR)))
             continue;

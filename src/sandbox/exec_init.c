@@ -37,7 +37,7 @@ static const char *const default_env[] = {
 struct exec_req {
     char **argv;
     char **envp;
-    const char *cwd;
+    char *cwd;
     int64_t timeout_ms;
     uint64_t max_output;
     bool has_stdin;
@@ -65,12 +65,11 @@ strv_from_json(json_t *arr, size_t max, size_t extra, char ***out, size_t *n_out
         return err_set(errp, ERR_LIMIT, 0, "more than %zu entries", max);
     v = xcalloc(n + extra + 1, sizeof(char *));
     for (size_t i = 0; i < n; i++) {
-        const char *s = json_string_value(json_array_get(arr, i));
-        if (s == NULL) {
+        v[i] = sandbox__bytes_from_json(json_array_get(arr, i));
+        if (v[i] == NULL) {
             free_strv(v);
             return err_set(errp, ERR_INVALID, 0, "entry %zu is not a string", i);
         }
-        v[i] = xstrdup(s);
     }
     *out = v;
     *n_out = n;
@@ -109,15 +108,18 @@ static int
 parse_req(json_t *req, struct exec_req *r, struct err **errp)
 {
     json_t *argv = json_object_get(req, "argv");
-    const char *shell = json_string_value(json_object_get(req, "shell"));
+    cleanup_free char *shell = NULL;
     size_t n;
 
     memset(r, 0, sizeof(*r));
+    if (json_object_get(req, "shell") != NULL &&
+        (shell = sandbox__bytes_from_json(json_object_get(req, "shell"))) == NULL)
+        return err_set(errp, ERR_INVALID, 0, "bad shell command");
     if (shell != NULL) {
         r->argv = xcalloc(4, sizeof(char *));
         r->argv[0] = xstrdup("/bin/sh");
         r->argv[1] = xstrdup("-c");
-        r->argv[2] = xstrdup(shell);
+        r->argv[2] = steal_ptr(&shell);
     } else if (json_is_array(argv) && json_array_size(argv) > 0) {
         if (strv_from_json(argv, EXEC_MAX_ARGS, 0, &r->argv, &n, errp) < 0)
             return err_wrap(errp, "argv");
@@ -127,9 +129,11 @@ parse_req(json_t *req, struct exec_req *r, struct err **errp)
     r->envp = build_env(json_object_get(req, "env"), errp);
     if (r->envp == NULL)
         return err_wrap(errp, "env");
-    r->cwd = json_string_value(json_object_get(req, "cwd"));
+    r->cwd = json_object_get(req, "cwd") != NULL
+                 ? sandbox__bytes_from_json(json_object_get(req, "cwd"))
+                 : xstrdup("/workspace");
     if (r->cwd == NULL)
-        r->cwd = "/workspace";
+        return err_set(errp, ERR_INVALID, 0, "bad cwd");
     r->timeout_ms = json_integer_value(json_object_get(req, "timeout_ms"));
     r->max_output = (uint64_t)json_integer_value(json_object_get(req, "max_output"));
     r->has_stdin = json_is_true(json_object_get(req, "stdin"));
@@ -383,22 +387,27 @@ relay_loop(struct relay *x, struct exec_state *st, int sfd, const struct exec_re
     }
 }
 
-/* After the result went out: keep draining output of leftover background processes. */
+/*
+ * After the result went out: read what the caller still sends (stdin the command never
+ * read) until it closes, so closing here never resets the connection before the caller has
+ * read the result; and keep draining the output of leftover background processes.
+ */
 static void
 drain(struct relay *x)
 {
     char chunk[PROTO_CHUNK];
-    struct pollfd p[2];
+    struct pollfd p[3];
+    int fds[3] = {x->fds[1], x->fds[2], x->conn_gone ? -1 : x->conn};
 
-    while (x->fds[1] >= 0 || x->fds[2] >= 0) {
-        p[0] = (struct pollfd){x->fds[1], POLLIN, 0};
-        p[1] = (struct pollfd){x->fds[2], POLLIN, 0};
-        if (poll(p, 2, -1) < 0 && errno != EINTR)
+    while (fds[0] >= 0 || fds[1] >= 0 || fds[2] >= 0) {
+        for (int i = 0; i < 3; i++)
+            p[i] = (struct pollfd){fds[i], POLLIN, 0};
+        if (poll(p, 3, -1) < 0 && errno != EINTR)
             break;
-        for (int i = 0; i < 2; i++)
+        for (int i = 0; i < 3; i++)
             if (p[i].revents & (POLLIN | POLLHUP | POLLERR) &&
-                read(x->fds[i + 1], chunk, sizeof(chunk)) <= 0)
-                close_and_reset(&x->fds[i + 1]);
+                read(fds[i], chunk, sizeof(chunk)) <= 0)
+                close_and_reset(&fds[i]);
         while (waitpid(-1, NULL, WNOHANG) > 0)
             ;
     }
@@ -481,10 +490,12 @@ sandbox__handle_exec(int conn, json_t *req)
         if (poll(&p, 1, 1000) <= 0 || sandbox__sendq_flush(&x.q, conn, NULL) < 0)
             break;
     }
-    if (!x.conn_gone)
-        send_result(&x, &st, start_ns);
-    close(conn);
+    if (!x.conn_gone && send_result(&x, &st, start_ns) == 0)
+        shutdown(conn, SHUT_WR);
+    else
+        x.conn_gone = true;
     close_and_reset(&x.fds[0]);
     drain(&x);
+    close(conn);
     return 0;
 }

@@ -60,7 +60,7 @@ request(const char *env_dir, const char *op, const char *path, json_t *extra, st
         return -1;
     }
     json_object_set_new(extra, "op", json_string(op));
-    json_object_set_new(extra, "path", json_string(abs));
+    json_object_set_new(extra, "path", sandbox__json_bytes(abs));
     r = sandbox__proto_send_json(conn, PROTO_REQ, extra, errp);
     json_decref(extra);
     if (r < 0)
@@ -89,7 +89,8 @@ until_result(int conn, sandbox_output_cb *data_cb, sandbox_entry_cb *entry_cb, v
                 r = err_set(errp, ERR_IO, errno, "write file content");
         } else if (f.type == PROTO_ENTRY && entry_cb != NULL) {
             json_t *j = sandbox__proto_parse_json(&f, errp);
-            const char *path = j != NULL ? json_string_value(json_object_get(j, "path")) : NULL;
+            cleanup_free char *path =
+                j != NULL ? sandbox__bytes_from_json(json_object_get(j, "path")) : NULL;
             int type = (int)json_integer_value(json_object_get(j, "type"));
             struct sandbox_file_entry e = {
                 .path = path,

@@ -65,10 +65,10 @@ errno_code(int e)
 static int
 req_path(json_t *req, char **out, struct err **errp)
 {
-    const char *p = json_string_value(json_object_get(req, "path"));
+    cleanup_free char *p = sandbox__bytes_from_json(json_object_get(req, "path"));
 
     if (p == NULL)
-        return err_set(errp, ERR_INVALID, 0, "missing path");
+        return err_set(errp, ERR_INVALID, 0, "missing or bad path");
     return sandbox_path_resolve(p, out, errp);
 }
 
@@ -227,7 +227,8 @@ type_of(mode_t m)
 static int
 send_entry(int conn, const char *path, const struct stat *st)
 {
-    json_t *j = json_pack("{s:s, s:i, s:I, s:i, s:I}", "path", path, "type", type_of(st->st_mode),
+    json_t *j = json_pack("{s:o, s:i, s:I, s:i, s:I}", "path", sandbox__json_bytes(path), "type",
+                          type_of(st->st_mode),
                           "size", (json_int_t)st->st_size, "mode", (int)(st->st_mode & 07777),
                           "mtime_ms",
                           (json_int_t)st->st_mtim.tv_sec * 1000 + st->st_mtim.tv_nsec / 1000000);

@@ -112,6 +112,8 @@ sandbox__init_main(int listen_fd)
                 close(sfd);
                 sigprocmask(SIG_UNBLOCK, &mask, NULL);
                 prctl(PR_SET_NAME, "paddock-handler", 0, 0, 0);
+                /* A command that closes its stdin early must not take its handler along. */
+                signal(SIGPIPE, SIG_IGN);
                 _exit(handle_conn(conn));
             }
             if (pid < 0) {

@@ -119,11 +119,73 @@ sandbox__proto_parse_json(const struct proto_frame *f, struct err **errp)
     return j;
 }
 
+json_t *
+sandbox__json_bytes(const char *s)
+{
+    static const char hex[] = "0123456789abcdef";
+    json_t *j = json_string(s);
+    size_t n;
+    char *h;
+
+    if (j != NULL)
+        return j;
+    n = strlen(s);
+    h = xmalloc(2 * n + 1);
+    for (size_t i = 0; i < n; i++) {
+        h[2 * i] = hex[(unsigned char)s[i] >> 4];
+        h[2 * i + 1] = hex[(unsigned char)s[i] & 15];
+    }
+    h[2 * n] = '\0';
+    j = json_pack("{s:s}", "hex", h);
+    free(h);
+    return j;
+}
+
+static int
+hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1;
+}
+
+char *
+sandbox__bytes_from_json(json_t *j)
+{
+    const char *h;
+    size_t n;
+    char *out;
+
+    if (json_is_string(j)) {
+        if (strlen(json_string_value(j)) != json_string_length(j))
+            return NULL; /* an embedded NUL */
+        return xstrdup(json_string_value(j));
+    }
+    h = json_string_value(json_object_get(j, "hex"));
+    if (h == NULL || (n = strlen(h)) % 2 != 0)
+        return NULL;
+    out = xmalloc(n / 2 + 1);
+    for (size_t i = 0; i < n / 2; i++) {
+        int hi = hexval(h[2 * i]), lo = hexval(h[2 * i + 1]);
+        if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
+            free(out);
+            return NULL;
+        }
+        out[i] = (char)(hi << 4 | lo);
+    }
+    out[n / 2] = '\0';
+    return out;
+}
+
 int
 sandbox__proto_send_error(int fd, const struct err *e)
 {
+    /* Messages may quote paths that are not UTF-8: escape them, they are for people. */
+    cleanup_free char *msg = log_escape(e->msg, strlen(e->msg), 4096);
     json_t *j = json_pack("{s:b, s:s, s:i, s:s}", "ok", 0, "code", err_code_name(e->code),
-                          "errno", e->errnum, "message", e->msg);
+                          "errno", e->errnum, "message", msg);
     int r = sandbox__proto_send_json(fd, PROTO_RESULT, j, NULL);
 
     json_decref(j);
@@ -153,8 +215,12 @@ sandbox__proto_result(const struct proto_frame *f, json_t **obj_out, struct err 
         enum err_code c = err_code_from_name(code != NULL ? code : "internal");
 
         msg = msg != NULL ? msg : "unknown error";
-        esc = log_escape(msg, strlen(msg), 1024);
-        /* The message comes from inside the sandbox: it is escaped, never trusted. */
+        /* The message comes from inside the sandbox: it was escaped there, and a compromised
+         * init is not trusted to have done so, so control bytes are escaped again here. */
+        esc = xstrndup(msg, 1024);
+        for (char *p = esc; *p != '\0'; p++)
+            if ((unsigned char)*p < 0x20 || *p == 0x7f)
+                *p = '?';
         err_set(errp, c, 0, "%s", esc);
         json_decref(j);
         return -1;

@@ -72,6 +72,15 @@ int sandbox__sendq_flush(struct proto_sendq *q, int fd, struct err **errp);
 bool sandbox__sendq_pending(const struct proto_sendq *q);
 void sandbox__sendq_free(struct proto_sendq *q);
 
+/**
+ * Arguments, environment values and paths are bytes, not necessarily UTF-8, while JSON
+ * strings must be UTF-8: a valid string travels as itself, anything else as {"hex":"..."}.
+ * Returns a new reference.
+ */
+json_t *sandbox__json_bytes(const char *s);
+/** Decodes what sandbox__json_bytes() made. Owned; NULL when j is neither form (or holds NUL). */
+char *sandbox__bytes_from_json(json_t *j);
+
 /** Connects to env_dir/ctl.sock. ERR_CONFLICT when nothing listens (the sandbox is down). */
 int sandbox__connect(const char *env_dir, struct err **errp);
 

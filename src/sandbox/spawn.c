@@ -208,6 +208,35 @@ struct child_args {
     int sync_fd;
 };
 
+/*
+ * The init is a copy of the process that started it, so its command line and environment
+ * (readable by every process in the sandbox through /proc/1) are the caller's: the data
+ * directory, and possibly secrets in environment variables. Wipe both memory areas.
+ */
+static void
+scrub_cmdline(void)
+{
+    cleanup_free char *stat = NULL;
+    unsigned long long v[4];
+    const char *p;
+
+    if (util_read_file_at(AT_FDCWD, "/proc/self/stat", 4096, &stat, NULL, NULL) < 0)
+        return;
+    p = strrchr(stat, ')');
+    /* arg_start, arg_end, env_start, env_end are fields 48 to 51. */
+    for (int field = 2; field < 48 && p != NULL; field++)
+        p = strchr(p + 1, ' ');
+    if (p == NULL || sscanf(p + 1, "%llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3]) != 4)
+        return;
+    if (v[1] > v[0] && v[1] - v[0] < (1u << 20)) {
+        memset((void *)(uintptr_t)v[0], 0, v[1] - v[0]);
+        if (v[1] - v[0] > 13)
+            memcpy((void *)(uintptr_t)v[0], "paddock-init", 13);
+    }
+    if (v[3] > v[2] && v[3] - v[2] < (1u << 20))
+        explicit_bzero((void *)(uintptr_t)v[2], v[3] - v[2]);
+}
+
 static int
 child_setup(const struct child_args *a, struct err **errp)
 {
@@ -215,6 +244,7 @@ child_setup(const struct child_args *a, struct err **errp)
     struct spawn_msg ok = {.ok = 1};
 
     umask(022);
+    scrub_cmdline();
     if (recv_layers(a->sync_fd, &skel_fd, &usr_fd, errp) < 0)
         return -1;
     /* The id maps are written now. Until this process switches ids it still carries the

@@ -5,7 +5,9 @@
  * `connect`, `connect-unix`, `write` and `openw` also exit 1 when the operation failed.
  *
  * Nothing here is clever on purpose: every check is a plain syscall whose result is reported as an
- * errno name ("OK" on success), so a failing test shows exactly what the sandbox allowed.
+ * errno name ("OK" on success), so a failing test shows exactly what the sandbox allowed. Where
+ * nothing blocks them these checks really mount, unshare and fork, so the attack subcommands
+ * refuse to run as root on the host itself unless PROBE_ON_HOST=1 is set.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -24,6 +26,7 @@
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/ptrace.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/swap.h>
@@ -805,7 +808,7 @@ cmd_procs(void)
     }
     printf("{\"self\":%d,\"procs\":[", (int)getpid());
     while ((e = readdir(d)) != NULL) {
-        char path[300], comm[64] = "", stat[512] = "";
+        char path[300], comm[64] = "", stat[512] = "", cmdline[4096] = "";
         char state = '?';
         ssize_t n;
         if (e->d_name[0] < '0' || e->d_name[0] > '9')
@@ -822,6 +825,14 @@ cmd_procs(void)
         }
         printf("%s{\"pid\":%s,\"state\":\"%c\",\"comm\":", first ? "" : ",", e->d_name, state);
         jstr(comm);
+        snprintf(path, sizeof(path), "/proc/%s/cmdline", e->d_name);
+        n = read_small(path, cmdline, sizeof(cmdline));
+        for (ssize_t i = 0; i + 1 < n; i++) {
+            if (cmdline[i] == '\0')
+                cmdline[i] = ' ';
+        }
+        printf(",\"cmdline\":");
+        jstr(n > 0 ? cmdline : "");
         putchar('}');
         first = 0;
     }
@@ -1261,11 +1272,13 @@ cmd_cgroup(void)
 
 /* ---- bombs ---- */
 
-/* Forks children that just wait, until fork fails; reports how many it got, then kills them. */
+/* Forks children that just wait, until fork fails; holds them for HOLD seconds (default 0), then
+ * kills them and reports how many it got. */
 static int
 cmd_forkbomb(int argc, char **argv)
 {
     long max = argc > 0 ? strtol(argv[0], NULL, 10) : 100000;
+    long hold = argc > 1 ? strtol(argv[1], NULL, 10) : 0;
     pid_t *pids = calloc((size_t)max, sizeof(pid_t));
     long n = 0;
     int e = 0;
@@ -1284,6 +1297,8 @@ cmd_forkbomb(int argc, char **argv)
         }
         pids[n++] = pid;
     }
+    if (hold > 0)
+        sleep((unsigned)hold);
     for (long i = 0; i < n; i++)
         kill(pids[i], SIGKILL);
     for (long i = 0; i < n; i++)
@@ -1425,6 +1440,375 @@ cmd_sleeper(int argc, char **argv)
     return 0;
 }
 
+/* ---- ptrace and /proc/PID/exe ---- */
+
+/* Tries to attach to every other process in the sandbox that is not our own descendant (init and
+ * paddock's handlers), and to open their /proc/PID/exe; reports errno names per pid. */
+static int
+cmd_ptrace(int argc, char **argv)
+{
+    DIR *d = opendir("/proc");
+    struct dirent *e;
+    int first = 1;
+    pid_t self = getpid(), parent = getppid();
+
+    (void)argc;
+    (void)argv;
+    if (!d) {
+        printf("{\"error\":\"%s\"}\n", errname(errno));
+        return 0;
+    }
+    printf("{\"procs\":[");
+    while ((e = readdir(d)) != NULL) {
+        char path[300], comm[64] = "";
+        long pid;
+        int attach, exe_r, exe_w, fd;
+        ssize_t n;
+
+        if (e->d_name[0] < '0' || e->d_name[0] > '9')
+            continue;
+        pid = strtol(e->d_name, NULL, 10);
+        if (pid == self || pid == parent)
+            continue;
+        snprintf(path, sizeof(path), "/proc/%ld/comm", pid);
+        n = read_small(path, comm, sizeof(comm));
+        if (n > 0 && comm[n - 1] == '\n')
+            comm[n - 1] = '\0';
+        attach = ptrace(PTRACE_ATTACH, (pid_t)pid, NULL, NULL) < 0 ? errno : 0;
+        if (attach == 0) {
+            waitpid((pid_t)pid, NULL, __WALL);
+            ptrace(PTRACE_DETACH, (pid_t)pid, NULL, NULL);
+        }
+        snprintf(path, sizeof(path), "/proc/%ld/exe", pid);
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+        exe_r = fd < 0 ? errno : 0;
+        if (fd >= 0)
+            close(fd);
+        fd = open(path, O_WRONLY | O_CLOEXEC);
+        exe_w = fd < 0 ? errno : 0;
+        if (fd >= 0)
+            close(fd);
+        printf("%s{\"pid\":%ld,\"comm\":", first ? "" : ",", pid);
+        jstr(comm);
+        printf(",\"attach\":\"%s\"", errname(attach));
+        printf(",\"exe_read\":\"%s\"", errname(exe_r));
+        printf(",\"exe_write\":\"%s\"}", errname(exe_w));
+        first = 0;
+    }
+    closedir(d);
+    printf("]}\n");
+    return 0;
+}
+
+/* ---- compat syscall entry points (x86-64 only) ---- */
+
+#if defined(__x86_64__)
+/* The i386 entry (int 0x80) from a 64-bit process: a filter that only knows x86-64 numbers would
+ * let these through. Arguments must be 32-bit addresses, hence the MAP_32BIT buffer. */
+static long
+int80(long nr, long a, long b, long c, long d, long e)
+{
+    long ret;
+
+    __asm__ volatile("int $0x80"
+                     : "=a"(ret)
+                     : "a"(nr), "b"(a), "c"(b), "d"(c), "S"(d), "D"(e)
+                     : "memory", "r8", "r9", "r10", "r11");
+    return (int)ret;
+}
+
+static char *low_buf; /* 64 KiB below 4 GiB */
+
+/* i386 syscall numbers. */
+enum {
+    I386_MOUNT = 21,
+    I386_UMOUNT2 = 52,
+    I386_CLONE = 120,
+    I386_INIT_MODULE = 128,
+    I386_PIVOT_ROOT = 217,
+    I386_KEXEC_LOAD = 283,
+    I386_ADD_KEY = 286,
+    I386_KEYCTL = 288,
+    I386_UNSHARE = 310,
+    I386_PERF_EVENT_OPEN = 336,
+    I386_SETNS = 346,
+    I386_BPF = 357,
+    I386_USERFAULTFD = 374,
+    I386_IO_URING_SETUP = 425,
+    I386_CLONE3 = 435,
+};
+
+static int
+rc_errno(long rc)
+{
+    if (rc >= 0) {
+        if (rc > 2 && rc < 1024)
+            close((int)rc);
+        return 0;
+    }
+    return (int)-rc;
+}
+
+static int
+i386_mount(void)
+{
+    char *src = low_buf, *dst = low_buf + 64, *type = low_buf + 128;
+
+    long rc;
+
+    /* A fresh directory, as in try_mount(): success changes nothing anyone else sees. */
+    memcpy(src, "probe", sizeof("probe"));
+    memcpy(dst, "/tmp/.probe-mnt32", sizeof("/tmp/.probe-mnt32"));
+    memcpy(type, "tmpfs", sizeof("tmpfs"));
+    mkdir(dst, 0700);
+    rc = int80(I386_MOUNT, (long)src, (long)dst, (long)type, 0, 0);
+    if (rc == 0)
+        umount2(dst, MNT_DETACH);
+    rmdir(dst);
+    return rc_errno(rc);
+}
+
+static int
+i386_umount2(void)
+{
+    memcpy(low_buf, "/proc", sizeof("/proc"));
+    return rc_errno(int80(I386_UMOUNT2, (long)low_buf, 0x80000000L, 0, 0, 0));
+}
+
+static int
+i386_unshare_user(void)
+{
+    return rc_errno(int80(I386_UNSHARE, CLONE_NEWUSER, 0, 0, 0, 0));
+}
+
+static int
+i386_unshare_mnt(void)
+{
+    return rc_errno(int80(I386_UNSHARE, CLONE_NEWNS, 0, 0, 0, 0));
+}
+
+static int
+i386_clone_user(void)
+{
+    long rc = int80(I386_CLONE, CLONE_NEWUSER | SIGCHLD, 0, 0, 0, 0);
+
+    if (rc == 0)
+        _exit(0);
+    if (rc > 0) {
+        waitpid((pid_t)rc, NULL, 0);
+        return 0;
+    }
+    return (int)-rc;
+}
+
+static int
+i386_clone3_user(void)
+{
+    struct probe_clone_args *args = (struct probe_clone_args *)(void *)low_buf;
+    long rc;
+
+    memset(args, 0, sizeof(*args));
+    args->flags = CLONE_NEWUSER;
+    args->exit_signal = SIGCHLD;
+    rc = int80(I386_CLONE3, (long)args, sizeof(*args), 0, 0, 0);
+    if (rc == 0)
+        _exit(0);
+    if (rc > 0) {
+        waitpid((pid_t)rc, NULL, 0);
+        return 0;
+    }
+    return (int)-rc;
+}
+
+static int
+i386_keyctl(void)
+{
+    return rc_errno(int80(I386_KEYCTL, KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING, 0, 0, 0));
+}
+
+static int
+i386_add_key(void)
+{
+    memcpy(low_buf, "user", sizeof("user"));
+    memcpy(low_buf + 16, "probe", sizeof("probe"));
+    memcpy(low_buf + 32, "x", sizeof("x"));
+    return rc_errno(int80(I386_ADD_KEY, (long)low_buf, (long)(low_buf + 16), (long)(low_buf + 32),
+        1, KEY_SPEC_PROCESS_KEYRING));
+}
+
+static int
+i386_bpf(void)
+{
+    union bpf_attr *attr = (union bpf_attr *)(void *)low_buf;
+
+    memset(attr, 0, sizeof(*attr));
+    attr->map_type = BPF_MAP_TYPE_ARRAY;
+    attr->key_size = 4;
+    attr->value_size = 4;
+    attr->max_entries = 1;
+    return rc_errno(int80(I386_BPF, BPF_MAP_CREATE, (long)attr, sizeof(*attr), 0, 0));
+}
+
+static int
+i386_perf_event_open(void)
+{
+    struct perf_event_attr *attr = (struct perf_event_attr *)(void *)low_buf;
+
+    memset(attr, 0, sizeof(*attr));
+    attr->size = sizeof(*attr);
+    attr->type = PERF_TYPE_SOFTWARE;
+    attr->config = PERF_COUNT_SW_TASK_CLOCK;
+    attr->exclude_kernel = 1;
+    attr->exclude_hv = 1;
+    return rc_errno(int80(I386_PERF_EVENT_OPEN, (long)attr, 0, -1, -1, 0));
+}
+
+static int
+i386_userfaultfd(void)
+{
+    return rc_errno(int80(I386_USERFAULTFD, O_CLOEXEC | UFFD_USER_MODE_ONLY, 0, 0, 0, 0));
+}
+
+static int
+i386_io_uring_setup(void)
+{
+    struct io_uring_params *p = (struct io_uring_params *)(void *)low_buf;
+
+    memset(p, 0, sizeof(*p));
+    return rc_errno(int80(I386_IO_URING_SETUP, 4, (long)p, 0, 0, 0));
+}
+
+static int
+i386_setns(void)
+{
+    int fd = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
+
+    if (fd < 0)
+        return 210;
+    return rc_errno(int80(I386_SETNS, fd, CLONE_NEWNET, 0, 0, 0));
+}
+
+static int
+i386_init_module(void)
+{
+    return rc_errno(int80(I386_INIT_MODULE, (long)low_buf, 64, (long)(low_buf + 128), 0, 0));
+}
+
+static int
+i386_kexec_load(void)
+{
+    return rc_errno(int80(I386_KEXEC_LOAD, 0, 0, 0, 0xf0, 0));
+}
+
+static int
+i386_pivot_root(void)
+{
+    memcpy(low_buf, "/.probe-none-new", sizeof("/.probe-none-new"));
+    memcpy(low_buf + 64, "/.probe-none-old", sizeof("/.probe-none-old"));
+    return rc_errno(int80(I386_PIVOT_ROOT, (long)low_buf, (long)(low_buf + 64), 0, 0, 0));
+}
+
+#define X32_BIT 0x40000000L
+
+/* The x32 ABI: x86-64 numbers with bit 30 set (most kernels refuse them with ENOSYS). */
+static int
+x32_unshare_user(void)
+{
+    return syscall(X32_BIT | SYS_unshare, CLONE_NEWUSER) < 0 ? errno : 0;
+}
+
+static int
+x32_keyctl(void)
+{
+    return syscall(X32_BIT | SYS_keyctl, KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING, 0) < 0
+        ? errno
+        : 0;
+}
+
+static int
+x32_userfaultfd(void)
+{
+    long fd = syscall(X32_BIT | SYS_userfaultfd, O_CLOEXEC | UFFD_USER_MODE_ONLY);
+
+    if (fd >= 0) {
+        close((int)fd);
+        return 0;
+    }
+    return errno;
+}
+
+static int
+x32_io_uring_setup(void)
+{
+    struct io_uring_params *p = (struct io_uring_params *)(void *)low_buf;
+    long fd;
+
+    memset(p, 0, sizeof(*p));
+    fd = syscall(X32_BIT | SYS_io_uring_setup, 4, p);
+    if (fd >= 0) {
+        close((int)fd);
+        return 0;
+    }
+    return errno;
+}
+
+static int
+i386_getpid(void)
+{
+    /* Control: tells whether the i386 entry exists at all (20 is getpid). */
+    return int80(20, 0, 0, 0, 0, 0) > 0 ? 0 : EINVAL;
+}
+
+static const struct attempt compat_attempts[] = {
+    { "i386_getpid", i386_getpid },
+    { "i386_mount", i386_mount },
+    { "i386_umount2", i386_umount2 },
+    { "i386_pivot_root", i386_pivot_root },
+    { "i386_unshare_user", i386_unshare_user },
+    { "i386_unshare_mnt", i386_unshare_mnt },
+    { "i386_clone_user", i386_clone_user },
+    { "i386_clone3_user", i386_clone3_user },
+    { "i386_keyctl", i386_keyctl },
+    { "i386_add_key", i386_add_key },
+    { "i386_bpf", i386_bpf },
+    { "i386_perf_event_open", i386_perf_event_open },
+    { "i386_userfaultfd", i386_userfaultfd },
+    { "i386_io_uring_setup", i386_io_uring_setup },
+    { "i386_setns", i386_setns },
+    { "i386_init_module", i386_init_module },
+    { "i386_kexec_load", i386_kexec_load },
+    { "x32_unshare_user", x32_unshare_user },
+    { "x32_keyctl", x32_keyctl },
+    { "x32_userfaultfd", x32_userfaultfd },
+    { "x32_io_uring_setup", x32_io_uring_setup },
+};
+
+static int
+cmd_compat(void)
+{
+    int first = 1;
+
+    low_buf = mmap(NULL, 1 << 16, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_32BIT,
+        -1, 0);
+    if (low_buf == MAP_FAILED) {
+        printf("{\"error\":\"%s\"}\n", errname(errno));
+        return 0;
+    }
+    putchar('{');
+    for (size_t i = 0; i < sizeof(compat_attempts) / sizeof(compat_attempts[0]); i++)
+        jkv(&first, compat_attempts[i].name, errname(in_child(compat_attempts[i].fn)));
+    printf("}\n");
+    return 0;
+}
+#else
+static int
+cmd_compat(void)
+{
+    printf("{\"skipped\":\"not x86-64\"}\n");
+    return 0;
+}
+#endif
+
 /* Prints argv, the environment, the working directory and the ids: one JSON object. */
 static int
 cmd_env(int argc, char **argv)
@@ -1459,34 +1843,49 @@ struct command {
     const char *name;
     int (*fn)(int argc, char **argv);
     int (*fn0)(void);
+    int dangerous; /* changes the system when nothing blocks it */
 };
 
 static const struct command commands[] = {
-    { "uidmap", NULL, cmd_uidmap },
-    { "hostname", NULL, cmd_hostname },
-    { "seccomp", NULL, cmd_seccomp },
-    { "userns", NULL, cmd_userns },
-    { "tiocsti", NULL, cmd_tiocsti },
-    { "caps", NULL, cmd_caps },
-    { "fds", cmd_fds, NULL },
-    { "procs", NULL, cmd_procs },
-    { "paths", cmd_paths, NULL },
-    { "stat", cmd_stat, NULL },
-    { "connect", cmd_connect, NULL },
-    { "connect-unix", cmd_connect_unix, NULL },
-    { "net", NULL, cmd_net },
-    { "write", cmd_write, NULL },
-    { "append", cmd_append, NULL },
-    { "openw", cmd_openw, NULL },
-    { "mounts", NULL, cmd_mounts },
-    { "cgroup", NULL, cmd_cgroup },
-    { "forkbomb", cmd_forkbomb, NULL },
-    { "membomb", cmd_membomb, NULL },
-    { "diskfill", cmd_diskfill, NULL },
-    { "daemonize", cmd_daemonize, NULL },
-    { "sleeper", cmd_sleeper, NULL },
-    { "env", cmd_env, NULL },
+    { "uidmap", NULL, cmd_uidmap, 0 },
+    { "hostname", NULL, cmd_hostname, 0 },
+    { "seccomp", NULL, cmd_seccomp, 1 },
+    { "userns", NULL, cmd_userns, 1 },
+    { "tiocsti", NULL, cmd_tiocsti, 1 },
+    { "caps", NULL, cmd_caps, 0 },
+    { "fds", cmd_fds, NULL, 0 },
+    { "procs", NULL, cmd_procs, 0 },
+    { "paths", cmd_paths, NULL, 0 },
+    { "stat", cmd_stat, NULL, 0 },
+    { "connect", cmd_connect, NULL, 0 },
+    { "connect-unix", cmd_connect_unix, NULL, 0 },
+    { "net", NULL, cmd_net, 0 },
+    { "write", cmd_write, NULL, 0 },
+    { "append", cmd_append, NULL, 0 },
+    { "openw", cmd_openw, NULL, 0 },
+    { "mounts", NULL, cmd_mounts, 0 },
+    { "cgroup", NULL, cmd_cgroup, 0 },
+    { "forkbomb", cmd_forkbomb, NULL, 1 },
+    { "membomb", cmd_membomb, NULL, 1 },
+    { "diskfill", cmd_diskfill, NULL, 0 },
+    { "daemonize", cmd_daemonize, NULL, 0 },
+    { "sleeper", cmd_sleeper, NULL, 0 },
+    { "env", cmd_env, NULL, 0 },
+    { "ptrace", cmd_ptrace, NULL, 1 },
+    { "compat", NULL, cmd_compat, 1 },
 };
+
+/* True when this process runs with the host's full identity id map (real root on the host), where
+ * the attack probes would really mount, unshare and so on. */
+static int
+on_host(void)
+{
+    char buf[256];
+
+    if (read_small("/proc/self/uid_map", buf, sizeof(buf)) < 0)
+        return 0;
+    return strstr(buf, "4294967295") != NULL;
+}
 
 int
 main(int argc, char **argv)
@@ -1498,6 +1897,11 @@ main(int argc, char **argv)
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
         if (strcmp(argv[1], commands[i].name) != 0)
             continue;
+        if (commands[i].dangerous && on_host() && !getenv("PROBE_ON_HOST")) {
+            fprintf(stderr, "probe: %s attacks the system it runs on; run it inside a sandbox "
+                            "(or set PROBE_ON_HOST=1)\n", argv[1]);
+            return 3;
+        }
         if (commands[i].fn)
             return commands[i].fn(argc - 2, argv + 2);
         return commands[i].fn0();

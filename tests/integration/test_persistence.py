@@ -1,0 +1,177 @@
+"""Persistence: files survive stop/start, the death of init, of the creating process and of the
+writing process; 100 stop/start cycles keep every file intact."""
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+import pdk
+from pdk import MiB
+
+MANIFEST = ("cd /workspace/p && find . -printf '%p %y %m %s %n %l\\n' | LC_ALL=C sort && "
+            "find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum && "
+            "sha256sum /root/.note /usr/local/share/persist.txt /etc/persist.conf && "
+            "stat -c '%n %a %u %g' /root/.note /usr/local/share/persist.txt /etc/persist.conf")
+
+
+def populate(env):
+    """Writes a varied set of files (in and outside /workspace); returns their manifest."""
+    blob = os.urandom(MiB + 17)
+    assert env.write("p/plain.txt", b"plain text\n").rc == 0
+    assert env.write("p/blob.bin", blob).rc == 0
+    assert env.write("p/tool.sh", b"#!/bin/sh\necho tool\n", mode="0755").rc == 0
+    env.sh_ok("cd /workspace/p && mkdir -p d1/d2/d3 && echo deep > d1/d2/d3/leaf && "
+              "ln -s plain.txt link && ln -s /nonexistent dangling && ln plain.txt hard && "
+              ": > empty && echo secret > private && chmod 0600 private && mkfifo fifo && "
+              "mkdir -m 0700 closed && touch -d @1500000000 blob.bin && "
+              "head -c 5000000 /dev/urandom > big && "
+              "echo note > /root/.note && mkdir -p /usr/local/share && "
+              "echo usr > /usr/local/share/persist.txt && echo conf > /etc/persist.conf && "
+              "chmod 0640 /etc/persist.conf && chown 1000:1000 /root/.note")
+    manifest = env.sh_ok(MANIFEST).text
+    assert "./d1/d2/d3/leaf f" in manifest and "./link l" in manifest, manifest
+    return manifest, blob
+
+
+def check(env, manifest, blob):
+    r = env.sh(MANIFEST)
+    assert r.rc == 0, r
+    assert r.text == manifest, f"files changed:\n--- before\n{manifest}\n--- after\n{r.text}"
+    r = env.read("p/blob.bin")
+    assert r.rc == 0 and r.out == blob
+
+
+def test_files_survive_stop_start(pd):
+    env = pd.create()
+    manifest, blob = populate(env)
+    env.stop()
+    assert pd.info(env.id)["state"] == "stopped"
+    env.start()
+    check(env, manifest, blob)
+
+
+def test_processes_do_not_survive_stop(pd):
+    env = pd.create()
+    env.push_probe()
+    env.sh_ok("/workspace/probe daemonize /tmp/d.pids")
+    env.stop()
+    assert not pdk.procs_in_cgroup_of(env.id), "processes left after stop"
+    env.start()
+    names = {p["comm"] for p in env.probe("procs")["procs"]}
+    assert "pdk_daemon" not in names, names
+
+
+def test_init_killed_from_host(pd):
+    env = pd.create()
+    manifest, blob = populate(env)
+    env.push_probe()
+    env.sh_ok("/workspace/probe daemonize /tmp/d.pids")
+    init = env.init_pid
+    os.kill(init, signal.SIGKILL)
+    # Once the host sees init dead (gone or a zombie), ls must say so.
+    assert pdk.wait_until(lambda: not pdk.pid_alive(init), 10)
+    time.sleep(0.2)
+    info = pd.info(env.id)
+    assert info["state"] == "stopped", f"init {init} is dead but ls shows: {info}"
+    # Every process of the sandbox died with its init.
+    assert pdk.wait_until(lambda: not pdk.procs_in_cgroup_of(env.id), 10), \
+        pdk.procs_in_cgroup_of(env.id)
+    env.start()
+    assert env.init_pid != init
+    check(env, manifest, blob)
+
+
+def test_init_killed_then_rm(pd):
+    env = pd.create()
+    os.kill(env.init_pid, signal.SIGKILL)
+    pdk.wait_until(lambda: not pdk.pid_alive(env.init_pid), 5)
+    env.rm()
+    assert pd.ls() == []
+
+
+def test_sandbox_outlives_the_process_that_created_it(pd):
+    env = pd.create()  # that CLI process has exited by now
+    assert pdk.pid_alive(env.init_pid)
+    env.write("made-by-first.txt", b"first\n")
+    assert pd.info(env.id)["init_pid"] == env.init_pid
+    assert env.read("made-by-first.txt").out == b"first\n"
+
+
+def test_cli_killed_mid_exec(pd):
+    env = pd.create()
+    manifest, blob = populate(env)
+    argv = pd.argv("env", "exec", env.id, "-c", "echo started; sleep 30")
+    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env=pd.env)
+    assert p.stdout.readline() == b"started\n"
+    p.kill()
+    p.wait()
+    info = pd.info(env.id)
+    assert info["state"] == "running" and info["init_pid"] == env.init_pid, info
+    r = env.exec("echo", "still")
+    assert r.rc == 0 and r.text == "still\n", r
+    check(env, manifest, blob)
+
+
+def test_files_survive_death_of_the_writer(pd):
+    env = pd.create()
+    r = env.sh("echo written-before-death > /workspace/w.txt; kill -9 $$")
+    assert r.rc == 137, r
+    assert env.read("w.txt").out == b"written-before-death\n"
+    # A writer killed mid-stream leaves what it wrote.
+    r = env.sh("head -c 3000000 /dev/zero > /workspace/partial; kill -9 $$")
+    assert r.rc == 137, r
+    r = env.exec("stat", "-c", "%s", "/workspace/partial")
+    assert r.text.strip() == "3000000", r
+    env.stop()
+    env.start()
+    assert env.read("w.txt").out == b"written-before-death\n"
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.005, 0.02, 0.08])
+def test_create_killed_midway_leaves_consistent_state(pd, delay):
+    pd.create()  # the storage exists; now interrupt a second create
+    p = subprocess.Popen(pd.argv("env", "create", "--json"), stdin=subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=pd.env)
+    time.sleep(delay)
+    p.kill()
+    p.communicate()
+    time.sleep(0.2)
+    envs = pd.ls()
+    for e in envs:
+        pd.ids.add(e["id"])
+        assert e["state"] in ("running", "stopped"), e
+        if e["state"] == "running":
+            assert pdk.pid_alive(e["init_pid"]), f"listed running but init is dead: {e}"
+            r = pd.run("env", "exec", e["id"], "--", "true")
+            assert r.rc == 0, r
+    again = pd.create()
+    r = again.exec("echo", "ok")
+    assert r.rc == 0, r
+    for e in envs:
+        pd.ok("env", "rm", e["id"])
+
+
+@pytest.mark.slow
+def test_100_stop_start_cycles(pd):
+    env = pd.create()
+    manifest, blob = populate(env)
+    mounts_before = len(pdk.host_mounts())
+    for i in range(100):
+        env.stop()
+        env.start()
+        if i % 25 == 24:
+            check(env, manifest, blob)
+    check(env, manifest, blob)
+    r = env.exec("echo", "after-100")
+    assert r.rc == 0 and r.text == "after-100\n", r
+    assert len(pdk.host_mounts()) <= mounts_before + 2, "mounts accumulate across stop/start"
+    # Exactly one init, the current one, is alive.
+    assert pdk.pid_alive(env.init_pid)
+    assert len(pd.init_pids) >= 100
+    alive = [p for p in pd.init_pids if p != env.init_pid and pdk.pid_alive(p)
+             and env.id in pdk.read_text(f"/proc/{p}/cgroup")]
+    assert not alive, f"old inits still alive: {alive}"
