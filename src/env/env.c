@@ -279,17 +279,31 @@ rollback_row:
     return err_wrap(errp, "create environment");
 }
 
+/*
+ * Reconciles an environment, then takes its lock and reads its row again under it: the
+ * start of every lifecycle change. Returns the lock's fd.
+ */
+static int
+lock_and_load(struct env_ctx *c, const char *id, struct store_env *e, struct err **errp)
+{
+    cleanup_close int lock = -1;
+
+    if (env_get(c, id, e, errp) < 0)
+        return -1;
+    lock = lock_env(c, id, true, errp);
+    if (lock < 0 || store_env_get(c->store, id, e, errp) < 0)
+        return -1;
+    return steal_fd(&lock);
+}
+
 int
 env_start(struct env_ctx *c, const char *id, struct store_env *out, struct err **errp)
 {
-    cleanup_close int lock = -1;
     struct store_env e;
+    cleanup_close int lock = lock_and_load(c, id, &e, errp);
     struct sandbox_init init;
 
-    if (env_get(c, id, &e, errp) < 0)
-        return -1;
-    lock = lock_env(c, id, true, errp);
-    if (lock < 0 || store_env_get(c->store, id, &e, errp) < 0)
+    if (lock < 0)
         return -1;
     init = init_of(&e);
     if (!(e.state == STORE_ENV_RUNNING && sandbox_alive(&init))) {
@@ -306,14 +320,11 @@ env_start(struct env_ctx *c, const char *id, struct store_env *out, struct err *
 int
 env_stop(struct env_ctx *c, const char *id, struct err **errp)
 {
-    cleanup_close int lock = -1;
     struct store_env e;
+    cleanup_close int lock = lock_and_load(c, id, &e, errp);
     struct sandbox_init init;
 
-    if (env_get(c, id, &e, errp) < 0)
-        return -1;
-    lock = lock_env(c, id, true, errp);
-    if (lock < 0 || store_env_get(c->store, id, &e, errp) < 0)
+    if (lock < 0)
         return -1;
     if (e.state != STORE_ENV_RUNNING)
         return 0;
@@ -326,15 +337,12 @@ env_stop(struct env_ctx *c, const char *id, struct err **errp)
 int
 env_destroy(struct env_ctx *c, const char *id, struct err **errp)
 {
-    cleanup_close int lock = -1;
-    cleanup_free char *lockpath = NULL;
     struct store_env e;
+    cleanup_close int lock = lock_and_load(c, id, &e, errp);
+    cleanup_free char *lockpath = NULL;
     struct sandbox_init init;
 
-    if (env_get(c, id, &e, errp) < 0)
-        return -1;
-    lock = lock_env(c, id, true, errp);
-    if (lock < 0 || store_env_get(c->store, id, &e, errp) < 0)
+    if (lock < 0)
         return -1;
     init = init_of(&e);
     if (sandbox_stop(id, &init, errp) < 0 || ensure_storage(c, errp) < 0 ||

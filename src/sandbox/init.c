@@ -81,6 +81,12 @@ sandbox__init_main(int listen_fd)
     struct pollfd p[2];
 
     prctl(PR_SET_NAME, "paddock-init", 0, 0, 0);
+    /* Handlers inherited from the caller (a server's SIGTERM, a sanitizer's SIGSEGV) would
+     * make pid 1 react to signals sent from inside the sandbox. With none installed, the
+     * kernel drops every signal that processes of the namespace send to their init. */
+    for (int sig = 1; sig < NSIG; sig++)
+        if (sig != SIGKILL && sig != SIGSTOP)
+            signal(sig, SIG_DFL);
     sigemptyset(&mask);
     sigaddset(&mask, SIGCHLD);
     sigprocmask(SIG_BLOCK, &mask, NULL);

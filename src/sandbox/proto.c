@@ -182,10 +182,17 @@ sandbox__bytes_from_json(json_t *j)
 int
 sandbox__proto_send_error(int fd, const struct err *e)
 {
-    /* Messages may quote paths that are not UTF-8: escape them, they are for people. */
-    cleanup_free char *msg = log_escape(e->msg, strlen(e->msg), 4096);
-    json_t *j = json_pack("{s:b, s:s, s:i, s:s}", "ok", 0, "code", err_code_name(e->code),
-                          "errno", e->errnum, "message", msg);
+    /* A message may quote a path that is not UTF-8, which JSON cannot carry: then it goes
+     * escaped (the receiver escapes whatever it gets in any case). */
+    json_t *m = json_string(e->msg);
+    json_t *j;
+
+    if (m == NULL) {
+        cleanup_free char *esc = log_escape(e->msg, strlen(e->msg), 4096);
+        m = json_string(esc);
+    }
+    j = json_pack("{s:b, s:s, s:i, s:o}", "ok", 0, "code", err_code_name(e->code), "errno",
+                  e->errnum, "message", m);
     int r = sandbox__proto_send_json(fd, PROTO_RESULT, j, NULL);
 
     json_decref(j);
@@ -215,12 +222,8 @@ sandbox__proto_result(const struct proto_frame *f, json_t **obj_out, struct err 
         enum err_code c = err_code_from_name(code != NULL ? code : "internal");
 
         msg = msg != NULL ? msg : "unknown error";
-        /* The message comes from inside the sandbox: it was escaped there, and a compromised
-         * init is not trusted to have done so, so control bytes are escaped again here. */
-        esc = xstrndup(msg, 1024);
-        for (char *p = esc; *p != '\0'; p++)
-            if ((unsigned char)*p < 0x20 || *p == 0x7f)
-                *p = '?';
+        esc = log_escape(msg, strlen(msg), 1024);
+        /* The message comes from inside the sandbox: it is escaped, never trusted. */
         err_set(errp, c, 0, "%s", esc);
         json_decref(j);
         return -1;

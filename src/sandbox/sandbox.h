@@ -47,10 +47,6 @@ int sandbox_volume_create(const char *envs_dir, const char *id, uint32_t host_id
  */
 int sandbox_volume_destroy(const char *envs_dir, const char *id, struct err **errp);
 
-/** Changes the disk cap of an existing volume. */
-int sandbox_volume_set_limit(const char *envs_dir, const char *id, uint64_t disk_bytes,
-                             struct err **errp);
-
 /* --------------------------------------------------------------- image */
 
 /**

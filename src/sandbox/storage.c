@@ -244,20 +244,33 @@ valid_name(const char *id)
            strlen(id) < BTRFS_PATH_NAME_MAX;
 }
 
+/* Opens envs_dir for a subvolume ioctl on the volume named id (validated into va). */
+static int
+open_parent(const char *envs_dir, const char *id, struct btrfs_ioctl_vol_args *va,
+            struct err **errp)
+{
+    int efd;
+
+    if (!valid_name(id))
+        return err_set(errp, ERR_INVALID, 0, "bad volume name");
+    efd = open(envs_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (efd < 0)
+        return err_set(errp, ERR_IO, errno, "open %s", envs_dir);
+    memset(va, 0, sizeof(*va));
+    snprintf(va->name, sizeof(va->name), "%s", id);
+    return efd;
+}
+
 int
 sandbox_volume_create(const char *envs_dir, const char *id, uint32_t host_id,
                       uint64_t disk_bytes, struct err **errp)
 {
-    cleanup_close int efd = open(envs_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    cleanup_close int vfd = -1;
     struct btrfs_ioctl_vol_args va;
+    cleanup_close int efd = open_parent(envs_dir, id, &va, errp);
+    cleanup_close int vfd = -1;
 
-    if (!valid_name(id))
-        return err_set(errp, ERR_INVALID, 0, "bad volume name");
     if (efd < 0)
-        return err_set(errp, ERR_IO, errno, "open %s", envs_dir);
-    memset(&va, 0, sizeof(va));
-    snprintf(va.name, sizeof(va.name), "%s", id);
+        return -1;
     if (ioctl(efd, BTRFS_IOC_SUBVOL_CREATE, &va) < 0)
         return err_set(errp, errno == EEXIST ? ERR_CONFLICT : ERR_INTERNAL, errno,
                        "create volume %s", id);
@@ -273,32 +286,13 @@ sandbox_volume_create(const char *envs_dir, const char *id, uint32_t host_id,
 }
 
 int
-sandbox_volume_set_limit(const char *envs_dir, const char *id, uint64_t disk_bytes,
-                         struct err **errp)
-{
-    cleanup_close int efd = open(envs_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    cleanup_close int vfd = -1;
-
-    if (!valid_name(id) || efd < 0)
-        return err_set(errp, ERR_INVALID, errno, "volume %s", id);
-    vfd = openat(efd, id, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
-    if (vfd < 0)
-        return err_set(errp, ERR_NOT_FOUND, errno, "volume %s", id);
-    return limit_fd(vfd, disk_bytes, errp);
-}
-
-int
 sandbox_volume_destroy(const char *envs_dir, const char *id, struct err **errp)
 {
-    cleanup_close int efd = open(envs_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     struct btrfs_ioctl_vol_args va;
+    cleanup_close int efd = open_parent(envs_dir, id, &va, errp);
 
-    if (!valid_name(id))
-        return err_set(errp, ERR_INVALID, 0, "bad volume name");
     if (efd < 0)
-        return err_set(errp, ERR_IO, errno, "open %s", envs_dir);
-    memset(&va, 0, sizeof(va));
-    snprintf(va.name, sizeof(va.name), "%s", id);
+        return -1;
     if (ioctl(efd, BTRFS_IOC_SNAP_DESTROY, &va) < 0 && errno != ENOENT)
         return err_set(errp, ERR_IO, errno, "delete volume %s", id);
     return 0;
