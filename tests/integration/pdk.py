@@ -432,7 +432,17 @@ def run_with_rusage(argv, env, timeout):
                          stderr=subprocess.PIPE, env=env)
     out, err = Reader(p.stdout), Reader(p.stderr)
     end = time.monotonic() + timeout * SLOWDOWN
+    hwm = 0
     while True:
+        # ru_maxrss after exec can report the forked Python parent's size; VmHWM is the
+        # high-water mark of the program's own address space.
+        try:
+            with open(f"/proc/{p.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        hwm = max(hwm, int(line.split()[1]))
+        except OSError:
+            pass
         pid, status, ru = os.wait4(p.pid, os.WNOHANG)
         if pid == p.pid:
             break
@@ -445,4 +455,4 @@ def run_with_rusage(argv, env, timeout):
     p.returncode = os.waitstatus_to_exitcode(status)
     out.join(10)
     err.join(10)
-    return p.returncode, out, err, ru
+    return p.returncode, out, err, hwm

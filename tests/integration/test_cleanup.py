@@ -110,15 +110,14 @@ def test_teardown_on_unused_data_dir(pd):
 
 @pytest.mark.slow
 def test_many_create_rm_cycles_leak_nothing(pd):
-    pd.create()
-    mounts_before = len(pdk.host_mounts())
-    cg_before = len(os.listdir("/sys/fs/cgroup/pids")) if os.path.isdir("/sys/fs/cgroup/pids") else 0
+    keep = pd.create()
+    data = str(pd.data)
+    mounts_before = [l for l in pdk.host_mounts() if data in l]
     for _ in range(40):
         env = pd.create()
         env.exec("true")
         init = env.init_pid
         env.rm()
         assert not leftovers(pd, env.id, init)
-    assert len(pdk.host_mounts()) <= mounts_before + 1
-    if cg_before:
-        assert len(os.listdir("/sys/fs/cgroup/pids")) <= cg_before + 1
+    assert [l for l in pdk.host_mounts() if data in l] == mounts_before
+    assert [e["id"] for e in pd.ls()] == [keep.id]

@@ -517,3 +517,26 @@ def test_data_dir_path_not_revealed_by_process_list(menv):
     leaks = [m for m in r["mounts"] if data in m["source"] or data in m["options"]
              or data in m["root"]]
     assert not leaks, f"host data dir path visible in mountinfo: {leaks}"
+
+
+def test_environments_isolated_from_each_other(pd):
+    """Two sandboxes share no loopback, abstract socket, SysV IPC, hostname or /tmp."""
+    a, b = pd.create(), pd.create()
+    server = ("import socket, sys, time\n"
+              "s = socket.socket(); s.bind(('127.0.0.1', 47001)); s.listen(5)\n"
+              "u = socket.socket(socket.AF_UNIX); u.bind('\\0paddock-itest-abs'); u.listen(5)\n"
+              "open('/tmp/ready', 'w').close(); time.sleep(30)\n")
+    a.sh_ok(f"python3 -c \"{server}\" >/dev/null 2>&1 </dev/null & "
+            "for i in $(seq 100); do [ -e /tmp/ready ] && break; sleep 0.05; done; "
+            "[ -e /tmp/ready ]")
+    assert a.probe("connect", "127.0.0.1:47001", ok_rcs=(0, 1))["connect"] == "OK", \
+        "control: the listener is reachable inside its own sandbox"
+    assert b.probe("connect", "127.0.0.1:47001", ok_rcs=(0, 1))["connect"] != "OK"
+    assert b.probe("connect-unix", "@paddock-itest-abs", ok_rcs=(0, 1))["connect"] != "OK"
+    assert not b.probe("stat", "/tmp/ready")["paths"]["/tmp/ready"]["exists"]
+    assert a.probe("hostname")["hostname"] != b.probe("hostname")["hostname"]
+    if os.path.exists("/usr/bin/ipcmk"):
+        a.sh_ok("ipcmk -M 4096 >/dev/null")
+        r = b.exec("ipcs", "-m")
+        assert r.rc == 0 and "0x" not in r.text, f"A's shared memory visible in B: {r}"
+    a.sh("pkill -f paddock-itest-abs; true")

@@ -40,7 +40,8 @@ def test_shell_fork_bomb_is_contained(pd):
     other = pd.create()
     env = pd.create("--pids", "128")
     with concurrent.futures.ThreadPoolExecutor(1) as ex:
-        fut = ex.submit(env.sh, "f() { f | f & }; f; sleep 100", opts=["--timeout", "4"],
+        # `exec sleep` needs no fork, so the exec lasts until the timeout kills the whole tree.
+        fut = ex.submit(env.sh, "f() { f | f & }; f; exec sleep 100", opts=["--timeout", "4"],
                         timeout=120)
         time.sleep(1.5)
         # Meanwhile the host and the other environment are fine.
@@ -197,3 +198,22 @@ def test_exec_while_pids_exhausted(pd):
     assert pdk.pid_alive(init), "the sandbox's init died while pids were exhausted"
     assert pd.info(env.id)["init_pid"] == init
     wait_exec_ok(env)
+
+
+def test_detached_fork_bomb_recovered_by_stop(pd):
+    """A bomb left running after its exec returned is contained, and stop/start recovers."""
+    other = pd.create()
+    env = pd.create("--pids", "96")
+    env.write("keep.txt", b"kept\n")
+    r = env.sh("f() { f | f & }; f; exit 0", timeout=60)
+    assert r.rc in (0, 2), r
+    time.sleep(1)
+    r = other.exec("echo", "unaffected", timeout=30)
+    assert r.rc == 0 and r.text == "unaffected\n", r
+    t0 = time.monotonic()
+    env.stop()
+    assert time.monotonic() - t0 < 20 * pdk.SLOWDOWN
+    assert not pdk.procs_in_cgroup_of(env.id)
+    env.start()
+    wait_exec_ok(env)
+    assert env.read("keep.txt").out == b"kept\n"

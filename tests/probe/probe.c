@@ -262,7 +262,7 @@ cmd_uidmap(void)
     printf(",\"gid_map\":");
     print_idmap("/proc/self/gid_map");
     printf(",\"uid\":%u,\"euid\":%u,\"gid\":%u,\"egid\":%u}\n", getuid(), geteuid(), getgid(),
-        getegid());
+           getegid());
     return 0;
 }
 
@@ -464,14 +464,10 @@ static const struct {
     int flag;
     const char *name;
 } ns_flags[] = {
-    { CLONE_NEWUSER, "user" },
-    { CLONE_NEWNS, "mnt" },
-    { CLONE_NEWPID, "pid" },
-    { CLONE_NEWNET, "net" },
-    { CLONE_NEWUTS, "uts" },
-    { CLONE_NEWIPC, "ipc" },
-    { CLONE_NEWCGROUP, "cgroup" },
-    { CLONE_NEWTIME, "time" }, /* clone(2) cannot express it (it overlaps CSIGNAL). */
+    { CLONE_NEWUSER, "user" },     { CLONE_NEWNS, "mnt" },    { CLONE_NEWPID, "pid" },
+    { CLONE_NEWNET, "net" },       { CLONE_NEWUTS, "uts" },   { CLONE_NEWIPC, "ipc" },
+    { CLONE_NEWCGROUP, "cgroup" }, { CLONE_NEWTIME, "time" }, /* clone(2) cannot express it (it
+                                                                 overlaps CSIGNAL). */
 };
 
 static int current_ns_flag;
@@ -727,8 +723,9 @@ cmd_tiocsti(void)
 static int
 cmd_caps(void)
 {
-    static const char *const keys[] = { "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb",
-        "NoNewPrivs", "Seccomp", "Seccomp_filters", "Uid", "Gid" };
+    static const char *const keys[] = { "CapInh", "CapPrm",     "CapEff",  "CapBnd",
+                                        "CapAmb", "NoNewPrivs", "Seccomp", "Seccomp_filters",
+                                        "Uid",    "Gid" };
     char buf[8192];
     int first = 1;
 
@@ -933,7 +930,7 @@ print_path(const char *path)
         return;
     }
     printf("{\"exists\":true,\"type\":\"%s\",\"uid\":%u,\"gid\":%u,\"mode\":\"%04o\"",
-        type_name(st.st_mode), st.st_uid, st.st_gid, (unsigned)(st.st_mode & 07777));
+           type_name(st.st_mode), st.st_uid, st.st_gid, (unsigned)(st.st_mode & 07777));
     if (S_ISREG(st.st_mode)) {
         uint64_t h = 0;
         long long size = 0;
@@ -958,9 +955,15 @@ print_path(const char *path)
 static int
 cmd_paths(int argc, char **argv)
 {
-    static const char *const defaults[] = { "/root", "/home", "/etc/shadow", "/etc/gshadow",
-        "/var", "/run", "/tmp", "/mnt", "/media", "/srv", "/boot", "/sys", "/dev",
-        "/var/run/docker.sock", "/run/systemd", "/var/lib", "/proc/1/root", "/lost+found" };
+    static const char *const defaults[] = { "/root",        "/home",
+                                            "/etc/shadow",  "/etc/gshadow",
+                                            "/var",         "/run",
+                                            "/tmp",         "/mnt",
+                                            "/media",       "/srv",
+                                            "/boot",        "/sys",
+                                            "/dev",         "/var/run/docker.sock",
+                                            "/run/systemd", "/var/lib",
+                                            "/proc/1/root", "/lost+found" };
     int first = 1;
 
     printf("{\"paths\":{");
@@ -1108,7 +1111,7 @@ cmd_net(void)
         for (p = buf; p && *p;) {
             char f[10][64];
             if (sscanf(p, "%63s %63s %63s %63s %63s %63s %63s %63s %63s %63s", f[0], f[1], f[2],
-                    f[3], f[4], f[5], f[6], f[7], f[8], f[9]) == 10) {
+                       f[3], f[4], f[5], f[6], f[7], f[8], f[9]) == 10) {
                 printf("%s[", first ? "" : ",");
                 jstr(f[9]);
                 putchar(',');
@@ -1423,7 +1426,8 @@ cmd_daemonize(int argc, char **argv)
             pause();
     }
     waitpid(pid, &status, 0);
-    printf("{\"daemonized\":%s}\n", WIFEXITED(status) && WEXITSTATUS(status) == 0 ? "true" : "false");
+    printf("{\"daemonized\":%s}\n",
+           WIFEXITED(status) && WEXITSTATUS(status) == 0 ? "true" : "false");
     return 0;
 }
 
@@ -1633,7 +1637,7 @@ i386_add_key(void)
     memcpy(low_buf + 16, "probe", sizeof("probe"));
     memcpy(low_buf + 32, "x", sizeof("x"));
     return rc_errno(int80(I386_ADD_KEY, (long)low_buf, (long)(low_buf + 16), (long)(low_buf + 32),
-        1, KEY_SPEC_PROCESS_KEYRING));
+                          1, KEY_SPEC_PROCESS_KEYRING));
 }
 
 static int
@@ -1721,8 +1725,8 @@ static int
 x32_keyctl(void)
 {
     return syscall(X32_BIT | SYS_keyctl, KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING, 0) < 0
-        ? errno
-        : 0;
+               ? errno
+               : 0;
 }
 
 static int
@@ -1788,8 +1792,8 @@ cmd_compat(void)
 {
     int first = 1;
 
-    low_buf = mmap(NULL, 1 << 16, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_32BIT,
-        -1, 0);
+    low_buf =
+        mmap(NULL, 1 << 16, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_32BIT, -1, 0);
     if (low_buf == MAP_FAILED) {
         printf("{\"error\":\"%s\"}\n", errname(errno));
         return 0;
@@ -1847,32 +1851,19 @@ struct command {
 };
 
 static const struct command commands[] = {
-    { "uidmap", NULL, cmd_uidmap, 0 },
-    { "hostname", NULL, cmd_hostname, 0 },
-    { "seccomp", NULL, cmd_seccomp, 1 },
-    { "userns", NULL, cmd_userns, 1 },
-    { "tiocsti", NULL, cmd_tiocsti, 1 },
-    { "caps", NULL, cmd_caps, 0 },
-    { "fds", cmd_fds, NULL, 0 },
-    { "procs", NULL, cmd_procs, 0 },
-    { "paths", cmd_paths, NULL, 0 },
-    { "stat", cmd_stat, NULL, 0 },
-    { "connect", cmd_connect, NULL, 0 },
-    { "connect-unix", cmd_connect_unix, NULL, 0 },
-    { "net", NULL, cmd_net, 0 },
-    { "write", cmd_write, NULL, 0 },
-    { "append", cmd_append, NULL, 0 },
-    { "openw", cmd_openw, NULL, 0 },
-    { "mounts", NULL, cmd_mounts, 0 },
-    { "cgroup", NULL, cmd_cgroup, 0 },
-    { "forkbomb", cmd_forkbomb, NULL, 1 },
-    { "membomb", cmd_membomb, NULL, 1 },
-    { "diskfill", cmd_diskfill, NULL, 0 },
-    { "daemonize", cmd_daemonize, NULL, 0 },
-    { "sleeper", cmd_sleeper, NULL, 0 },
-    { "env", cmd_env, NULL, 0 },
-    { "ptrace", cmd_ptrace, NULL, 1 },
-    { "compat", NULL, cmd_compat, 1 },
+    { "uidmap", NULL, cmd_uidmap, 0 },     { "hostname", NULL, cmd_hostname, 0 },
+    { "seccomp", NULL, cmd_seccomp, 1 },   { "userns", NULL, cmd_userns, 1 },
+    { "tiocsti", NULL, cmd_tiocsti, 1 },   { "caps", NULL, cmd_caps, 0 },
+    { "fds", cmd_fds, NULL, 0 },           { "procs", NULL, cmd_procs, 0 },
+    { "paths", cmd_paths, NULL, 0 },       { "stat", cmd_stat, NULL, 0 },
+    { "connect", cmd_connect, NULL, 0 },   { "connect-unix", cmd_connect_unix, NULL, 0 },
+    { "net", NULL, cmd_net, 0 },           { "write", cmd_write, NULL, 0 },
+    { "append", cmd_append, NULL, 0 },     { "openw", cmd_openw, NULL, 0 },
+    { "mounts", NULL, cmd_mounts, 0 },     { "cgroup", NULL, cmd_cgroup, 0 },
+    { "forkbomb", cmd_forkbomb, NULL, 1 }, { "membomb", cmd_membomb, NULL, 1 },
+    { "diskfill", cmd_diskfill, NULL, 0 }, { "daemonize", cmd_daemonize, NULL, 0 },
+    { "sleeper", cmd_sleeper, NULL, 0 },   { "env", cmd_env, NULL, 0 },
+    { "ptrace", cmd_ptrace, NULL, 1 },     { "compat", NULL, cmd_compat, 1 },
 };
 
 /* True when this process runs with the host's full identity id map (real root on the host), where
@@ -1898,8 +1889,10 @@ main(int argc, char **argv)
         if (strcmp(argv[1], commands[i].name) != 0)
             continue;
         if (commands[i].dangerous && on_host() && !getenv("PROBE_ON_HOST")) {
-            fprintf(stderr, "probe: %s attacks the system it runs on; run it inside a sandbox "
-                            "(or set PROBE_ON_HOST=1)\n", argv[1]);
+            fprintf(stderr,
+                    "probe: %s attacks the system it runs on; run it inside a sandbox "
+                    "(or set PROBE_ON_HOST=1)\n",
+                    argv[1]);
             return 3;
         }
         if (commands[i].fn)
