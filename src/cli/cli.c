@@ -25,6 +25,11 @@ static const char usage_text[] =
     "  env files ID [PATH] [--recursive] [--json]\n"
     "  env rm-file ID PATH [--recursive]\n"
     "  system teardown            stop every environment and unmount the storage\n"
+    "  serve [--listen ADDR:PORT] [--skills-dir DIR] [--public-url URL] [--idle-after DUR]\n"
+    "        [--offline-after DUR] [--expire-after DUR] [--max-upload BYTES]\n"
+    "        [--header-timeout DUR]   serve the HTTP API (docs/API.md)\n"
+    "  keys create --name NAME [--project P] --scope S [--scope S]...\n"
+    "  keys ls [--json] | keys revoke NAME\n"
     "\n"
     "The data directory is --data-dir, else $PADDOCK_DATA_DIR, else " DEFAULT_DATA_DIR ".\n"
     "$PADDOCK_STORAGE_SIZE sets the size of its storage image when it is first made.\n"
@@ -70,6 +75,8 @@ static const struct {
     {"env", cli__env},
     {"demo", cli__demo},
     {"system", cli__system},
+    {"serve", cli__serve},
+    {"keys", cli__keys},
 };
 
 static int
@@ -95,7 +102,7 @@ cli_main(int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    struct cli_global g = {getenv("PADDOCK_DATA_DIR"), 0};
+    struct cli_global g = {getenv("PADDOCK_DATA_DIR"), 0, false, LOG_FORMAT_TEXT};
     enum log_level level = LOG_LEVEL_WARN;
     enum log_format format = LOG_FORMAT_TEXT;
     const char *size = getenv("PADDOCK_STORAGE_SIZE");
@@ -108,6 +115,7 @@ cli_main(int argc, char **argv)
             g.data_dir = optarg;
             break;
         case 'l':
+            g.level_given = true;
             if (parse_level(optarg, &level) < 0)
                 return cli__usage("--log-level must be error, warn, info or debug");
             break;
@@ -124,6 +132,7 @@ cli_main(int argc, char **argv)
         }
     }
     log_init("paddock", level, format);
+    g.format = format;
     if (g.data_dir == NULL || g.data_dir[0] == '\0')
         g.data_dir = DEFAULT_DATA_DIR;
     if (size != NULL && size[0] != '\0') {

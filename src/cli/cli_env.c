@@ -453,7 +453,7 @@ cmd_files(const struct cli_global *g, int argc, char **argv)
     if (json)
         arr = json_array();
     if (r == 0)
-        r = sandbox_file_list(dir, path, recursive, print_entry, arr, &e);
+        r = sandbox_file_list(dir, path, recursive, NULL, 0, print_entry, arr, &e);
     if (r < 0) {
         json_decref(arr);
         return cli__fail(e);

@@ -11,6 +11,8 @@
 struct cli_global {
     const char *data_dir;
     uint64_t storage_size;
+    bool level_given; /* --log-level was on the command line */
+    enum log_format format;
 };
 
 /** Prints "paddock: <message>" for e, frees it and returns CLI_EXIT_ERROR. */
@@ -22,5 +24,7 @@ int cli__open(const struct cli_global *g, struct env_ctx **out);
 int cli__env(const struct cli_global *g, int argc, char **argv);
 int cli__demo(const struct cli_global *g, int argc, char **argv);
 int cli__system(const struct cli_global *g, int argc, char **argv);
+int cli__serve(const struct cli_global *g, int argc, char **argv);
+int cli__keys(const struct cli_global *g, int argc, char **argv);
 
 #endif

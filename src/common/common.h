@@ -153,6 +153,12 @@ void common_log(enum log_level level, int errnum, const char *fmt, ...)
     } while (0)
 #define log_error(...) common_log(LOG_LEVEL_ERROR, 0, __VA_ARGS__)
 
+/**
+ * Logs msg with fields: kv holds n_kv/2 key, value pairs (values are escaped; keys are
+ * trusted identifiers). Text: "msg k=v k=\"v w\"". JSON: {"time","level","msg",k:v...}.
+ */
+void log_fields(enum log_level level, const char *msg, const char *const *kv, size_t n_kv);
+
 /** Logs the error's message at error level (one line) and frees nothing. */
 void log_err(const struct err *e);
 
@@ -184,6 +190,9 @@ void buf_free(struct buf *b);
 char *buf_steal(struct buf *b, size_t *len_out);
 
 /* ------------------------------------------------------------ misc utils */
+
+/** The value of a hex digit (either case), or -1. */
+int util_hexval(char c);
 
 /** Fills buf with n random bytes from getrandom(2). */
 int util_random(void *buf, size_t n, struct err **errp);

@@ -110,3 +110,37 @@ log_err(const struct err *e)
 {
     common_log(LOG_LEVEL_ERROR, 0, "%s", e->msg);
 }
+
+void
+log_fields(enum log_level level, const char *msg, const char *const *kv, size_t n_kv)
+{
+    struct buf b;
+    char ts[40];
+    bool json = log_format_cur == LOG_FORMAT_JSON;
+
+    if (common_log_level < level)
+        return;
+    buf_init(&b, 64 * 1024);
+    if (json) {
+        cleanup_free char *m = escape_impl(msg, strlen(msg), 4096, true);
+        util_format_time(util_now_ms(), ts, sizeof(ts));
+        buf_printf(&b, NULL, "{\"time\":\"%s\",\"level\":\"%s\",\"msg\":\"%s\"", ts,
+                   level_names[level], m);
+    } else {
+        buf_printf(&b, NULL, "%s: %s", log_prog, msg);
+    }
+    for (size_t i = 0; i + 1 < n_kv; i += 2) {
+        const char *v = kv[i + 1] != NULL ? kv[i + 1] : "";
+        cleanup_free char *ev = escape_impl(v, strlen(v), 1024, json);
+        if (json)
+            buf_printf(&b, NULL, ",\"%s\":\"%s\"", kv[i], ev);
+        else if (ev[0] == '\0' || strpbrk(ev, " =") != NULL)
+            buf_printf(&b, NULL, " %s=\"%s\"", kv[i], ev);
+        else
+            buf_printf(&b, NULL, " %s=%s", kv[i], ev);
+    }
+    buf_printf(&b, NULL, json ? "}\n" : "\n");
+    if (b.data != NULL)
+        fwrite(b.data, 1, b.len, stderr);
+    buf_free(&b);
+}

@@ -304,3 +304,15 @@ util_mkdir_p(const char *path, unsigned mode, struct err **errp)
         return err_set(errp, ERR_IO, errno, "mkdir %s", p);
     return 0;
 }
+
+int
+util_hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
@@ -21,6 +22,7 @@ struct env_ctx {
     char *envs_dir;
     char *images_dir;
     char *locks_dir;
+    char *uploads_dir;
     char *image_host; /* set once storage is ready */
     uint64_t storage_size;
     struct store *store;
@@ -47,6 +49,7 @@ env_ctx_open(const char *data_dir, uint64_t storage_size, struct env_ctx **out,
     c->envs_dir = xasprintf("%s/envs", data_dir);
     c->images_dir = xasprintf("%s/images", data_dir);
     c->locks_dir = xasprintf("%s/locks", data_dir);
+    c->uploads_dir = xasprintf("%s/uploads", data_dir);
     if (storage_size == 0) {
         storage_size = ENV_DEFAULT_STORAGE;
         if (statvfs(data_dir, &vfs) == 0 &&
@@ -55,7 +58,8 @@ env_ctx_open(const char *data_dir, uint64_t storage_size, struct env_ctx **out,
     }
     c->storage_size = storage_size;
     db = xasprintf("%s/paddock.db", data_dir);
-    if (util_mkdir_p(c->locks_dir, 0700, errp) < 0 || store_open(db, &c->store, errp) < 0) {
+    if (util_mkdir_p(c->locks_dir, 0700, errp) < 0 || util_mkdir_p(c->uploads_dir, 0700, errp) < 0 ||
+        store_open(db, &c->store, errp) < 0) {
         env_ctx_close(c);
         return -1;
     }
@@ -73,6 +77,7 @@ env_ctx_close(struct env_ctx *c)
     free(c->envs_dir);
     free(c->images_dir);
     free(c->locks_dir);
+    free(c->uploads_dir);
     free(c->image_host);
     free(c);
 }
@@ -110,6 +115,9 @@ volume_dir(struct env_ctx *c, const char *id)
 {
     return xasprintf("%s/%s", c->envs_dir, id);
 }
+
+static int lock_and_load(struct env_ctx *c, const char *id, struct store_env *e,
+                         struct err **errp);
 
 static struct sandbox_init
 init_of(const struct store_env *e)
@@ -163,19 +171,18 @@ env_get(struct env_ctx *c, const char *id, struct store_env *out, struct err **e
     return 0;
 }
 
-int
-env_list(struct env_ctx *c, struct store_env **out, size_t *n_out, struct err **errp)
+/* Reconciles rows read from the store, dropping those that turn out to be dead creates.
+ * Takes v (owned) and hands it to *out. */
+static int
+reconcile_rows(struct env_ctx *c, struct store_env *v, size_t n, struct store_env **out,
+               size_t *n_out, struct err **errp)
 {
-    struct store_env *v = NULL;
-    size_t n = 0, k = 0;
+    size_t k = 0;
 
-    if (store_env_list(c->store, &v, &n, errp) < 0)
-        return -1;
     for (size_t i = 0; i < n; i++) {
         struct err *e = NULL;
         if (reconcile(c, &v[i], &e) < 0) {
-            bool gone = e->code == ERR_NOT_FOUND;
-            if (!gone) {
+            if (e->code != ERR_NOT_FOUND) {
                 free(v);
                 *errp = e;
                 return -1;
@@ -190,8 +197,20 @@ env_list(struct env_ctx *c, struct store_env **out, size_t *n_out, struct err **
     return 0;
 }
 
+int
+env_list(struct env_ctx *c, struct store_env **out, size_t *n_out, struct err **errp)
+{
+    struct store_env *v = NULL;
+    size_t n = 0;
+
+    if (store_env_list(c->store, &v, &n, errp) < 0)
+        return -1;
+    return reconcile_rows(c, v, n, out, n_out, errp);
+}
+
+/* Starts the sandbox of e and records its init with the given state. */
 static int
-start_locked(struct env_ctx *c, struct store_env *e, struct err **errp)
+start_locked(struct env_ctx *c, struct store_env *e, enum store_env_state st, struct err **errp)
 {
     cleanup_free char *dir = volume_dir(c, e->id);
     struct sandbox_init init;
@@ -210,11 +229,11 @@ start_locked(struct env_ctx *c, struct store_env *e, struct err **errp)
     spec.image_dir = c->image_host;
     if (sandbox_start(&spec, &init, errp) < 0)
         return -1;
-    if (store_env_set_state(c->store, e->id, STORE_ENV_RUNNING, init.pid, init.start, errp) < 0) {
+    if (store_env_set_state(c->store, e->id, st, init.pid, init.start, errp) < 0) {
         sandbox_stop(e->id, &init, NULL);
         return -1;
     }
-    e->state = STORE_ENV_RUNNING;
+    e->state = st;
     e->init_pid = init.pid;
     e->init_start = init.start;
     return 0;
@@ -238,16 +257,113 @@ validate(const struct env_create_opts *o, struct err **errp)
     return 0;
 }
 
+/* Writes len bytes of data to path inside the running sandbox at dir. */
+static int
+place_bytes(const char *dir, const char *path, const void *data, size_t len, unsigned mode,
+            struct err **errp)
+{
+    cleanup_close int fd = memfd_create("paddock-source", MFD_CLOEXEC);
+
+    if (fd < 0)
+        return err_set(errp, ERR_INTERNAL, errno, "memfd");
+    if (util_write_all(fd, data, len) < 0 || lseek(fd, 0, SEEK_SET) < 0)
+        return err_set(errp, ERR_INTERNAL, errno, "memfd");
+    return sandbox_file_write(dir, path, mode, fd, 0, errp);
+}
+
+/*
+ * Copies the host directory open at dfd to target inside the sandbox, file by file through
+ * the sandbox's init. Only regular files and directories are copied; symlinks and others in
+ * the operator's directory are skipped, never followed.
+ */
+static int
+place_tree(const char *dir, int dfd, const char *target, int depth, uint64_t *budget,
+           struct err **errp)
+{
+    DIR *d = fdopendir(dfd);
+    struct dirent *de;
+    int rc = 0;
+
+    if (d == NULL) {
+        close(dfd);
+        return err_set(errp, ERR_IO, errno, "open %s", target);
+    }
+    while (rc == 0 && (de = readdir(d)) != NULL) {
+        struct stat st;
+        cleanup_free char *child = NULL;
+        int fd;
+
+        if (de->d_name[0] == '.' &&
+            (de->d_name[1] == '\0' || (de->d_name[1] == '.' && de->d_name[2] == '\0')))
+            continue;
+        if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+            continue;
+        child = xasprintf("%s/%s", target, de->d_name);
+        if (S_ISDIR(st.st_mode) && depth < 32) {
+            fd = openat(dirfd(d), de->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+            rc = fd < 0 ? err_set(errp, ERR_IO, errno, "open %s", child)
+                        : place_tree(dir, fd, child, depth + 1, budget, errp);
+        } else if (S_ISREG(st.st_mode)) {
+            cleanup_close int ffd = -1;
+            if ((uint64_t)st.st_size > *budget) {
+                rc = err_set(errp, ERR_LIMIT, 0, "larger than %llu MB in all",
+                             (unsigned long long)(ENV_DIR_SOURCE_MAX >> 20));
+                break;
+            }
+            *budget -= (uint64_t)st.st_size;
+            ffd = openat(dirfd(d), de->d_name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+            rc = ffd < 0 ? err_set(errp, ERR_IO, errno, "open %s", child)
+                         : sandbox_file_write(dir, child, st.st_mode & 0777, ffd, 0, errp);
+        }
+    }
+    closedir(d);
+    return rc;
+}
+
+/* Puts the sources into the freshly started sandbox. */
+static int
+place_sources(struct env_ctx *c, const char *id, const struct env_create_opts *o,
+              struct err **errp)
+{
+    cleanup_free char *dir = volume_dir(c, id);
+
+    for (size_t i = 0; i < o->n_files; i++)
+        if (place_bytes(dir, o->files[i].target, o->files[i].data, o->files[i].len, 0644,
+                        errp) < 0)
+            return err_wrap(errp, "source %s", o->files[i].target);
+    for (size_t i = 0; i < o->n_dirs; i++) {
+        uint64_t budget = ENV_DIR_SOURCE_MAX;
+        int fd = open(o->dirs[i].host_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd < 0)
+            return err_set(errp, ERR_NOT_FOUND, errno, "source %s", o->dirs[i].target);
+        if (place_tree(dir, fd, o->dirs[i].target, 0, &budget, errp) < 0)
+            return err_wrap(errp, "source %s", o->dirs[i].target);
+    }
+    return 0;
+}
+
 int
 env_create(struct env_ctx *c, const struct env_create_opts *o, struct store_env *out,
            struct err **errp)
 {
-    struct store_env e;
+    struct store_env e, src;
     cleanup_close int lock = -1;
+    cleanup_close int src_lock = -1;
     int64_t now = util_now_ms();
 
     if (validate(o, errp) < 0)
         return -1;
+    if (o->from != NULL) {
+        /* The source is locked for the instant of its snapshot, so no stop or delete of it
+         * runs in between. */
+        src_lock = lock_and_load(c, o->from, &src, errp);
+        if (src_lock < 0)
+            return err_wrap(errp, "from_environment");
+        if (strcmp(src.project, o->project ? o->project : "default") != 0 ||
+            src.state == STORE_ENV_EXPIRED)
+            return err_set(errp, ERR_NOT_FOUND, 0, "from_environment: no environment '%s'",
+                           o->from);
+    }
     memset(&e, 0, sizeof(e));
     if (util_id_new("env_", e.id, sizeof(e.id), errp) < 0)
         return -1;
@@ -259,19 +375,37 @@ env_create(struct env_ctx *c, const struct env_create_opts *o, struct store_env 
     e.pids = o->pids ? o->pids : ENV_DEFAULT_PIDS;
     e.disk_bytes = o->disk_bytes ? o->disk_bytes : ENV_DEFAULT_DISK;
     e.created_ms = e.updated_ms = e.last_used_ms = now;
+    snprintf(e.project, sizeof(e.project), "%s", o->project ? o->project : "default");
     /* Lock before the row exists, so no reader takes it for an abandoned create. */
     lock = lock_env(c, e.id, true, errp);
     if (lock < 0)
         return err_wrap(errp, "create environment");
-    if (ensure_storage(c, errp) < 0 || store_env_insert(c->store, &e, SANDBOX_ID_SLOTS, errp) < 0)
+    if (ensure_storage(c, errp) < 0 ||
+        store_env_insert(c->store, &e, o->config, SANDBOX_ID_SLOTS, errp) < 0)
         return err_wrap(errp, "create environment");
-    if (sandbox_volume_create(c->envs_dir, e.id, env_host_id(&e), e.disk_bytes, errp) < 0)
+    if (o->from != NULL
+            ? sandbox_volume_fork(c->envs_dir, src.id, e.id, env_host_id(&src), env_host_id(&e),
+                                  e.disk_bytes, errp) < 0
+            : sandbox_volume_create(c->envs_dir, e.id, env_host_id(&e), e.disk_bytes, errp) < 0)
         goto rollback_row;
-    if (start_locked(c, &e, errp) < 0)
+    close_and_reset(&src_lock);
+    /* The row stays "creating" until the sources are in: a crash before that leaves an
+     * environment that reconcile removes, never a half-filled one that looks finished. */
+    if (start_locked(c, &e, STORE_ENV_CREATING, errp) < 0)
         goto rollback_volume;
+    if (place_sources(c, e.id, o, errp) < 0 ||
+        store_env_set_state(c->store, e.id, STORE_ENV_RUNNING, e.init_pid, e.init_start,
+                            errp) < 0)
+        goto rollback_sandbox;
+    e.state = STORE_ENV_RUNNING;
     *out = e;
     return 0;
 
+rollback_sandbox:
+    {
+        struct sandbox_init init = init_of(&e);
+        sandbox_stop(e.id, &init, NULL);
+    }
 rollback_volume:
     sandbox_volume_destroy(c->envs_dir, e.id, NULL);
 rollback_row:
@@ -305,11 +439,13 @@ env_start(struct env_ctx *c, const char *id, struct store_env *out, struct err *
 
     if (lock < 0)
         return -1;
+    if (e.state == STORE_ENV_EXPIRED)
+        return err_set(errp, ERR_NOT_FOUND, 0, "environment %s has expired", id);
     init = init_of(&e);
     if (!(e.state == STORE_ENV_RUNNING && sandbox_alive(&init))) {
         if (e.state == STORE_ENV_RUNNING)
             sandbox_stop(id, &init, NULL);
-        if (start_locked(c, &e, errp) < 0)
+        if (start_locked(c, &e, STORE_ENV_RUNNING, errp) < 0)
             return -1;
     }
     if (out != NULL)
@@ -346,7 +482,7 @@ env_destroy(struct env_ctx *c, const char *id, struct err **errp)
         return -1;
     init = init_of(&e);
     if (sandbox_stop(id, &init, errp) < 0 || ensure_storage(c, errp) < 0 ||
-        sandbox_volume_destroy(c->envs_dir, id, errp) < 0)
+        (e.state != STORE_ENV_EXPIRED && sandbox_volume_destroy(c->envs_dir, id, errp) < 0))
         return err_wrap(errp, "delete %s", id);
     if (store_env_delete(c->store, id, errp) < 0)
         return -1;
@@ -381,4 +517,263 @@ env_teardown(struct env_ctx *c, struct err **errp)
         if (v[i].state == STORE_ENV_RUNNING && env_stop(c, v[i].id, errp) < 0)
             return -1;
     return sandbox_storage_unmount(c->data_dir, errp);
+}
+
+/* ------------------------------------------------------------ for the API */
+
+struct store *
+env_store(struct env_ctx *c)
+{
+    return c->store;
+}
+
+int
+env_get_owned(struct env_ctx *c, const char *project, const char *id, struct store_env *out,
+              struct err **errp)
+{
+    struct err *e = NULL;
+
+    if (env_get(c, id, out, &e) < 0 || strcmp(out->project, project) != 0) {
+        bool internal = e != NULL && e->code != ERR_NOT_FOUND;
+        if (internal) {
+            *errp = e;
+            return -1;
+        }
+        err_free(e);
+        return err_set(errp, ERR_NOT_FOUND, 0, "environment %s not found", id);
+    }
+    return 0;
+}
+
+int
+env_use_owned(struct env_ctx *c, const char *project, const char *id, char **dir_out,
+              struct err **errp)
+{
+    struct store_env e;
+
+    if (env_get_owned(c, project, id, &e, errp) < 0)
+        return -1;
+    if (e.state == STORE_ENV_EXPIRED)
+        return err_set(errp, ERR_NOT_FOUND, 0, "environment %s has expired", id);
+    return env_use(c, id, dir_out, errp);
+}
+
+int
+env_page(struct env_ctx *c, const char *project, int64_t after_created, const char *after_id,
+         size_t limit, struct store_env **out, size_t *n_out, struct err **errp)
+{
+    struct store_env *v = NULL;
+    size_t n = 0;
+
+    if (store_env_page(c->store, project, after_created, after_id, limit, &v, &n, errp) < 0)
+        return -1;
+    return reconcile_rows(c, v, n, out, n_out, errp);
+}
+
+int
+env_config(struct env_ctx *c, const char *id, char **out, struct err **errp)
+{
+    return store_env_config(c->store, id, out, errp);
+}
+
+int
+env_count(struct env_ctx *c, const char *id, struct err **errp)
+{
+    cleanup_free char *dir = volume_dir(c, id);
+    uint64_t files = 0, bytes = 0;
+    int64_t now = util_now_ms();
+
+    if (sandbox_snapshot(dir, true, NULL, NULL, &files, &bytes, errp) < 0)
+        return -1;
+    return store_env_set_counts(c->store, id, files, bytes, now, errp);
+}
+
+/* Moves a stopped or offline environment on as its inactivity says. */
+static void
+age(struct env_ctx *c, struct store_env *e, const struct env_lifecycle *lc, int64_t idle_for)
+{
+    struct err *er = NULL;
+    cleanup_close int lock = -1;
+
+    if (idle_for >= lc->expire_ms) {
+        lock = lock_and_load(c, e->id, e, &er);
+        if (lock >= 0 && e->state != STORE_ENV_RUNNING && e->state != STORE_ENV_EXPIRED &&
+            sandbox_volume_destroy(c->envs_dir, e->id, &er) == 0 &&
+            store_env_set_state(c->store, e->id, STORE_ENV_EXPIRED, 0, 0, &er) == 0 &&
+            store_env_set_counts(c->store, e->id, 0, 0, util_now_ms(), &er) == 0)
+            log_info("environment %s expired: files deleted", e->id);
+    } else if (e->state == STORE_ENV_STOPPED && idle_for >= lc->offline_ms) {
+        lock = lock_and_load(c, e->id, e, &er);
+        if (lock >= 0 && e->state == STORE_ENV_STOPPED &&
+            store_env_set_state(c->store, e->id, STORE_ENV_OFFLINE, 0, 0, &er) == 0)
+            log_info("environment %s offline", e->id);
+    }
+    if (er != NULL) {
+        log_warnx("janitor: %s: %s", e->id, er->msg);
+        err_free(er);
+    }
+}
+
+static void
+uploads_gc(struct env_ctx *c, int64_t max_age_ms)
+{
+    cleanup_free struct store_upload *v = NULL;
+    size_t n = 0;
+    int64_t now = util_now_ms();
+
+    if (store_upload_list(c->store, &v, &n, NULL) < 0)
+        return;
+    for (size_t i = 0; i < n; i++)
+        if (now - v[i].created_ms > max_age_ms)
+            env_upload_abort(c, v[i].id);
+}
+
+void
+env_janitor(struct env_ctx *c, const struct env_lifecycle *lc)
+{
+    cleanup_free struct store_env *v = NULL;
+    size_t n = 0;
+    struct err *er = NULL;
+    int64_t now = util_now_ms();
+
+    if (env_list(c, &v, &n, &er) < 0) {
+        log_warnx("janitor: %s", er->msg);
+        err_free(er);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        struct store_env *e = &v[i];
+        struct sandbox_init init = init_of(e);
+        int64_t idle_for = now - e->last_used_ms;
+
+        if (e->state == STORE_ENV_CREATING || e->state == STORE_ENV_EXPIRED)
+            continue;
+        if (e->state != STORE_ENV_RUNNING) {
+            age(c, e, lc, idle_for);
+            continue;
+        }
+        /* Processes still running count as activity. */
+        if (sandbox_busy(&init)) {
+            store_env_touch(c->store, e->id, NULL);
+            idle_for = 0;
+        }
+        if (e->last_used_ms > e->counted_ms && now - e->counted_ms >= lc->count_ms &&
+            env_count(c, e->id, &er) < 0) {
+            log_warnx("janitor: count %s: %s", e->id, er->msg);
+            err_free(er);
+            er = NULL;
+        }
+        if (idle_for >= lc->idle_ms) {
+            if (env_stop(c, e->id, &er) < 0) {
+                log_warnx("janitor: idle %s: %s", e->id, er->msg);
+                err_free(er);
+                er = NULL;
+            } else {
+                log_info("environment %s idle: sandbox stopped", e->id);
+            }
+        }
+    }
+    uploads_gc(c, 7LL * 24 * 3600 * 1000);
+}
+
+/* ------------------------------------------------------------------ uploads */
+
+static char *
+staged_path(struct env_ctx *c, const char *id)
+{
+    return xasprintf("%s/%s", c->uploads_dir, id);
+}
+
+int
+env_upload_begin(struct env_ctx *c, const struct store_upload *u, struct err **errp)
+{
+    cleanup_free char *path = staged_path(c, u->id);
+    cleanup_close int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+
+    if (fd < 0)
+        return err_set(errp, ERR_IO, errno, "stage upload");
+    if (store_upload_insert(c->store, u, errp) < 0) {
+        unlink(path);
+        return -1;
+    }
+    return 0;
+}
+
+int
+env_upload_get(struct env_ctx *c, const char *project, const char *id, struct store_upload *out,
+               uint64_t *received, struct err **errp)
+{
+    cleanup_free char *path = NULL;
+    struct stat st;
+
+    if (!util_id_valid("upl_", id) || store_upload_get(c->store, id, out, NULL) < 0 ||
+        strcmp(out->project, project) != 0)
+        return err_set(errp, ERR_NOT_FOUND, 0, "upload session %s not found", id);
+    path = staged_path(c, id);
+    if (stat(path, &st) < 0)
+        return err_set(errp, ERR_NOT_FOUND, errno, "upload session %s has no data", id);
+    *received = (uint64_t)st.st_size;
+    return 0;
+}
+
+int
+env_upload_append(struct env_ctx *c, const struct store_upload *u, uint64_t offset,
+                  const void *data, size_t len, struct err **errp)
+{
+    cleanup_free char *path = staged_path(c, u->id);
+    cleanup_close int fd = open(path, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
+    struct stat st;
+
+    if (fd < 0 || fstat(fd, &st) < 0)
+        return err_set(errp, ERR_NOT_FOUND, errno, "upload session %s", u->id);
+    if ((uint64_t)st.st_size != offset)
+        return err_set(errp, ERR_INVALID, 0,
+                       "X-Goog-Upload-Offset is %llu but %llu bytes were received",
+                       (unsigned long long)offset, (unsigned long long)st.st_size);
+    if (offset + len > u->total)
+        return err_set(errp, ERR_INVALID, 0, "more bytes than the %llu announced",
+                       (unsigned long long)u->total);
+    if (pwrite(fd, data, len, (off_t)offset) != (ssize_t)len) {
+        int en = errno;
+        /* Leave the file as it was before this chunk, so the client can resend it. */
+        if (ftruncate(fd, (off_t)offset) < 0)
+            log_warn("truncate upload %s", u->id);
+        return err_set(errp, en == ENOSPC ? ERR_LIMIT : ERR_IO, en, "stage upload");
+    }
+    return 0;
+}
+
+int
+env_upload_finish(struct env_ctx *c, const struct store_upload *u, struct err **errp)
+{
+    cleanup_free char *path = staged_path(c, u->id);
+    cleanup_free char *dir = NULL;
+    cleanup_close int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    struct stat st;
+    int r;
+
+    if (fd < 0 || fstat(fd, &st) < 0)
+        return err_set(errp, ERR_NOT_FOUND, errno, "upload session %s", u->id);
+    if ((uint64_t)st.st_size != u->total)
+        return err_set(errp, ERR_INVALID, 0, "upload ended after %llu of the %llu bytes announced",
+                       (unsigned long long)st.st_size, (unsigned long long)u->total);
+    if (env_use_owned(c, u->project, u->env_id, &dir, errp) < 0)
+        return -1;
+    if (u->extract)
+        r = sandbox_extract(dir, u->path, fd, 0, errp);
+    else
+        r = sandbox_file_write(dir, u->path, 0644, fd, 0, errp);
+    if (r < 0)
+        return -1;
+    env_upload_abort(c, u->id);
+    return 0;
+}
+
+void
+env_upload_abort(struct env_ctx *c, const char *id)
+{
+    cleanup_free char *path = staged_path(c, id);
+
+    store_upload_delete(c->store, id, NULL);
+    unlink(path);
 }

@@ -22,6 +22,19 @@
 
 struct env_ctx;
 
+/** A file placed into a new environment (an inline source). */
+struct env_file {
+    const char *target; /* absolute path inside the sandbox */
+    const void *data;
+    size_t len;
+};
+
+/** A host directory copied into a new environment (a skill_registry source). */
+struct env_dir_source {
+    const char *target;   /* absolute path inside the sandbox */
+    const char *host_dir; /* trusted: under the server's skills directory */
+};
+
 /** What a new environment asks for; 0 fields take the defaults above. */
 struct env_create_opts {
     const char *network; /* "disabled" (default) or "open" */
@@ -29,7 +42,17 @@ struct env_create_opts {
     uint32_t cpus_milli;
     uint64_t pids;
     uint64_t disk_bytes;
+    const char *project; /* NULL: "default" */
+    const char *config;  /* JSON kept for the API (sources, network, env); NULL: "{}" */
+    const char *from;    /* copy this environment's files (same project); NULL: none */
+    const struct env_file *files;
+    size_t n_files;
+    const struct env_dir_source *dirs;
+    size_t n_dirs;
 };
+
+/** Largest directory source (all files together) copied into an environment. */
+#define ENV_DIR_SOURCE_MAX (64ULL << 20)
 
 /**
  * Opens the data directory (created 0700 when missing) and its database. storage_size is
@@ -64,6 +87,64 @@ int env_destroy(struct env_ctx *ctx, const char *id, struct err **errp);
  * stopped (any use resumes an environment). *dir_out is owned.
  */
 int env_use(struct env_ctx *ctx, const char *id, char **dir_out, struct err **errp);
+
+/**
+ * Like env_get(), but an environment of another project is ERR_NOT_FOUND, exactly as one
+ * that does not exist.
+ */
+int env_get_owned(struct env_ctx *ctx, const char *project, const char *id,
+                  struct store_env *out, struct err **errp);
+
+/** Like env_use(), for the project's environment; an expired one is ERR_NOT_FOUND. */
+int env_use_owned(struct env_ctx *ctx, const char *project, const char *id, char **dir_out,
+                  struct err **errp);
+
+/** One page of the project's environments after (created_ms, id); reconciled. */
+int env_page(struct env_ctx *ctx, const char *project, int64_t after_created,
+             const char *after_id, size_t limit, struct store_env **out, size_t *n_out,
+             struct err **errp);
+
+/** The stored configuration (JSON text) of an environment. *out is owned. */
+int env_config(struct env_ctx *ctx, const char *id, char **out, struct err **errp);
+
+/** Counts the environment's own files (when running) and stores the counts. */
+int env_count(struct env_ctx *ctx, const char *id, struct err **errp);
+
+/** Lifecycle timings of the janitor, in milliseconds of inactivity. */
+struct env_lifecycle {
+    int64_t idle_ms;    /* running → stopped ("idle") */
+    int64_t offline_ms; /* stopped → offline */
+    int64_t expire_ms;  /* → expired: files deleted, the row kept */
+    int64_t count_ms;   /* recount files of an active environment at most this often */
+};
+
+/**
+ * One pass of the janitor over every environment: counts activity (processes still running
+ * in a sandbox), idles, takes offline and expires as the timings say, refreshes file counts,
+ * and removes abandoned upload sessions. Errors of one environment are logged, not fatal.
+ */
+void env_janitor(struct env_ctx *ctx, const struct env_lifecycle *lc);
+
+/* ------------------------------------------------------------------ uploads */
+
+/** Starts an upload session; its bytes are staged under DATA/uploads until finish. */
+int env_upload_begin(struct env_ctx *ctx, const struct store_upload *u, struct err **errp);
+/** The session (of that project) and how many bytes it has received. */
+int env_upload_get(struct env_ctx *ctx, const char *project, const char *id,
+                   struct store_upload *out, uint64_t *received, struct err **errp);
+/** Appends bytes at offset, which must equal what was received so far. */
+int env_upload_append(struct env_ctx *ctx, const struct store_upload *u, uint64_t offset,
+                      const void *data, size_t len, struct err **errp);
+/**
+ * Moves the staged bytes into the environment (written atomically, or extracted) and ends
+ * the session. With nothing staged yet but the announced size, ERR_INVALID.
+ */
+int env_upload_finish(struct env_ctx *ctx, const struct store_upload *u, struct err **errp);
+/** Ends a session and removes its staged bytes. */
+void env_upload_abort(struct env_ctx *ctx, const char *id);
+
+/** The store of this context (for keys); borrowed. */
+struct store *env_store(struct env_ctx *ctx);
 
 /** Stops every environment and unmounts the data directory's storage. */
 int env_teardown(struct env_ctx *ctx, struct err **errp);

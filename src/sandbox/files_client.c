@@ -128,13 +128,12 @@ sandbox_file_read(const char *env_dir, const char *path, uint64_t offset, uint64
     return until_result(conn, cb, NULL, arg, errp);
 }
 
-int
-sandbox_file_write(const char *env_dir, const char *path, unsigned mode, int in_fd, uint64_t max,
-                   struct err **errp)
+/* Sends in_fd's content to a request that answers an empty DATA frame when it is ready. */
+static int
+send_content(const char *env_dir, const char *op, const char *path, json_t *extra, int in_fd,
+             uint64_t max, struct err **errp)
 {
-    cleanup_close int conn = request(
-        env_dir, "write", path,
-        json_pack("{s:i, s:I}", "mode", (int)(mode & 07777), "max", (json_int_t)max), errp);
+    cleanup_close int conn = request(env_dir, op, path, extra, errp);
     struct proto_frame f;
     char chunk[PROTO_CHUNK];
     uint64_t n = 0;
@@ -175,15 +174,77 @@ sandbox_file_write(const char *env_dir, const char *path, unsigned mode, int in_
 }
 
 int
-sandbox_file_list(const char *env_dir, const char *path, bool recursive, sandbox_entry_cb *cb,
-                  void *arg, struct err **errp)
+sandbox_file_write(const char *env_dir, const char *path, unsigned mode, int in_fd, uint64_t max,
+                   struct err **errp)
 {
-    cleanup_close int conn =
-        request(env_dir, "list", path, json_pack("{s:b}", "recursive", recursive), errp);
+    return send_content(
+        env_dir, "write", path,
+        json_pack("{s:i, s:I}", "mode", (int)(mode & 07777), "max", (json_int_t)max), in_fd, max,
+        errp);
+}
 
+int
+sandbox_extract(const char *env_dir, const char *dir, int in_fd, uint64_t max, struct err **errp)
+{
+    return send_content(env_dir, "extract", dir, json_pack("{s:I}", "max", (json_int_t)max),
+                        in_fd, max, errp);
+}
+
+int
+sandbox_file_list(const char *env_dir, const char *path, bool recursive, const char *after,
+                  size_t limit, sandbox_entry_cb *cb, void *arg, struct err **errp)
+{
+    json_t *extra = json_pack("{s:b, s:I}", "recursive", recursive, "limit", (json_int_t)limit);
+    cleanup_close int conn = -1;
+
+    if (after != NULL)
+        json_object_set_new(extra, "after", sandbox__json_bytes(after));
+    conn = request(env_dir, "list", path, extra, errp);
     if (conn < 0)
         return -1;
     return until_result(conn, NULL, cb, arg, errp);
+}
+
+int
+sandbox_snapshot(const char *env_dir, bool count_only, sandbox_output_cb *cb, void *arg,
+                 uint64_t *files_out, uint64_t *bytes_out, struct err **errp)
+{
+    cleanup_close int conn = sandbox__connect(env_dir, errp);
+    json_t *req, *res = NULL;
+    struct proto_frame f;
+    int r;
+
+    if (conn < 0)
+        return -1;
+    req = json_pack("{s:s, s:b}", "op", "snapshot", "count_only", count_only);
+    r = sandbox__proto_send_json(conn, PROTO_REQ, req, errp);
+    json_decref(req);
+    if (r < 0)
+        return -1;
+    for (;;) {
+        if (sandbox__proto_recv(conn, &f, errp) < 0)
+            return err_wrap(errp, "snapshot");
+        if (f.type == PROTO_RESULT)
+            break;
+        if (f.type != PROTO_DATA || cb == NULL) {
+            sandbox__proto_frame_free(&f);
+            return err_set(errp, ERR_IO, 0, "unexpected frame from sandbox init");
+        }
+        r = cb(1, f.data, f.len, arg);
+        sandbox__proto_frame_free(&f);
+        if (r < 0)
+            return err_set(errp, ERR_IO, errno, "snapshot: the reader went away");
+    }
+    r = sandbox__proto_result(&f, &res, errp);
+    sandbox__proto_frame_free(&f);
+    if (r < 0)
+        return err_wrap(errp, "snapshot");
+    if (files_out != NULL)
+        *files_out = (uint64_t)json_integer_value(json_object_get(res, "files"));
+    if (bytes_out != NULL)
+        *bytes_out = (uint64_t)json_integer_value(json_object_get(res, "bytes"));
+    json_decref(res);
+    return 0;
 }
 
 int
@@ -195,4 +256,105 @@ sandbox_file_delete(const char *env_dir, const char *path, bool recursive, struc
     if (conn < 0)
         return -1;
     return until_result(conn, NULL, NULL, NULL, errp);
+}
+
+/* ---------------------------------------------------------------- streams */
+
+struct sandbox_stream {
+    int conn;
+    struct proto_frame f;
+    size_t off;
+    bool done;
+};
+
+/* Reads the next frame: DATA becomes current, RESULT ends the stream (or fails it). */
+static int
+stream_next(struct sandbox_stream *s, struct err **errp)
+{
+    sandbox__proto_frame_free(&s->f);
+    s->off = 0;
+    if (sandbox__proto_recv(s->conn, &s->f, errp) < 0)
+        return -1;
+    if (s->f.type == PROTO_RESULT) {
+        int r = sandbox__proto_result(&s->f, NULL, errp);
+        sandbox__proto_frame_free(&s->f);
+        s->done = true;
+        return r;
+    }
+    if (s->f.type != PROTO_DATA) {
+        sandbox__proto_frame_free(&s->f);
+        return err_set(errp, ERR_IO, 0, "unexpected frame %u from sandbox init", s->f.type);
+    }
+    return 0;
+}
+
+/* Takes a connection with a request sent and waits for its first frame. */
+static int
+stream_start(int conn, struct sandbox_stream **out, struct err **errp)
+{
+    struct sandbox_stream *s = xcalloc(1, sizeof(*s));
+
+    s->conn = conn;
+    if (stream_next(s, errp) < 0) {
+        sandbox_stream_close(s);
+        return -1;
+    }
+    *out = s;
+    return 0;
+}
+
+int
+sandbox_stream_open_read(const char *env_dir, const char *path, struct sandbox_stream **out,
+                         struct err **errp)
+{
+    int conn = request(env_dir, "read", path, json_pack("{s:I, s:I}", "offset", 0, "max", 0),
+                       errp);
+
+    if (conn < 0)
+        return -1;
+    return stream_start(conn, out, errp);
+}
+
+int
+sandbox_stream_open_snapshot(const char *env_dir, struct sandbox_stream **out, struct err **errp)
+{
+    int conn = sandbox__connect(env_dir, errp);
+    json_t *req;
+
+    if (conn < 0)
+        return -1;
+    req = json_pack("{s:s, s:b}", "op", "snapshot", "count_only", 0);
+    if (sandbox__proto_send_json(conn, PROTO_REQ, req, errp) < 0) {
+        json_decref(req);
+        close(conn);
+        return -1;
+    }
+    json_decref(req);
+    return stream_start(conn, out, errp);
+}
+
+ssize_t
+sandbox_stream_read(struct sandbox_stream *s, void *buf, size_t len, struct err **errp)
+{
+    size_t n;
+
+    while (!s->done && s->off == s->f.len)
+        if (stream_next(s, errp) < 0)
+            return -1;
+    if (s->done)
+        return 0;
+    n = s->f.len - s->off < len ? s->f.len - s->off : len;
+    memcpy(buf, s->f.data + s->off, n);
+    s->off += n;
+    return (ssize_t)n;
+}
+
+void
+sandbox_stream_close(struct sandbox_stream *s)
+{
+    if (s == NULL)
+        return;
+    sandbox__proto_frame_free(&s->f);
+    close(s->conn);
+    free(s);
 }

@@ -238,42 +238,145 @@ send_entry(int conn, const char *path, const struct stat *st)
     return r;
 }
 
-/* Lists the entries of the directory open at dfd (named path), descending when asked. */
+/*
+ * Compares two absolute paths component by component: '/' sorts before every other byte, so
+ * a directory comes right before its own entries, the order of a sorted depth-first walk.
+ */
 static int
-list_dir(int conn, int dfd, const char *path, bool recursive, int depth, size_t *count,
-         struct err **errp)
+path_cmp(const char *a, const char *b)
+{
+    for (;; a++, b++) {
+        unsigned ca = *a == '/' ? 1u : (unsigned char)*a + 1u;
+        unsigned cb = *b == '/' ? 1u : (unsigned char)*b + 1u;
+        if (*a == '\0')
+            ca = 0;
+        if (*b == '\0')
+            cb = 0;
+        if (ca != cb)
+            return ca < cb ? -1 : 1;
+        if (ca == 0)
+            return 0;
+    }
+}
+
+struct list_walk {
+    int conn;
+    bool recursive;
+    const char *after; /* resume strictly after this path in walk order; NULL: from the start */
+    size_t limit;      /* stop after this many entries; 0: no limit */
+    size_t emitted;
+    size_t scanned;
+};
+
+enum { LIST_STOP = 1 };
+
+static int
+cmp_names(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+int
+sandbox__dir_names(DIR *d, const char *skip, size_t max, char ***names_out, size_t *n_out,
+                   struct err **errp)
+{
+    struct dirent *de;
+    char **names = NULL;
+    size_t n = 0, cap = 0;
+
+    while ((de = readdir(d)) != NULL) {
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0 ||
+            (skip != NULL && strcmp(de->d_name, skip) == 0))
+            continue;
+        if (n == max) {
+            sandbox__names_free(names, n);
+            return err_set(errp, ERR_LIMIT, 0, "more than %zu entries to list", max);
+        }
+        if (n == cap) {
+            cap = cap ? cap * 2 : 64;
+            names = xrealloc(names, cap * sizeof(*names));
+        }
+        names[n++] = xstrdup(de->d_name);
+    }
+    qsort(names, n, sizeof(*names), cmp_names);
+    *names_out = names;
+    *n_out = n;
+    return 0;
+}
+
+void
+sandbox__names_free(char **names, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(names[i]);
+    free(names);
+}
+
+/* Never descended into by a recursive listing: kernel views, not files of the environment. */
+static bool
+pseudo_fs(const char *path)
+{
+    return strcmp(path, "/proc") == 0 || strcmp(path, "/sys") == 0 || strcmp(path, "/dev") == 0;
+}
+
+/*
+ * Lists the entries of the directory open at dfd (named path) in sorted order, descending
+ * when asked; returns LIST_STOP once the limit is reached.
+ */
+static int
+list_dir(struct list_walk *w, int dfd, const char *path, int depth, struct err **errp)
 {
     DIR *d = fdopendir(dfd);
-    struct dirent *de;
+    char **names = NULL;
+    size_t n = 0;
     int rc = 0;
 
     if (d == NULL) {
         close(dfd);
         return err_set(errp, ERR_IO, errno, "list %s", path);
     }
-    while (rc == 0 && (de = readdir(d)) != NULL) {
+    if (sandbox__dir_names(d, NULL, LIST_MAX_ENTRIES - w->scanned, &names, &n, errp) < 0) {
+        closedir(d);
+        return -1;
+    }
+    w->scanned += n;
+    for (size_t i = 0; rc == 0 && i < n; i++) {
         struct stat st;
-        cleanup_free char *child = NULL;
-        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+        cleanup_free char *child =
+            xasprintf("%s%s%s", path, strcmp(path, "/") == 0 ? "" : "/", names[i]);
+        bool emit = true, descend = w->recursive;
+
+        if (w->after != NULL) {
+            int c = path_cmp(child, w->after);
+            size_t cl = strlen(child);
+            if (c <= 0) {
+                emit = false;
+                /* Only the subtree that holds the resume point still has entries after it. */
+                descend = descend && (c == 0 || (strncmp(w->after, child, cl) == 0 &&
+                                                 w->after[cl] == '/'));
+            }
+        }
+        if (!emit && !descend)
             continue;
-        if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+        if (fstatat(dirfd(d), names[i], &st, AT_SYMLINK_NOFOLLOW) < 0)
             continue; /* removed while listing */
-        if (++*count > LIST_MAX_ENTRIES) {
-            rc = err_set(errp, ERR_LIMIT, 0, "more than %d entries", LIST_MAX_ENTRIES);
-            break;
+        if (emit) {
+            if (send_entry(w->conn, child, &st) < 0) {
+                rc = err_set(errp, ERR_IO, 0, "caller went away");
+                break;
+            }
+            if (w->limit > 0 && ++w->emitted >= w->limit) {
+                rc = LIST_STOP;
+                break;
+            }
         }
-        child = xasprintf("%s%s%s", path, strcmp(path, "/") == 0 ? "" : "/", de->d_name);
-        if (send_entry(conn, child, &st) < 0) {
-            rc = err_set(errp, ERR_IO, 0, "caller went away");
-            break;
-        }
-        if (recursive && S_ISDIR(st.st_mode) && depth < LIST_MAX_DEPTH) {
-            int cfd = openat(dirfd(d), de->d_name,
-                             O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (descend && S_ISDIR(st.st_mode) && depth < LIST_MAX_DEPTH && !pseudo_fs(child)) {
+            int cfd = openat(dirfd(d), names[i], O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
             if (cfd >= 0)
-                rc = list_dir(conn, cfd, child, recursive, depth + 1, count, errp);
+                rc = list_dir(w, cfd, child, depth + 1, errp);
         }
     }
+    sandbox__names_free(names, n);
     closedir(d);
     return rc;
 }
@@ -282,31 +385,39 @@ int
 sandbox__handle_list(int conn, json_t *req)
 {
     cleanup_free char *path = NULL;
+    cleanup_free char *after = NULL;
     struct err *e = NULL;
     struct stat st;
-    size_t count = 0;
-    int dfd;
+    struct list_walk w = {.conn = conn};
+    json_t *ja = json_object_get(req, "after");
+    int dfd, rc;
 
     if (req_path(req, &path, &e) < 0)
         return fail(conn, e);
+    if (ja != NULL && (after = sandbox__bytes_from_json(ja)) == NULL)
+        return fail(conn, (err_set(&e, ERR_INVALID, 0, "bad resume position"), e));
+    w.after = after;
+    w.recursive = json_is_true(json_object_get(req, "recursive"));
+    w.limit = (size_t)json_integer_value(json_object_get(req, "limit"));
     if (lstat(path, &st) < 0) {
         int en = errno;
         return fail(conn, (err_set(&e, errno_code(en), en, "list %s", path), e));
     }
     if (!S_ISDIR(st.st_mode)) {
-        if (send_entry(conn, path, &st) < 0)
+        if (after == NULL && send_entry(conn, path, &st) < 0)
             return 1;
-        return ok(conn, json_pack("{s:i}", "count", 1));
+        return ok(conn, json_pack("{s:i}", "count", after == NULL));
     }
     dfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dfd < 0) {
         int en = errno;
         return fail(conn, (err_set(&e, errno_code(en), en, "list %s", path), e));
     }
-    if (list_dir(conn, dfd, path, json_is_true(json_object_get(req, "recursive")), 0, &count,
-                 &e) < 0)
+    rc = list_dir(&w, dfd, path, 0, &e);
+    if (rc < 0)
         return fail(conn, e);
-    return ok(conn, json_pack("{s:I}", "count", (json_int_t)count));
+    return ok(conn, json_pack("{s:I, s:b}", "count", (json_int_t)w.emitted, "more",
+                              rc == LIST_STOP));
 }
 
 /* Removes everything below the directory open at dfd without following any symlink. */

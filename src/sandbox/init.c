@@ -27,7 +27,8 @@ struct handler_entry {
 static const struct handler_entry handlers[] = {
     {"exec", sandbox__handle_exec},     {"read", sandbox__handle_read},
     {"write", sandbox__handle_write},   {"list", sandbox__handle_list},
-    {"delete", sandbox__handle_delete},
+    {"delete", sandbox__handle_delete}, {"snapshot", sandbox__handle_snapshot},
+    {"extract", sandbox__handle_extract},
 };
 
 static int
@@ -81,6 +82,10 @@ sandbox__init_main(int listen_fd)
     struct pollfd p[2];
 
     prctl(PR_SET_NAME, "paddock-init", 0, 0, 0);
+    /* Not dumpable: processes of the sandbox run as the same uid with the same capabilities,
+     * and must not ptrace init or its handlers, or read their memory and descriptors through
+     * /proc. Commands become dumpable again at execve. */
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     /* Handlers inherited from the caller (a server's SIGTERM, a sanitizer's SIGSEGV) would
      * make pid 1 react to signals sent from inside the sandbox. With none installed, the
      * kernel drops every signal that processes of the namespace send to their init. */

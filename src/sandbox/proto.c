@@ -141,16 +141,6 @@ sandbox__json_bytes(const char *s)
     return j;
 }
 
-static int
-hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    return -1;
-}
-
 char *
 sandbox__bytes_from_json(json_t *j)
 {
@@ -168,7 +158,7 @@ sandbox__bytes_from_json(json_t *j)
         return NULL;
     out = xmalloc(n / 2 + 1);
     for (size_t i = 0; i < n / 2; i++) {
-        int hi = hexval(h[2 * i]), lo = hexval(h[2 * i + 1]);
+        int hi = util_hexval(h[2 * i]), lo = util_hexval(h[2 * i + 1]);
         if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
             free(out);
             return NULL;

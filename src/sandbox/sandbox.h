@@ -42,6 +42,15 @@ int sandbox_volume_create(const char *envs_dir, const char *id, uint32_t host_id
                           uint64_t disk_bytes, struct err **errp);
 
 /**
+ * Creates the volume id as a copy of src_id (a btrfs snapshot: instant, sharing blocks), with
+ * every owner moved from src_host_id's range to host_id's, capped at disk_bytes. src may be
+ * running: the copy is what its disk held at that instant.
+ */
+int sandbox_volume_fork(const char *envs_dir, const char *src_id, const char *id,
+                        uint32_t src_host_id, uint32_t host_id, uint64_t disk_bytes,
+                        struct err **errp);
+
+/**
  * Deletes the subvolume envs_dir/id and everything in it. It never walks the tree, so no
  * symlink planted inside can redirect it. A missing volume is not an error.
  */
@@ -79,9 +88,19 @@ struct sandbox_init {
  * Starts a sandbox: creates namespaces, cgroups and the root file system, and leaves
  * paddock's init running as its pid 1, serving env_dir/ctl.sock. The init is not a child
  * of the caller (it is reparented away), so it outlives the calling process.
- * Must be called from a single-threaded process (it forks).
+ * It forks: a multi-threaded process must have started the spawner first.
  */
 int sandbox_start(const struct sandbox_spec *spec, struct sandbox_init *out, struct err **errp);
+
+/**
+ * Forks the spawner: a single-threaded process that performs every later sandbox_start() of
+ * this process. A multi-threaded caller calls it first, before any thread exists and before
+ * it holds any secret in memory. Idempotent.
+ */
+int sandbox_spawner_start(struct err **errp);
+
+/** True when processes other than init run in the sandbox (a command, a handler). */
+bool sandbox_busy(const struct sandbox_init *init);
 
 /** True when init is alive and is the process that was started (not a reused pid). */
 bool sandbox_alive(const struct sandbox_init *init);
@@ -161,9 +180,44 @@ int sandbox_file_read(const char *env_dir, const char *path, uint64_t offset, ui
 int sandbox_file_write(const char *env_dir, const char *path, unsigned mode, int in_fd,
                        uint64_t max, struct err **errp);
 
-/** Lists path (a directory's entries, recursively when asked; a file itself otherwise). */
-int sandbox_file_list(const char *env_dir, const char *path, bool recursive, sandbox_entry_cb *cb,
-                      void *arg, struct err **errp);
+/**
+ * Lists path: a directory's entries (its whole subtree when recursive, never descending into
+ * /proc, /sys or /dev), or a file itself. Entries come in path order (a sorted depth-first
+ * walk), starting strictly after the path after (NULL: from the start), at most limit of
+ * them (0: all).
+ */
+int sandbox_file_list(const char *env_dir, const char *path, bool recursive, const char *after,
+                      size_t limit, sandbox_entry_cb *cb, void *arg, struct err **errp);
+
+/**
+ * Streams a tar (pax) of the environment's own layer (every file it added or changed over
+ * its base image, paths relative to /, owners as inside the sandbox) to cb; with count_only
+ * nothing is streamed. *files_out and *bytes_out (may be NULL) receive the number of
+ * non-directory entries and the bytes of regular files.
+ */
+int sandbox_snapshot(const char *env_dir, bool count_only, sandbox_output_cb *cb, void *arg,
+                     uint64_t *files_out, uint64_t *bytes_out, struct err **errp);
+
+/**
+ * Pull-style reads for streaming to a slow consumer: a whole file, or the snapshot. Opening
+ * waits for init's first answer, so a missing file fails here, before any byte is promised.
+ * read returns 0 at the end of a complete stream, -1 when it broke.
+ */
+struct sandbox_stream;
+int sandbox_stream_open_read(const char *env_dir, const char *path, struct sandbox_stream **out,
+                             struct err **errp);
+int sandbox_stream_open_snapshot(const char *env_dir, struct sandbox_stream **out,
+                                 struct err **errp);
+ssize_t sandbox_stream_read(struct sandbox_stream *s, void *buf, size_t len, struct err **errp);
+void sandbox_stream_close(struct sandbox_stream *s);
+
+/**
+ * Unpacks a tar (gzip, bzip2, xz) or zip archive read from in_fd into the directory dir
+ * (created when missing), inside the sandbox. Every entry is checked before anything is
+ * written: absolute names, ".." and links that leave dir refuse the whole archive.
+ */
+int sandbox_extract(const char *env_dir, const char *dir, int in_fd, uint64_t max,
+                    struct err **errp);
 
 /** Deletes a file, or a directory when recursive is true (never following symlinks). */
 int sandbox_file_delete(const char *env_dir, const char *path, bool recursive,

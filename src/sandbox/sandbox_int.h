@@ -2,6 +2,7 @@
 #ifndef PADDOCK_SANDBOX_INT_H
 #define PADDOCK_SANDBOX_INT_H
 
+#include <dirent.h>
 #include <linux/filter.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -131,6 +132,28 @@ int sandbox__handle_read(int conn, json_t *req);
 int sandbox__handle_write(int conn, json_t *req);
 int sandbox__handle_list(int conn, json_t *req);
 int sandbox__handle_delete(int conn, json_t *req);
+int sandbox__handle_snapshot(int conn, json_t *req);
+int sandbox__handle_extract(int conn, json_t *req);
+
+/*
+ * Descriptors init keeps besides the listening socket (3): O_PATH handles on the overlay's
+ * upper directories, opened before pivot_root, for the operations on the environment's own
+ * layer (layer_init.c). Handlers inherit them; commands never do (close_range before exec).
+ */
+#define SANDBOX_FD_UPPER_ROOT 5
+#define SANDBOX_FD_UPPER_USR  6
+
+/** Starts a sandbox from this process (spawn.c); sandbox_start() may route it to a spawner. */
+int sandbox__start_local(const struct sandbox_spec *spec, struct sandbox_init *out,
+                         struct err **errp);
+
+/**
+ * Reads a directory's names (without ".", ".." and skip) sorted by strcmp; ERR_LIMIT past
+ * max of them. Free with sandbox__names_free().
+ */
+int sandbox__dir_names(DIR *d, const char *skip, size_t max, char ***names_out, size_t *n_out,
+                       struct err **errp);
+void sandbox__names_free(char **names, size_t n);
 
 /** Reads field 22 (start time) of /proc/PID/stat; 0 when the process is gone or a zombie. */
 uint64_t sandbox__proc_start_time(pid_t pid);

@@ -237,6 +237,34 @@ scrub_cmdline(void)
         explicit_bzero((void *)(uintptr_t)v[2], v[3] - v[2]);
 }
 
+/* Opens an upper directory of the volume (the cwd) as O_PATH at a fixed descriptor. */
+static int
+keep_upper(const char *path, int at, struct err **errp)
+{
+    int fd = open(path, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+
+    if (fd < 0)
+        return err_set(errp, ERR_INTERNAL, errno, "open %s", path);
+    if (fd != at && (dup3(fd, at, O_CLOEXEC) < 0 || close(fd) < 0))
+        return err_set(errp, ERR_INTERNAL, errno, "dup3 %s", path);
+    return 0;
+}
+
+static int
+move_fd_above(int *fd, int floor, struct err **errp)
+{
+    int n;
+
+    if (*fd > floor)
+        return 0;
+    n = fcntl(*fd, F_DUPFD_CLOEXEC, floor + 1);
+    if (n < 0)
+        return err_set(errp, ERR_INTERNAL, errno, "move a descriptor");
+    close(*fd);
+    *fd = n;
+    return 0;
+}
+
 static int
 child_setup(const struct child_args *a, struct err **errp)
 {
@@ -247,6 +275,10 @@ child_setup(const struct child_args *a, struct err **errp)
     scrub_cmdline();
     if (recv_layers(a->sync_fd, &skel_fd, &usr_fd, errp) < 0)
         return -1;
+    /* The layers arrived at the lowest free numbers; move them clear of the fixed ones. */
+    if (move_fd_above(&skel_fd, SANDBOX_FD_UPPER_USR, errp) < 0 ||
+        move_fd_above(&usr_fd, SANDBOX_FD_UPPER_USR, errp) < 0)
+        return -1;
     /* The id maps are written now. Until this process switches ids it still carries the
      * host's root ids, which are unmapped here; files it created would be refused. */
     if (setresgid(0, 0, 0) < 0 || setgroups(0, NULL) < 0 || setresuid(0, 0, 0) < 0)
@@ -254,6 +286,9 @@ child_setup(const struct child_args *a, struct err **errp)
     /* Joined the cgroups already (the launcher did it): they become this namespace's root. */
     if (unshare(CLONE_NEWCGROUP) < 0)
         return err_set(errp, ERR_INTERNAL, errno, "unshare cgroup namespace");
+    if (keep_upper("upper/root", SANDBOX_FD_UPPER_ROOT, errp) < 0 ||
+        keep_upper("upper/usr", SANDBOX_FD_UPPER_USR, errp) < 0)
+        return -1;
     if (sandbox__rootfs_setup(skel_fd, usr_fd, errp) < 0)
         return err_wrap(errp, "root file system");
     close(skel_fd);
@@ -475,7 +510,7 @@ listen_socket(int env_fd, struct err **errp)
 }
 
 int
-sandbox_start(const struct sandbox_spec *spec, struct sandbox_init *out, struct err **errp)
+sandbox__start_local(const struct sandbox_spec *spec, struct sandbox_init *out, struct err **errp)
 {
     const struct cgroup_ops *cg;
     const struct sock_fprog *prog;

@@ -297,3 +297,154 @@ sandbox_volume_destroy(const char *envs_dir, const char *id, struct err **errp)
         return err_set(errp, ERR_IO, errno, "delete volume %s", id);
     return 0;
 }
+
+/* Empties the directory open at dfd without following symlinks (overlay's work dirs). */
+static int
+empty_dir(int dfd, int depth, struct err **errp)
+{
+    DIR *d = fdopendir(dfd);
+    struct dirent *de;
+    int rc = 0;
+
+    if (d == NULL) {
+        close(dfd);
+        return err_set(errp, ERR_IO, errno, "open work directory");
+    }
+    while (rc == 0 && (de = readdir(d)) != NULL) {
+        int cfd;
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+            continue;
+        if (unlinkat(dirfd(d), de->d_name, 0) == 0)
+            continue;
+        if (depth > 16)
+            rc = err_set(errp, ERR_LIMIT, 0, "work directory too deep");
+        else if ((cfd = openat(dirfd(d), de->d_name,
+                               O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)) < 0)
+            rc = err_set(errp, ERR_IO, errno, "open %s", de->d_name);
+        else if (empty_dir(cfd, depth + 1, errp) < 0)
+            rc = -1;
+        else if (unlinkat(dirfd(d), de->d_name, AT_REMOVEDIR) < 0)
+            rc = err_set(errp, ERR_IO, errno, "remove %s", de->d_name);
+    }
+    closedir(d);
+    return rc;
+}
+
+struct shift {
+    uint32_t from, to;
+    struct err **errp;
+};
+
+static uint32_t
+shifted(const struct shift *s, uint32_t id)
+{
+    return id >= s->from && id - s->from < SANDBOX_ID_RANGE ? id - s->from + s->to : id;
+}
+
+/* Moves every owner of the tree at dfd from one id range to another, never following links. */
+static int
+shift_tree(const struct shift *s, int dfd, int depth)
+{
+    DIR *d;
+    struct dirent *de;
+    int rc = 0;
+
+    if (depth > 512) {
+        close(dfd);
+        return err_set(s->errp, ERR_LIMIT, 0, "copy: deeper than 512 levels");
+    }
+    d = fdopendir(dfd);
+    if (d == NULL) {
+        close(dfd);
+        return err_set(s->errp, ERR_IO, errno, "copy: open directory");
+    }
+    while (rc == 0 && (de = readdir(d)) != NULL) {
+        struct stat st;
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+            continue;
+        if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+            rc = err_set(s->errp, ERR_IO, errno, "copy: stat %s", de->d_name);
+            break;
+        }
+        if (shifted(s, st.st_uid) != st.st_uid || shifted(s, st.st_gid) != st.st_gid) {
+            if (fchownat(dirfd(d), de->d_name, shifted(s, st.st_uid), shifted(s, st.st_gid),
+                         AT_SYMLINK_NOFOLLOW) < 0) {
+                rc = err_set(s->errp, ERR_IO, errno, "copy: chown %s", de->d_name);
+                break;
+            }
+            /* chown clears set-id bits; the copy keeps them, as the original had them. */
+            if (S_ISREG(st.st_mode) && (st.st_mode & (S_ISUID | S_ISGID)) &&
+                fchmodat(dirfd(d), de->d_name, st.st_mode & 07777, 0) < 0) {
+                rc = err_set(s->errp, ERR_IO, errno, "copy: chmod %s", de->d_name);
+                break;
+            }
+        }
+        if (S_ISDIR(st.st_mode)) {
+            int cfd = openat(dirfd(d), de->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+            if (cfd < 0)
+                rc = err_set(s->errp, ERR_IO, errno, "copy: open %s", de->d_name);
+            else
+                rc = shift_tree(s, cfd, depth + 1);
+        }
+    }
+    closedir(d);
+    return rc;
+}
+
+int
+sandbox_volume_fork(const char *envs_dir, const char *src_id, const char *id,
+                    uint32_t src_host_id, uint32_t host_id, uint64_t disk_bytes,
+                    struct err **errp)
+{
+    struct btrfs_ioctl_vol_args va;
+    struct btrfs_ioctl_vol_args_v2 args;
+    cleanup_close int efd = open_parent(envs_dir, id, &va, errp);
+    cleanup_close int sfd = -1;
+    cleanup_close int vfd = -1;
+    struct shift sh = {src_host_id, host_id, errp};
+    int fd;
+
+    if (efd < 0)
+        return -1;
+    if (!valid_name(src_id))
+        return err_set(errp, ERR_INVALID, 0, "bad volume name");
+    sfd = openat(efd, src_id, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (sfd < 0)
+        return err_set(errp, ERR_NOT_FOUND, errno, "open volume %s", src_id);
+    memset(&args, 0, sizeof(args));
+    args.fd = sfd;
+    snprintf(args.name, sizeof(args.name), "%s", id);
+    if (ioctl(efd, BTRFS_IOC_SNAP_CREATE_V2, &args) < 0)
+        return err_set(errp, errno == EEXIST ? ERR_CONFLICT : ERR_INTERNAL, errno,
+                       "snapshot volume %s", src_id);
+    vfd = openat(efd, id, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (vfd < 0) {
+        err_set(errp, ERR_IO, errno, "open volume %s", id);
+        goto fail;
+    }
+    /* A snapshot of a running volume carries its socket and overlay scratch; drop both. */
+    unlinkat(vfd, "ctl.sock", 0);
+    for (int i = 0; i < 2; i++) {
+        fd = openat(vfd, i == 0 ? "work/root" : "work/usr",
+                    O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0 || empty_dir(fd, 0, errp) < 0) {
+            if (fd < 0)
+                err_set(errp, ERR_IO, errno, "open work directory");
+            goto fail;
+        }
+    }
+    fd = openat(vfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0 || shift_tree(&sh, fd, 0) < 0) {
+        if (fd < 0)
+            err_set(errp, ERR_IO, errno, "open volume %s", id);
+        goto fail;
+    }
+    if ((disk_bytes > 0 && limit_fd(vfd, disk_bytes, errp) < 0) ||
+        populate(vfd, id, host_id, errp) < 0)
+        goto fail;
+    return 0;
+
+fail:
+    sandbox_volume_destroy(envs_dir, id, NULL);
+    return err_wrap(errp, "copy volume %s", src_id);
+}

@@ -41,6 +41,33 @@ static const char *const migrations[] = {
     " updated_ms INTEGER NOT NULL,"
     " last_used_ms INTEGER NOT NULL"
     ") STRICT;",
+    /* 2: the API server: projects, environment config and counts, keys, upload sessions */
+    "ALTER TABLE environments ADD COLUMN project TEXT NOT NULL DEFAULT 'default';"
+    "ALTER TABLE environments ADD COLUMN config TEXT NOT NULL DEFAULT '{}';"
+    "ALTER TABLE environments ADD COLUMN file_count INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE environments ADD COLUMN size_bytes INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE environments ADD COLUMN counted_ms INTEGER NOT NULL DEFAULT 0;"
+    "CREATE INDEX environments_by_project ON environments (project, created_ms, id);"
+    "CREATE TABLE api_keys ("
+    " name TEXT PRIMARY KEY,"
+    " project TEXT NOT NULL,"
+    " scopes TEXT NOT NULL,"
+    " hash TEXT NOT NULL UNIQUE,"
+    " prefix TEXT NOT NULL,"
+    " created_ms INTEGER NOT NULL,"
+    " revoked_ms INTEGER NOT NULL DEFAULT 0"
+    ") STRICT;"
+    "CREATE TABLE uploads ("
+    " id TEXT PRIMARY KEY,"
+    " env_id TEXT NOT NULL,"
+    " project TEXT NOT NULL,"
+    " path TEXT NOT NULL,"
+    " total INTEGER NOT NULL,"
+    " overwrite INTEGER NOT NULL,"
+    " extract INTEGER NOT NULL,"
+    " mime TEXT NOT NULL,"
+    " created_ms INTEGER NOT NULL"
+    ") STRICT;",
 };
 
 static int
@@ -153,13 +180,17 @@ store_env_state_name(enum store_env_state st)
         return "running";
     case STORE_ENV_STOPPED:
         return "stopped";
+    case STORE_ENV_OFFLINE:
+        return "offline";
+    case STORE_ENV_EXPIRED:
+        return "expired";
     }
     return "unknown";
 }
 
 static const char env_cols[] =
     "id, state, network, image, memory_bytes, cpus_milli, pids, disk_bytes, uid_slot, init_pid,"
-    " init_start, created_ms, updated_ms, last_used_ms";
+    " init_start, created_ms, updated_ms, last_used_ms, project, file_count, size_bytes, counted_ms";
 
 static void
 copy_text(char *dst, size_t dstlen, sqlite3_stmt *st, int col)
@@ -187,6 +218,10 @@ row_to_env(sqlite3_stmt *st, struct store_env *e)
     e->created_ms = sqlite3_column_int64(st, 11);
     e->updated_ms = sqlite3_column_int64(st, 12);
     e->last_used_ms = sqlite3_column_int64(st, 13);
+    copy_text(e->project, sizeof(e->project), st, 14);
+    e->file_count = (uint64_t)sqlite3_column_int64(st, 15);
+    e->size_bytes = (uint64_t)sqlite3_column_int64(st, 16);
+    e->counted_ms = sqlite3_column_int64(st, 17);
 }
 
 /* Picks a random slot no row holds; runs inside the caller's write transaction. */
@@ -226,11 +261,12 @@ pick_slot(struct store *s, uint32_t max_slots, uint32_t *slot_out, struct err **
 }
 
 int
-store_env_insert(struct store *s, struct store_env *env, uint32_t max_slots, struct err **errp)
+store_env_insert(struct store *s, struct store_env *env, const char *config, uint32_t max_slots,
+                 struct err **errp)
 {
     cleanup_stmt sqlite3_stmt *st = NULL;
-    cleanup_free char *sql = xasprintf("INSERT INTO environments (%s) VALUES "
-                                       "(?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+    cleanup_free char *sql = xasprintf("INSERT INTO environments (%s, config) VALUES "
+                                       "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                                        env_cols);
 
     if (exec_sql(s, "BEGIN IMMEDIATE", errp) < 0)
@@ -255,6 +291,11 @@ store_env_insert(struct store *s, struct store_env *env, uint32_t max_slots, str
     sqlite3_bind_int64(st, 12, env->created_ms);
     sqlite3_bind_int64(st, 13, env->updated_ms);
     sqlite3_bind_int64(st, 14, env->last_used_ms);
+    sqlite3_bind_text(st, 15, env->project[0] ? env->project : "default", -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 16, (int64_t)env->file_count);
+    sqlite3_bind_int64(st, 17, (int64_t)env->size_bytes);
+    sqlite3_bind_int64(st, 18, env->counted_ms);
+    sqlite3_bind_text(st, 19, config != NULL ? config : "{}", -1, SQLITE_STATIC);
     if (sqlite3_step(st) != SQLITE_DONE) {
         db_err(s, errp, "insert environment");
         goto rollback;
@@ -331,17 +372,20 @@ store_env_set_state(struct store *s, const char *id, enum store_env_state stt, i
     cleanup_stmt sqlite3_stmt *st = NULL;
     int64_t now = util_now_ms();
 
+    /* Only a start counts as activity: the janitor's idle and offline moves must not. */
     if (sqlite3_prepare_v2(s->db,
                            "UPDATE environments SET state = ?, init_pid = ?, init_start = ?,"
-                           " updated_ms = ?, last_used_ms = ? WHERE id = ?",
+                           " updated_ms = ?,"
+                           " last_used_ms = CASE WHEN ?1 = 1 THEN ?4 ELSE last_used_ms END"
+                           " WHERE id = ?5",
                            -1, &st, NULL) != SQLITE_OK)
         return db_err(s, errp, "update environment");
+    _Static_assert(STORE_ENV_RUNNING == 1, "the SQL above says 1");
     sqlite3_bind_int(st, 1, stt);
     sqlite3_bind_int64(st, 2, init_pid);
     sqlite3_bind_int64(st, 3, (int64_t)init_start);
     sqlite3_bind_int64(st, 4, now);
-    sqlite3_bind_int64(st, 5, now);
-    sqlite3_bind_text(st, 6, id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, id, -1, SQLITE_STATIC);
     return change_one(s, st, id, "update environment", errp);
 }
 
@@ -368,4 +412,271 @@ store_env_delete(struct store *s, const char *id, struct err **errp)
         return db_err(s, errp, "delete environment");
     sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
     return change_one(s, st, id, "delete environment", errp);
+}
+
+int
+store_env_page(struct store *s, const char *project, int64_t after_created,
+               const char *after_id, size_t limit, struct store_env **out, size_t *n_out,
+               struct err **errp)
+{
+    cleanup_stmt sqlite3_stmt *st = NULL;
+    cleanup_free char *sql = xasprintf("SELECT %s FROM environments WHERE project = ?"
+                                       " AND (created_ms, id) > (?, ?)"
+                                       " ORDER BY created_ms, id LIMIT ?",
+                                       env_cols);
+    cleanup_free struct store_env *v = xcalloc(limit ? limit : 1, sizeof(*v));
+    size_t n = 0;
+    int rc = SQLITE_DONE;
+
+    if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK)
+        return db_err(s, errp, "list environments");
+    sqlite3_bind_text(st, 1, project, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, after_created);
+    sqlite3_bind_text(st, 3, after_id != NULL ? after_id : "", -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, (int64_t)limit);
+    while (n < limit && (rc = sqlite3_step(st)) == SQLITE_ROW)
+        row_to_env(st, &v[n++]);
+    if (n < limit && rc != SQLITE_DONE)
+        return db_err(s, errp, "list environments");
+    *out = steal_ptr(&v);
+    *n_out = n;
+    return 0;
+}
+
+int
+store_env_config(struct store *s, const char *id, char **out, struct err **errp)
+{
+    cleanup_stmt sqlite3_stmt *st = NULL;
+    int rc;
+
+    if (sqlite3_prepare_v2(s->db, "SELECT config FROM environments WHERE id = ?", -1, &st,
+                           NULL) != SQLITE_OK)
+        return db_err(s, errp, "get environment config");
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE)
+        return err_set(errp, ERR_NOT_FOUND, 0, "no environment %s", id);
+    if (rc != SQLITE_ROW)
+        return db_err(s, errp, "get environment config");
+    *out = xstrdup((const char *)sqlite3_column_text(st, 0));
+    return 0;
+}
+
+int
+store_env_set_counts(struct store *s, const char *id, uint64_t files, uint64_t bytes,
+                     int64_t counted_ms, struct err **errp)
+{
+    cleanup_stmt sqlite3_stmt *st = NULL;
+
+    if (sqlite3_prepare_v2(s->db,
+                           "UPDATE environments SET file_count = ?, size_bytes = ?,"
+                           " counted_ms = ? WHERE id = ?",
+                           -1, &st, NULL) != SQLITE_OK)
+        return db_err(s, errp, "count environment");
+    sqlite3_bind_int64(st, 1, (int64_t)files);
+    sqlite3_bind_int64(st, 2, (int64_t)bytes);
+    sqlite3_bind_int64(st, 3, counted_ms);
+    sqlite3_bind_text(st, 4, id, -1, SQLITE_STATIC);
+    return change_one(s, st, id, "count environment", errp);
+}
+
+/* ------------------------------------------------------------------ keys */
+
+static void
+row_to_key(sqlite3_stmt *st, struct store_key *k)
+{
+    memset(k, 0, sizeof(*k));
+    copy_text(k->name, sizeof(k->name), st, 0);
+    copy_text(k->project, sizeof(k->project), st, 1);
+    copy_text(k->scopes, sizeof(k->scopes), st, 2);
+    copy_text(k->prefix, sizeof(k->prefix), st, 3);
+    k->created_ms = sqlite3_column_int64(st, 4);
+    k->revoked_ms = sqlite3_column_int64(st, 5);
+}
+
+#define KEY_COLS "name, project, scopes, prefix, created_ms, revoked_ms"
+
+int
+store_key_insert(struct store *s, const struct store_key *k, const char *hash, struct err **errp)
+{
+    cleanup_stmt sqlite3_stmt *st = NULL;
+
+    if (sqlite3_prepare_v2(s->db,
+                           "INSERT INTO api_keys (" KEY_COLS ", hash) VALUES (?,?,?,?,?,0,?)",
+                           -1, &st, NULL) != SQLITE_OK)
+        return db_err(s, errp, "insert key");
+    sqlite3_bind_text(st, 1, k->name, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, k->project, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, k->scopes, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, k->prefix, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 5, k->created_ms);
+    sqlite3_bind_text(st, 6, hash, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE) {
+        if ((sqlite3_errcode(s->db) & 0xff) == SQLITE_CONSTRAINT)
+            return err_set(errp, ERR_CONFLICT, 0, "a key named '%s' exists", k->name);
+        return db_err(s, errp, "insert key");
+    }
+    return 0;
+}
+
+int
+store_key_by_hash(struct store *s, const char *hash, struct store_key *out, struct err **errp)
+{
+    cleanup_stmt sqlite3_stmt *st = NULL;
+    int rc;
+
+    if (sqlite3_prepare_v2(s->db, "SELECT " KEY_COLS " FROM api_keys WHERE hash = ?", -1, &st,
+                           NULL) != SQLITE_OK)
+        return db_err(s, errp, "look up key");
+    sqlite3_bind_text(st, 1, hash, -1, SQLITE_STATIC);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE)
+        return err_set(errp, ERR_NOT_FOUND, 0, "no such key");
+    if (rc != SQLITE_ROW)
+        return db_err(s, errp, "look up key");
+    row_to_key(st, out);
+    return 0;
+}
+
+int
+store_key_list(struct store *s, struct store_key **out, size_t *n_out, struct err **errp)
+{
+    cleanup_stmt sqlite3_stmt *st = NULL;
+    cleanup_free struct store_key *v = NULL;
+    size_t n = 0, cap = 0;
+    int rc;
+
+    if (sqlite3_prepare_v2(s->db, "SELECT " KEY_COLS " FROM api_keys ORDER BY created_ms, name",
+                           -1, &st, NULL) != SQLITE_OK)
+        return db_err(s, errp, "list keys");
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (n == cap) {
+            cap = cap == 0 ? 16 : cap * 2;
+            v = xrealloc(v, cap * sizeof(*v));
+        }
+        row_to_key(st, &v[n++]);
+    }
+    if (rc != SQLITE_DONE)
+        return db_err(s, errp, "list keys");
+    *out = steal_ptr(&v);
+    *n_out = n;
+    return 0;
+}
+
+int
+store_key_revoke(struct store *s, const char *name, struct err **errp)
+{
+    cleanup_stmt sqlite3_stmt *st = NULL;
+
+    if (sqlite3_prepare_v2(s->db,
+                           "UPDATE api_keys SET revoked_ms = ? WHERE name = ? AND revoked_ms = 0",
+                           -1, &st, NULL) != SQLITE_OK)
+        return db_err(s, errp, "revoke key");
+    sqlite3_bind_int64(st, 1, util_now_ms());
+    sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        return db_err(s, errp, "revoke key");
+    if (sqlite3_changes(s->db) == 0)
+        return err_set(errp, ERR_NOT_FOUND, 0, "no active key named '%s'", name);
+    return 0;
+}
+
+/* --------------------------------------------------------------- uploads */
+
+#define UPLOAD_COLS "id, env_id, project, path, total, overwrite, extract, mime, created_ms"
+
+static void
+row_to_upload(sqlite3_stmt *st, struct store_upload *u)
+{
+    memset(u, 0, sizeof(*u));
+    copy_text(u->id, sizeof(u->id), st, 0);
+    copy_text(u->env_id, sizeof(u->env_id), st, 1);
+    copy_text(u->project, sizeof(u->project), st, 2);
+    copy_text(u->path, sizeof(u->path), st, 3);
+    u->total = (uint64_t)sqlite3_column_int64(st, 4);
+    u->overwrite = sqlite3_column_int(st, 5) != 0;
+    u->extract = sqlite3_column_int(st, 6) != 0;
+    copy_text(u->mime, sizeof(u->mime), st, 7);
+    u->created_ms = sqlite3_column_int64(st, 8);
+}
+
+int
+store_upload_insert(struct store *s, const struct store_upload *u, struct err **errp)
+{
+    cleanup_stmt sqlite3_stmt *st = NULL;
+
+    if (sqlite3_prepare_v2(s->db,
+                           "INSERT INTO uploads (" UPLOAD_COLS ") VALUES (?,?,?,?,?,?,?,?,?)", -1,
+                           &st, NULL) != SQLITE_OK)
+        return db_err(s, errp, "insert upload");
+    sqlite3_bind_text(st, 1, u->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, u->env_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, u->project, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, u->path, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 5, (int64_t)u->total);
+    sqlite3_bind_int(st, 6, u->overwrite);
+    sqlite3_bind_int(st, 7, u->extract);
+    sqlite3_bind_text(st, 8, u->mime, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 9, u->created_ms);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        return db_err(s, errp, "insert upload");
+    return 0;
+}
+
+int
+store_upload_get(struct store *s, const char *id, struct store_upload *out, struct err **errp)
+{
+    cleanup_stmt sqlite3_stmt *st = NULL;
+    int rc;
+
+    if (sqlite3_prepare_v2(s->db, "SELECT " UPLOAD_COLS " FROM uploads WHERE id = ?", -1, &st,
+                           NULL) != SQLITE_OK)
+        return db_err(s, errp, "get upload");
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE)
+        return err_set(errp, ERR_NOT_FOUND, 0, "no upload session %s", id);
+    if (rc != SQLITE_ROW)
+        return db_err(s, errp, "get upload");
+    row_to_upload(st, out);
+    return 0;
+}
+
+int
+store_upload_list(struct store *s, struct store_upload **out, size_t *n_out, struct err **errp)
+{
+    cleanup_stmt sqlite3_stmt *st = NULL;
+    cleanup_free struct store_upload *v = NULL;
+    size_t n = 0, cap = 0;
+    int rc;
+
+    if (sqlite3_prepare_v2(s->db, "SELECT " UPLOAD_COLS " FROM uploads ORDER BY created_ms", -1,
+                           &st, NULL) != SQLITE_OK)
+        return db_err(s, errp, "list uploads");
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (n == cap) {
+            cap = cap == 0 ? 16 : cap * 2;
+            v = xrealloc(v, cap * sizeof(*v));
+        }
+        row_to_upload(st, &v[n++]);
+    }
+    if (rc != SQLITE_DONE)
+        return db_err(s, errp, "list uploads");
+    *out = steal_ptr(&v);
+    *n_out = n;
+    return 0;
+}
+
+int
+store_upload_delete(struct store *s, const char *id, struct err **errp)
+{
+    cleanup_stmt sqlite3_stmt *st = NULL;
+
+    if (sqlite3_prepare_v2(s->db, "DELETE FROM uploads WHERE id = ?", -1, &st, NULL) !=
+        SQLITE_OK)
+        return db_err(s, errp, "delete upload");
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        return db_err(s, errp, "delete upload");
+    return 0;
 }

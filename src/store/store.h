@@ -7,6 +7,7 @@
 #ifndef PADDOCK_STORE_H
 #define PADDOCK_STORE_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "common/common.h"
@@ -16,7 +17,9 @@ struct store;
 enum store_env_state {
     STORE_ENV_CREATING = 0, /* row exists, the sandbox is being set up */
     STORE_ENV_RUNNING,      /* an init was started; liveness is checked by env/ */
-    STORE_ENV_STOPPED,      /* no processes; files kept */
+    STORE_ENV_STOPPED,      /* no processes; files kept ("idle" on the API) */
+    STORE_ENV_OFFLINE,      /* stopped and unused for longer; files kept */
+    STORE_ENV_EXPIRED,      /* past retention: files deleted, the row stays as a record */
 };
 
 /** One environment row. Strings are fixed-size so the struct copies by value. */
@@ -35,6 +38,10 @@ struct store_env {
     int64_t created_ms;
     int64_t updated_ms;
     int64_t last_used_ms;
+    char project[64];    /* owning project of the API key that created it */
+    uint64_t file_count; /* the environment's own files, as last counted */
+    uint64_t size_bytes;
+    int64_t counted_ms; /* when they were counted, 0 never */
 };
 
 /**
@@ -54,8 +61,23 @@ const char *store_env_state_name(enum store_env_state st);
  * other environment holds, chosen at random; the slot is written back to env->uid_slot.
  * ERR_CONFLICT when the id exists, ERR_LIMIT when every slot is taken.
  */
-int store_env_insert(struct store *s, struct store_env *env, uint32_t max_slots,
-                     struct err **errp);
+int store_env_insert(struct store *s, struct store_env *env, const char *config,
+                     uint32_t max_slots, struct err **errp);
+
+/**
+ * One page of a project's environments in (created_ms, id) order, strictly after the given
+ * position (0 and "" for the first page). *out is owned.
+ */
+int store_env_page(struct store *s, const char *project, int64_t after_created,
+                   const char *after_id, size_t limit, struct store_env **out, size_t *n_out,
+                   struct err **errp);
+
+/** The environment's stored configuration (JSON text). *out is owned. */
+int store_env_config(struct store *s, const char *id, char **out, struct err **errp);
+
+/** Records the counts of the environment's own files. */
+int store_env_set_counts(struct store *s, const char *id, uint64_t files, uint64_t bytes,
+                         int64_t counted_ms, struct err **errp);
 
 /** Reads one environment. ERR_NOT_FOUND when there is none with that id. */
 int store_env_get(struct store *s, const char *id, struct store_env *out, struct err **errp);
@@ -72,5 +94,49 @@ int store_env_touch(struct store *s, const char *id, struct err **errp);
 
 /** Deletes one environment row. ERR_NOT_FOUND when missing. */
 int store_env_delete(struct store *s, const char *id, struct err **errp);
+
+/* ------------------------------------------------------------------ keys */
+
+/** An API key; only a hash of the secret is stored. */
+struct store_key {
+    char name[64];
+    char project[64];
+    char scopes[256]; /* space-separated */
+    char prefix[16];  /* the first characters of the key, to recognise it */
+    int64_t created_ms;
+    int64_t revoked_ms; /* 0 while active */
+};
+
+/** ERR_CONFLICT when a key of that name exists. hash is the hex SHA-256 of the secret. */
+int store_key_insert(struct store *s, const struct store_key *k, const char *hash,
+                     struct err **errp);
+/** ERR_NOT_FOUND when no key has that hash (revoked keys are returned, marked). */
+int store_key_by_hash(struct store *s, const char *hash, struct store_key *out,
+                      struct err **errp);
+int store_key_list(struct store *s, struct store_key **out, size_t *n_out, struct err **errp);
+/** ERR_NOT_FOUND when there is no active key of that name. */
+int store_key_revoke(struct store *s, const char *name, struct err **errp);
+
+/* --------------------------------------------------------------- uploads */
+
+/** A resumable upload session; its bytes are staged in DATA/uploads/<id>. */
+struct store_upload {
+    char id[40];
+    char env_id[40];
+    char project[64];
+    char path[4096]; /* absolute inside the sandbox */
+    uint64_t total;  /* bytes announced at start */
+    bool overwrite;
+    bool extract;
+    char mime[128];
+    int64_t created_ms;
+};
+
+int store_upload_insert(struct store *s, const struct store_upload *u, struct err **errp);
+int store_upload_get(struct store *s, const char *id, struct store_upload *out,
+                     struct err **errp);
+int store_upload_list(struct store *s, struct store_upload **out, size_t *n_out,
+                      struct err **errp);
+int store_upload_delete(struct store *s, const char *id, struct err **errp);
 
 #endif

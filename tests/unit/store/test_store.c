@@ -76,7 +76,7 @@ insert_ok(struct store *s, struct store_env *env, uint32_t max_slots)
 {
     struct err *e = NULL;
 
-    ASSERT_NO_ERR(store_env_insert(s, env, max_slots, &e), &e);
+    ASSERT_NO_ERR(store_env_insert(s, env, NULL, max_slots, &e), &e);
 }
 
 static void
@@ -136,7 +136,7 @@ test_open_creates(void **state)
     struct err *e = NULL;
 
     assert_int_equal(access(f->db, F_OK), 0);
-    assert_int_equal(schema_version(f->db), 1);
+    assert_int_equal(schema_version(f->db), 2);
     ASSERT_NO_ERR(store_env_list(f->s, &v, &n, &e), &e);
     assert_int_equal(n, 0);
     free(v);
@@ -220,7 +220,7 @@ test_insert_duplicate(void **state)
 
     insert_ok(f->s, &a, 16);
     b.cpus_milli = 1;
-    assert_int_equal(store_env_insert(f->s, &b, 16, &e), -1);
+    assert_int_equal(store_env_insert(f->s, &b, NULL, 16, &e), -1);
     assert_non_null(e);
     code = e->code;
     snprintf(msg, sizeof(msg), "%s", e->msg);
@@ -398,7 +398,7 @@ test_slots_unique(void **state)
         seen[env.uid_slot] = true;
     }
     /* Every slot is taken: the next insert is refused and writes nothing. */
-    assert_int_equal(store_env_insert(f->s, &extra, N, &e), -1);
+    assert_int_equal(store_env_insert(f->s, &extra, NULL, N, &e), -1);
     ASSERT_ERR(&e, ERR_LIMIT);
     assert_int_equal(store_env_get(f->s, "env_extra", &out, &e), -1);
     ASSERT_ERR(&e, ERR_NOT_FOUND);
@@ -426,12 +426,12 @@ test_slots_edge(void **state)
     struct err *e = NULL;
 
     /* No slots at all. */
-    assert_int_equal(store_env_insert(f->s, &a, 0, &e), -1);
+    assert_int_equal(store_env_insert(f->s, &a, NULL, 0, &e), -1);
     ASSERT_ERR(&e, ERR_LIMIT);
     /* One slot: slot 0, then full. */
     insert_ok(f->s, &a, 1);
     assert_int_equal(a.uid_slot, 0);
-    assert_int_equal(store_env_insert(f->s, &b, 1, &e), -1);
+    assert_int_equal(store_env_insert(f->s, &b, NULL, 1, &e), -1);
     ASSERT_ERR(&e, ERR_LIMIT);
 }
 
@@ -452,9 +452,9 @@ test_reopen_persists(void **state)
     for (int round = 0; round < 2; round++) {
         store_close(f->s);
         f->s = NULL;
-        assert_int_equal(schema_version(f->db), 1);
+        assert_int_equal(schema_version(f->db), 2);
         ASSERT_NO_ERR(store_open(f->db, &f->s, &e), &e);
-        assert_int_equal(schema_version(f->db), 1);
+        assert_int_equal(schema_version(f->db), 2);
         ASSERT_NO_ERR(store_env_get(f->s, "env_p1", &out, &e), &e);
         assert_env_equal(&out, &a);
         ASSERT_NO_ERR(store_env_get(f->s, "env_p2", &out, &e), &e);

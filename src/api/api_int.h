@@ -1,0 +1,99 @@
+/* Declarations shared by the files of src/api/; no other module includes this. */
+#ifndef PADDOCK_API_INT_H
+#define PADDOCK_API_INT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <jansson.h>
+#include <microhttpd.h>
+
+#include "api.h"
+
+/* Caps on what a client may send. */
+#define API_BODY_MAX      (8u << 20) /* a JSON request body */
+#define API_SEGMENTS_MAX  64
+#define API_QUERY_MAX     32
+#define API_PAGE_DEFAULT  50
+#define API_PAGE_MAX      1000
+#define API_FILES_DEFAULT 100
+#define API_INLINE_FILE_MAX  (1u << 20)
+#define API_INLINE_TOTAL_MAX (2u << 20)
+
+struct api_server;
+
+/** The key that authenticated a request. */
+struct api_auth {
+    char name[64];
+    char project[64];
+    char scopes[256];
+};
+
+/** One request, from its request line to its completion. */
+struct api_req {
+    struct api_server *srv;
+    struct MHD_Connection *conn;
+    char *raw_uri;          /* as sent, percent-encoding intact */
+    const char *method;     /* borrowed from MHD */
+    int64_t start_ns;
+    bool upload_route;      /* under /upload/ */
+    char *segs[API_SEGMENTS_MAX]; /* decoded path segments after the version */
+    size_t nsegs;
+    char *rest;             /* the decoded remainder after ".../files/" (files routes) */
+    bool has_rest;
+    char *qk[API_QUERY_MAX], *qv[API_QUERY_MAX];
+    size_t nq;
+    struct api_auth auth;
+    bool authed;
+    struct buf body;        /* JSON bodies */
+    bool body_too_large;
+    bool started;           /* the handler ran once (headers complete) */
+    /* upload chunks stream to the staging file as they arrive */
+    bool chunk;
+    struct store_upload up;
+    uint64_t up_offset;
+    struct err *up_err;
+    unsigned status;        /* for the log line */
+    uint64_t bytes_out;
+    struct env_ctx *ctx;    /* borrowed from the pool for the request */
+};
+
+struct api_server {
+    const struct api_config *cfg;
+    struct MHD_Daemon *daemon;
+};
+
+/* http.c */
+const char *api_query(const struct api_req *r, const char *key);
+bool api_query_bool(const struct api_req *r, const char *key, bool dflt, struct err **errp);
+const char *api_header(const struct api_req *r, const char *name);
+enum MHD_Result api_reply_json(struct api_req *r, unsigned status, json_t *j);
+enum MHD_Result api_reply_err(struct api_req *r, struct err *e);
+enum MHD_Result api_reply_errf(struct api_req *r, enum err_code code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+enum MHD_Result api_reply_status(struct api_req *r, unsigned status, const char *gstatus,
+                                 const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+enum MHD_Result api_reply_response(struct api_req *r, unsigned status,
+                                   struct MHD_Response *resp);
+/** Checks the request's key has scope; replies 403 and returns false when not. */
+bool api_require(struct api_req *r, const char *scope, enum MHD_Result *res);
+/** The base URL clients reach this server at ("http://host:port"). Owned. */
+char *api_base_url(const struct api_req *r);
+struct env_ctx *api_ctx(struct api_req *r, struct err **errp);
+
+/* codec.c */
+int api_b64_decode(const char *in, size_t len, char **out, size_t *out_len);
+char *api_b64_encode(const void *data, size_t len);
+/** Percent-decodes len bytes of s; NULL when an escape is malformed or decodes to NUL. */
+char *api_pct_decode(const char *s, size_t len, bool plus_is_space);
+const char *api_mime_type(const char *path);
+/** "environments/ID" or "ID" → ID (borrowed from s). */
+const char *api_strip_prefix(const char *s, const char *prefix);
+
+/* routes_env.c */
+enum MHD_Result api_route_environments(struct api_req *r);
+enum MHD_Result api_route_files_download(struct api_req *r);
+/** Upload chunk data as it arrives (called for every piece of the body). */
+void api_upload_data(struct api_req *r, const char *data, size_t len);
+
+#endif

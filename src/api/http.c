@@ -1,0 +1,830 @@
+/*
+ * The HTTP side of the server, over libmicrohttpd in thread-per-connection mode: every
+ * request handler may block on a sandbox (a create, an upload, a snapshot stream) without
+ * holding up any other connection.
+ *
+ * Routing works on the raw request URI (captured before libmicrohttpd unescapes it), so an
+ * id sent as "environments%2Fenv_x" stays one segment and a file path keeps its own
+ * slashes. Any "/{v}/" version segment routes to the same handlers, after any path prefix.
+ *
+ * Slow clients: libmicrohttpd's timeout is an idle timeout, which a client sending one byte a
+ * second never trips. A watchdog thread therefore gives each connection a deadline for the
+ * headers of its next request and shuts down the socket of one that misses it.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <time.h>
+
+#include <openssl/evp.h>
+
+#include "api_int.h"
+
+/* ------------------------------------------------------------ context pool */
+
+#define POOL_MAX 64
+
+static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct env_ctx *pool[POOL_MAX];
+static size_t npool;
+
+struct env_ctx *
+api_ctx(struct api_req *r, struct err **errp)
+{
+    const struct api_config *cfg = r->srv->cfg;
+
+    if (r->ctx != NULL)
+        return r->ctx;
+    pthread_mutex_lock(&pool_lock);
+    if (npool > 0)
+        r->ctx = pool[--npool];
+    pthread_mutex_unlock(&pool_lock);
+    if (r->ctx == NULL && env_ctx_open(cfg->data_dir, cfg->storage_size, &r->ctx, errp) < 0)
+        return NULL;
+    return r->ctx;
+}
+
+static void
+ctx_put(struct env_ctx *c)
+{
+    if (c == NULL)
+        return;
+    pthread_mutex_lock(&pool_lock);
+    if (npool < POOL_MAX) {
+        pool[npool++] = c;
+        c = NULL;
+    }
+    pthread_mutex_unlock(&pool_lock);
+    env_ctx_close(c);
+}
+
+/* ------------------------------------------------------- connection deadlines */
+
+struct track {
+    int fd;
+    int64_t deadline_ms; /* for the headers of the next request; 0 while one is in progress */
+    struct track *prev, *next;
+};
+
+static pthread_mutex_t track_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct track tracks = {-1, 0, &tracks, &tracks};
+
+static void
+notify_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                  enum MHD_ConnectionNotificationCode toe)
+{
+    struct api_server *srv = cls;
+    struct track *t = *socket_context;
+
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+        t = xcalloc(1, sizeof(*t));
+        t->fd = ci != NULL ? ci->connect_fd : -1;
+        t->deadline_ms = util_now_ms() + srv->cfg->header_timeout_ms;
+        pthread_mutex_lock(&track_lock);
+        t->next = tracks.next;
+        t->prev = &tracks;
+        tracks.next->prev = t;
+        tracks.next = t;
+        pthread_mutex_unlock(&track_lock);
+        *socket_context = t;
+    } else if (toe == MHD_CONNECTION_NOTIFY_CLOSED && t != NULL) {
+        pthread_mutex_lock(&track_lock);
+        t->prev->next = t->next;
+        t->next->prev = t->prev;
+        pthread_mutex_unlock(&track_lock);
+        free(t);
+        *socket_context = NULL;
+    }
+}
+
+static void
+track_set(struct MHD_Connection *c, int64_t deadline_ms)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    struct track *t = ci != NULL ? ci->socket_context : NULL;
+
+    if (t == NULL)
+        return;
+    pthread_mutex_lock(&track_lock);
+    t->deadline_ms = deadline_ms;
+    pthread_mutex_unlock(&track_lock);
+}
+
+static volatile sig_atomic_t stopping;
+
+static void *
+watchdog(void *arg)
+{
+    (void)arg;
+    while (!stopping) {
+        struct timespec ts = {0, 250 * 1000 * 1000};
+        int64_t now = util_now_ms();
+        nanosleep(&ts, NULL);
+        pthread_mutex_lock(&track_lock);
+        for (struct track *t = tracks.next; t != &tracks; t = t->next) {
+            if (t->deadline_ms != 0 && t->deadline_ms < now && t->fd >= 0) {
+                /* The connection thread sees EOF and closes; the fd stays its own. */
+                shutdown(t->fd, SHUT_RDWR);
+                t->deadline_ms = 0;
+            }
+        }
+        pthread_mutex_unlock(&track_lock);
+    }
+    return NULL;
+}
+
+/* ----------------------------------------------------------------- replies */
+
+static const struct {
+    enum err_code code;
+    unsigned http;
+    const char *status;
+} err_map[] = {
+    {ERR_INVALID, 400, "INVALID_ARGUMENT"}, {ERR_NOT_FOUND, 404, "NOT_FOUND"},
+    {ERR_CONFLICT, 409, "ALREADY_EXISTS"},  {ERR_PERM, 403, "PERMISSION_DENIED"},
+    {ERR_LIMIT, 413, "RESOURCE_EXHAUSTED"}, {ERR_IO, 500, "INTERNAL"},
+    {ERR_UPSTREAM, 502, "UNAVAILABLE"},     {ERR_TIMEOUT, 504, "DEADLINE_EXCEEDED"},
+    {ERR_INTERNAL, 500, "INTERNAL"},
+};
+
+enum MHD_Result
+api_reply_response(struct api_req *r, unsigned status, struct MHD_Response *resp)
+{
+    enum MHD_Result res;
+
+    r->status = status;
+    res = MHD_queue_response(r->conn, status, resp);
+    MHD_destroy_response(resp);
+    return res;
+}
+
+enum MHD_Result
+api_reply_json(struct api_req *r, unsigned status, json_t *j)
+{
+    char *text = json_dumps(j, JSON_COMPACT);
+    size_t len;
+    struct MHD_Response *resp;
+
+    json_decref(j);
+    if (text == NULL)
+        return MHD_NO;
+    len = strlen(text);
+    text = xrealloc(text, len + 2);
+    text[len++] = '\n';
+    r->bytes_out = len;
+    resp = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
+    MHD_add_response_header(resp, "Content-Type", "application/json; charset=UTF-8");
+    return api_reply_response(r, status, resp);
+}
+
+static enum MHD_Result
+reply_error_json(struct api_req *r, unsigned status, const char *gstatus, const char *msg)
+{
+    return api_reply_json(r, status,
+                          json_pack("{s:{s:i, s:s, s:s}}", "error", "code", (int)status, "message",
+                                    msg, "status", gstatus));
+}
+
+enum MHD_Result
+api_reply_status(struct api_req *r, unsigned status, const char *gstatus, const char *fmt, ...)
+{
+    va_list ap;
+    char *msg = NULL;
+    enum MHD_Result res;
+
+    va_start(ap, fmt);
+    if (vasprintf(&msg, fmt, ap) < 0)
+        msg = NULL;
+    va_end(ap);
+    res = reply_error_json(r, status, gstatus, msg != NULL ? msg : "error");
+    free(msg);
+    return res;
+}
+
+enum MHD_Result
+api_reply_err(struct api_req *r, struct err *e)
+{
+    unsigned http = 500;
+    const char *st = "INTERNAL";
+    enum MHD_Result res;
+
+    for (size_t i = 0; i < sizeof(err_map) / sizeof(err_map[0]); i++)
+        if (err_map[i].code == e->code) {
+            http = err_map[i].http;
+            st = err_map[i].status;
+        }
+    if (http >= 500)
+        log_error("%s %s: %s", r->method, r->raw_uri, e->msg);
+    res = reply_error_json(r, http, st, e->msg);
+    err_free(e);
+    return res;
+}
+
+enum MHD_Result
+api_reply_errf(struct api_req *r, enum err_code code, const char *fmt, ...)
+{
+    va_list ap;
+    char *msg = NULL;
+    struct err *e = NULL;
+
+    va_start(ap, fmt);
+    if (vasprintf(&msg, fmt, ap) < 0)
+        msg = NULL;
+    va_end(ap);
+    err_set(&e, code, 0, "%s", msg != NULL ? msg : "error");
+    free(msg);
+    return api_reply_err(r, e);
+}
+
+/* ------------------------------------------------------------------ helpers */
+
+const char *
+api_query(const struct api_req *r, const char *key)
+{
+    for (size_t i = 0; i < r->nq; i++)
+        if (strcmp(r->qk[i], key) == 0)
+            return r->qv[i];
+    return NULL;
+}
+
+bool
+api_query_bool(const struct api_req *r, const char *key, bool dflt, struct err **errp)
+{
+    const char *v = api_query(r, key);
+
+    if (v == NULL || v[0] == '\0')
+        return dflt;
+    if (strcmp(v, "true") == 0 || strcmp(v, "1") == 0)
+        return true;
+    if (strcmp(v, "false") == 0 || strcmp(v, "0") == 0)
+        return false;
+    err_set(errp, ERR_INVALID, 0, "query parameter %s must be true or false", key);
+    return dflt;
+}
+
+const char *
+api_header(const struct api_req *r, const char *name)
+{
+    return MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, name);
+}
+
+char *
+api_base_url(const struct api_req *r)
+{
+    const char *host = api_header(r, "Host");
+    const char *pub = r->srv->cfg->public_url;
+
+    if (pub != NULL && pub[0] != '\0') {
+        size_t n = strlen(pub);
+        while (n > 0 && pub[n - 1] == '/')
+            n--;
+        return xstrndup(pub, n);
+    }
+    if (host == NULL || host[0] == '\0' || strpbrk(host, " /\\\"'<>") != NULL)
+        host = r->srv->cfg->listen;
+    return xasprintf("http://%s", host);
+}
+
+static void
+hex_sha256(const char *data, size_t len, char out[65])
+{
+    unsigned char md[32];
+    unsigned int n = 0;
+
+    EVP_Digest(data, len, md, &n, EVP_sha256(), NULL);
+    for (unsigned i = 0; i < 32; i++)
+        snprintf(out + 2 * i, 3, "%02x", md[i]);
+}
+
+static bool has_word(const char *list, const char *word);
+
+bool
+api_require(struct api_req *r, const char *scope, enum MHD_Result *res)
+{
+    if (has_word(r->auth.scopes, scope))
+        return true;
+    *res = api_reply_status(r, 403, "PERMISSION_DENIED", "API key '%s' lacks the scope %s",
+                            r->auth.name, scope);
+    return false;
+}
+
+/* Finds the key and checks it; replies 401 and returns false when it does not pass. */
+static bool
+authenticate(struct api_req *r, enum MHD_Result *res)
+{
+    const char *key = api_header(r, "x-goog-api-key");
+    const char *authz = api_header(r, "Authorization");
+    struct store_key k;
+    struct env_ctx *ctx;
+    struct err *e = NULL;
+    char hash[65];
+
+    if ((key == NULL || key[0] == '\0') && authz != NULL && strncasecmp(authz, "Bearer ", 7) == 0)
+        for (key = authz + 7; *key == ' ';)
+            key++;
+    if (key == NULL || key[0] == '\0') {
+        *res = api_reply_status(r, 401, "UNAUTHENTICATED",
+                                "missing API key: send x-goog-api-key or Authorization: Bearer");
+        return false;
+    }
+    ctx = api_ctx(r, &e);
+    if (ctx == NULL) {
+        *res = api_reply_err(r, e);
+        return false;
+    }
+    hex_sha256(key, strlen(key), hash);
+    if (store_key_by_hash(env_store(ctx), hash, &k, &e) < 0) {
+        bool missing = e->code == ERR_NOT_FOUND;
+        if (!missing) {
+            *res = api_reply_err(r, e);
+            return false;
+        }
+        err_free(e);
+        *res = api_reply_status(r, 401, "UNAUTHENTICATED", "API key not valid");
+        return false;
+    }
+    if (k.revoked_ms != 0) {
+        *res = api_reply_status(r, 401, "UNAUTHENTICATED", "API key '%s' was revoked", k.name);
+        return false;
+    }
+    memcpy(r->auth.name, k.name, sizeof(k.name));
+    memcpy(r->auth.project, k.project, sizeof(k.project));
+    memcpy(r->auth.scopes, k.scopes, sizeof(k.scopes));
+    r->authed = true;
+    return true;
+}
+
+/* ------------------------------------------------------------------ routing */
+
+static bool
+is_version(const char *s, size_t n)
+{
+    if (n < 2 || n > 16 || s[0] != 'v' || s[1] < '0' || s[1] > '9')
+        return false;
+    for (size_t i = 2; i < n; i++)
+        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'z')))
+            return false;
+    return true;
+}
+
+static int
+parse_query(struct api_req *r, const char *q)
+{
+    while (*q != '\0') {
+        size_t n = strcspn(q, "&");
+        const char *eq = memchr(q, '=', n);
+        if (n > 0) {
+            size_t kn = eq != NULL ? (size_t)(eq - q) : n;
+            if (r->nq == API_QUERY_MAX)
+                return -1;
+            r->qk[r->nq] = api_pct_decode(q, kn, true);
+            r->qv[r->nq] = eq != NULL ? api_pct_decode(eq + 1, n - kn - 1, true) : xstrdup("");
+            if (r->qk[r->nq] == NULL || r->qv[r->nq] == NULL) {
+                free(r->qk[r->nq]);
+                free(r->qv[r->nq]);
+                return -1;
+            }
+            r->nq++;
+        }
+        q += n;
+        if (*q == '&')
+            q++;
+    }
+    return 0;
+}
+
+/*
+ * Splits the raw path after its version segment into decoded segments; after a "files"
+ * segment that follows an environment id, the remainder is kept whole as r->rest.
+ * Returns 0, or -1 when the path is not an API path (404), -2 when it is malformed (400).
+ */
+static int
+parse_path(struct api_req *r)
+{
+    cleanup_free char *path = NULL;
+    const char *p, *q = strchr(r->raw_uri, '?');
+    size_t plen = q != NULL ? (size_t)(q - r->raw_uri) : strlen(r->raw_uri);
+    const char *prev = NULL;
+    size_t prevn = 0;
+
+    if (q != NULL && parse_query(r, q + 1) < 0)
+        return -2;
+    path = xstrndup(r->raw_uri, plen);
+    /* Skip any prefix up to the version segment (a base URL may carry a path). */
+    for (p = path;;) {
+        size_t n;
+        while (*p == '/')
+            p++;
+        if (*p == '\0')
+            return -1;
+        n = strcspn(p, "/");
+        if (is_version(p, n)) {
+            r->upload_route = prev != NULL && prevn == 6 && strncmp(prev, "upload", 6) == 0;
+            p += n;
+            break;
+        }
+        prev = p;
+        prevn = n;
+        p += n;
+    }
+    while (*p != '\0') {
+        size_t n;
+        while (*p == '/')
+            p++;
+        if (*p == '\0')
+            break;
+        if (r->nsegs == 3 && strcmp(r->segs[0], "environments") == 0 &&
+            strcmp(r->segs[2], "files") == 0) {
+            /* The file path: the rest, slashes and all ("files//src" is "src"). */
+            r->rest = api_pct_decode(p, strlen(p), false);
+            r->has_rest = true;
+            return r->rest == NULL ? -2 : 0;
+        }
+        n = strcspn(p, "/");
+        if (r->nsegs == API_SEGMENTS_MAX)
+            return -2;
+        r->segs[r->nsegs] = api_pct_decode(p, n, false);
+        if (r->segs[r->nsegs] == NULL)
+            return -2;
+        r->nsegs++;
+        p += n;
+    }
+    if (r->nsegs == 3 && strcmp(r->segs[0], "environments") == 0 &&
+        strcmp(r->segs[2], "files") == 0) {
+        r->rest = xstrdup("");
+        r->has_rest = true;
+    }
+    return 0;
+}
+
+static bool ready;
+
+static enum MHD_Result
+dispatch(struct api_req *r)
+{
+    if (r->nsegs >= 1 && strcmp(r->segs[0], "environments") == 0)
+        return api_route_environments(r);
+    if (r->nsegs == 2 && strcmp(r->segs[0], "files") == 0)
+        return api_route_files_download(r);
+    return api_reply_status(r, 404, "NOT_FOUND", "no such route: %s %s", r->method,
+                            r->nsegs > 0 ? r->segs[0] : "/");
+}
+
+/* The first call of a request: its headers are complete. */
+static enum MHD_Result
+begin(struct api_req *r)
+{
+    enum MHD_Result res = MHD_YES;
+    const char *path = r->raw_uri;
+    int pr;
+
+    if (strcmp(path, "/healthz") == 0)
+        return api_reply_json(r, 200, json_pack("{s:s}", "status", "ok"));
+    if (strcmp(path, "/readyz") == 0)
+        return ready ? api_reply_json(r, 200, json_pack("{s:s}", "status", "ready"))
+                     : api_reply_status(r, 503, "UNAVAILABLE", "starting");
+    pr = parse_path(r);
+    if (pr == -2)
+        return api_reply_status(r, 400, "INVALID_ARGUMENT",
+                                "malformed path or query (bad percent-encoding, NUL, or too many "
+                                "segments or parameters)");
+    if (pr == -1)
+        return api_reply_status(r, 404, "NOT_FOUND", "no such route: %s", r->method);
+    if (!authenticate(r, &res))
+        return res;
+    buf_init(&r->body, API_BODY_MAX);
+    /* Upload chunks are authorised before their bytes arrive, so a refused one costs no
+     * staging; their data then streams to disk as it comes. */
+    r->chunk = r->upload_route && strcmp(r->method, "POST") == 0;
+    if (r->chunk)
+        return api_route_environments(r);
+    return MHD_YES;
+}
+
+static enum MHD_Result
+handler(void *cls, struct MHD_Connection *c, const char *url, const char *method,
+        const char *version, const char *upload_data, size_t *upload_data_size, void **req_cls)
+{
+    struct api_req *r = *req_cls;
+
+    (void)cls;
+    (void)url;
+    (void)version;
+    if (r == NULL)
+        return MHD_NO;
+    r->conn = c;
+    r->method = method;
+    if (!r->started) {
+        enum MHD_Result res;
+        r->started = true;
+        track_set(c, 0);
+        res = begin(r);
+        /* A reply queued already (an error, health) ends the request; the rest of a body, if
+         * any, is not read: libmicrohttpd closes the connection after the reply. */
+        return res;
+    }
+    if (r->status != 0) {
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
+    if (*upload_data_size > 0) {
+        if (r->chunk)
+            api_upload_data(r, upload_data, *upload_data_size);
+        else if (!r->body_too_large &&
+                 buf_append(&r->body, upload_data, *upload_data_size, NULL) < 0)
+            r->body_too_large = true;
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
+    if (r->body_too_large)
+        return api_reply_status(r, 413, "RESOURCE_EXHAUSTED", "request body larger than %u bytes",
+                                API_BODY_MAX);
+    return dispatch(r);
+}
+
+static void *
+uri_logger(void *cls, const char *uri, struct MHD_Connection *c)
+{
+    struct api_req *r = xcalloc(1, sizeof(*r));
+
+    (void)c;
+    r->srv = cls;
+    r->raw_uri = xstrdup(uri);
+    r->start_ns = util_mono_ns();
+    return r;
+}
+
+static void
+completed(void *cls, struct MHD_Connection *c, void **req_cls,
+          enum MHD_RequestTerminationCode toe)
+{
+    struct api_server *srv = cls;
+    struct api_req *r = *req_cls;
+    char status[16], bytes[32], ms[32];
+    cleanup_free char *path = NULL;
+
+    track_set(c, util_now_ms() + srv->cfg->header_timeout_ms);
+    if (r == NULL)
+        return;
+    snprintf(status, sizeof(status), "%u", r->status);
+    snprintf(bytes, sizeof(bytes), "%llu", (unsigned long long)r->bytes_out);
+    snprintf(ms, sizeof(ms), "%.3f", (double)(util_mono_ns() - r->start_ns) / 1e6);
+    {
+        const char *q = strchr(r->raw_uri, '?');
+        path = xstrndup(r->raw_uri, q != NULL ? (size_t)(q - r->raw_uri) : strlen(r->raw_uri));
+    }
+    {
+        const char *kv[] = {"method", r->method != NULL ? r->method : "-",
+                            "path",   path,
+                            "status", status,
+                            "bytes",  bytes,
+                            "ms",     ms,
+                            "key",    r->authed ? r->auth.name : "-",
+                            "end",    toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "ok" : "aborted"};
+        log_fields(LOG_LEVEL_INFO, "request", kv, sizeof(kv) / sizeof(kv[0]));
+    }
+    for (size_t i = 0; i < r->nsegs; i++)
+        free(r->segs[i]);
+    for (size_t i = 0; i < r->nq; i++) {
+        free(r->qk[i]);
+        free(r->qv[i]);
+    }
+    free(r->rest);
+    free(r->raw_uri);
+    buf_free(&r->body);
+    err_free(r->up_err);
+    ctx_put(r->ctx);
+    free(r);
+    *req_cls = NULL;
+}
+
+static void
+mhd_logger(void *cls, const char *fmt, va_list ap)
+{
+    char *msg = NULL;
+
+    (void)cls;
+    if (vasprintf(&msg, fmt, ap) < 0)
+        return;
+    for (size_t n = strlen(msg); n > 0 && msg[n - 1] == '\n'; n--)
+        msg[n - 1] = '\0';
+    log_warnx("http: %s", msg);
+    free(msg);
+}
+
+/* ------------------------------------------------------------------ serving */
+
+static int
+parse_listen(const char *listen, struct sockaddr_in *sa, struct err **errp)
+{
+    cleanup_free char *host = NULL;
+    const char *colon = strrchr(listen, ':');
+    uint64_t port;
+
+    if (colon == NULL)
+        return err_set(errp, ERR_INVALID, 0, "--listen must be ADDR:PORT, not '%s'", listen);
+    host = xstrndup(listen, (size_t)(colon - listen));
+    if (util_parse_u64(colon + 1, 65535, &port, NULL) < 0)
+        return err_set(errp, ERR_INVALID, 0, "--listen: bad port '%s'", colon + 1);
+    memset(sa, 0, sizeof(*sa));
+    sa->sin_family = AF_INET;
+    sa->sin_port = htons((uint16_t)port);
+    if (inet_pton(AF_INET, strcmp(host, "localhost") == 0 ? "127.0.0.1" : host, &sa->sin_addr) != 1)
+        return err_set(errp, ERR_INVALID, 0, "--listen: '%s' is not an IPv4 address", host);
+    return 0;
+}
+
+/* Startup: storage ready, every row reconciled (dead sandboxes stopped, half-made ones
+ * removed, running ones adopted as they are), stale upload staging removed. */
+static int
+recover(const struct api_config *cfg, struct err **errp)
+{
+    struct env_ctx *ctx = NULL;
+    cleanup_free struct store_env *v = NULL;
+    size_t n = 0, running = 0;
+
+    if (env_ctx_open(cfg->data_dir, cfg->storage_size, &ctx, errp) < 0)
+        return -1;
+    if (env_list(ctx, &v, &n, errp) < 0) {
+        env_ctx_close(ctx);
+        return err_wrap(errp, "recover");
+    }
+    for (size_t i = 0; i < n; i++)
+        running += v[i].state == STORE_ENV_RUNNING;
+    log_info("recovered %zu environments, %zu running (adopted)", n, running);
+    env_ctx_close(ctx);
+    return 0;
+}
+
+int
+api_serve(const struct api_config *cfg, struct err **errp)
+{
+    static struct api_server srv;
+    struct sockaddr_in sa;
+    const union MHD_DaemonInfo *di;
+    pthread_t wd;
+    sigset_t set;
+    struct env_ctx *jctx = NULL;
+    char addr[INET_ADDRSTRLEN];
+    int64_t next_janitor = 0;
+
+    if (parse_listen(cfg->listen, &sa, errp) < 0)
+        return -1;
+    /* Before any thread: the spawner must be a fork of a single-threaded process. */
+    if (sandbox_spawner_start(errp) < 0)
+        return -1;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    srv.cfg = cfg;
+    srv.daemon = MHD_start_daemon(
+        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_ERROR_LOG,
+        0, NULL, NULL, handler, &srv, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
+        MHD_OPTION_URI_LOG_CALLBACK, uri_logger, &srv, MHD_OPTION_NOTIFY_COMPLETED, completed,
+        &srv, MHD_OPTION_NOTIFY_CONNECTION, notify_connection, &srv,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120, MHD_OPTION_CONNECTION_LIMIT,
+        (unsigned)1024, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
+        MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024, MHD_OPTION_EXTERNAL_LOGGER, mhd_logger,
+        NULL, MHD_OPTION_END);
+    if (srv.daemon == NULL)
+        return err_set(errp, ERR_IO, errno, "listen on %s", cfg->listen);
+    di = MHD_get_daemon_info(srv.daemon, MHD_DAEMON_INFO_BIND_PORT);
+    inet_ntop(AF_INET, &sa.sin_addr, addr, sizeof(addr));
+    pthread_create(&wd, NULL, watchdog, NULL);
+    if (recover(cfg, errp) < 0) {
+        MHD_stop_daemon(srv.daemon);
+        return -1;
+    }
+    ready = true;
+    log_fields(LOG_LEVEL_WARN, "ready", (const char *const[]){"data_dir", cfg->data_dir}, 2);
+    fprintf(stderr, "paddock: listening on http://%s:%u\n", addr,
+            di != NULL ? (unsigned)di->port : (unsigned)ntohs(sa.sin_port));
+    fflush(stderr);
+    while (!stopping) {
+        struct timespec ts = {1, 0};
+        int sig = sigtimedwait(&set, NULL, &ts);
+        if (sig == SIGINT || sig == SIGTERM) {
+            stopping = 1;
+            break;
+        }
+        if (util_now_ms() >= next_janitor) {
+            struct err *e = NULL;
+            if (jctx == NULL && env_ctx_open(cfg->data_dir, cfg->storage_size, &jctx, &e) < 0) {
+                log_warnx("janitor: %s", e->msg);
+                err_free(e);
+            } else {
+                env_janitor(jctx, &cfg->lc);
+            }
+            next_janitor = util_now_ms() + 1000;
+        }
+    }
+    log_info("shutting down; sandboxes keep running");
+    MHD_stop_daemon(srv.daemon);
+    pthread_join(wd, NULL);
+    env_ctx_close(jctx);
+    while (npool > 0)
+        env_ctx_close(pool[--npool]);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ keys */
+
+static bool
+valid_name(const char *s)
+{
+    size_t n = strlen(s);
+
+    if (n == 0 || n > 63)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') ||
+              (s[i] >= '0' && s[i] <= '9') || s[i] == '-' || s[i] == '_' || s[i] == '.'))
+            return false;
+    return true;
+}
+
+/* True when word is one of the space-separated words of list. */
+static bool
+has_word(const char *list, const char *word)
+{
+    size_t n = strlen(word);
+
+    for (const char *p = list; (p = strstr(p, word)) != NULL; p += n)
+        if ((p == list || p[-1] == ' ') && (p[n] == ' ' || p[n] == '\0'))
+            return true;
+    return false;
+}
+
+static bool
+known_scope(const char *s)
+{
+    return has_word(API_SCOPES, s);
+}
+
+static void
+add_scope(struct buf *b, const char *s)
+{
+    if (!has_word(b->data != NULL ? b->data : "", s))
+        buf_printf(b, NULL, "%s%s", b->len > 0 ? " " : "", s);
+}
+
+int
+api_key_create(struct store *s, const char *name, const char *project,
+               const char *const *scopes, size_t n_scopes, char **key_out, struct err **errp)
+{
+    struct store_key k;
+    struct buf sc;
+    char key[64], hash[65];
+
+    if (!valid_name(name))
+        return err_set(errp, ERR_INVALID, 0,
+                       "key name '%s': use 1-63 letters, digits, '-', '_' or '.'", name);
+    if (!valid_name(project))
+        return err_set(errp, ERR_INVALID, 0,
+                       "project '%s': use 1-63 letters, digits, '-', '_' or '.'", project);
+    if (n_scopes == 0)
+        return err_set(errp, ERR_INVALID, 0,
+                       "a key needs at least one --scope (one of: environments, %s)", API_SCOPES);
+    buf_init(&sc, 255);
+    for (size_t i = 0; i < n_scopes; i++) {
+        if (strcmp(scopes[i], "environments") == 0) {
+            add_scope(&sc, "environments.read");
+            add_scope(&sc, "environments.write");
+        } else if (known_scope(scopes[i])) {
+            add_scope(&sc, scopes[i]);
+        } else {
+            buf_free(&sc);
+            return err_set(errp, ERR_INVALID, 0, "unknown scope '%s' (known: environments, %s)",
+                           scopes[i], API_SCOPES);
+        }
+    }
+    memset(&k, 0, sizeof(k));
+    snprintf(k.name, sizeof(k.name), "%s", name);
+    snprintf(k.project, sizeof(k.project), "%s", project);
+    snprintf(k.scopes, sizeof(k.scopes), "%s", sc.data != NULL ? sc.data : "");
+    buf_free(&sc);
+    k.created_ms = util_now_ms();
+    if (util_id_new("pdk_", key, sizeof(key), errp) < 0)
+        return -1;
+    snprintf(k.prefix, sizeof(k.prefix), "%.10s", key);
+    hex_sha256(key, strlen(key), hash);
+    if (store_key_insert(s, &k, hash, errp) < 0) {
+        explicit_bzero(key, sizeof(key));
+        return -1;
+    }
+    *key_out = xstrdup(key);
+    explicit_bzero(key, sizeof(key));
+    return 0;
+}

@@ -1,0 +1,230 @@
+/* paddock serve, and the keys that let clients in. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "api/api.h"
+#include "cli_int.h"
+
+/* A duration: a number with an optional s, m, h or d suffix (bare numbers are seconds). */
+static int
+parse_duration(const char *what, const char *s, int64_t *ms_out, struct err **errp)
+{
+    char *end = NULL;
+    double v;
+    double mult = 1000;
+
+    if (s == NULL || s[0] == '\0')
+        return err_set(errp, ERR_INVALID, 0, "%s: empty duration", what);
+    v = strtod(s, &end);
+    if (end == s || v < 0)
+        return err_set(errp, ERR_INVALID, 0, "%s: '%s' is not a duration (e.g. 90s, 15m, 7d)",
+                       what, s);
+    if (*end == 's')
+        end++;
+    else if (*end == 'm')
+        mult = 60e3, end++;
+    else if (*end == 'h')
+        mult = 3600e3, end++;
+    else if (*end == 'd')
+        mult = 86400e3, end++;
+    if (*end != '\0')
+        return err_set(errp, ERR_INVALID, 0, "%s: '%s' is not a duration (e.g. 90s, 15m, 7d)",
+                       what, s);
+    *ms_out = (int64_t)(v * mult);
+    return 0;
+}
+
+static const char *
+env_or(const char *name, const char *dflt)
+{
+    const char *v = getenv(name);
+    return v != NULL && v[0] != '\0' ? v : dflt;
+}
+
+int
+cli__serve(const struct cli_global *g, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"listen", required_argument, NULL, 'L'},
+        {"skills-dir", required_argument, NULL, 'S'},
+        {"public-url", required_argument, NULL, 'P'},
+        {"idle-after", required_argument, NULL, 'i'},
+        {"offline-after", required_argument, NULL, 'o'},
+        {"expire-after", required_argument, NULL, 'x'},
+        {"max-upload", required_argument, NULL, 'm'},
+        {"header-timeout", required_argument, NULL, 't'},
+        {NULL, 0, NULL, 0},
+    };
+    struct api_config cfg;
+    const char *idle = env_or("PADDOCK_IDLE_AFTER", "15m");
+    const char *offline = env_or("PADDOCK_OFFLINE_AFTER", "1h");
+    const char *expire = env_or("PADDOCK_EXPIRE_AFTER", "7d");
+    const char *maxup = env_or("PADDOCK_MAX_UPLOAD", "2G");
+    const char *htimeout = env_or("PADDOCK_HEADER_TIMEOUT", "10s");
+    struct err *e = NULL;
+    int c;
+
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.data_dir = g->data_dir;
+    cfg.storage_size = g->storage_size;
+    cfg.listen = env_or("PADDOCK_LISTEN", "127.0.0.1:8080");
+    cfg.skills_dir = env_or("PADDOCK_SKILLS_DIR", NULL);
+    cfg.public_url = env_or("PADDOCK_PUBLIC_URL", NULL);
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'L':
+            cfg.listen = optarg;
+            break;
+        case 'S':
+            cfg.skills_dir = optarg;
+            break;
+        case 'P':
+            cfg.public_url = optarg;
+            break;
+        case 'i':
+            idle = optarg;
+            break;
+        case 'o':
+            offline = optarg;
+            break;
+        case 'x':
+            expire = optarg;
+            break;
+        case 'm':
+            maxup = optarg;
+            break;
+        case 't':
+            htimeout = optarg;
+            break;
+        default:
+            return 2;
+        }
+    }
+    if (optind != argc)
+        return cli__usage("serve takes no arguments");
+    if (parse_duration("--idle-after", idle, &cfg.lc.idle_ms, &e) < 0 ||
+        parse_duration("--offline-after", offline, &cfg.lc.offline_ms, &e) < 0 ||
+        parse_duration("--expire-after", expire, &cfg.lc.expire_ms, &e) < 0 ||
+        parse_duration("--header-timeout", htimeout, &cfg.header_timeout_ms, &e) < 0 ||
+        util_parse_size(maxup, &cfg.max_upload, &e) < 0)
+        return cli__fail(e);
+    cfg.lc.count_ms = 2000;
+    if (!g->level_given)
+        log_init(NULL, LOG_LEVEL_INFO, g->format);
+    if (api_serve(&cfg, &e) < 0)
+        return cli__fail(e);
+    return 0;
+}
+
+static int
+keys_create(struct store *s, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"name", required_argument, NULL, 'n'},
+        {"project", required_argument, NULL, 'p'},
+        {"scope", required_argument, NULL, 's'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *name = NULL, *project = "default";
+    const char *scopes[32];
+    size_t n = 0;
+    cleanup_free char *key = NULL;
+    struct err *e = NULL;
+    int c;
+
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'n':
+            name = optarg;
+            break;
+        case 'p':
+            project = optarg;
+            break;
+        case 's':
+            if (n == 32)
+                return cli__usage("at most 32 --scope options");
+            scopes[n++] = optarg;
+            break;
+        default:
+            return 2;
+        }
+    }
+    if (name == NULL || optind != argc)
+        return cli__usage("keys create --name NAME [--project P] --scope S [--scope S]...");
+    if (api_key_create(s, name, project, scopes, n, &key, &e) < 0)
+        return cli__fail(e);
+    printf("created key '%s' for project '%s'; it is shown only now:\n%s\n", name, project, key);
+    explicit_bzero(key, strlen(key));
+    return 0;
+}
+
+static int
+keys_ls(struct store *s, int argc, char **argv)
+{
+    cleanup_free struct store_key *v = NULL;
+    size_t n = 0;
+    struct err *e = NULL;
+    bool json = argc == 2 && strcmp(argv[1], "--json") == 0;
+
+    if (argc > 2 || (argc == 2 && !json))
+        return cli__usage("keys ls [--json]");
+    if (store_key_list(s, &v, &n, &e) < 0)
+        return cli__fail(e);
+    if (json) {
+        json_t *arr = json_array();
+        char *out;
+        for (size_t i = 0; i < n; i++) {
+            char t[40];
+            util_format_time(v[i].created_ms, t, sizeof(t));
+            json_array_append_new(arr, json_pack("{s:s, s:s, s:s, s:s, s:s, s:b}", "name",
+                                                 v[i].name, "project", v[i].project, "scopes",
+                                                 v[i].scopes, "prefix", v[i].prefix, "created", t,
+                                                 "revoked", v[i].revoked_ms != 0));
+        }
+        out = json_dumps(arr, JSON_INDENT(2));
+        printf("%s\n", out);
+        free(out);
+        json_decref(arr);
+        return 0;
+    }
+    printf("%-20s %-16s %-14s %-8s %s\n", "NAME", "PROJECT", "PREFIX", "STATE", "SCOPES");
+    for (size_t i = 0; i < n; i++)
+        printf("%-20s %-16s %-14s %-8s %s\n", v[i].name, v[i].project, v[i].prefix,
+               v[i].revoked_ms ? "revoked" : "active", v[i].scopes);
+    return 0;
+}
+
+int
+cli__keys(const struct cli_global *g, int argc, char **argv)
+{
+    struct env_ctx *ctx = NULL;
+    struct err *e = NULL;
+    int rc;
+
+    if (argc < 2)
+        return cli__usage("keys create|ls|revoke");
+    if ((rc = cli__open(g, &ctx)) != 0)
+        return rc;
+    if (strcmp(argv[1], "create") == 0) {
+        rc = keys_create(env_store(ctx), argc - 1, argv + 1);
+    } else if (strcmp(argv[1], "ls") == 0) {
+        rc = keys_ls(env_store(ctx), argc - 1, argv + 1);
+    } else if (strcmp(argv[1], "revoke") == 0) {
+        if (argc != 3)
+            rc = cli__usage("keys revoke NAME");
+        else if (store_key_revoke(env_store(ctx), argv[2], &e) < 0)
+            rc = cli__fail(e);
+        else
+            printf("revoked key '%s'\n", argv[2]);
+    } else {
+        rc = cli__usage("unknown keys command '%s'", argv[1]);
+    }
+    env_ctx_close(ctx);
+    return rc;
+}

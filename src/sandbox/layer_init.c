@@ -1,0 +1,493 @@
+/*
+ * Operations on the environment's own layer, run by a handler inside the sandbox: the
+ * snapshot (a tar of everything the environment added or changed over its base image),
+ * the count of those files, and the extraction of an archive into a directory.
+ *
+ * The layer is the overlay's upper directories. init keeps them open as O_PATH descriptors
+ * (SANDBOX_FD_UPPER_ROOT, SANDBOX_FD_UPPER_USR) from before pivot_root, so a handler walks
+ * them with openat() relative to those fds, never following a symlink, and sees owners as
+ * they are inside the sandbox because it runs in the sandbox's user namespace. Overlay
+ * whiteouts (character devices 0:0) mark deletions of base files and are not files of the
+ * environment; they are left out.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include <archive.h>
+#include <archive_entry.h>
+
+#include "sandbox_int.h"
+
+#define WALK_MAX_DEPTH 128
+#define TAR_BLOCK      (256u * 1024)
+
+struct walk {
+    int conn;
+    struct archive *ar; /* NULL: only count */
+    uint64_t files;
+    uint64_t bytes;
+    char *buf; /* file content, TAR_BLOCK bytes */
+    struct err *e;
+};
+
+static ssize_t
+tar_write_cb(struct archive *a, void *arg, const void *data, size_t len)
+{
+    struct walk *w = arg;
+
+    (void)a;
+    if (sandbox__proto_send(w->conn, PROTO_DATA, data, len, NULL) < 0)
+        return -1;
+    return (ssize_t)len;
+}
+
+static int
+ar_fail(struct walk *w, const char *what, const char *path)
+{
+    if (w->e == NULL)
+        err_set(&w->e, ERR_IO, archive_errno(w->ar), "%s %s: %s", what, path,
+                archive_error_string(w->ar) ? archive_error_string(w->ar) : "failed");
+    return -1;
+}
+
+/* Adds one entry (and, for a regular file, its content) to the archive. */
+static int
+add_entry(struct walk *w, int dfd, const char *name, const char *path, const struct stat *st)
+{
+    struct archive_entry *ent;
+    cleanup_close int fd = -1;
+    char target[4096];
+    int rc = 0;
+
+    if (S_ISCHR(st->st_mode) && st->st_rdev == makedev(0, 0))
+        return 0; /* a whiteout: a base file this environment deleted */
+    if (!S_ISDIR(st->st_mode)) {
+        w->files++;
+        if (S_ISREG(st->st_mode))
+            w->bytes += (uint64_t)st->st_size;
+    }
+    if (w->ar == NULL)
+        return 0;
+    if (S_ISBLK(st->st_mode) || S_ISCHR(st->st_mode) || S_ISSOCK(st->st_mode))
+        return 0;
+    if (S_ISREG(st->st_mode)) {
+        fd = openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+        if (fd < 0)
+            return 0; /* removed while we walked */
+    }
+    ent = archive_entry_new();
+    archive_entry_copy_pathname(ent, path);
+    archive_entry_copy_stat(ent, st);
+    if (S_ISLNK(st->st_mode)) {
+        ssize_t n = readlinkat(dfd, name, target, sizeof(target) - 1);
+        if (n < 0) {
+            archive_entry_free(ent);
+            return 0;
+        }
+        target[n] = '\0';
+        archive_entry_copy_symlink(ent, target);
+    }
+    if (archive_write_header(w->ar, ent) != ARCHIVE_OK)
+        rc = ar_fail(w, "archive", path);
+    archive_entry_free(ent);
+    if (rc < 0 || fd < 0)
+        return rc;
+    /* Exactly st_size bytes: a file that changes under us is cut or padded by libarchive. */
+    for (uint64_t left = (uint64_t)st->st_size; left > 0;) {
+        ssize_t n = read(fd, w->buf, left < TAR_BLOCK ? (size_t)left : TAR_BLOCK);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        if (archive_write_data(w->ar, w->buf, (size_t)n) < 0)
+            return ar_fail(w, "archive", path);
+        left -= (uint64_t)n;
+    }
+    return 0;
+}
+
+/* Walks the directory open at dfd whose archive path is prefix ("" at the top). */
+static int
+walk_dir(struct walk *w, int dfd, const char *prefix, int depth, const char *skip)
+{
+    DIR *d;
+    char **names = NULL;
+    size_t n = 0;
+    int rc = 0;
+
+    if (depth > WALK_MAX_DEPTH) {
+        close(dfd);
+        return err_set(&w->e, ERR_LIMIT, 0, "snapshot: %s is deeper than %d levels", prefix,
+                       WALK_MAX_DEPTH);
+    }
+    d = fdopendir(dfd);
+    if (d == NULL) {
+        close(dfd);
+        return err_set(&w->e, ERR_IO, errno, "snapshot: open %s", prefix);
+    }
+    /* Sorted, so the same files always give the same archive. */
+    if (sandbox__dir_names(d, skip, 1000000, &names, &n, &w->e) < 0) {
+        closedir(d);
+        return -1;
+    }
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        struct stat st;
+        cleanup_free char *path = xasprintf("%s%s%s", prefix, *prefix ? "/" : "", names[i]);
+
+        if (fstatat(dirfd(d), names[i], &st, AT_SYMLINK_NOFOLLOW) < 0)
+            continue;
+        rc = add_entry(w, dirfd(d), names[i], path, &st);
+        if (rc == 0 && S_ISDIR(st.st_mode)) {
+            int cfd = openat(dirfd(d), names[i], O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+            if (cfd >= 0)
+                rc = walk_dir(w, cfd, path, depth + 1, NULL);
+        }
+    }
+    sandbox__names_free(names, n);
+    closedir(d);
+    return rc;
+}
+
+/* Walks one upper layer: the root's (without its usr, which has a layer of its own) or usr. */
+static int
+walk_layer(struct walk *w, int layer_fd, const char *prefix, const char *skip)
+{
+    int dfd = openat(layer_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    struct stat st;
+
+    if (dfd < 0)
+        return err_set(&w->e, ERR_INTERNAL, errno, "snapshot: open layer");
+    if (*prefix != '\0' && fstat(dfd, &st) == 0 && add_entry(w, dfd, ".", prefix, &st) < 0) {
+        close(dfd);
+        return -1;
+    }
+    return walk_dir(w, dfd, prefix, 0, skip);
+}
+
+int
+sandbox__handle_snapshot(int conn, json_t *req)
+{
+    struct walk w = {.conn = conn};
+    bool count_only = json_is_true(json_object_get(req, "count_only"));
+    cleanup_free char *buf = NULL;
+    json_t *res;
+    int rc;
+
+    if (!count_only) {
+        buf = xmalloc(TAR_BLOCK);
+        w.buf = buf;
+        w.ar = archive_write_new();
+        if (archive_write_set_format_pax_restricted(w.ar) != ARCHIVE_OK ||
+            archive_write_set_bytes_per_block(w.ar, (int)TAR_BLOCK) != ARCHIVE_OK ||
+            archive_write_set_bytes_in_last_block(w.ar, 1) != ARCHIVE_OK ||
+            archive_write_open2(w.ar, &w, NULL, tar_write_cb, NULL, NULL) != ARCHIVE_OK) {
+            ar_fail(&w, "start", "archive");
+            archive_write_free(w.ar);
+            sandbox__proto_send_error(conn, w.e);
+            err_free(w.e);
+            return 1;
+        }
+    }
+    rc = walk_layer(&w, SANDBOX_FD_UPPER_ROOT, "", "usr");
+    if (rc == 0)
+        rc = walk_layer(&w, SANDBOX_FD_UPPER_USR, "usr", NULL);
+    if (w.ar != NULL) {
+        if (rc == 0 && archive_write_close(w.ar) != ARCHIVE_OK)
+            rc = ar_fail(&w, "finish", "archive");
+        archive_write_free(w.ar);
+    }
+    if (rc < 0) {
+        sandbox__proto_send_error(conn, w.e);
+        err_free(w.e);
+        return 1;
+    }
+    res = json_pack("{s:b, s:I, s:I}", "ok", 1, "files", (json_int_t)w.files, "bytes",
+                    (json_int_t)w.bytes);
+    rc = sandbox__proto_send_json(conn, PROTO_RESULT, res, NULL);
+    json_decref(res);
+    return rc < 0 ? 1 : 0;
+}
+
+/* ------------------------------------------------------------- extraction */
+
+/* Reads the archive from DATA frames; libarchive pulls, the caller pushes. */
+struct pull {
+    int conn;
+    struct proto_frame f;
+    bool eof;
+    uint64_t total;
+    uint64_t max;
+    struct err *e;
+};
+
+static ssize_t
+pull_read(struct archive *a, void *arg, const void **buf)
+{
+    struct pull *p = arg;
+
+    (void)a;
+    sandbox__proto_frame_free(&p->f);
+    if (p->eof)
+        return 0;
+    for (;;) {
+        if (sandbox__proto_recv(p->conn, &p->f, &p->e) < 0)
+            return -1;
+        if (p->f.type == PROTO_DATA_EOF) {
+            p->eof = true;
+            sandbox__proto_frame_free(&p->f);
+            return 0;
+        }
+        if (p->f.type != PROTO_DATA) {
+            err_set(&p->e, ERR_INVALID, 0, "expected archive data");
+            return -1;
+        }
+        p->total += p->f.len;
+        if (p->max > 0 && p->total > p->max) {
+            err_set(&p->e, ERR_LIMIT, 0, "archive larger than %llu bytes",
+                    (unsigned long long)p->max);
+            return -1;
+        }
+        if (p->f.len > 0) {
+            *buf = p->f.data;
+            return (ssize_t)p->f.len;
+        }
+        sandbox__proto_frame_free(&p->f);
+    }
+}
+
+/*
+ * True when the link target stays inside the extraction directory: relative, and never
+ * climbing above it when read from the entry's own directory.
+ */
+static bool
+link_stays_inside(const char *entry_path, const char *target)
+{
+    int depth = 0;
+
+    if (target[0] == '/' || target[0] == '\0')
+        return false;
+    /* The entry's directory depth below the target directory. */
+    for (const char *p = entry_path; *p != '\0';) {
+        size_t seg = strcspn(p, "/");
+        if (p[seg] == '\0')
+            break;
+        if (!(seg == 1 && p[0] == '.'))
+            depth++;
+        p += seg;
+        while (*p == '/')
+            p++;
+    }
+    for (const char *p = target; *p != '\0';) {
+        size_t seg = strcspn(p, "/");
+        if (seg == 2 && p[0] == '.' && p[1] == '.') {
+            if (--depth < 0)
+                return false;
+        } else if (!(seg == 1 && p[0] == '.') && seg > 0) {
+            depth++;
+        }
+        p += seg;
+        while (*p == '/')
+            p++;
+    }
+    return true;
+}
+
+/* Checks one entry's name and link target; the archive is refused on the first bad one. */
+static int
+check_entry(struct archive_entry *ent, struct err **errp)
+{
+    const char *name = archive_entry_pathname(ent);
+    const char *sym = archive_entry_symlink(ent);
+    const char *hard = archive_entry_hardlink(ent);
+
+    if (name == NULL || name[0] == '\0')
+        return err_set(errp, ERR_INVALID, 0, "archive entry without a name");
+    if (name[0] == '/')
+        return err_set(errp, ERR_INVALID, 0, "archive entry '%s' has an absolute path", name);
+    for (const char *p = name; *p != '\0';) {
+        size_t seg = strcspn(p, "/");
+        if (seg == 2 && p[0] == '.' && p[1] == '.')
+            return err_set(errp, ERR_INVALID, 0, "archive entry '%s' contains '..'", name);
+        p += seg;
+        while (*p == '/')
+            p++;
+    }
+    if (sym != NULL && !link_stays_inside(name, sym))
+        return err_set(errp, ERR_INVALID, 0, "archive entry '%s' links outside the target (%s)",
+                       name, sym);
+    if (hard != NULL && (hard[0] == '/' || strstr(hard, "..") != NULL))
+        return err_set(errp, ERR_INVALID, 0,
+                       "archive entry '%s' hard-links outside the target (%s)", name, hard);
+    return 0;
+}
+
+/* Opens the archive on the spooled copy at fd (rewound). */
+static struct archive *
+open_spool(int fd, struct err **errp)
+{
+    struct archive *a = archive_read_new();
+
+    archive_read_support_filter_all(a);
+    archive_read_support_format_tar(a);
+    archive_read_support_format_zip(a);
+    if (lseek(fd, 0, SEEK_SET) < 0 || archive_read_open_fd(a, fd, TAR_BLOCK) != ARCHIVE_OK) {
+        err_set(errp, ERR_INVALID, 0, "not a tar or zip archive: %s",
+                archive_error_string(a) ? archive_error_string(a) : "unreadable");
+        archive_read_free(a);
+        return NULL;
+    }
+    return a;
+}
+
+/* First pass: every entry is checked before anything is written. */
+static int
+check_archive(int fd, uint64_t *entries, struct err **errp)
+{
+    struct archive *a = open_spool(fd, errp);
+    struct archive_entry *ent;
+    int r;
+
+    if (a == NULL)
+        return -1;
+    *entries = 0;
+    while ((r = archive_read_next_header(a, &ent)) == ARCHIVE_OK || r == ARCHIVE_WARN) {
+        if (check_entry(ent, errp) < 0) {
+            archive_read_free(a);
+            return -1;
+        }
+        (*entries)++;
+    }
+    if (r != ARCHIVE_EOF) {
+        err_set(errp, ERR_INVALID, 0, "bad archive: %s",
+                archive_error_string(a) ? archive_error_string(a) : "unreadable");
+        archive_read_free(a);
+        return -1;
+    }
+    archive_read_free(a);
+    return 0;
+}
+
+static int
+disk_fail(struct archive *disk, struct archive_entry *ent, struct err **errp)
+{
+    return err_set(errp, ERR_IO, archive_errno(disk), "extract %s: %s",
+                   archive_entry_pathname(ent),
+                   archive_error_string(disk) ? archive_error_string(disk) : "failed");
+}
+
+/* Second pass: write, with libarchive's own guards on as well (symlinks, "..", "/"). */
+static int
+extract_archive(int fd, struct err **errp)
+{
+    struct archive *a = open_spool(fd, errp);
+    struct archive *disk;
+    struct archive_entry *ent;
+    int r, rc = 0;
+
+    if (a == NULL)
+        return -1;
+    disk = archive_write_disk_new();
+    archive_write_disk_set_options(disk, ARCHIVE_EXTRACT_SECURE_SYMLINKS |
+                                             ARCHIVE_EXTRACT_SECURE_NODOTDOT |
+                                             ARCHIVE_EXTRACT_SECURE_NOABSOLUTEPATHS |
+                                             ARCHIVE_EXTRACT_TIME | ARCHIVE_EXTRACT_PERM |
+                                             ARCHIVE_EXTRACT_UNLINK);
+    while (rc == 0 &&
+           ((r = archive_read_next_header(a, &ent)) == ARCHIVE_OK || r == ARCHIVE_WARN)) {
+        const void *block;
+        size_t size;
+        la_int64_t off;
+
+        if (archive_write_header(disk, ent) < ARCHIVE_WARN) {
+            rc = disk_fail(disk, ent, errp);
+            break;
+        }
+        while ((r = archive_read_data_block(a, &block, &size, &off)) == ARCHIVE_OK) {
+            if (archive_write_data_block(disk, block, size, off) < ARCHIVE_WARN) {
+                rc = disk_fail(disk, ent, errp);
+                break;
+            }
+        }
+        if (rc == 0 && r != ARCHIVE_EOF)
+            rc = err_set(errp, ERR_INVALID, 0, "bad archive data for %s",
+                         archive_entry_pathname(ent));
+        if (rc == 0 && archive_write_finish_entry(disk) < ARCHIVE_WARN)
+            rc = disk_fail(disk, ent, errp);
+    }
+    archive_read_free(a);
+    archive_write_free(disk);
+    return rc;
+}
+
+int
+sandbox__handle_extract(int conn, json_t *req)
+{
+    struct pull p = {.conn = conn};
+    cleanup_free char *dir = NULL;
+    cleanup_close int spool = -1;
+    struct err *e = NULL;
+    uint64_t entries = 0;
+    json_t *res;
+    int r;
+
+    p.max = (uint64_t)json_integer_value(json_object_get(req, "max"));
+    {
+        cleanup_free char *raw = sandbox__bytes_from_json(json_object_get(req, "path"));
+        if (raw == NULL || sandbox_path_resolve(raw, &dir, &e) < 0) {
+            if (e == NULL)
+                err_set(&e, ERR_INVALID, 0, "missing or bad path");
+            goto fail;
+        }
+    }
+    if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
+        err_set(&e, ERR_IO, errno, "extract: mkdir %s", dir);
+        goto fail;
+    }
+    if (chdir(dir) < 0) {
+        err_set(&e, errno == ENOTDIR ? ERR_CONFLICT : ERR_IO, errno, "extract into %s", dir);
+        goto fail;
+    }
+    /* Spool the archive (it counts against the environment's disk), so it can be read twice:
+     * once to check every entry, once to write. An unlinked file leaves nothing behind. */
+    spool = open(".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    if (spool < 0) {
+        err_set(&e, ERR_IO, errno, "extract: spool");
+        goto fail;
+    }
+    if (sandbox__proto_send(conn, PROTO_DATA, NULL, 0, NULL) < 0)
+        return 1;
+    for (;;) {
+        const void *data;
+        ssize_t n = pull_read(NULL, &p, &data);
+        if (n < 0) {
+            e = p.e;
+            p.e = NULL;
+            goto fail;
+        }
+        if (n == 0)
+            break;
+        if (util_write_all(spool, data, (size_t)n) < 0) {
+            err_set(&e, ERR_LIMIT, errno, "extract: spool");
+            goto fail;
+        }
+    }
+    if (check_archive(spool, &entries, &e) < 0 || extract_archive(spool, &e) < 0)
+        goto fail;
+    res = json_pack("{s:b, s:I}", "ok", 1, "entries", (json_int_t)entries);
+    r = sandbox__proto_send_json(conn, PROTO_RESULT, res, NULL);
+    json_decref(res);
+    return r < 0 ? 1 : 0;
+
+fail:
+    sandbox__proto_frame_free(&p.f);
+    err_free(p.e);
+    sandbox__proto_send_error(conn, e);
+    err_free(e);
+    return 1;
+}
