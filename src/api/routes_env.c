@@ -436,6 +436,7 @@ create_env(struct api_req *r, struct env_ctx *ctx)
     json_error_t jerr;
     cleanup_free char *config = NULL;
     enum MHD_Result res;
+    bool recount;
 
     memset(&c, 0, sizeof(c));
     if (r->body.len == 0) {
@@ -459,6 +460,9 @@ create_env(struct api_req *r, struct env_ctx *ctx)
     json_decref(body);
     config = json_dumps(c.config, JSON_COMPACT);
     c.opts.config = config;
+    /* A copy or sources change the file count; a bare environment's is known to the janitor
+     * soon enough, and counting costs a round trip into the sandbox. */
+    recount = c.opts.from != NULL || c.opts.n_files > 0 || c.opts.n_dirs > 0;
     if (env_create(ctx, &c.opts, &e, &er) < 0) {
         create_req_free(&c);
         return api_reply_err(r, er);
@@ -468,8 +472,10 @@ create_env(struct api_req *r, struct env_ctx *ctx)
         const char *kv[] = {"id", e.id, "project", e.project, "key", r->auth.name};
         log_fields(LOG_LEVEL_INFO, "environment created", kv, 6);
     }
-    env_count(ctx, e.id, NULL);
-    env_get(ctx, e.id, &e, NULL);
+    if (recount) {
+        env_count(ctx, e.id, NULL);
+        env_get(ctx, e.id, &e, NULL);
+    }
     res = api_reply_json(r, 200, env_json(ctx, &e));
     return res;
 }

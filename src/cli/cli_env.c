@@ -207,6 +207,8 @@ struct exec_args {
     struct sandbox_exec_opts o;
     const char **env;
     size_t n_env;
+    char **owned; /* strings of env that are ours to free */
+    size_t n_owned;
 };
 
 static int
@@ -277,6 +279,34 @@ exit_status(const struct sandbox_exec_result *res, const struct sandbox_exec_opt
     return 128 + res->signal;
 }
 
+/* Adds the environment's own variables after the -e ones, which win over them. */
+static int
+merge_vars(struct env_ctx *ctx, const char *id, struct exec_args *x, struct err **errp)
+{
+    char **vars = NULL;
+
+    if (env_exec_vars(ctx, id, &vars, errp) < 0)
+        return -1;
+    for (size_t i = 0; vars[i] != NULL; i++) {
+        size_t kl = strcspn(vars[i], "=") + 1;
+        bool given = false;
+        for (size_t j = 0; j < x->n_env && !given; j++)
+            given = strncmp(x->env[j], vars[i], kl) == 0;
+        if (given) {
+            free(vars[i]);
+            continue;
+        }
+        x->env = xrealloc(x->env, (x->n_env + 2) * sizeof(char *));
+        x->env[x->n_env++] = vars[i];
+        x->env[x->n_env] = NULL;
+        x->owned = xrealloc(x->owned, (x->n_owned + 1) * sizeof(char *));
+        x->owned[x->n_owned++] = vars[i];
+    }
+    free(vars);
+    x->o.env = (const char *const *)x->env;
+    return 0;
+}
+
 static int
 cmd_exec(const struct cli_global *g, int argc, char **argv)
 {
@@ -312,10 +342,15 @@ cmd_exec(const struct cli_global *g, int argc, char **argv)
         return r;
     }
     r = env_use(ctx, id, &dir, &e);
+    if (r == 0)
+        r = merge_vars(ctx, id, &x, &e);
     env_ctx_close(ctx);
     if (r == 0)
         r = sandbox_exec(dir, &x.o, &res, &e);
     free(x.env);
+    for (size_t i = 0; i < x.n_owned; i++)
+        free(x.owned[i]);
+    free(x.owned);
     if (r < 0)
         return cli__fail(e);
     return exit_status(&res, &x.o);

@@ -15,6 +15,8 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 #include "env.h"
 
 struct env_ctx {
@@ -574,6 +576,31 @@ int
 env_config(struct env_ctx *c, const char *id, char **out, struct err **errp)
 {
     return store_env_config(c->store, id, out, errp);
+}
+
+int
+env_exec_vars(struct env_ctx *c, const char *id, char ***out, struct err **errp)
+{
+    cleanup_free char *config = NULL;
+    json_t *cfg, *vars, *v;
+    const char *k;
+    char **arr;
+    size_t n = 0;
+
+    if (store_env_config(c->store, id, &config, errp) < 0)
+        return -1;
+    cfg = json_loads(config, 0, NULL);
+    vars = json_object_get(cfg, "env");
+    arr = xcalloc(json_object_size(vars) + 1, sizeof(*arr));
+    json_object_foreach(vars, k, v) {
+        const char *val = json_is_string(v) ? json_string_value(v)
+                                            : json_string_value(json_object_get(v, "value"));
+        if (val != NULL && json_object_get(v, "credential") == NULL)
+            arr[n++] = xasprintf("%s=%s", k, val);
+    }
+    json_decref(cfg);
+    *out = arr;
+    return 0;
 }
 
 int

@@ -107,6 +107,13 @@ int env_page(struct env_ctx *ctx, const char *project, int64_t after_created,
 /** The stored configuration (JSON text) of an environment. *out is owned. */
 int env_config(struct env_ctx *ctx, const char *id, char **out, struct err **errp);
 
+/**
+ * The variables the environment's `env` setting gives every command, as "NAME=VALUE" strings
+ * (NULL-terminated, owned: free each and the array). Variables that reference a credential
+ * are left out until the egress proxy can inject them.
+ */
+int env_exec_vars(struct env_ctx *ctx, const char *id, char ***out, struct err **errp);
+
 /** Counts the environment's own files (when running) and stores the counts. */
 int env_count(struct env_ctx *ctx, const char *id, struct err **errp);
 

@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "sandbox_int.h"
@@ -260,30 +261,38 @@ sandbox_file_delete(const char *env_dir, const char *path, bool recursive, struc
 
 /* ---------------------------------------------------------------- streams */
 
+/*
+ * A stream reads DATA payloads straight from the socket into the consumer's buffer: no frame
+ * is allocated or copied on the way, which matters for a snapshot of gigabytes.
+ */
 struct sandbox_stream {
     int conn;
-    struct proto_frame f;
-    size_t off;
+    uint32_t left; /* bytes of the current DATA frame not read yet */
     bool done;
 };
 
-/* Reads the next frame: DATA becomes current, RESULT ends the stream (or fails it). */
+/* Reads frame headers until DATA with a payload; a RESULT ends the stream (or fails it). */
 static int
 stream_next(struct sandbox_stream *s, struct err **errp)
 {
-    sandbox__proto_frame_free(&s->f);
-    s->off = 0;
-    if (sandbox__proto_recv(s->conn, &s->f, errp) < 0)
-        return -1;
-    if (s->f.type == PROTO_RESULT) {
-        int r = sandbox__proto_result(&s->f, NULL, errp);
-        sandbox__proto_frame_free(&s->f);
-        s->done = true;
-        return r;
-    }
-    if (s->f.type != PROTO_DATA) {
-        sandbox__proto_frame_free(&s->f);
-        return err_set(errp, ERR_IO, 0, "unexpected frame %u from sandbox init", s->f.type);
+    while (s->left == 0 && !s->done) {
+        uint32_t type, len;
+        if (sandbox__proto_recv_header(s->conn, &type, &len, errp) < 0)
+            return -1;
+        if (type == PROTO_DATA) {
+            s->left = len;
+        } else if (type == PROTO_RESULT) {
+            struct proto_frame f = {type, len, xmalloc((size_t)len + 1)};
+            int r = util_read_exact(s->conn, f.data, len);
+            f.data[len] = '\0';
+            s->done = true;
+            r = r < 0 ? err_set(errp, ERR_IO, errno, "truncated result from sandbox init")
+                      : sandbox__proto_result(&f, NULL, errp);
+            sandbox__proto_frame_free(&f);
+            return r;
+        } else {
+            return err_set(errp, ERR_IO, 0, "unexpected frame %u from sandbox init", type);
+        }
     }
     return 0;
 }
@@ -336,17 +345,19 @@ sandbox_stream_open_snapshot(const char *env_dir, struct sandbox_stream **out, s
 ssize_t
 sandbox_stream_read(struct sandbox_stream *s, void *buf, size_t len, struct err **errp)
 {
-    size_t n;
+    ssize_t n;
 
-    while (!s->done && s->off == s->f.len)
-        if (stream_next(s, errp) < 0)
-            return -1;
+    if (stream_next(s, errp) < 0)
+        return -1;
     if (s->done)
         return 0;
-    n = s->f.len - s->off < len ? s->f.len - s->off : len;
-    memcpy(buf, s->f.data + s->off, n);
-    s->off += n;
-    return (ssize_t)n;
+    do
+        n = recv(s->conn, buf, len < s->left ? len : s->left, 0);
+    while (n < 0 && errno == EINTR);
+    if (n <= 0)
+        return err_set(errp, ERR_IO, n < 0 ? errno : 0, "sandbox init broke off the stream");
+    s->left -= (uint32_t)n;
+    return n;
 }
 
 void
@@ -354,7 +365,6 @@ sandbox_stream_close(struct sandbox_stream *s)
 {
     if (s == NULL)
         return;
-    sandbox__proto_frame_free(&s->f);
     close(s->conn);
     free(s);
 }

@@ -25,7 +25,7 @@
 #include "sandbox_int.h"
 
 #define WALK_MAX_DEPTH 128
-#define TAR_BLOCK      (256u * 1024)
+#define TAR_BLOCK      (512u * 1024)
 
 struct walk {
     int conn;

@@ -58,12 +58,11 @@ sandbox__proto_send_json(int fd, uint32_t type, json_t *obj, struct err **errp)
 }
 
 int
-sandbox__proto_recv(int fd, struct proto_frame *f, struct err **errp)
+sandbox__proto_recv_header(int fd, uint32_t *type, uint32_t *len, struct err **errp)
 {
     uint32_t hdr[2];
     ssize_t r;
 
-    f->data = NULL;
     do {
         r = recv(fd, hdr, sizeof(hdr), MSG_WAITALL);
     } while (r < 0 && errno == EINTR);
@@ -78,8 +77,19 @@ sandbox__proto_recv(int fd, struct proto_frame *f, struct err **errp)
     if (hdr[1] > PROTO_MAX_FRAME)
         return err_set(errp, ERR_LIMIT, 0, "frame of %u bytes exceeds the %u-byte cap", hdr[1],
                        PROTO_MAX_FRAME);
-    f->type = hdr[0];
-    f->len = hdr[1];
+    *type = hdr[0];
+    *len = hdr[1];
+    return 0;
+}
+
+int
+sandbox__proto_recv(int fd, struct proto_frame *f, struct err **errp)
+{
+    ssize_t r;
+
+    f->data = NULL;
+    if (sandbox__proto_recv_header(fd, &f->type, &f->len, errp) < 0)
+        return -1;
     f->data = xmalloc((size_t)f->len + 1);
     if (f->len > 0) {
         do {

@@ -45,6 +45,8 @@ struct proto_frame {
 int sandbox__proto_send(int fd, uint32_t type, const void *data, size_t len, struct err **errp);
 /** Writes a JSON object as one frame of the given type. */
 int sandbox__proto_send_json(int fd, uint32_t type, json_t *obj, struct err **errp);
+/** Reads one frame header (blocking), checking type and length cap. */
+int sandbox__proto_recv_header(int fd, uint32_t *type, uint32_t *len, struct err **errp);
 /** Reads one frame (blocking). ERR_IO with errnum 0 and "closed" on a clean EOF. */
 int sandbox__proto_recv(int fd, struct proto_frame *f, struct err **errp);
 void sandbox__proto_frame_free(struct proto_frame *f);

@@ -11,8 +11,18 @@
 
 #include "store.h"
 
+/* The statements of the hot paths (every API request runs some), prepared once. */
+enum {
+    Q_ENV_GET,
+    Q_ENV_CONFIG,
+    Q_KEY_BY_HASH,
+    Q_ENV_TOUCH,
+    Q_MAX,
+};
+
 struct store {
     sqlite3 *db;
+    sqlite3_stmt *q[Q_MAX];
 };
 
 static void
@@ -22,6 +32,27 @@ cleanup_stmt_fn(sqlite3_stmt **st)
         sqlite3_finalize(*st);
 }
 #define cleanup_stmt __attribute__((cleanup(cleanup_stmt_fn)))
+
+/* Cached statements are reset, not finalized, when a function is done with them: a read
+ * statement left mid-result would hold its read transaction open. */
+static void
+cleanup_reset_fn(sqlite3_stmt **st)
+{
+    if (*st != NULL) {
+        sqlite3_reset(*st);
+        sqlite3_clear_bindings(*st);
+    }
+}
+#define cleanup_reset __attribute__((cleanup(cleanup_reset_fn)))
+
+static sqlite3_stmt *
+cached(struct store *s, int q, const char *sql)
+{
+    if (s->q[q] == NULL &&
+        sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &s->q[q], NULL) != SQLITE_OK)
+        return NULL;
+    return s->q[q];
+}
 
 static const char *const migrations[] = {
     /* 1: environments */
@@ -166,6 +197,8 @@ store_close(struct store *s)
 {
     if (s == NULL)
         return;
+    for (int i = 0; i < Q_MAX; i++)
+        sqlite3_finalize(s->q[i]);
     sqlite3_close_v2(s->db);
     free(s);
 }
@@ -188,9 +221,10 @@ store_env_state_name(enum store_env_state st)
     return "unknown";
 }
 
-static const char env_cols[] =
-    "id, state, network, image, memory_bytes, cpus_milli, pids, disk_bytes, uid_slot, init_pid,"
-    " init_start, created_ms, updated_ms, last_used_ms, project, file_count, size_bytes, counted_ms";
+#define ENV_COLS                                                                                    \
+    "id, state, network, image, memory_bytes, cpus_milli, pids, disk_bytes, uid_slot, init_pid,"   \
+    " init_start, created_ms, updated_ms, last_used_ms, project, file_count, size_bytes, counted_ms"
+static const char env_cols[] = ENV_COLS;
 
 static void
 copy_text(char *dst, size_t dstlen, sqlite3_stmt *st, int col)
@@ -312,11 +346,11 @@ rollback:
 int
 store_env_get(struct store *s, const char *id, struct store_env *out, struct err **errp)
 {
-    cleanup_stmt sqlite3_stmt *st = NULL;
-    cleanup_free char *sql = xasprintf("SELECT %s FROM environments WHERE id = ?", env_cols);
+    cleanup_reset sqlite3_stmt *st =
+        cached(s, Q_ENV_GET, "SELECT " ENV_COLS " FROM environments WHERE id = ?");
     int rc;
 
-    if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK)
+    if (st == NULL)
         return db_err(s, errp, "get environment");
     sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
     rc = sqlite3_step(st);
@@ -392,10 +426,10 @@ store_env_set_state(struct store *s, const char *id, enum store_env_state stt, i
 int
 store_env_touch(struct store *s, const char *id, struct err **errp)
 {
-    cleanup_stmt sqlite3_stmt *st = NULL;
+    cleanup_reset sqlite3_stmt *st =
+        cached(s, Q_ENV_TOUCH, "UPDATE environments SET last_used_ms = ? WHERE id = ?");
 
-    if (sqlite3_prepare_v2(s->db, "UPDATE environments SET last_used_ms = ? WHERE id = ?", -1,
-                           &st, NULL) != SQLITE_OK)
+    if (st == NULL)
         return db_err(s, errp, "touch environment");
     sqlite3_bind_int64(st, 1, util_now_ms());
     sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC);
@@ -446,11 +480,11 @@ store_env_page(struct store *s, const char *project, int64_t after_created,
 int
 store_env_config(struct store *s, const char *id, char **out, struct err **errp)
 {
-    cleanup_stmt sqlite3_stmt *st = NULL;
+    cleanup_reset sqlite3_stmt *st =
+        cached(s, Q_ENV_CONFIG, "SELECT config FROM environments WHERE id = ?");
     int rc;
 
-    if (sqlite3_prepare_v2(s->db, "SELECT config FROM environments WHERE id = ?", -1, &st,
-                           NULL) != SQLITE_OK)
+    if (st == NULL)
         return db_err(s, errp, "get environment config");
     sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
     rc = sqlite3_step(st);
@@ -522,11 +556,11 @@ store_key_insert(struct store *s, const struct store_key *k, const char *hash, s
 int
 store_key_by_hash(struct store *s, const char *hash, struct store_key *out, struct err **errp)
 {
-    cleanup_stmt sqlite3_stmt *st = NULL;
+    cleanup_reset sqlite3_stmt *st =
+        cached(s, Q_KEY_BY_HASH, "SELECT " KEY_COLS " FROM api_keys WHERE hash = ?");
     int rc;
 
-    if (sqlite3_prepare_v2(s->db, "SELECT " KEY_COLS " FROM api_keys WHERE hash = ?", -1, &st,
-                           NULL) != SQLITE_OK)
+    if (st == NULL)
         return db_err(s, errp, "look up key");
     sqlite3_bind_text(st, 1, hash, -1, SQLITE_STATIC);
     rc = sqlite3_step(st);
