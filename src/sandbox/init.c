@@ -91,7 +91,7 @@ static void __attribute__((noinline))
 spare_warm(void)
 {
     static const char sample[] = "{\"op\":\"exec\",\"argv\":[\"/bin/true\"],\"env\":[]}";
-    char stack[3 * PROTO_CHUNK];
+    char stack[PROTO_CHUNK + 16384];
     json_t *j = json_loads(sample, 0, NULL);
 
     memset(stack, 0, sizeof(stack));
