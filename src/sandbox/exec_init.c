@@ -140,10 +140,13 @@ parse_req(json_t *req, struct exec_req *r, struct err **errp)
     return 0;
 }
 
+/*
+ * The command's side of vfork(): it shares the handler's memory until execve, so it writes
+ * to nothing but its own stack (signal dispositions and the fd table are its own copies).
+ */
 static void __attribute__((noreturn))
 run_child(const struct exec_req *r, int in_fd, int out_fd, int err_fd, const sigset_t *mask)
 {
-    extern char **environ;
     const char *what = "chdir";
 
     setsid();
@@ -155,8 +158,7 @@ run_child(const struct exec_req *r, int in_fd, int out_fd, int err_fd, const sig
     prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0);
     if (chdir(r->cwd) == 0) {
         what = r->argv[0];
-        environ = r->envp;
-        execvp(r->argv[0], r->argv);
+        execvpe(r->argv[0], r->argv, r->envp);
     }
     {
         int e = errno;
@@ -461,7 +463,8 @@ sandbox__handle_exec(int conn, json_t *req)
         sandbox__proto_send_error(conn, e);
         return 1;
     }
-    st.pid = fork();
+    /* vfork: no copy of the handler's page tables to make, and none to tear down at execve. */
+    st.pid = vfork();
     if (st.pid < 0) {
         err_set(&e, ERR_LIMIT, errno, "exec: fork");
         sandbox__proto_send_error(conn, e);

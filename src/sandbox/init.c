@@ -6,9 +6,11 @@
  * small; a handler that crashes takes nothing else with it.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
@@ -67,19 +69,121 @@ fail:
     return rc;
 }
 
-static void
-reap_all(void)
+/*
+ * A connection is served by a spare handler forked ahead of time and already blocked in
+ * accept(), so no fork sits between a connect and the start of the work. The spare tells init
+ * it took a connection by writing its pid on a pipe, and init forks the next spare at once.
+ */
+struct init_state {
+    int listen_fd;
+    int sfd;     /* signalfd for SIGCHLD */
+    int took[2]; /* spares write their pid here when they take a connection */
+    pid_t spare; /* the handler waiting in accept(), or -1 */
+    sigset_t mask;
+};
+
+/*
+ * A fresh fork writes to no page without a copy-on-write or zero-fill fault first, and on a
+ * virtual machine each costs microseconds. The spare takes those faults while it is idle: the
+ * stack a handler uses (the relay's buffers are on it) and the allocator and JSON state a
+ * request touches.
+ */
+static void __attribute__((noinline))
+spare_warm(void)
 {
-    while (waitpid(-1, NULL, WNOHANG) > 0)
-        ;
+    static const char sample[] = "{\"op\":\"exec\",\"argv\":[\"/bin/true\"],\"env\":[]}";
+    char stack[PROTO_CHUNK + 16384];
+    json_t *j = json_loads(sample, 0, NULL);
+
+    memset(stack, 0, sizeof(stack));
+    __asm__ volatile("" : : "r"(stack) : "memory"); /* keep the stores */
+    free(json_dumps(j, JSON_COMPACT));
+    json_decref(j);
+}
+
+static void __attribute__((noreturn))
+spare_main(struct init_state *st)
+{
+    pid_t self = getpid();
+    int conn;
+
+    close(st->sfd);
+    close(st->took[0]);
+    sigprocmask(SIG_UNBLOCK, &st->mask, NULL);
+    prctl(PR_SET_NAME, "paddock-handler", 0, 0, 0);
+    /* A command that closes its stdin early must not take its handler along. */
+    signal(SIGPIPE, SIG_IGN);
+    spare_warm();
+    do {
+        conn = accept4(st->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+    } while (conn < 0 && (errno == EINTR || errno == ECONNABORTED));
+    if (conn < 0)
+        _exit(1);
+    close(st->listen_fd);
+    (void)!write(st->took[1], &self, sizeof(self));
+    close(st->took[1]);
+    _exit(handle_conn(conn));
+}
+
+/* Forks the next spare unless one is waiting; fails only when fork does (pids limit). */
+static int
+spare_ensure(struct init_state *st)
+{
+    pid_t pid;
+
+    if (st->spare > 0)
+        return 0;
+    pid = fork();
+    if (pid == 0)
+        spare_main(st);
+    if (pid < 0)
+        return -1;
+    st->spare = pid;
+    return 0;
+}
+
+/* With no spare (fork failed), init answers a connection itself, with the reason. */
+static void
+refuse_conn(struct init_state *st, int fork_errno)
+{
+    struct err *e = NULL;
+    int conn = accept4(st->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+
+    if (conn < 0)
+        return;
+    err_set(&e, ERR_LIMIT, fork_errno, "sandbox cannot fork a handler (pids limit?)");
+    sandbox__proto_send_error(conn, e);
+    err_free(e);
+    close(conn);
+}
+
+static void
+reap_all(struct init_state *st)
+{
+    pid_t pid;
+
+    while ((pid = waitpid(-1, NULL, WNOHANG)) > 0)
+        if (pid == st->spare)
+            st->spare = -1; /* died before it took a connection */
+}
+
+static void
+on_taken(struct init_state *st)
+{
+    pid_t pids[16];
+    ssize_t r;
+
+    while ((r = read(st->took[0], pids, sizeof(pids))) > 0)
+        for (size_t i = 0; i < (size_t)r / sizeof(pid_t); i++)
+            if (pids[i] == st->spare)
+                st->spare = -1;
 }
 
 void
 sandbox__init_main(int listen_fd)
 {
-    sigset_t mask;
-    int sfd;
-    struct pollfd p[2];
+    struct init_state st = {.listen_fd = listen_fd, .spare = -1};
+    struct pollfd p[3];
 
     prctl(PR_SET_NAME, "paddock-init", 0, 0, 0);
     /* Not dumpable: processes of the sandbox run as the same uid with the same capabilities,
@@ -92,48 +196,34 @@ sandbox__init_main(int listen_fd)
     for (int sig = 1; sig < NSIG; sig++)
         if (sig != SIGKILL && sig != SIGSTOP)
             signal(sig, SIG_DFL);
-    sigemptyset(&mask);
-    sigaddset(&mask, SIGCHLD);
-    sigprocmask(SIG_BLOCK, &mask, NULL);
-    sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
-    if (sfd < 0)
+    sigemptyset(&st.mask);
+    sigaddset(&st.mask, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &st.mask, NULL);
+    st.sfd = signalfd(-1, &st.mask, SFD_CLOEXEC | SFD_NONBLOCK);
+    if (st.sfd < 0 || pipe2(st.took, O_CLOEXEC) < 0 || fcntl(st.took[0], F_SETFL, O_NONBLOCK) < 0)
         _exit(1);
-    p[0] = (struct pollfd){listen_fd, POLLIN, 0};
-    p[1] = (struct pollfd){sfd, POLLIN, 0};
+    /* jansson seeds its hash function from /dev/urandom on first use: do it once here rather
+     * than in every handler. */
+    json_object_seed(0);
     for (;;) {
-        if (poll(p, 2, -1) < 0) {
+        spare_ensure(&st);
+        p[0] = (struct pollfd){st.sfd, POLLIN, 0};
+        p[1] = (struct pollfd){st.took[0], POLLIN, 0};
+        p[2] = (struct pollfd){st.spare > 0 ? -1 : listen_fd, POLLIN, 0};
+        if (poll(p, 3, -1) < 0) {
             if (errno == EINTR)
                 continue;
             _exit(1);
         }
-        if (p[1].revents & POLLIN) {
-            struct signalfd_siginfo si;
-            while (read(sfd, &si, sizeof(si)) > 0)
-                ;
-            reap_all();
-        }
+        if (p[1].revents & POLLIN)
+            on_taken(&st);
         if (p[0].revents & POLLIN) {
-            int conn = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC);
-            pid_t pid;
-            if (conn < 0)
-                continue;
-            pid = fork();
-            if (pid == 0) {
-                close(listen_fd);
-                close(sfd);
-                sigprocmask(SIG_UNBLOCK, &mask, NULL);
-                prctl(PR_SET_NAME, "paddock-handler", 0, 0, 0);
-                /* A command that closes its stdin early must not take its handler along. */
-                signal(SIGPIPE, SIG_IGN);
-                _exit(handle_conn(conn));
-            }
-            if (pid < 0) {
-                struct err *e = NULL;
-                err_set(&e, ERR_LIMIT, errno, "sandbox cannot fork a handler (pids limit?)");
-                sandbox__proto_send_error(conn, e);
-                err_free(e);
-            }
-            close(conn);
+            struct signalfd_siginfo si;
+            while (read(st.sfd, &si, sizeof(si)) > 0)
+                ;
+            reap_all(&st);
         }
+        if (p[2].revents & POLLIN && spare_ensure(&st) < 0)
+            refuse_conn(&st, errno);
     }
 }
