@@ -16,9 +16,14 @@ api_b64_decode(const char *in, size_t len, char **out, size_t *out_len)
 
     if (len > INT32_MAX)
         return -1;
-    for (size_t i = 0; i < len; i++) /* EVP skips whitespace; the wire must not carry it */
-        if (in[i] == '\n' || in[i] == '\r' || in[i] == ' ' || in[i] == '\t')
+    /* EVP is lenient (whitespace is skipped, '-' ends the data): check the alphabet first. */
+    for (size_t i = 0; i < len; i++) {
+        char c = in[i];
+        bool pad = c == '=' && i + 2 >= len && (i + 1 == len || in[i + 1] == '=');
+        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+              c == '+' || c == '/' || pad))
             return -1;
+    }
     ctx = EVP_ENCODE_CTX_new();
     buf = xmalloc(len / 4 * 3 + 4);
     EVP_DecodeInit(ctx);

@@ -120,7 +120,8 @@ log_fields(enum log_level level, const char *msg, const char *const *kv, size_t 
 
     if (common_log_level < level)
         return;
-    buf_init(&b, 64 * 1024);
+    /* Values are escaped from at most 1 KiB each; a line of any sane number of fields fits. */
+    buf_init(&b, 1024 * 1024);
     if (json) {
         cleanup_free char *m = escape_impl(msg, strlen(msg), 4096, true);
         util_format_time(util_now_ms(), ts, sizeof(ts));
@@ -129,7 +130,7 @@ log_fields(enum log_level level, const char *msg, const char *const *kv, size_t 
     } else {
         buf_printf(&b, NULL, "%s: %s", log_prog, msg);
     }
-    for (size_t i = 0; i + 1 < n_kv; i += 2) {
+    for (size_t i = 0; i + 1 < n_kv && i < 128; i += 2) {
         const char *v = kv[i + 1] != NULL ? kv[i + 1] : "";
         cleanup_free char *ev = escape_impl(v, strlen(v), 1024, json);
         if (json)

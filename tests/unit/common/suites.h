@@ -6,5 +6,6 @@ int test_util_run(void);
 int test_err_run(void);
 int test_mem_run(void);
 int test_log_run(void);
+int test_codec_log_run(void);
 
 #endif

@@ -12,5 +12,6 @@ main(void)
     failed += test_mem_run();
     failed += test_log_run();
     failed += test_util_run();
+    failed += test_codec_log_run();
     return failed == 0 ? 0 : 1;
 }

@@ -3,5 +3,6 @@
 #define PADDOCK_TEST_STORE_SUITES_H
 
 int test_store_run(void);
+int test_store_api_run(void);
 
 #endif

@@ -9,5 +9,6 @@ main(void)
     int failed = 0;
 
     failed += test_store_run();
+    failed += test_store_api_run();
     return failed == 0 ? 0 : 1;
 }
