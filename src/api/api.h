@@ -20,6 +20,12 @@ struct api_config {
     struct env_lifecycle lc; /* janitor timings */
     uint64_t max_upload;     /* largest upload */
     int64_t header_timeout_ms; /* a request's headers must arrive within this */
+    /* egress proxy settings (docs/EGRESS.md) */
+    const char *const *egress_resolve; /* "NAME=IP" */
+    size_t n_egress_resolve;
+    const char *const *egress_allow; /* CIDRs */
+    size_t n_egress_allow;
+    const char *egress_upstream_ca; /* extra CA for intercepted upstreams */
 };
 
 /** Serves until SIGINT or SIGTERM. Must be called before the process starts any thread. */

@@ -9,6 +9,7 @@
 #include <microhttpd.h>
 
 #include "api.h"
+#include "egress/egress.h"
 
 /* Caps on what a client may send. */
 #define API_BODY_MAX      (8u << 20) /* a JSON request body */
@@ -91,6 +92,7 @@ const char *api_mime_type(const char *path);
 const char *api_strip_prefix(const char *s, const char *prefix);
 
 /* routes_env.c */
+json_t *api_egress_json(const struct store_egress *x);
 enum MHD_Result api_route_environments(struct api_req *r);
 enum MHD_Result api_route_files_download(struct api_req *r);
 /** Upload chunk data as it arrives (called for every piece of the body). */

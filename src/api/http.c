@@ -608,6 +608,9 @@ completed(void *cls, struct MHD_Connection *c, void **req_cls,
     *req_cls = NULL;
 }
 
+static void mhd_logger(void *cls, const char *fmt, va_list ap)
+    __attribute__((format(printf, 2, 0)));
+
 static void
 mhd_logger(void *cls, const char *fmt, va_list ap)
 {
@@ -641,6 +644,130 @@ parse_listen(const char *listen, struct sockaddr_in *sa, struct err **errp)
     sa->sin_port = htons((uint16_t)port);
     if (inet_pton(AF_INET, strcmp(host, "localhost") == 0 ? "127.0.0.1" : host, &sa->sin_addr) != 1)
         return err_set(errp, ERR_INVALID, 0, "--listen: '%s' is not an IPv4 address", host);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ egress */
+
+static struct egress *egress;
+
+/* Attaches the proxy to a running environment with the policy of its stored config. */
+static void
+attach_egress(struct env_ctx *ctx, const struct store_env *e)
+{
+    cleanup_free char *config = NULL;
+    struct egress_policy *pol = NULL;
+    struct sandbox_init init = {(pid_t)e->init_pid, e->init_start};
+    struct err *er = NULL;
+    json_t *cfg;
+
+    if (egress == NULL || strcmp(e->network, "disabled") == 0)
+        return;
+    if (env_config(ctx, e->id, &config, &er) < 0) {
+        log_warnx("egress: %s: %s", e->id, er->msg);
+        err_free(er);
+        return;
+    }
+    cfg = json_loads(config, 0, NULL);
+    /* A CLI environment with --network open has no stored policy: open. */
+    if (egress_policy_compile(json_object_get(cfg, "network"), &pol, &er) < 0 ||
+        egress_attach(egress, e->id, &init, pol, &er) < 0) {
+        log_warnx("egress: %s: %s", e->id, er->msg);
+        err_free(er);
+    }
+    egress_policy_free(pol);
+    json_decref(cfg);
+}
+
+static void
+on_start(void *arg, struct env_ctx *ctx, const struct store_env *e)
+{
+    (void)arg;
+    attach_egress(ctx, e);
+}
+
+/* Every running environment with a network has a listener, and only those. */
+static void
+egress_reconcile(struct env_ctx *ctx)
+{
+    cleanup_free struct store_env *v = NULL;
+    size_t n = 0, na;
+    char **ids = NULL;
+    struct err *er = NULL;
+
+    if (egress == NULL)
+        return;
+    if (env_list(ctx, &v, &n, &er) < 0) {
+        log_warnx("egress: %s", er->msg);
+        err_free(er);
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (v[i].state == STORE_ENV_RUNNING)
+            attach_egress(ctx, &v[i]);
+    na = egress_attached(egress, &ids);
+    for (size_t k = 0; k < na; k++) {
+        bool running = false;
+        for (size_t i = 0; i < n && !running; i++)
+            running = strcmp(v[i].id, ids[k]) == 0 && v[i].state == STORE_ENV_RUNNING &&
+                      strcmp(v[i].network, "disabled") != 0;
+        if (!running)
+            egress_detach(egress, ids[k]);
+        free(ids[k]);
+    }
+    free(ids);
+}
+
+static int
+start_egress(const struct api_config *cfg, const struct sockaddr_in *self, struct err **errp)
+{
+    struct egress_config ec;
+    int rc = 0;
+
+    memset(&ec, 0, sizeof(ec));
+    ec.data_dir = cfg->data_dir;
+    ec.max_conns_per_env = 256;
+    ec.header_timeout_s = 30;
+    ec.idle_timeout_s = 600;
+    ec.max_header_bytes = 32 * 1024;
+    ec.allow = xcalloc(cfg->n_egress_allow + 1, sizeof(*ec.allow));
+    for (size_t i = 0; i < cfg->n_egress_allow && rc == 0; i++)
+        if (egress_cidr_parse(cfg->egress_allow[i], &ec.allow[ec.n_allow++], errp) < 0)
+            rc = err_wrap(errp, "--egress-allow-cidr");
+    ec.resolve = xcalloc(cfg->n_egress_resolve + 1, sizeof(*ec.resolve));
+    for (size_t i = 0; i < cfg->n_egress_resolve && rc == 0; i++) {
+        const char *eq = strchr(cfg->egress_resolve[i], '=');
+        struct egress_dest name, addr;
+        cleanup_free char *nm = NULL;
+        if (eq == NULL) {
+            rc = err_set(errp, ERR_INVALID, 0, "--egress-resolve wants NAME=IP, not '%s'",
+                         cfg->egress_resolve[i]);
+            break;
+        }
+        nm = xstrndup(cfg->egress_resolve[i], (size_t)(eq - cfg->egress_resolve[i]));
+        if (egress_canon_host(nm, strlen(nm), &name, errp) < 0 || name.is_ip ||
+            egress_canon_host(eq + 1, strlen(eq + 1), &addr, errp) < 0 || !addr.is_ip) {
+            if (errp != NULL && *errp == NULL)
+                err_set(errp, ERR_INVALID, 0, "'%s' is not NAME=IP", cfg->egress_resolve[i]);
+            rc = err_wrap(errp, "--egress-resolve");
+            break;
+        }
+        snprintf(ec.resolve[ec.n_resolve].name, sizeof(ec.resolve[0].name), "%s", name.host);
+        ec.resolve[ec.n_resolve++].addr = addr.ip;
+    }
+    if (rc == 0 && cfg->egress_upstream_ca != NULL && access(cfg->egress_upstream_ca, R_OK) != 0)
+        rc = err_set(errp, ERR_INVALID, errno, "--egress-upstream-ca %s", cfg->egress_upstream_ca);
+    ec.self = xcalloc(1, sizeof(*ec.self));
+    memcpy(&ec.self[0], self, sizeof(*self));
+    ec.n_self = 1;
+    if (rc == 0 && egress_start(&ec, &egress, errp) < 0)
+        rc = -1;
+    free(ec.allow);
+    free(ec.resolve);
+    free(ec.self);
+    if (rc < 0)
+        return -1;
+    env_set_start_hook(on_start, NULL);
     return 0;
 }
 
@@ -689,6 +816,15 @@ api_serve(const struct api_config *cfg, struct err **errp)
     sigaddset(&set, SIGPIPE);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     srv.cfg = cfg;
+    {
+        /* The data directory and its schema exist before the proxy opens its audit store. */
+        struct env_ctx *ctx = NULL;
+        if (env_ctx_open(cfg->data_dir, cfg->storage_size, &ctx, errp) < 0)
+            return -1;
+        env_ctx_close(ctx);
+    }
+    if (start_egress(cfg, &sa, errp) < 0)
+        return -1;
     srv.daemon = MHD_start_daemon(
         MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_ERROR_LOG,
         0, NULL, NULL, handler, &srv, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
@@ -698,14 +834,30 @@ api_serve(const struct api_config *cfg, struct err **errp)
         (unsigned)1024, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
         MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024, MHD_OPTION_EXTERNAL_LOGGER, mhd_logger,
         NULL, MHD_OPTION_END);
-    if (srv.daemon == NULL)
+    if (srv.daemon == NULL) {
+        egress_stop(egress);
         return err_set(errp, ERR_IO, errno, "listen on %s", cfg->listen);
+    }
     di = MHD_get_daemon_info(srv.daemon, MHD_DAEMON_INFO_BIND_PORT);
+    if (di != NULL && sa.sin_port == 0) {
+        /* The proxy must never dial the API itself: it learns the real port now. */
+        sa.sin_port = htons(di->port);
+        egress_set_self(egress, (struct sockaddr *)&sa);
+    }
     inet_ntop(AF_INET, &sa.sin_addr, addr, sizeof(addr));
     pthread_create(&wd, NULL, watchdog, NULL);
     if (recover(cfg, errp) < 0) {
         MHD_stop_daemon(srv.daemon);
+        egress_stop(egress);
         return -1;
+    }
+    {
+        /* Re-adopted sandboxes get their proxy listeners back before the first request. */
+        struct env_ctx *ctx = NULL;
+        if (env_ctx_open(cfg->data_dir, cfg->storage_size, &ctx, NULL) == 0) {
+            egress_reconcile(ctx);
+            env_ctx_close(ctx);
+        }
     }
     ready = true;
     log_fields(LOG_LEVEL_WARN, "ready", (const char *const[]){"data_dir", cfg->data_dir}, 2);
@@ -726,12 +878,16 @@ api_serve(const struct api_config *cfg, struct err **errp)
                 err_free(e);
             } else {
                 env_janitor(jctx, &cfg->lc);
+                egress_reconcile(jctx);
             }
             next_janitor = util_now_ms() + 1000;
         }
     }
     log_info("shutting down; sandboxes keep running");
     MHD_stop_daemon(srv.daemon);
+    env_set_start_hook(NULL, NULL);
+    egress_stop(egress);
+    egress = NULL;
     pthread_join(wd, NULL);
     env_ctx_close(jctx);
     while (npool > 0)
@@ -761,6 +917,8 @@ has_word(const char *list, const char *word)
 {
     size_t n = strlen(word);
 
+    if (n == 0 || strchr(word, ' ') != NULL)
+        return false;
     for (const char *p = list; (p = strstr(p, word)) != NULL; p += n)
         if ((p == list || p[-1] == ' ') && (p[n] == ' ' || p[n] == '\0'))
             return true;

@@ -370,8 +370,15 @@ decode_create(struct api_req *r, json_t *body, struct create_req *c, struct err 
     c->opts.files = c->files;
     c->opts.dirs = c->dirs;
     c->opts.project = r->auth.project;
-    /* Until the egress proxy exists, no environment has a network at all (fail closed). */
-    c->opts.network = "disabled";
+    {
+        struct egress_policy *pol;
+        if (egress_policy_compile(net, &pol, errp) < 0)
+            return -1;
+        c->opts.network = pol->mode == EGRESS_DISABLED ? "disabled"
+                          : pol->mode == EGRESS_OPEN   ? "open"
+                                                       : "allowlist";
+        egress_policy_free(pol);
+    }
     return 0;
 }
 
@@ -925,6 +932,56 @@ upload_chunk(struct api_req *r, struct env_ctx *ctx)
     return api_reply_json(r, 200, uploaded_json(&r->up));
 }
 
+/* ------------------------------------------------------------------ egress */
+
+json_t *
+api_egress_json(const struct store_egress *x)
+{
+    json_t *j = json_pack("{s:o, s:s, s:i, s:s, s:s, s:s, s:o, s:o}", "time", time_json(x->ts_ms),
+                          "host", x->host, "port", x->port, "method", x->method, "decision",
+                          x->decision, "reason", x->reason, "bytes_up",
+                          json_sprintf("%llu", (unsigned long long)x->bytes_up), "bytes_down",
+                          json_sprintf("%llu", (unsigned long long)x->bytes_down));
+
+    if (j != NULL && x->interaction_id[0] != '\0')
+        json_object_set_new(j, "interaction_id", json_string(x->interaction_id));
+    return j;
+}
+
+static enum MHD_Result
+list_egress(struct api_req *r, struct env_ctx *ctx)
+{
+    const char *tok = api_query(r, "page_token");
+    cleanup_free struct store_egress *v = NULL;
+    struct store_env e;
+    struct err *er = NULL;
+    size_t n = 0, limit;
+    int64_t after = 0;
+    json_t *arr, *res;
+
+    if (env_get_owned(ctx, r->auth.project, env_id_of(r), &e, &er) < 0 ||
+        page_size(r, API_FILES_DEFAULT, &limit, &er) < 0)
+        return api_reply_err(r, er);
+    if (tok != NULL && tok[0] != '\0') {
+        uint64_t v64;
+        if (util_parse_u64(tok, INT64_MAX, &v64, NULL) < 0)
+            return api_reply_status(r, 400, "INVALID_ARGUMENT", "page_token is not a valid token");
+        after = (int64_t)v64;
+    }
+    if (store_egress_page(env_store(ctx), e.id, after, limit + 1, &v, &n, &er) < 0)
+        return api_reply_err(r, er);
+    arr = json_array();
+    for (size_t i = 0; i < n && i < limit; i++) {
+        json_t *j = api_egress_json(&v[i]);
+        if (j != NULL)
+            json_array_append_new(arr, j);
+    }
+    res = json_pack("{s:o}", "records", arr);
+    if (n > limit)
+        json_object_set_new(res, "next_page_token", json_sprintf("%lld", (long long)v[limit - 1].id));
+    return api_reply_json(r, 200, res);
+}
+
 /* ------------------------------------------------------------------ router */
 
 static enum MHD_Result
@@ -988,6 +1045,11 @@ api_route_environments(struct api_req *r)
             return api_require(r, "environments.write", &res) ? delete_env(r, ctx) : res;
         return api_reply_status(r, 405, "INVALID_ARGUMENT", "%s is not allowed on an environment",
                                 r->method);
+    }
+    if (r->nsegs == 3 && strcmp(r->segs[2], "egress") == 0) {
+        if (!get)
+            return api_reply_status(r, 405, "INVALID_ARGUMENT", "the egress log is read with GET");
+        return api_require(r, "environments.read", &res) ? list_egress(r, ctx) : res;
     }
     return api_reply_status(r, 404, "NOT_FOUND", "no such route under environments");
 }

@@ -24,6 +24,7 @@ static const char usage_text[] =
     "  env write ID PATH [--mode MODE]            (content from stdin)\n"
     "  env files ID [PATH] [--recursive] [--json]\n"
     "  env rm-file ID PATH [--recursive]\n"
+    "  env egress ID [--json]     the egress proxy's decisions for an environment\n"
     "  system teardown            stop every environment and unmount the storage\n"
     "  serve [--listen ADDR:PORT] [--skills-dir DIR] [--public-url URL] [--idle-after DUR]\n"
     "        [--offline-after DUR] [--expire-after DUR] [--max-upload BYTES]\n"
@@ -34,8 +35,9 @@ static const char usage_text[] =
     "The data directory is --data-dir, else $PADDOCK_DATA_DIR, else " DEFAULT_DATA_DIR ".\n"
     "$PADDOCK_STORAGE_SIZE sets the size of its storage image when it is first made.\n"
     "Sizes take K, M, G or T suffixes (powers of 1024).\n"
-    "--network open: there is no egress proxy yet, so open means the same as disabled\n"
-    "(loopback only) for now.\n";
+    "--network open: the environment reaches out only through the egress proxy of a running\n"
+    "`paddock serve` (which attaches to it within a second); without a server it has no way\n"
+    "out at all.\n";
 
 int
 cli__usage(const char *fmt, ...)

@@ -528,10 +528,69 @@ cmd_rm_file(const struct cli_global *g, int argc, char **argv)
     return r < 0 ? cli__fail(e) : 0;
 }
 
+/* env egress ID [--json]: the proxy's decisions for one environment, oldest first. */
+static int
+cmd_egress(const struct cli_global *g, int argc, char **argv)
+{
+    struct env_ctx *ctx = NULL;
+    struct store_env env;
+    struct err *e = NULL;
+    bool json = argc == 3 && strcmp(argv[2], "--json") == 0;
+    int64_t after = 0;
+    json_t *arr = json ? json_array() : NULL;
+    int r;
+
+    if (argc < 2 || argc > 3 || (argc == 3 && !json) || argv[1][0] == '-') {
+        json_decref(arr);
+        return cli__usage("env egress ID [--json]");
+    }
+    if ((r = cli__open(g, &ctx)) != 0) {
+        json_decref(arr);
+        return r;
+    }
+    if (env_get(ctx, argv[1], &env, &e) < 0) {
+        env_ctx_close(ctx);
+        json_decref(arr);
+        return cli__fail(e);
+    }
+    for (;;) {
+        cleanup_free struct store_egress *v = NULL;
+        size_t n = 0;
+        if (store_egress_page(env_store(ctx), env.id, after, 1000, &v, &n, &e) < 0) {
+            env_ctx_close(ctx);
+            json_decref(arr);
+            return cli__fail(e);
+        }
+        for (size_t i = 0; i < n; i++) {
+            char t[40];
+            util_format_time(v[i].ts_ms, t, sizeof(t));
+            if (json)
+                json_array_append_new(
+                    arr, json_pack("{s:s, s:s, s:i, s:s, s:s, s:s, s:I, s:I}", "time", t, "host",
+                                   v[i].host, "port", v[i].port, "method", v[i].method,
+                                   "decision", v[i].decision, "reason", v[i].reason, "bytes_up",
+                                   (json_int_t)v[i].bytes_up, "bytes_down",
+                                   (json_int_t)v[i].bytes_down));
+            else
+                printf("%s %-5s %-7s %s:%d up=%" PRIu64 " down=%" PRIu64 " %s\n", t,
+                       v[i].decision, v[i].method, v[i].host, v[i].port, v[i].bytes_up,
+                       v[i].bytes_down, v[i].reason);
+        }
+        if (n < 1000)
+            break;
+        after = v[n - 1].id;
+    }
+    env_ctx_close(ctx);
+    if (json)
+        print_json(arr);
+    return 0;
+}
+
 static const struct {
     const char *name;
     int (*fn)(const struct cli_global *g, int argc, char **argv);
 } env_cmds[] = {
+    {"egress", cmd_egress},
     {"create", cmd_create}, {"ls", cmd_ls},       {"stop", cmd_lifecycle},
     {"start", cmd_lifecycle}, {"rm", cmd_lifecycle}, {"exec", cmd_exec},
     {"read", cmd_read},     {"write", cmd_write}, {"files", cmd_files},

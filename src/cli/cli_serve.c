@@ -45,6 +45,43 @@ env_or(const char *name, const char *dflt)
     return v != NULL && v[0] != '\0' ? v : dflt;
 }
 
+/* A growable list of owned strings. */
+struct strlist {
+    char **v;
+    size_t n;
+};
+
+static void
+strlist_add(struct strlist *l, const char *s)
+{
+    l->v = xrealloc(l->v, (l->n + 2) * sizeof(*l->v));
+    l->v[l->n++] = xstrdup(s);
+    l->v[l->n] = NULL;
+}
+
+static void
+strlist_split(struct strlist *l, const char *csv)
+{
+    while (csv != NULL && *csv != '\0') {
+        size_t n = strcspn(csv, ",");
+        if (n > 0) {
+            cleanup_free char *one = xstrndup(csv, n);
+            strlist_add(l, one);
+        }
+        csv += n;
+        if (*csv == ',')
+            csv++;
+    }
+}
+
+static void
+strlist_free(struct strlist *l)
+{
+    for (size_t i = 0; i < l->n; i++)
+        free(l->v[i]);
+    free(l->v);
+}
+
 int
 cli__serve(const struct cli_global *g, int argc, char **argv)
 {
@@ -57,8 +94,12 @@ cli__serve(const struct cli_global *g, int argc, char **argv)
         {"expire-after", required_argument, NULL, 'x'},
         {"max-upload", required_argument, NULL, 'm'},
         {"header-timeout", required_argument, NULL, 't'},
+        {"egress-resolve", required_argument, NULL, 'R'},
+        {"egress-allow-cidr", required_argument, NULL, 'A'},
+        {"egress-upstream-ca", required_argument, NULL, 'C'},
         {NULL, 0, NULL, 0},
     };
+    struct strlist resolve = {0}, allow = {0};
     struct api_config cfg;
     const char *idle = env_or("PADDOCK_IDLE_AFTER", "15m");
     const char *offline = env_or("PADDOCK_OFFLINE_AFTER", "1h");
@@ -101,22 +142,51 @@ cli__serve(const struct cli_global *g, int argc, char **argv)
         case 't':
             htimeout = optarg;
             break;
+        case 'R':
+            strlist_add(&resolve, optarg);
+            break;
+        case 'A':
+            strlist_add(&allow, optarg);
+            break;
+        case 'C':
+            cfg.egress_upstream_ca = optarg;
+            break;
         default:
+            strlist_free(&resolve);
+            strlist_free(&allow);
             return 2;
         }
     }
-    if (optind != argc)
+    if (optind != argc) {
+        strlist_free(&resolve);
+        strlist_free(&allow);
         return cli__usage("serve takes no arguments");
+    }
+    /* The variables add to the flags (comma-separated lists). */
+    strlist_split(&resolve, getenv("PADDOCK_EGRESS_RESOLVE"));
+    strlist_split(&allow, getenv("PADDOCK_EGRESS_ALLOW_CIDR"));
+    if (cfg.egress_upstream_ca == NULL)
+        cfg.egress_upstream_ca = env_or("PADDOCK_EGRESS_UPSTREAM_CA", NULL);
+    cfg.egress_resolve = (const char *const *)resolve.v;
+    cfg.n_egress_resolve = resolve.n;
+    cfg.egress_allow = (const char *const *)allow.v;
+    cfg.n_egress_allow = allow.n;
     if (parse_duration("--idle-after", idle, &cfg.lc.idle_ms, &e) < 0 ||
         parse_duration("--offline-after", offline, &cfg.lc.offline_ms, &e) < 0 ||
         parse_duration("--expire-after", expire, &cfg.lc.expire_ms, &e) < 0 ||
         parse_duration("--header-timeout", htimeout, &cfg.header_timeout_ms, &e) < 0 ||
-        util_parse_size(maxup, &cfg.max_upload, &e) < 0)
+        util_parse_size(maxup, &cfg.max_upload, &e) < 0) {
+        strlist_free(&resolve);
+        strlist_free(&allow);
         return cli__fail(e);
+    }
     cfg.lc.count_ms = 2000;
     if (!g->level_given)
         log_init(NULL, LOG_LEVEL_INFO, g->format);
-    if (api_serve(&cfg, &e) < 0)
+    c = api_serve(&cfg, &e);
+    strlist_free(&resolve);
+    strlist_free(&allow);
+    if (c < 0)
         return cli__fail(e);
     return 0;
 }

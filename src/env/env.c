@@ -210,6 +210,16 @@ env_list(struct env_ctx *c, struct store_env **out, size_t *n_out, struct err **
     return reconcile_rows(c, v, n, out, n_out, errp);
 }
 
+static env_start_hook *start_hook;
+static void *start_hook_arg;
+
+void
+env_set_start_hook(env_start_hook *fn, void *arg)
+{
+    start_hook = fn;
+    start_hook_arg = arg;
+}
+
 /* Starts the sandbox of e and records its init with the given state. */
 static int
 start_locked(struct env_ctx *c, struct store_env *e, enum store_env_state st, struct err **errp)
@@ -238,6 +248,8 @@ start_locked(struct env_ctx *c, struct store_env *e, enum store_env_state st, st
     e->state = st;
     e->init_pid = init.pid;
     e->init_start = init.start;
+    if (start_hook != NULL)
+        start_hook(start_hook_arg, c, e);
     return 0;
 }
 
@@ -245,7 +257,7 @@ static int
 validate(const struct env_create_opts *o, struct err **errp)
 {
     if (o->network != NULL && strcmp(o->network, "disabled") != 0 &&
-        strcmp(o->network, "open") != 0)
+        strcmp(o->network, "open") != 0 && strcmp(o->network, "allowlist") != 0)
         return err_set(errp, ERR_INVALID, 0, "network must be 'disabled' or 'open', not '%s'",
                        o->network);
     if (o->memory_bytes != 0 && o->memory_bytes < (4ULL << 20))
@@ -599,6 +611,21 @@ env_exec_vars(struct env_ctx *c, const char *id, char ***out, struct err **errp)
             arr[n++] = xasprintf("%s=%s", k, val);
     }
     json_decref(cfg);
+    {
+        struct store_env e;
+        if (store_env_get(c->store, id, &e, NULL) == 0 && strcmp(e.network, "disabled") != 0) {
+            /* Everything leaves through the proxy inside the sandbox (issue 4). */
+            static const char *const names[] = {"HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY",
+                                                "http_proxy", "https_proxy", "all_proxy"};
+            size_t extra = sizeof(names) / sizeof(names[0]) + 2;
+            arr = xrealloc(arr, (n + extra + 1) * sizeof(*arr));
+            for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+                arr[n++] = xasprintf("%s=http://127.0.0.1:%d", names[i], ENV_PROXY_PORT);
+            arr[n++] = xstrdup("NO_PROXY=localhost,127.0.0.1,::1");
+            arr[n++] = xstrdup("no_proxy=localhost,127.0.0.1,::1");
+            arr[n] = NULL;
+        }
+    }
     *out = arr;
     return 0;
 }

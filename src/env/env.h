@@ -51,6 +51,9 @@ struct env_create_opts {
     size_t n_dirs;
 };
 
+/** Where the egress proxy listens inside every sandbox with a network (127.0.0.1). */
+#define ENV_PROXY_PORT 3128
+
 /** Largest directory source (all files together) copied into an environment. */
 #define ENV_DIR_SOURCE_MAX (64ULL << 20)
 
@@ -152,6 +155,13 @@ void env_upload_abort(struct env_ctx *ctx, const char *id);
 
 /** The store of this context (for keys); borrowed. */
 struct store *env_store(struct env_ctx *ctx);
+
+/**
+ * Called in this process after every sandbox start (create, start, resume), with the row as
+ * it then is: the server attaches the egress proxy there. NULL: none.
+ */
+typedef void env_start_hook(void *arg, struct env_ctx *ctx, const struct store_env *e);
+void env_set_start_hook(env_start_hook *fn, void *arg);
 
 /** Stops every environment and unmounts the data directory's storage. */
 int env_teardown(struct env_ctx *ctx, struct err **errp);

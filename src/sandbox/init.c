@@ -110,7 +110,9 @@ spare_main(struct init_state *st)
     close(st->sfd);
     close(st->took[0]);
     sigprocmask(SIG_UNBLOCK, &st->mask, NULL);
-    prctl(PR_SET_NAME, "paddock-handler", 0, 0, 0);
+    /* Named apart from a working handler, so that activity checks from the host can tell an
+     * idle sandbox (init and its spare) from a busy one (sandbox_busy()). */
+    prctl(PR_SET_NAME, SANDBOX_SPARE_NAME, 0, 0, 0);
     /* A command that closes its stdin early must not take its handler along. */
     signal(SIGPIPE, SIG_IGN);
     spare_warm();
@@ -120,6 +122,7 @@ spare_main(struct init_state *st)
     if (conn < 0)
         _exit(1);
     close(st->listen_fd);
+    prctl(PR_SET_NAME, "paddock-handler", 0, 0, 0);
     (void)!write(st->took[1], &self, sizeof(self));
     close(st->took[1]);
     _exit(handle_conn(conn));

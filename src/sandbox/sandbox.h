@@ -99,6 +99,14 @@ int sandbox_start(const struct sandbox_spec *spec, struct sandbox_init *out, str
  */
 int sandbox_spawner_start(struct err **errp);
 
+/**
+ * Opens a listening TCP socket on 127.0.0.1:port inside the running sandbox's network
+ * namespace (non-blocking, close-on-exec). Processes in the sandbox connect to it; whoever
+ * holds the fd accepts, outside. ERR_CONFLICT when the sandbox is not running or the port is
+ * taken inside.
+ */
+int sandbox_netns_listen(const struct sandbox_init *init, uint16_t port, struct err **errp);
+
 /** True when processes other than init run in the sandbox (a command, a handler). */
 bool sandbox_busy(const struct sandbox_init *init);
 

@@ -157,6 +157,9 @@ int sandbox__dir_names(DIR *d, const char *skip, size_t max, char ***names_out, 
                        struct err **errp);
 void sandbox__names_free(char **names, size_t n);
 
+/** The comm of init's idle spare handler (init.c); anything else under init is activity. */
+#define SANDBOX_SPARE_NAME "paddock-spare"
+
 /** Reads field 22 (start time) of /proc/PID/stat; 0 when the process is gone or a zombie. */
 uint64_t sandbox__proc_start_time(pid_t pid);
 

@@ -161,10 +161,30 @@ sandbox_start(const struct sandbox_spec *spec, struct sandbox_init *out, struct 
     return rc;
 }
 
+/* True when pid's comm is the idle spare's. */
+static bool
+is_spare(long pid)
+{
+    char path[64], comm[32];
+    cleanup_close int fd = -1;
+    ssize_t n;
+
+    snprintf(path, sizeof(path), "/proc/%ld/comm", pid);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return false;
+    n = read(fd, comm, sizeof(comm) - 1);
+    if (n <= 0)
+        return false;
+    comm[n] = '\0';
+    comm[strcspn(comm, "\n")] = '\0';
+    return strcmp(comm, SANDBOX_SPARE_NAME) == 0;
+}
+
 bool
 sandbox_busy(const struct sandbox_init *init)
 {
-    char path[64], buf[64];
+    char path[64], buf[4096];
     cleanup_close int fd = -1;
     ssize_t n;
 
@@ -174,6 +194,22 @@ sandbox_busy(const struct sandbox_init *init)
     fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return false;
-    n = read(fd, buf, sizeof(buf));
-    return n > 0;
+    n = read(fd, buf, sizeof(buf) - 1);
+    if (n <= 0)
+        return false;
+    buf[n] = '\0';
+    /* Init's children: its spare handler, working handlers, and whatever was reparented to
+     * it (a daemonized process). Any but the spare is activity. */
+    for (char *p = buf; *p != '\0';) {
+        char *end;
+        long pid = strtol(p, &end, 10);
+        if (end == p)
+            break;
+        if (!is_spare(pid))
+            return true;
+        p = end;
+        while (*p == ' ')
+            p++;
+    }
+    return n == (ssize_t)sizeof(buf) - 1; /* more children than fit: surely busy */
 }

@@ -99,6 +99,21 @@ static const char *const migrations[] = {
     " mime TEXT NOT NULL,"
     " created_ms INTEGER NOT NULL"
     ") STRICT;",
+    /* 3: the egress audit trail */
+    "CREATE TABLE egress_log ("
+    " id INTEGER PRIMARY KEY,"
+    " env_id TEXT NOT NULL,"
+    " interaction_id TEXT NOT NULL DEFAULT '',"
+    " ts_ms INTEGER NOT NULL,"
+    " host TEXT NOT NULL,"
+    " port INTEGER NOT NULL,"
+    " method TEXT NOT NULL,"
+    " decision TEXT NOT NULL,"
+    " reason TEXT NOT NULL,"
+    " bytes_up INTEGER NOT NULL,"
+    " bytes_down INTEGER NOT NULL"
+    ") STRICT;"
+    "CREATE INDEX egress_log_by_env ON egress_log (env_id, id);",
 };
 
 static int
@@ -712,5 +727,72 @@ store_upload_delete(struct store *s, const char *id, struct err **errp)
     sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
     if (sqlite3_step(st) != SQLITE_DONE)
         return db_err(s, errp, "delete upload");
+    return 0;
+}
+
+/* ----------------------------------------------------------------- egress */
+
+int
+store_egress_insert(struct store *s, const struct store_egress *r, struct err **errp)
+{
+    cleanup_stmt sqlite3_stmt *st = NULL;
+
+    if (sqlite3_prepare_v2(s->db,
+                           "INSERT INTO egress_log (env_id, interaction_id, ts_ms, host, port,"
+                           " method, decision, reason, bytes_up, bytes_down)"
+                           " VALUES (?,?,?,?,?,?,?,?,?,?)",
+                           -1, &st, NULL) != SQLITE_OK)
+        return db_err(s, errp, "record egress");
+    sqlite3_bind_text(st, 1, r->env_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, r->interaction_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, r->ts_ms);
+    sqlite3_bind_text(st, 4, r->host, -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 5, r->port);
+    sqlite3_bind_text(st, 6, r->method, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 7, r->decision, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 8, r->reason, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 9, (int64_t)r->bytes_up);
+    sqlite3_bind_int64(st, 10, (int64_t)r->bytes_down);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        return db_err(s, errp, "record egress");
+    return 0;
+}
+
+int
+store_egress_page(struct store *s, const char *env_id, int64_t after_id, size_t limit,
+                  struct store_egress **out, size_t *n_out, struct err **errp)
+{
+    cleanup_stmt sqlite3_stmt *st = NULL;
+    cleanup_free struct store_egress *v = xcalloc(limit ? limit : 1, sizeof(*v));
+    size_t n = 0;
+    int rc = SQLITE_DONE;
+
+    if (sqlite3_prepare_v2(s->db,
+                           "SELECT id, env_id, interaction_id, ts_ms, host, port, method,"
+                           " decision, reason, bytes_up, bytes_down FROM egress_log"
+                           " WHERE env_id = ? AND id > ? ORDER BY id LIMIT ?",
+                           -1, &st, NULL) != SQLITE_OK)
+        return db_err(s, errp, "list egress");
+    sqlite3_bind_text(st, 1, env_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, after_id);
+    sqlite3_bind_int64(st, 3, (int64_t)limit);
+    while (n < limit && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        struct store_egress *r = &v[n++];
+        r->id = sqlite3_column_int64(st, 0);
+        copy_text(r->env_id, sizeof(r->env_id), st, 1);
+        copy_text(r->interaction_id, sizeof(r->interaction_id), st, 2);
+        r->ts_ms = sqlite3_column_int64(st, 3);
+        copy_text(r->host, sizeof(r->host), st, 4);
+        r->port = sqlite3_column_int(st, 5);
+        copy_text(r->method, sizeof(r->method), st, 6);
+        copy_text(r->decision, sizeof(r->decision), st, 7);
+        copy_text(r->reason, sizeof(r->reason), st, 8);
+        r->bytes_up = (uint64_t)sqlite3_column_int64(st, 9);
+        r->bytes_down = (uint64_t)sqlite3_column_int64(st, 10);
+    }
+    if (n < limit && rc != SQLITE_DONE)
+        return db_err(s, errp, "list egress");
+    *out = steal_ptr(&v);
+    *n_out = n;
     return 0;
 }

@@ -139,4 +139,26 @@ int store_upload_list(struct store *s, struct store_upload **out, size_t *n_out,
                       struct err **errp);
 int store_upload_delete(struct store *s, const char *id, struct err **errp);
 
+/* ----------------------------------------------------------------- egress */
+
+/** One decision of the egress proxy. */
+struct store_egress {
+    int64_t id;
+    char env_id[40];
+    char interaction_id[40];
+    int64_t ts_ms;
+    char host[260];
+    int port;
+    char method[16];
+    char decision[8]; /* "allow" or "deny" */
+    char reason[160];
+    uint64_t bytes_up;
+    uint64_t bytes_down;
+};
+
+int store_egress_insert(struct store *s, const struct store_egress *r, struct err **errp);
+/** The environment's records after id after_id, oldest first. *out is owned. */
+int store_egress_page(struct store *s, const char *env_id, int64_t after_id, size_t limit,
+                      struct store_egress **out, size_t *n_out, struct err **errp);
+
 #endif

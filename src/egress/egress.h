@@ -1,0 +1,143 @@
+/*
+ * egress — the proxy through which every byte leaves a sandbox. It sees only resolved
+ * per-environment policies: allowlist matching on one canonical destination, name resolution
+ * in the proxy with every address classified before it is dialled, CONNECT tunnels and
+ * absolute-form HTTP forwarding, loud denials, and an audit record of every decision.
+ * See docs/EGRESS.md.
+ */
+#ifndef PADDOCK_EGRESS_H
+#define PADDOCK_EGRESS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include <jansson.h>
+
+#include "common/common.h"
+#include "env/env.h"
+#include "sandbox/sandbox.h"
+
+/** The port the proxy listens on inside every sandbox with a network, at 127.0.0.1. */
+#define EGRESS_PORT ENV_PROXY_PORT
+
+/* ------------------------------------------------------------------ policy */
+
+enum egress_mode {
+    EGRESS_DISABLED = 0, /* loopback only; no proxy */
+    EGRESS_OPEN,         /* everything, still through the proxy and its address rules */
+    EGRESS_ALLOWLIST,
+};
+
+enum egress_rule_kind {
+    EGRESS_RULE_EXACT = 0, /* host equals */
+    EGRESS_RULE_SUFFIX,    /* "*.example.com": subdomains only, never the apex */
+    EGRESS_RULE_ANY,       /* "*" */
+    EGRESS_RULE_IP,        /* an IP literal, matched only by the same literal */
+};
+
+struct egress_rule {
+    enum egress_rule_kind kind;
+    char host[256]; /* canonical: lower case, no trailing dot, A-labels; suffix without "*." */
+    uint16_t port;  /* 0: 80 and 443 */
+};
+
+struct egress_policy {
+    enum egress_mode mode;
+    size_t n;
+    struct egress_rule *rules;
+};
+
+/**
+ * Compiles an environment's `network` setting (NULL: open). Every allowlist entry is checked:
+ * over-broad or malformed patterns are ERR_INVALID naming the entry. *out is owned; free with
+ * egress_policy_free().
+ */
+int egress_policy_compile(json_t *network, struct egress_policy **out, struct err **errp);
+void egress_policy_free(struct egress_policy *p);
+
+/** A parsed destination: canonical host (or IP literal) and port. */
+struct egress_dest {
+    char host[256];
+    uint16_t port;
+    bool is_ip;
+    struct sockaddr_storage ip; /* when is_ip */
+};
+
+/**
+ * Canonicalises a host name or IP literal: lower case, one trailing dot dropped, length and
+ * label checks, A-labels only; numeric forms that inet_pton does not accept as an address
+ * (2130706433, 0x7f.1, 127.1) are refused rather than guessed at; IPv6 only in brackets and
+ * without a zone id.
+ */
+int egress_canon_host(const char *in, size_t len, struct egress_dest *d, struct err **errp);
+
+/**
+ * Parses an authority "host[:port]" strictly (no userinfo, one port of digits); a missing
+ * port is default_port (0: required).
+ */
+int egress_parse_authority(const char *in, uint16_t default_port, struct egress_dest *d,
+                           struct err **errp);
+
+/** True when the policy lets d through; otherwise *reason says why. */
+bool egress_policy_allows(const struct egress_policy *p, const struct egress_dest *d,
+                          const char **reason);
+
+/* --------------------------------------------------------------- addresses */
+
+/** An address range: a network address and a prefix length. */
+struct egress_cidr {
+    struct sockaddr_storage net;
+    unsigned bits;
+};
+
+/** Parses "A.B.C.D/N" or "X::Y/N" (a bare address is a /32 or /128). */
+int egress_cidr_parse(const char *s, struct egress_cidr *out, struct err **errp);
+bool egress_cidr_contains(const struct egress_cidr *c, const struct sockaddr *sa);
+
+/**
+ * Classifies an address a sandbox must not reach without an operator's say-so: loopback,
+ * private, CGNAT, link-local (and so cloud metadata), multicast, broadcast, unspecified,
+ * reserved, unique- and site-local IPv6, and IPv4-mapped, -compatible, NAT64, 6to4 and
+ * Teredo forms of them. Returns NULL for an ordinary public address, else the class.
+ */
+const char *egress_addr_class(const struct sockaddr *sa);
+
+/* ------------------------------------------------------------------- proxy */
+
+struct egress_config {
+    struct egress_cidr *allow;    /* ranges allowed although special */
+    size_t n_allow;
+    struct { char name[256]; struct sockaddr_storage addr; } *resolve; /* NAME=IP overrides */
+    size_t n_resolve;
+    struct sockaddr_storage *self; /* paddock's own listening addresses: never dialled */
+    size_t n_self;
+    const char *data_dir;          /* for the audit records */
+    unsigned max_conns_per_env;    /* concurrent connections of one environment */
+    int header_timeout_s;
+    int idle_timeout_s;
+    size_t max_header_bytes;
+};
+
+struct egress;
+
+/** Starts the proxy's event loop on a thread of its own. *out is owned. */
+int egress_start(const struct egress_config *cfg, struct egress **out, struct err **errp);
+/** Replaces the first "self" address (the API's, once its port is known). */
+void egress_set_self(struct egress *eg, const struct sockaddr *sa);
+
+/** Stops the loop and closes every listener and connection. */
+void egress_stop(struct egress *eg);
+
+/**
+ * Makes sure the environment's running sandbox has a proxy listener, and that it applies
+ * policy (copied). Idempotent per (id, init): a new init (a restart) gets a new listener.
+ */
+int egress_attach(struct egress *eg, const char *id, const struct sandbox_init *init,
+                  const struct egress_policy *policy, struct err **errp);
+/** Drops the environment's listener (stopped or deleted). */
+void egress_detach(struct egress *eg, const char *id);
+/** Ids of the environments that have a listener; *out owned (free each, then the array). */
+size_t egress_attached(struct egress *eg, char ***out);
+
+#endif

@@ -1,0 +1,1042 @@
+/*
+ * The egress proxy: one libevent loop on a thread of its own, one listener per environment
+ * (created inside the sandbox's network namespace, so the listener names the environment and
+ * nothing the sandbox says is trusted), explicit-proxy HTTP/1.1: CONNECT tunnels and
+ * absolute-form forwarding.
+ *
+ * A connection's life: read the request head (capped, under a deadline), parse it strictly
+ * into one canonical destination, decide by the environment's policy, resolve the name here
+ * (operator overrides first, then DNS), classify every address and dial only a vetted one,
+ * then relay. A denial is a 403 whose body names the destination, the environment and the
+ * reason, and the connection is closed with nothing forwarded. Every decision becomes one
+ * audit record when the connection ends.
+ *
+ * Forwarded plain HTTP requests go upstream in origin form with hop-by-hop and proxy headers
+ * removed and "Connection: close"; request bodies must have a Content-Length (chunked request
+ * bodies and ambiguous framing are refused).
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/dns.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <event2/thread.h>
+#include <event2/util.h>
+
+#include "egress.h"
+#include "store/store.h"
+
+#define RELAY_HIGH (1u << 20) /* stop reading a side while the other has this much queued */
+#define HEADERS_MAX 100
+
+struct listener {
+    struct egress *eg;
+    char id[40];
+    struct sandbox_init init;
+    struct egress_policy *policy;
+    struct evconnlistener *l;
+    int fd;
+    unsigned conns;
+    int refs; /* the listener list and every connection */
+    struct listener *next;
+};
+
+enum conn_state { C_HEAD, C_RESOLVE, C_CONNECT, C_RELAY, C_DONE };
+
+struct conn {
+    struct egress *eg;
+    struct listener *ls;
+    struct bufferevent *cl, *up;
+    enum conn_state st;
+    bool is_connect;
+    bool cl_eof, up_eof;
+    char method[16];
+    struct egress_dest dest;
+    char *path;       /* origin-form target of a forwarded request */
+    struct evbuffer *head_out; /* the forwarded request head */
+    uint64_t body_left; /* request body bytes still to forward (plain HTTP) */
+    uint64_t bytes_up, bytes_down;
+    const char *decision;
+    char reason[160];
+    int64_t start_ms, last_ms;
+    struct evdns_getaddrinfo_request *dns;
+    struct conn *prev, *next;
+};
+
+enum cmd_kind { CMD_ATTACH, CMD_DETACH, CMD_STOP };
+
+struct cmd {
+    enum cmd_kind kind;
+    struct listener *ls; /* attach */
+    char id[40];         /* detach */
+    struct cmd *next;
+};
+
+struct egress {
+    struct egress_config cfg;
+    struct event_base *base;
+    struct evdns_base *dns;
+    struct event *wake, *sweep;
+    pthread_t thread;
+    pthread_mutex_t lock; /* cmds, and the id list for egress_attached() */
+    struct cmd *cmds;
+    struct listener *listeners; /* loop thread only */
+    struct conn conns;          /* list head, loop thread only */
+    struct store *store;
+};
+
+/* --------------------------------------------------------------- helpers */
+
+static void
+listener_unref(struct listener *ls)
+{
+    if (--ls->refs > 0)
+        return;
+    if (ls->l != NULL)
+        evconnlistener_free(ls->l); /* closes the fd */
+    else if (ls->fd >= 0)
+        close(ls->fd);
+    egress_policy_free(ls->policy);
+    free(ls);
+}
+
+static void
+audit(struct conn *c)
+{
+    struct store_egress r;
+    struct err *e = NULL;
+
+    if (c->decision == NULL || c->eg->store == NULL)
+        return;
+    memset(&r, 0, sizeof(r));
+    snprintf(r.env_id, sizeof(r.env_id), "%s", c->ls->id);
+    r.ts_ms = c->start_ms;
+    snprintf(r.host, sizeof(r.host), "%s", c->dest.host);
+    r.port = c->dest.port;
+    snprintf(r.method, sizeof(r.method), "%s", c->method);
+    snprintf(r.decision, sizeof(r.decision), "%s", c->decision);
+    snprintf(r.reason, sizeof(r.reason), "%s", c->reason);
+    r.bytes_up = c->bytes_up;
+    r.bytes_down = c->bytes_down;
+    if (store_egress_insert(c->eg->store, &r, &e) < 0) {
+        log_warnx("egress: audit record lost: %s", e->msg);
+        err_free(e);
+    }
+}
+
+static void
+conn_free(struct conn *c)
+{
+    audit(c);
+    if (c->dns != NULL)
+        evdns_getaddrinfo_cancel(c->dns);
+    if (c->cl != NULL)
+        bufferevent_free(c->cl);
+    if (c->up != NULL)
+        bufferevent_free(c->up);
+    if (c->head_out != NULL)
+        evbuffer_free(c->head_out);
+    c->prev->next = c->next;
+    c->next->prev = c->prev;
+    c->ls->conns--;
+    listener_unref(c->ls);
+    free(c->path);
+    free(c);
+}
+
+/* Closes once what is queued for the client has been written. */
+static void
+close_after_flush(struct bufferevent *bev, void *arg)
+{
+    struct conn *c = arg;
+
+    (void)bev;
+    if (evbuffer_get_length(bufferevent_get_output(c->cl)) == 0)
+        conn_free(c);
+}
+
+static void
+finish(struct conn *c)
+{
+    c->st = C_DONE;
+    if (c->up != NULL) {
+        bufferevent_free(c->up);
+        c->up = NULL;
+    }
+    bufferevent_disable(c->cl, EV_READ);
+    if (evbuffer_get_length(bufferevent_get_output(c->cl)) == 0) {
+        conn_free(c);
+        return;
+    }
+    bufferevent_setcb(c->cl, NULL, close_after_flush, NULL, c);
+    bufferevent_enable(c->cl, EV_WRITE);
+}
+
+/* Answers the client with an error and closes; nothing was or will be forwarded. */
+static void
+refuse(struct conn *c, int status, const char *decision, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void
+refuse(struct conn *c, int status, const char *decision, const char *fmt, ...)
+{
+    va_list ap;
+    char reason[160];
+    const char *text = status == 403   ? "Forbidden"
+                       : status == 400 ? "Bad Request"
+                       : status == 431 ? "Request Header Fields Too Large"
+                       : status == 429 ? "Too Many Requests"
+                       : status == 502 ? "Bad Gateway"
+                       : status == 504 ? "Gateway Timeout"
+                                       : "Error";
+    struct evbuffer *out = bufferevent_get_output(c->cl);
+    char body[512];
+    int n;
+
+    va_start(ap, fmt);
+    vsnprintf(reason, sizeof(reason), fmt, ap);
+    va_end(ap);
+    snprintf(c->reason, sizeof(c->reason), "%s", reason);
+    c->decision = decision;
+    n = snprintf(body, sizeof(body), "paddock egress: %s%s%s%u denied for environment %s: %s\n",
+                 c->dest.host[0] ? "" : "(unparsed request)", c->dest.host,
+                 c->dest.host[0] ? ":" : "", c->dest.host[0] ? c->dest.port : 0u, c->ls->id,
+                 reason);
+    if (status != 403)
+        n = snprintf(body, sizeof(body), "paddock egress (environment %s): %s\n", c->ls->id,
+                     reason);
+    evbuffer_add_printf(out,
+                        "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                        "Content-Length: %d\r\nConnection: close\r\n"
+                        "X-Paddock-Egress: %s\r\n\r\n",
+                        status, text, n, decision);
+    evbuffer_add(out, body, (size_t)n);
+    finish(c);
+}
+
+static void
+touch(struct conn *c)
+{
+    c->last_ms = util_now_ms();
+}
+
+/* ----------------------------------------------------------------- relay */
+
+static void relay_read(struct bufferevent *bev, void *arg);
+
+/* The side that was paused for backpressure may read again once the other drained. */
+static void
+relay_drained(struct bufferevent *bev, void *arg)
+{
+    struct conn *c = arg;
+    struct bufferevent *other = bev == c->cl ? c->up : c->cl;
+
+    if (c->st == C_DONE)
+        return;
+    if (evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
+        /* The peer of an ended side has everything: finish the half-close. */
+        if ((bev == c->cl && c->up_eof) || (bev == c->up && c->cl_eof && c->up_eof)) {
+            finish(c);
+            return;
+        }
+        if (bev == c->up && c->cl_eof)
+            shutdown(bufferevent_getfd(c->up), SHUT_WR);
+    }
+    if (other != NULL && !(other == c->cl ? c->cl_eof : c->up_eof) &&
+        !(other == c->cl && !c->is_connect && c->body_left == 0))
+        bufferevent_enable(other, EV_READ);
+}
+
+static void
+relay_read(struct bufferevent *bev, void *arg)
+{
+    struct conn *c = arg;
+    bool from_client = bev == c->cl;
+    struct bufferevent *to = from_client ? c->up : c->cl;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    size_t n = evbuffer_get_length(in);
+
+    touch(c);
+    if (from_client && !c->is_connect) {
+        /* A forwarded request's body is exactly Content-Length bytes; nothing follows it. */
+        if (n > c->body_left)
+            n = (size_t)c->body_left;
+        evbuffer_remove_buffer(in, bufferevent_get_output(to), n);
+        c->body_left -= n;
+        evbuffer_drain(in, evbuffer_get_length(in));
+        if (c->body_left == 0)
+            bufferevent_disable(bev, EV_READ);
+    } else {
+        evbuffer_add_buffer(bufferevent_get_output(to), in);
+    }
+    if (from_client)
+        c->bytes_up += n;
+    else
+        c->bytes_down += n;
+    if (evbuffer_get_length(bufferevent_get_output(to)) > RELAY_HIGH)
+        bufferevent_disable(bev, EV_READ);
+}
+
+static void
+relay_event(struct bufferevent *bev, short what, void *arg)
+{
+    struct conn *c = arg;
+    bool from_client = bev == c->cl;
+
+    if (what & BEV_EVENT_EOF) {
+        if (from_client) {
+            c->cl_eof = true;
+            bufferevent_disable(bev, EV_READ);
+            if (c->up != NULL &&
+                evbuffer_get_length(bufferevent_get_output(c->up)) == 0)
+                shutdown(bufferevent_getfd(c->up), SHUT_WR);
+            if (c->up_eof)
+                finish(c);
+        } else {
+            c->up_eof = true;
+            relay_read(bev, c); /* whatever was still buffered */
+            finish(c);
+        }
+        return;
+    }
+    if (what & (BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT)) {
+        if (from_client) {
+            if (c->up != NULL) {
+                bufferevent_free(c->up);
+                c->up = NULL;
+            }
+            conn_free(c);
+        } else {
+            finish(c);
+        }
+    }
+}
+
+static void
+start_relay(struct conn *c)
+{
+    struct evbuffer *cin = bufferevent_get_input(c->cl);
+
+    c->st = C_RELAY;
+    touch(c);
+    bufferevent_setcb(c->cl, relay_read, relay_drained, relay_event, c);
+    bufferevent_setcb(c->up, relay_read, relay_drained, relay_event, c);
+    bufferevent_setwatermark(c->cl, EV_WRITE, RELAY_HIGH / 4, 0);
+    bufferevent_setwatermark(c->up, EV_WRITE, RELAY_HIGH / 4, 0);
+    bufferevent_set_timeouts(c->cl, NULL, NULL);
+    if (c->is_connect) {
+        evbuffer_add_printf(bufferevent_get_output(c->cl),
+                            "HTTP/1.1 200 Connection established\r\n\r\n");
+    } else {
+        c->bytes_up += evbuffer_get_length(c->head_out);
+        evbuffer_add_buffer(bufferevent_get_output(c->up), c->head_out);
+    }
+    bufferevent_enable(c->up, EV_READ | EV_WRITE);
+    if (!c->is_connect && c->body_left == 0) {
+        evbuffer_drain(cin, evbuffer_get_length(cin));
+        bufferevent_disable(c->cl, EV_READ);
+    } else {
+        bufferevent_enable(c->cl, EV_READ | EV_WRITE);
+        if (evbuffer_get_length(cin) > 0)
+            relay_read(c->cl, c); /* bytes the client sent right behind its head */
+    }
+    bufferevent_enable(c->cl, EV_WRITE);
+}
+
+/* ------------------------------------------------------------ connecting */
+
+static void
+connect_event(struct bufferevent *bev, short what, void *arg)
+{
+    struct conn *c = arg;
+
+    (void)bev;
+    if (what & BEV_EVENT_CONNECTED) {
+        start_relay(c);
+        return;
+    }
+    {
+        int e = EVUTIL_SOCKET_ERROR();
+        bufferevent_free(c->up);
+        c->up = NULL;
+        refuse(c, 502, "allow", "could not connect to %s:%u: %s", c->dest.host, c->dest.port,
+               evutil_socket_error_to_string(e));
+    }
+}
+
+static bool
+is_self(const struct egress *eg, const struct sockaddr *sa)
+{
+    for (size_t i = 0; i < eg->cfg.n_self; i++) {
+        const struct sockaddr *s = (const struct sockaddr *)&eg->cfg.self[i];
+        if (s->sa_family != sa->sa_family)
+            continue;
+        if (sa->sa_family == AF_INET &&
+            ((const struct sockaddr_in *)s)->sin_port == ((const struct sockaddr_in *)sa)->sin_port &&
+            (((const struct sockaddr_in *)s)->sin_addr.s_addr == htonl(INADDR_ANY) ||
+             ((const struct sockaddr_in *)s)->sin_addr.s_addr ==
+                 ((const struct sockaddr_in *)sa)->sin_addr.s_addr))
+            return true;
+    }
+    return false;
+}
+
+/* Vets one address; NULL when it may be dialled, else why not. */
+static const char *
+vet(const struct egress *eg, const struct sockaddr *sa)
+{
+    if (is_self(eg, sa))
+        return "the address is paddock's own";
+    for (size_t i = 0; i < eg->cfg.n_allow; i++)
+        if (egress_cidr_contains(&eg->cfg.allow[i], sa))
+            return NULL;
+    return egress_addr_class(sa);
+}
+
+static void
+dial(struct conn *c, const struct sockaddr *sa, socklen_t len)
+{
+    c->decision = "allow";
+    snprintf(c->reason, sizeof(c->reason), "%s", "allowed by the environment's policy");
+    c->st = C_CONNECT;
+    c->up = bufferevent_socket_new(c->eg->base, -1, BEV_OPT_CLOSE_ON_FREE);
+    bufferevent_setcb(c->up, NULL, NULL, connect_event, c);
+    {
+        struct timeval tv = {c->eg->cfg.header_timeout_s, 0};
+        bufferevent_set_timeouts(c->up, NULL, &tv);
+    }
+    if (bufferevent_socket_connect(c->up, sa, (int)len) < 0) {
+        bufferevent_free(c->up);
+        c->up = NULL;
+        refuse(c, 502, "allow", "could not connect to %s:%u", c->dest.host, c->dest.port);
+    }
+}
+
+/* Picks the first vetted address of a resolution; denies when none passes. */
+static void
+choose(struct conn *c, const struct evutil_addrinfo *ai)
+{
+    const char *why = "the name has no address";
+
+    for (; ai != NULL; ai = ai->ai_next) {
+        struct sockaddr_storage ss;
+        const char *w;
+        if (ai->ai_family != AF_INET && ai->ai_family != AF_INET6)
+            continue;
+        memcpy(&ss, ai->ai_addr, ai->ai_addrlen);
+        if (ai->ai_family == AF_INET)
+            ((struct sockaddr_in *)&ss)->sin_port = htons(c->dest.port);
+        else
+            ((struct sockaddr_in6 *)&ss)->sin6_port = htons(c->dest.port);
+        w = vet(c->eg, (struct sockaddr *)&ss);
+        if (w == NULL) {
+            dial(c, (struct sockaddr *)&ss, ai->ai_addrlen);
+            return;
+        }
+        why = w;
+    }
+    refuse(c, 403, "deny", "%s resolves only to refused addresses: %s", c->dest.host, why);
+}
+
+static void
+resolved(int result, struct evutil_addrinfo *res, void *arg)
+{
+    struct conn *c = arg;
+
+    c->dns = NULL;
+    if (result == EVUTIL_EAI_CANCEL)
+        return;
+    if (result != 0) {
+        refuse(c, 502, "deny", "cannot resolve %s: %s", c->dest.host, evutil_gai_strerror(result));
+        return;
+    }
+    choose(c, res);
+    evutil_freeaddrinfo(res);
+}
+
+/* A destination with one address known already (a literal, an operator override). */
+static void
+choose_one(struct conn *c, const struct sockaddr_storage *addr)
+{
+    struct sockaddr_storage ss;
+    struct evutil_addrinfo one;
+
+    memcpy(&ss, addr, sizeof(ss));
+    memset(&one, 0, sizeof(one));
+    one.ai_family = ss.ss_family;
+    one.ai_addr = (struct sockaddr *)&ss;
+    one.ai_addrlen =
+        ss.ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
+    choose(c, &one);
+}
+
+static void
+resolve(struct conn *c)
+{
+    struct evutil_addrinfo hints;
+
+    c->st = C_RESOLVE;
+    if (c->dest.is_ip) {
+        choose_one(c, &c->dest.ip);
+        return;
+    }
+    for (size_t i = 0; i < c->eg->cfg.n_resolve; i++) {
+        if (strcmp(c->eg->cfg.resolve[i].name, c->dest.host) == 0) {
+            choose_one(c, &c->eg->cfg.resolve[i].addr);
+            return;
+        }
+    }
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = EVUTIL_AI_ADDRCONFIG;
+    c->dns = evdns_getaddrinfo(c->eg->dns, c->dest.host, NULL, &hints, resolved, c);
+}
+
+/* ------------------------------------------------------------ the request */
+
+/* Request headers that never travel upstream: hop-by-hop and the proxy's own. */
+static bool
+dropped_header(const char *name, size_t n)
+{
+    static const char *const drop[] = {"connection", "keep-alive", "proxy-connection",
+                                       "proxy-authorization", "proxy-authenticate", "te",
+                                       "trailer", "upgrade", "host", "x-forwarded-for",
+                                       "forwarded", "via"};
+
+    for (size_t i = 0; i < sizeof(drop) / sizeof(drop[0]); i++)
+        if (strlen(drop[i]) == n && strncasecmp(name, drop[i], n) == 0)
+            return true;
+    return false;
+}
+
+static bool
+token_char(char ch)
+{
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+           strchr("!#$%&'*+-.^_`|~", ch) != NULL;
+}
+
+/*
+ * Parses the head (NUL-terminated, ending with the empty line) and decides. Returns false
+ * when the connection was refused.
+ */
+static bool
+parse_head(struct conn *c, char *head)
+{
+    char *line = head, *eol, *sp1, *sp2, *target;
+    bool have_cl = false;
+    uint64_t cl = 0;
+    unsigned nh = 0;
+    const char *why = NULL;
+
+    eol = strstr(line, "\r\n");
+    *eol = '\0';
+    sp1 = strchr(line, ' ');
+    sp2 = sp1 != NULL ? strchr(sp1 + 1, ' ') : NULL;
+    if (sp1 == NULL || sp2 == NULL || strchr(sp2 + 1, ' ') != NULL || sp1 - line >= 15 ||
+        sp1 == line) {
+        refuse(c, 400, "deny", "malformed request line");
+        return false;
+    }
+    *sp1 = *sp2 = '\0';
+    for (char *p = line; *p; p++)
+        if (!token_char(*p)) {
+            refuse(c, 400, "deny", "malformed method");
+            return false;
+        }
+    snprintf(c->method, sizeof(c->method), "%s", line);
+    target = sp1 + 1;
+    if (strcmp(sp2 + 1, "HTTP/1.1") != 0 && strcmp(sp2 + 1, "HTTP/1.0") != 0) {
+        refuse(c, 400, "deny", "only HTTP/1.0 and HTTP/1.1 are spoken here");
+        return false;
+    }
+    c->is_connect = strcmp(c->method, "CONNECT") == 0;
+    {
+        struct err *e = NULL;
+        if (c->is_connect) {
+            if (egress_parse_authority(target, 0, &c->dest, &e) < 0)
+                why = e->msg;
+        } else if (strncasecmp(target, "http://", 7) == 0) {
+            char *slash = strpbrk(target + 7, "/?#");
+            char auth[300];
+            size_t al = slash != NULL ? (size_t)(slash - target - 7) : strlen(target + 7);
+            if (al >= sizeof(auth)) {
+                why = "request target too long";
+            } else {
+                memcpy(auth, target + 7, al);
+                auth[al] = '\0';
+                if (egress_parse_authority(auth, 80, &c->dest, &e) < 0)
+                    why = e->msg;
+                else if (slash != NULL && *slash == '#')
+                    why = "fragment in request target";
+                else
+                    c->path = xasprintf("%s%s", slash != NULL && *slash == '?' ? "/" : "",
+                                        slash != NULL ? slash : "/");
+            }
+        } else if (strncasecmp(target, "https://", 8) == 0) {
+            why = "https goes through CONNECT, not as an absolute URL";
+        } else {
+            why = "this is a proxy: send absolute-form requests (http://host/path) or CONNECT";
+        }
+        if (why != NULL) {
+            refuse(c, 400, "deny", "%s", why);
+            err_free(e);
+            return false;
+        }
+    }
+    c->head_out = evbuffer_new();
+    if (!c->is_connect)
+        evbuffer_add_printf(c->head_out, "%s %s HTTP/1.1\r\nHost: %s", c->method, c->path,
+                            c->dest.host);
+    if (!c->is_connect && c->dest.port != 80)
+        evbuffer_add_printf(c->head_out, ":%u", c->dest.port);
+    if (!c->is_connect)
+        evbuffer_add_printf(c->head_out, "\r\n");
+    /* Headers: strict framing, one Content-Length, no Transfer-Encoding. */
+    for (line = eol + 2; *line != '\0'; line = eol + 2) {
+        char *colon, *v;
+        size_t nl;
+        eol = strstr(line, "\r\n");
+        if (eol == line)
+            break;
+        *eol = '\0';
+        if (++nh > HEADERS_MAX) {
+            refuse(c, 431, "deny", "more than %d header fields", HEADERS_MAX);
+            return false;
+        }
+        colon = strchr(line, ':');
+        if (line[0] == ' ' || line[0] == '\t' || colon == NULL || colon == line) {
+            refuse(c, 400, "deny", "malformed header field (folded or without a name)");
+            return false;
+        }
+        nl = (size_t)(colon - line);
+        for (size_t i = 0; i < nl; i++)
+            if (!token_char(line[i])) {
+                refuse(c, 400, "deny", "malformed header name");
+                return false;
+            }
+        for (v = colon + 1; *v == ' ' || *v == '\t';)
+            v++;
+        for (char *p = v; *p; p++)
+            if ((unsigned char)*p < 0x20 && *p != '\t') {
+                refuse(c, 400, "deny", "control character in a header value");
+                return false;
+            }
+        if (nl == 17 && strncasecmp(line, "transfer-encoding", 17) == 0) {
+            refuse(c, 400, "deny", "Transfer-Encoding in a request is not accepted here "
+                                   "(send a Content-Length)");
+            return false;
+        }
+        if (nl == 14 && strncasecmp(line, "content-length", 14) == 0) {
+            uint64_t v64;
+            if (have_cl || util_parse_u64(v, UINT64_MAX / 2, &v64, NULL) < 0) {
+                refuse(c, 400, "deny", "duplicate or malformed Content-Length");
+                return false;
+            }
+            have_cl = true;
+            cl = v64;
+        }
+        if (nl == 4 && strncasecmp(line, "host", 4) == 0 && !c->is_connect) {
+            struct egress_dest h;
+            struct err *e = NULL;
+            if (egress_parse_authority(v, 80, &h, &e) < 0 || strcmp(h.host, c->dest.host) != 0 ||
+                h.port != c->dest.port) {
+                err_free(e);
+                refuse(c, 400, "deny", "the Host header does not match the request target");
+                return false;
+            }
+        }
+        if (!c->is_connect && !dropped_header(line, nl))
+            evbuffer_add_printf(c->head_out, "%s\r\n", line);
+    }
+    if (c->is_connect && have_cl && cl > 0) {
+        refuse(c, 400, "deny", "a CONNECT request has no body");
+        return false;
+    }
+    if (!c->is_connect)
+        evbuffer_add_printf(c->head_out, "Connection: close\r\n\r\n");
+    c->body_left = cl;
+    if (!egress_policy_allows(c->ls->policy, &c->dest, &why)) {
+        refuse(c, 403, "deny", "%s", why);
+        return false;
+    }
+    return true;
+}
+
+static void
+head_read(struct bufferevent *bev, void *arg)
+{
+    struct conn *c = arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    struct evbuffer_ptr end = evbuffer_search(in, "\r\n\r\n", 4, NULL);
+    size_t len;
+    char *head;
+
+    touch(c);
+    if (end.pos < 0) {
+        if (evbuffer_get_length(in) > c->eg->cfg.max_header_bytes)
+            refuse(c, 431, "deny", "request head larger than %zu bytes",
+                   c->eg->cfg.max_header_bytes);
+        return;
+    }
+    len = (size_t)end.pos + 4;
+    if (len > c->eg->cfg.max_header_bytes) {
+        refuse(c, 431, "deny", "request head larger than %zu bytes", c->eg->cfg.max_header_bytes);
+        return;
+    }
+    head = xmalloc(len + 1);
+    evbuffer_remove(in, head, len);
+    head[len] = '\0';
+    if (memchr(head, '\0', len) != NULL) {
+        free(head);
+        refuse(c, 400, "deny", "NUL in request head");
+        return;
+    }
+    /* Nothing more is read until the decision: bytes pipelined behind a refused head are
+     * never forwarded. */
+    bufferevent_disable(bev, EV_READ);
+    if (parse_head(c, head))
+        resolve(c);
+    free(head);
+}
+
+static void
+head_event(struct bufferevent *bev, short what, void *arg)
+{
+    struct conn *c = arg;
+
+    (void)bev;
+    (void)what;
+    conn_free(c); /* EOF, error or the header timeout before a complete head */
+}
+
+static void
+accepted(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg)
+{
+    struct listener *ls = arg;
+    struct egress *eg = ls->eg;
+    struct conn *c = xcalloc(1, sizeof(*c));
+    struct timeval tv = {eg->cfg.header_timeout_s, 0};
+
+    (void)l;
+    (void)sa;
+    (void)salen;
+    c->eg = eg;
+    c->ls = ls;
+    ls->refs++;
+    ls->conns++;
+    c->start_ms = c->last_ms = util_now_ms();
+    c->next = eg->conns.next;
+    c->prev = &eg->conns;
+    eg->conns.next->prev = c;
+    eg->conns.next = c;
+    c->cl = bufferevent_socket_new(eg->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    if (ls->conns > eg->cfg.max_conns_per_env) {
+        refuse(c, 429, "deny", "more than %u connections of this environment at once",
+               eg->cfg.max_conns_per_env);
+        return;
+    }
+    bufferevent_setcb(c->cl, head_read, NULL, head_event, c);
+    bufferevent_set_timeouts(c->cl, &tv, NULL);
+    bufferevent_enable(c->cl, EV_READ);
+}
+
+/* ------------------------------------------------------------- the loop */
+
+static void
+sweep(evutil_socket_t fd, short what, void *arg)
+{
+    struct egress *eg = arg;
+    int64_t now = util_now_ms();
+
+    (void)fd;
+    (void)what;
+    for (struct conn *c = eg->conns.next, *next; c != &eg->conns; c = next) {
+        next = c->next;
+        if (c->st == C_RELAY && now - c->last_ms > (int64_t)eg->cfg.idle_timeout_s * 1000) {
+            snprintf(c->reason, sizeof(c->reason), "idle for %d s; closed",
+                     eg->cfg.idle_timeout_s);
+            finish(c);
+        }
+    }
+}
+
+static void
+run_cmds(evutil_socket_t fd, short what, void *arg)
+{
+    struct egress *eg = arg;
+    struct cmd *list;
+
+    (void)fd;
+    (void)what;
+    pthread_mutex_lock(&eg->lock);
+    list = eg->cmds;
+    eg->cmds = NULL;
+    pthread_mutex_unlock(&eg->lock);
+    /* Oldest first. */
+    {
+        struct cmd *rev = NULL;
+        while (list != NULL) {
+            struct cmd *n = list->next;
+            list->next = rev;
+            rev = list;
+            list = n;
+        }
+        list = rev;
+    }
+    while (list != NULL) {
+        struct cmd *cm = list;
+        list = cm->next;
+        if (cm->kind == CMD_STOP) {
+            event_base_loopbreak(eg->base);
+        } else if (cm->kind == CMD_ATTACH) {
+            struct listener *ls = cm->ls;
+            ls->l = evconnlistener_new(eg->base, accepted, ls, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, -1, ls->fd);
+            ls->next = eg->listeners;
+            eg->listeners = ls;
+        } else {
+            for (struct listener **pp = &eg->listeners; *pp != NULL;) {
+                struct listener *ls = *pp;
+                if (strcmp(ls->id, cm->id) == 0) {
+                    *pp = ls->next;
+                    evconnlistener_disable(ls->l);
+                    listener_unref(ls);
+                } else {
+                    pp = &ls->next;
+                }
+            }
+        }
+        free(cm);
+    }
+}
+
+static void *
+loop(void *arg)
+{
+    struct egress *eg = arg;
+
+    event_base_dispatch(eg->base);
+    return NULL;
+}
+
+static void
+push(struct egress *eg, struct cmd *cm)
+{
+    pthread_mutex_lock(&eg->lock);
+    cm->next = eg->cmds;
+    eg->cmds = cm;
+    pthread_mutex_unlock(&eg->lock);
+    event_active(eg->wake, EV_READ, 0);
+}
+
+static void
+free_cfg(struct egress *eg)
+{
+    free(eg->cfg.allow);
+    free(eg->cfg.resolve);
+    free(eg->cfg.self);
+}
+
+int
+egress_start(const struct egress_config *cfg, struct egress **out, struct err **errp)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    struct egress *eg = xcalloc(1, sizeof(*eg));
+    struct timeval sec = {1, 0};
+    cleanup_free char *db = xasprintf("%s/paddock.db", cfg->data_dir);
+
+    pthread_once(&once, (void (*)(void))evthread_use_pthreads);
+    eg->cfg = *cfg;
+    /* Own copies of the arrays: the caller's may go. */
+    eg->cfg.allow = xcalloc(cfg->n_allow + 1, sizeof(*cfg->allow));
+    memcpy(eg->cfg.allow, cfg->allow, cfg->n_allow * sizeof(*cfg->allow));
+    eg->cfg.resolve = xcalloc(cfg->n_resolve + 1, sizeof(*cfg->resolve));
+    memcpy(eg->cfg.resolve, cfg->resolve, cfg->n_resolve * sizeof(*cfg->resolve));
+    eg->cfg.self = xcalloc(cfg->n_self + 1, sizeof(*cfg->self));
+    memcpy(eg->cfg.self, cfg->self, cfg->n_self * sizeof(*cfg->self));
+    eg->cfg.data_dir = NULL;
+    pthread_mutex_init(&eg->lock, NULL);
+    eg->conns.next = eg->conns.prev = &eg->conns;
+    eg->base = event_base_new();
+    if (eg->base == NULL) {
+        free_cfg(eg);
+        free(eg);
+        return err_set(errp, ERR_INTERNAL, 0, "egress: event base");
+    }
+    eg->dns = evdns_base_new(eg->base, EVDNS_BASE_INITIALIZE_NAMESERVERS |
+                                           EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+    if (eg->dns == NULL) /* no resolv.conf: only --egress-resolve names and literals work */
+        eg->dns = evdns_base_new(eg->base, 0);
+    if (store_open(db, &eg->store, errp) < 0) {
+        evdns_base_free(eg->dns, 0);
+        event_base_free(eg->base);
+        free_cfg(eg);
+        free(eg);
+        return err_wrap(errp, "egress audit");
+    }
+    eg->wake = event_new(eg->base, -1, EV_PERSIST, run_cmds, eg);
+    eg->sweep = event_new(eg->base, -1, EV_PERSIST, sweep, eg);
+    event_add(eg->wake, NULL);
+    event_add(eg->sweep, &sec);
+    if (pthread_create(&eg->thread, NULL, loop, eg) != 0) {
+        store_close(eg->store);
+        event_free(eg->wake);
+        event_free(eg->sweep);
+        evdns_base_free(eg->dns, 0);
+        event_base_free(eg->base);
+        free_cfg(eg);
+        free(eg);
+        return err_set(errp, ERR_INTERNAL, 0, "egress: thread");
+    }
+    *out = eg;
+    return 0;
+}
+
+void
+egress_set_self(struct egress *eg, const struct sockaddr *sa)
+{
+    pthread_mutex_lock(&eg->lock);
+    if (eg->cfg.n_self > 0)
+        memcpy(&eg->cfg.self[0], sa,
+               sa->sa_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6));
+    pthread_mutex_unlock(&eg->lock);
+}
+
+void
+egress_stop(struct egress *eg)
+{
+    struct cmd *cm = xcalloc(1, sizeof(*cm));
+
+    if (eg == NULL)
+        return;
+    cm->kind = CMD_STOP;
+    push(eg, cm);
+    pthread_join(eg->thread, NULL);
+    while (eg->conns.next != &eg->conns)
+        conn_free(eg->conns.next);
+    while (eg->listeners != NULL) {
+        struct listener *ls = eg->listeners;
+        eg->listeners = ls->next;
+        listener_unref(ls);
+    }
+    while (eg->cmds != NULL) {
+        struct cmd *c = eg->cmds;
+        eg->cmds = c->next;
+        if (c->ls != NULL)
+            listener_unref(c->ls);
+        free(c);
+    }
+    event_free(eg->wake);
+    event_free(eg->sweep);
+    evdns_base_free(eg->dns, 0);
+    event_base_free(eg->base);
+    store_close(eg->store);
+    free_cfg(eg);
+    free(eg);
+}
+
+/* The ids with listeners, as the command queue will leave them (the caller's view). */
+struct attached {
+    char id[40];
+    struct sandbox_init init;
+};
+static struct attached *att;
+static size_t natt;
+static pthread_mutex_t att_lock = PTHREAD_MUTEX_INITIALIZER;
+
+int
+egress_attach(struct egress *eg, const char *id, const struct sandbox_init *init,
+              const struct egress_policy *policy, struct err **errp)
+{
+    struct listener *ls;
+    struct cmd *cm;
+    int fd;
+
+    pthread_mutex_lock(&att_lock);
+    for (size_t i = 0; i < natt; i++)
+        if (strcmp(att[i].id, id) == 0 && att[i].init.pid == init->pid &&
+            att[i].init.start == init->start) {
+            pthread_mutex_unlock(&att_lock);
+            return 0;
+        }
+    pthread_mutex_unlock(&att_lock);
+    egress_detach(eg, id);
+    if (policy->mode == EGRESS_DISABLED)
+        return 0;
+    fd = sandbox_netns_listen(init, EGRESS_PORT, errp);
+    if (fd < 0)
+        return err_wrap(errp, "egress listener for %s", id);
+    ls = xcalloc(1, sizeof(*ls));
+    ls->eg = eg;
+    ls->fd = fd;
+    ls->refs = 1;
+    ls->init = *init;
+    snprintf(ls->id, sizeof(ls->id), "%s", id);
+    ls->policy = xcalloc(1, sizeof(*ls->policy));
+    ls->policy->mode = policy->mode;
+    ls->policy->n = policy->n;
+    ls->policy->rules = xcalloc(policy->n + 1, sizeof(*policy->rules));
+    memcpy(ls->policy->rules, policy->rules, policy->n * sizeof(*policy->rules));
+    cm = xcalloc(1, sizeof(*cm));
+    cm->kind = CMD_ATTACH;
+    cm->ls = ls;
+    pthread_mutex_lock(&att_lock);
+    att = xrealloc(att, (natt + 1) * sizeof(*att));
+    snprintf(att[natt].id, sizeof(att[natt].id), "%s", id);
+    att[natt].init = *init;
+    natt++;
+    pthread_mutex_unlock(&att_lock);
+    push(eg, cm);
+    return 0;
+}
+
+void
+egress_detach(struct egress *eg, const char *id)
+{
+    struct cmd *cm;
+    bool had = false;
+
+    pthread_mutex_lock(&att_lock);
+    for (size_t i = 0; i < natt; i++)
+        if (strcmp(att[i].id, id) == 0) {
+            att[i] = att[--natt];
+            had = true;
+            break;
+        }
+    pthread_mutex_unlock(&att_lock);
+    if (!had)
+        return;
+    cm = xcalloc(1, sizeof(*cm));
+    cm->kind = CMD_DETACH;
+    snprintf(cm->id, sizeof(cm->id), "%s", id);
+    push(eg, cm);
+}
+
+size_t
+egress_attached(struct egress *eg, char ***out)
+{
+    char **v;
+    size_t n;
+
+    (void)eg;
+    pthread_mutex_lock(&att_lock);
+    n = natt;
+    v = xcalloc(n + 1, sizeof(*v));
+    for (size_t i = 0; i < n; i++)
+        v[i] = xstrdup(att[i].id);
+    pthread_mutex_unlock(&att_lock);
+    *out = v;
+    return n;
+}

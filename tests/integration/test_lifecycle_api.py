@@ -1,0 +1,119 @@
+"""The environment lifecycle the server's janitor drives (docs/API.md): active -> idle (sandbox
+stopped, files kept) -> offline -> expired (files deleted, the record kept), with processes still
+running counting as activity, any use resuming an idle or offline environment, and file counts
+refreshed after changes. The timings are made short with the server's flags."""
+
+import time
+
+import pytest
+
+from apiserver import *  # noqa: F401,F403
+from apiserver import ApiServer, Api, finish
+import pdk
+
+
+def wait_for(pred, timeout, what):
+    deadline = time.monotonic() + timeout * SLOWDOWN
+    last = None
+    while time.monotonic() < deadline:
+        last = pred()
+        if last:
+            return last
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}; last={last!r}")
+
+
+def state(api, env_id):
+    r = api.http.get(f"/v1beta/environments/{env_id}")
+    assert r.status == 200, r
+    return r.json()
+
+
+@pytest.fixture
+def fast(pd):
+    """A server whose environments idle after 2 s, go offline after 4 s, expire after 8 s."""
+    server = ApiServer(pd, args=["--idle-after", "2s", "--offline-after", "4s",
+                                 "--expire-after", "8s"]).start()
+    try:
+        yield Api(server)
+    finally:
+        finish(server)
+
+
+@pytest.mark.slow
+def test_idle_offline_expired_and_resume(fast):
+    api = fast
+    e = api.http.create({"sources": [{"type": "inline", "target": "/workspace/keep.txt",
+                                       "content": "kept"}]})
+    eid = e["id"]
+    assert e["state"] == "running" and e["status"] == "active"
+
+    # Idle: the sandbox stops, the files stay; the CLI sees it stopped.
+    wait_for(lambda: state(api, eid)["state"] == "idle", 15, "idle")
+    assert {e["id"]: e for e in api.pd.ls()}[eid]["state"] == "stopped"
+    assert state(api, eid)["status"] == "active"
+
+    # Offline, still active on the wire, and any use resumes it with its files.
+    wait_for(lambda: state(api, eid)["state"] == "offline", 15, "offline")
+    r = api.http.get(f"/v1beta/environments/{eid}/files/workspace/keep.txt?alt=media")
+    assert r.status == 200 and r.body == b"kept", r
+    assert state(api, eid)["state"] == "running"
+
+    # Left alone past expiry: files deleted, the record kept as expired.
+    wait_for(lambda: state(api, eid)["status"] == "expired", 30, "expired")
+    got = state(api, eid)
+    assert got["state"] == "expired" and got["file_count"] == "0"
+    r = api.http.get(f"/v1beta/environments/{eid}/files/workspace/keep.txt?alt=media")
+    assert r.status == 404, r
+    assert "expired" in r.json()["error"]["message"]
+    assert not (api.pd.data / "envs" / eid).exists()
+    # An expired environment can still be deleted (the record goes).
+    assert api.http.delete(f"/v1beta/environments/{eid}").status == 200
+    assert api.http.get(f"/v1beta/environments/{eid}").status == 404
+
+
+@pytest.mark.slow
+def test_running_process_counts_as_activity(fast):
+    api = fast
+    eid = api.http.create()["id"]
+    # A background process that outlives the exec keeps the environment active.
+    api.pd.ok("env", "exec", eid, "-c", "setsid sleep 6 >/dev/null 2>&1 < /dev/null &")
+    time.sleep(4 * SLOWDOWN)
+    assert state(api, eid)["state"] == "running"
+    # Once it ends, the environment idles.
+    wait_for(lambda: state(api, eid)["state"] == "idle", 20, "idle after the process ended")
+
+
+def test_file_counts_follow_changes(api):
+    eid = api.http.create({"sources": [{"type": "inline", "target": "/workspace/a.txt",
+                                         "content": "12345"}]})["id"]
+    first = state(api, eid)
+    n0, b0 = int(first["file_count"]), int(first["size_bytes"])
+    assert n0 >= 1 and b0 >= 5
+    api.pd.ok("env", "exec", eid, "-c", "head -c 100000 /dev/zero > /workspace/z.bin")
+    got = wait_for(lambda: (lambda s: s if int(s["file_count"]) == n0 + 1 else None)(
+        state(api, eid)), 15, "the janitor to recount")
+    assert int(got["size_bytes"]) == b0 + 100000
+
+
+def test_cli_and_server_share_environments(api):
+    eid = api.http.create()["id"]
+    # The CLI drives the server's environment, and the server sees what it wrote.
+    api.pd.ok("env", "exec", eid, "-c", "echo from-cli > /workspace/c.txt")
+    r = api.http.get(f"/v1beta/environments/{eid}/files/workspace/c.txt?alt=media")
+    assert r.status == 200 and r.body == b"from-cli\n"
+    # A stop from the CLI is seen as idle; a file call resumes it.
+    api.pd.ok("env", "stop", eid)
+    assert state(api, eid)["state"] == "idle"
+    r = api.http.get(f"/v1beta/environments/{eid}/files/workspace?recursive=true")
+    assert r.status == 200 and any(f["path"] == "workspace/c.txt" for f in r.json()["files"])
+    assert state(api, eid)["state"] == "running"
+
+
+def test_env_vars_reach_commands(api):
+    eid = api.http.create({"env": {"GREETING": "hello world", "N": {"value": "7"},
+                                   "SECRET": {"credential": "cred_x"}}})["id"]
+    r = api.pd.ok("env", "exec", eid, "-c", 'echo "$GREETING|$N|${SECRET-unset}"')
+    assert r.text == "hello world|7|unset\n"
+    r = api.pd.ok("env", "exec", eid, "-e", "N=8", "-c", 'echo "$N"')
+    assert r.text == "8\n"
