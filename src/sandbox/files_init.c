@@ -37,8 +37,8 @@ ok(int conn, json_t *j)
     return r < 0 ? 1 : 0;
 }
 
-static enum err_code
-errno_code(int e)
+enum err_code
+sandbox__errno_code(int e)
 {
     switch (e) {
     case ENOENT:
@@ -56,6 +56,11 @@ errno_code(int e)
     case EEXIST:
     case ENOTEMPTY:
         return ERR_CONFLICT;
+    case ENAMETOOLONG: /* a caller's bad path */
+    case ENXIO:        /* a device without a driver: not a file to read */
+    case ENODEV:
+    case ELOOP:
+        return ERR_INVALID;
     default:
         return ERR_IO;
     }
@@ -90,7 +95,7 @@ sandbox__handle_read(int conn, json_t *req)
     fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
     if (fd < 0) {
         int en = errno;
-        return fail(conn, (err_set(&e, errno_code(en), en, "read %s", path), e));
+        return fail(conn, (err_set(&e, sandbox__errno_code(en), en, "read %s", path), e));
     }
     if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
         return fail(conn, (err_set(&e, ERR_INVALID, 0, "read %s: not a regular file", path), e));
@@ -131,11 +136,11 @@ make_parents(const char *path, struct err **errp)
             continue;
         *s = '\0';
         if (mkdir(p, 0755) < 0 && errno != EEXIST)
-            return err_set(errp, errno_code(errno), errno, "mkdir %s", p);
+            return err_set(errp, sandbox__errno_code(errno), errno, "mkdir %s", p);
         *s = '/';
     }
     if (mkdir(p, 0755) < 0 && errno != EEXIST)
-        return err_set(errp, errno_code(errno), errno, "mkdir %s", p);
+        return err_set(errp, sandbox__errno_code(errno), errno, "mkdir %s", p);
     return 0;
 }
 
@@ -165,7 +170,7 @@ receive_into(int conn, int fd, uint64_t max, uint64_t *n_out, struct err **errp)
         if (util_write_all(fd, f.data, f.len) < 0) {
             int en = errno;
             sandbox__proto_frame_free(&f);
-            return err_set(errp, errno_code(en), en, "write");
+            return err_set(errp, sandbox__errno_code(en), en, "write");
         }
         n += f.len;
         sandbox__proto_frame_free(&f);
@@ -198,7 +203,7 @@ sandbox__handle_write(int conn, json_t *req)
     fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode ? mode : 0644);
     if (fd < 0) {
         int en = errno;
-        return fail(conn, (err_set(&e, errno_code(en), en, "write %s", path), e));
+        return fail(conn, (err_set(&e, sandbox__errno_code(en), en, "write %s", path), e));
     }
     /* Tell the caller to send the content only once the target could be created. */
     if (sandbox__proto_send(conn, PROTO_DATA, NULL, 0, NULL) < 0 ||
@@ -206,7 +211,7 @@ sandbox__handle_write(int conn, json_t *req)
         rename(tmp, path) < 0) {
         unlink(tmp);
         if (e == NULL)
-            err_set(&e, errno_code(errno), errno, "write %s", path);
+            err_set(&e, sandbox__errno_code(errno), errno, "write %s", path);
         return fail(conn, e);
     }
     return ok(conn, json_pack("{s:I}", "bytes", (json_int_t)n));
@@ -298,7 +303,8 @@ sandbox__dir_names(DIR *d, const char *skip, size_t max, char ***names_out, size
         }
         names[n++] = xstrdup(de->d_name);
     }
-    qsort(names, n, sizeof(*names), cmp_names);
+    if (n > 0) /* qsort(NULL, 0, ...) is undefined */
+        qsort(names, n, sizeof(*names), cmp_names);
     *names_out = names;
     *n_out = n;
     return 0;
@@ -401,7 +407,7 @@ sandbox__handle_list(int conn, json_t *req)
     w.limit = (size_t)json_integer_value(json_object_get(req, "limit"));
     if (lstat(path, &st) < 0) {
         int en = errno;
-        return fail(conn, (err_set(&e, errno_code(en), en, "list %s", path), e));
+        return fail(conn, (err_set(&e, sandbox__errno_code(en), en, "list %s", path), e));
     }
     if (!S_ISDIR(st.st_mode)) {
         if (after == NULL && send_entry(conn, path, &st) < 0)
@@ -411,7 +417,7 @@ sandbox__handle_list(int conn, json_t *req)
     dfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dfd < 0) {
         int en = errno;
-        return fail(conn, (err_set(&e, errno_code(en), en, "list %s", path), e));
+        return fail(conn, (err_set(&e, sandbox__errno_code(en), en, "list %s", path), e));
     }
     rc = list_dir(&w, dfd, path, 0, &e);
     if (rc < 0)
@@ -447,14 +453,14 @@ remove_tree(int dfd, const char *path, int depth, struct err **errp)
             int cfd = openat(dirfd(d), de->d_name,
                              O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
             if (cfd < 0) {
-                rc = err_set(errp, errno_code(errno), errno, "delete %s/%s", path, de->d_name);
+                rc = err_set(errp, sandbox__errno_code(errno), errno, "delete %s/%s", path, de->d_name);
                 break;
             }
             rc = remove_tree(cfd, path, depth + 1, errp);
             if (rc == 0 && unlinkat(dirfd(d), de->d_name, AT_REMOVEDIR) < 0)
-                rc = err_set(errp, errno_code(errno), errno, "delete %s/%s", path, de->d_name);
+                rc = err_set(errp, sandbox__errno_code(errno), errno, "delete %s/%s", path, de->d_name);
         } else if (errno != ENOENT) {
-            rc = err_set(errp, errno_code(errno), errno, "delete %s/%s", path, de->d_name);
+            rc = err_set(errp, sandbox__errno_code(errno), errno, "delete %s/%s", path, de->d_name);
         }
     }
     closedir(d);
@@ -475,7 +481,7 @@ sandbox__handle_delete(int conn, json_t *req)
         return fail(conn, (err_set(&e, ERR_INVALID, 0, "refusing to delete /"), e));
     if (lstat(path, &st) < 0) {
         int en = errno;
-        return fail(conn, (err_set(&e, errno_code(en), en, "delete %s", path), e));
+        return fail(conn, (err_set(&e, sandbox__errno_code(en), en, "delete %s", path), e));
     }
     if (S_ISDIR(st.st_mode)) {
         int dfd;
@@ -486,19 +492,19 @@ sandbox__handle_delete(int conn, json_t *req)
                                            "delete %s: directory not empty (ask for recursive)",
                                            path),
                                    e));
-            return fail(conn, (err_set(&e, errno_code(en), en, "delete %s", path), e));
+            return fail(conn, (err_set(&e, sandbox__errno_code(en), en, "delete %s", path), e));
         }
         if (recursive) {
             dfd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
             if (dfd < 0 || remove_tree(dfd, path, 0, &e) < 0 || rmdir(path) < 0) {
                 if (e == NULL)
-                    err_set(&e, errno_code(errno), errno, "delete %s", path);
+                    err_set(&e, sandbox__errno_code(errno), errno, "delete %s", path);
                 return fail(conn, e);
             }
         }
     } else if (unlink(path) < 0) {
         int en = errno;
-        return fail(conn, (err_set(&e, errno_code(en), en, "delete %s", path), e));
+        return fail(conn, (err_set(&e, sandbox__errno_code(en), en, "delete %s", path), e));
     }
     return ok(conn, json_object());
 }

@@ -24,7 +24,8 @@
 
 #include "sandbox_int.h"
 
-#define WALK_MAX_DEPTH 128
+/* Each level holds a directory open: well under the sandbox's descriptor limit (1024). */
+#define WALK_MAX_DEPTH 512
 #define TAR_BLOCK      (512u * 1024)
 
 struct walk {
@@ -93,7 +94,8 @@ add_entry(struct walk *w, int dfd, const char *name, const char *path, const str
         target[n] = '\0';
         archive_entry_copy_symlink(ent, target);
     }
-    if (archive_write_header(w->ar, ent) != ARCHIVE_OK)
+    /* A warning (a name that is not UTF-8, written as raw bytes) still wrote the entry. */
+    if (archive_write_header(w->ar, ent) < ARCHIVE_WARN)
         rc = ar_fail(w, "archive", path);
     archive_entry_free(ent);
     if (rc < 0 || fd < 0)
@@ -261,69 +263,209 @@ pull_read(struct archive *a, void *arg, const void **buf)
     }
 }
 
-/*
- * True when the link target stays inside the extraction directory: relative, and never
- * climbing above it when read from the entry's own directory.
- */
-static bool
-link_stays_inside(const char *entry_path, const char *target)
-{
-    int depth = 0;
+/* One entry as the first pass saw it. */
+struct seen {
+    char *name; /* normalised: no "." components, no trailing '/' */
+    char kind;  /* 'f' file, 'd' directory, 'l' symlink, 'h' hard link, 'o' other */
+    char *link; /* symlink or hard link target, as written */
+};
 
-    if (target[0] == '/' || target[0] == '\0')
-        return false;
-    /* The entry's directory depth below the target directory. */
-    for (const char *p = entry_path; *p != '\0';) {
-        size_t seg = strcspn(p, "/");
-        if (p[seg] == '\0')
-            break;
-        if (!(seg == 1 && p[0] == '.'))
-            depth++;
-        p += seg;
-        while (*p == '/')
-            p++;
-    }
-    for (const char *p = target; *p != '\0';) {
+struct seen_set {
+    struct seen *v;
+    size_t n, cap;
+};
+
+/* "./a//b/" -> "a/b"; NULL for an absolute name, a ".." component, or nothing at all. */
+static char *
+norm_name(const char *in)
+{
+    struct buf b;
+
+    if (in == NULL || in[0] == '/')
+        return NULL;
+    buf_init(&b, 8192);
+    for (const char *p = in; *p != '\0';) {
         size_t seg = strcspn(p, "/");
         if (seg == 2 && p[0] == '.' && p[1] == '.') {
-            if (--depth < 0)
-                return false;
-        } else if (!(seg == 1 && p[0] == '.') && seg > 0) {
-            depth++;
+            buf_free(&b);
+            return NULL;
+        }
+        if (seg > 0 && !(seg == 1 && p[0] == '.')) {
+            if ((b.len > 0 && buf_append(&b, "/", 1, NULL) < 0) ||
+                buf_append(&b, p, seg, NULL) < 0)
+                return NULL;
         }
         p += seg;
         while (*p == '/')
             p++;
     }
-    return true;
+    if (b.len == 0) {
+        buf_free(&b);
+        return NULL;
+    }
+    return buf_steal(&b, NULL);
 }
 
-/* Checks one entry's name and link target; the archive is refused on the first bad one. */
 static int
-check_entry(struct archive_entry *ent, struct err **errp)
+cmp_seen(const void *a, const void *b)
 {
-    const char *name = archive_entry_pathname(ent);
-    const char *sym = archive_entry_symlink(ent);
-    const char *hard = archive_entry_hardlink(ent);
+    return strcmp(((const struct seen *)a)->name, ((const struct seen *)b)->name);
+}
 
-    if (name == NULL || name[0] == '\0')
-        return err_set(errp, ERR_INVALID, 0, "archive entry without a name");
-    if (name[0] == '/')
-        return err_set(errp, ERR_INVALID, 0, "archive entry '%s' has an absolute path", name);
-    for (const char *p = name; *p != '\0';) {
+static const struct seen *
+find_seen(const struct seen_set *s, const char *name)
+{
+    struct seen key = {(char *)(uintptr_t)name, 0, NULL};
+
+    return s->n == 0 ? NULL : bsearch(&key, s->v, s->n, sizeof(*s->v), cmp_seen);
+}
+
+/* True when a proper prefix of path (a/b of a/b/c) is a symlink of the archive. */
+static bool
+through_link(const struct seen_set *s, const char *path)
+{
+    cleanup_free char *p = xstrdup(path);
+
+    for (char *slash = strchr(p, '/'); slash != NULL; slash = strchr(slash + 1, '/')) {
+        const struct seen *e;
+        *slash = '\0';
+        e = find_seen(s, p);
+        *slash = '/';
+        if (e != NULL && e->kind == 'l')
+            return true;
+    }
+    return false;
+}
+
+/*
+ * Where a symlink at name pointing to target leads, lexically, as a normalised path inside
+ * the extraction directory; NULL when it leaves it (absolute, or climbing above) or when it
+ * passes through another symlink of the archive on the way (a chain could lead anywhere).
+ */
+static char *
+link_destination(const struct seen_set *s, const char *name, const char *target)
+{
+    struct buf b;
+    const char *slash = strrchr(name, '/');
+
+    if (target[0] == '/' || target[0] == '\0')
+        return NULL;
+    buf_init(&b, 16384);
+    if (slash != NULL)
+        buf_append(&b, name, (size_t)(slash - name), NULL);
+    for (const char *p = target; *p != '\0';) {
         size_t seg = strcspn(p, "/");
-        if (seg == 2 && p[0] == '.' && p[1] == '.')
-            return err_set(errp, ERR_INVALID, 0, "archive entry '%s' contains '..'", name);
+        if (seg == 2 && p[0] == '.' && p[1] == '.') {
+            char *last;
+            if (b.len == 0) {
+                buf_free(&b);
+                return NULL;
+            }
+            last = strrchr(b.data, '/');
+            b.len = last != NULL ? (size_t)(last - b.data) : 0;
+            b.data[b.len] = '\0';
+        } else if (seg > 0 && !(seg == 1 && p[0] == '.')) {
+            const struct seen *e;
+            if ((b.len > 0 && buf_append(&b, "/", 1, NULL) < 0) ||
+                buf_append(&b, p, seg, NULL) < 0)
+                return NULL;
+            e = find_seen(s, b.data);
+            if (e != NULL && e->kind == 'l' && p[seg] != '\0') {
+                buf_free(&b);
+                return NULL;
+            }
+        }
         p += seg;
         while (*p == '/')
             p++;
     }
-    if (sym != NULL && !link_stays_inside(name, sym))
-        return err_set(errp, ERR_INVALID, 0, "archive entry '%s' links outside the target (%s)",
-                       name, sym);
-    if (hard != NULL && (hard[0] == '/' || strstr(hard, "..") != NULL))
+    return buf_steal(&b, NULL);
+}
+
+/* Checks the whole archive once every entry is known; the first bad entry refuses it all. */
+static int
+check_seen(struct seen_set *s, struct err **errp)
+{
+    if (s->n > 0)
+        qsort(s->v, s->n, sizeof(*s->v), cmp_seen);
+    for (size_t i = 0; i < s->n; i++) {
+        const struct seen *e = &s->v[i];
+        if (i > 0 && strcmp(s->v[i - 1].name, e->name) == 0 && (e->kind == 'l' ||
+                                                                s->v[i - 1].kind == 'l'))
+            return err_set(errp, ERR_INVALID, 0, "archive entry '%s' is both a link and "
+                           "something else", e->name);
+        if (through_link(s, e->name))
+            return err_set(errp, ERR_INVALID, 0,
+                           "archive entry '%s' would be written through a symlink", e->name);
+        if (e->kind == 'l') {
+            cleanup_free char *dest = link_destination(s, e->name, e->link);
+            if (dest == NULL)
+                return err_set(errp, ERR_INVALID, 0,
+                               "archive entry '%s' links outside the target (%s)", e->name,
+                               e->link);
+        } else if (e->kind == 'h') {
+            cleanup_free char *t = norm_name(e->link);
+            const struct seen *to = t != NULL ? find_seen(s, t) : NULL;
+            if (to == NULL || to->kind != 'f' || through_link(s, t))
+                return err_set(errp, ERR_INVALID, 0,
+                               "archive entry '%s' hard-links to '%s', which is not a file of "
+                               "the archive",
+                               e->name, e->link);
+        }
+    }
+    return 0;
+}
+
+static void
+seen_free(struct seen_set *s)
+{
+    for (size_t i = 0; i < s->n; i++) {
+        free(s->v[i].name);
+        free(s->v[i].link);
+    }
+    free(s->v);
+}
+
+/* Records one entry of the first pass. */
+static int
+see_entry(struct seen_set *s, struct archive_entry *ent, struct err **errp)
+{
+    const char *raw = archive_entry_pathname(ent);
+    const char *sym = archive_entry_symlink(ent);
+    const char *hard = archive_entry_hardlink(ent);
+    mode_t type = archive_entry_filetype(ent);
+    char *name = norm_name(raw);
+    char kind;
+
+    if (name == NULL)
         return err_set(errp, ERR_INVALID, 0,
-                       "archive entry '%s' hard-links outside the target (%s)", name, hard);
+                       "archive entry '%s' has an absolute path, a '..' component or no name",
+                       raw != NULL ? raw : "");
+    if (hard != NULL)
+        kind = 'h';
+    else if (type == AE_IFLNK)
+        kind = 'l';
+    else if (type == AE_IFDIR)
+        kind = 'd';
+    else if (type == AE_IFREG)
+        kind = 'f';
+    else if (type == AE_IFIFO)
+        kind = 'o';
+    else {
+        err_set(errp, ERR_INVALID, 0, "archive entry '%s' is a device or socket; not extracted",
+                name);
+        free(name);
+        return -1;
+    }
+    if (s->n == s->cap) {
+        s->cap = s->cap ? s->cap * 2 : 256;
+        s->v = xrealloc(s->v, s->cap * sizeof(*s->v));
+    }
+    s->v[s->n].name = name;
+    s->v[s->n].kind = kind;
+    s->v[s->n].link = kind == 'l' ? xstrdup(sym != NULL ? sym : "")
+                      : kind == 'h' ? xstrdup(hard) : NULL;
+    s->n++;
     return 0;
 }
 
@@ -345,7 +487,11 @@ open_spool(int fd, struct err **errp)
     return a;
 }
 
-/* First pass: every entry is checked before anything is written. */
+/*
+ * First pass: every entry is checked before anything is written: names, types, and where
+ * every link leads, with the whole archive's links known (a chain of them could otherwise
+ * walk out of the target one innocent-looking step at a time).
+ */
 static int
 check_archive(int fd, uint64_t *entries, struct err **errp)
 {
@@ -356,21 +502,24 @@ check_archive(int fd, uint64_t *entries, struct err **errp)
     if (a == NULL)
         return -1;
     *entries = 0;
+    struct seen_set seen = {NULL, 0, 0};
+    int rc = 0;
+
     while ((r = archive_read_next_header(a, &ent)) == ARCHIVE_OK || r == ARCHIVE_WARN) {
-        if (check_entry(ent, errp) < 0) {
-            archive_read_free(a);
-            return -1;
+        if (see_entry(&seen, ent, errp) < 0) {
+            rc = -1;
+            break;
         }
         (*entries)++;
     }
-    if (r != ARCHIVE_EOF) {
-        err_set(errp, ERR_INVALID, 0, "bad archive: %s",
-                archive_error_string(a) ? archive_error_string(a) : "unreadable");
-        archive_read_free(a);
-        return -1;
-    }
+    if (rc == 0 && r != ARCHIVE_EOF)
+        rc = err_set(errp, ERR_INVALID, 0, "bad archive: %s",
+                     archive_error_string(a) ? archive_error_string(a) : "unreadable");
+    if (rc == 0)
+        rc = check_seen(&seen, errp);
+    seen_free(&seen);
     archive_read_free(a);
-    return 0;
+    return rc;
 }
 
 static int
@@ -446,11 +595,12 @@ sandbox__handle_extract(int conn, json_t *req)
         }
     }
     if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
-        err_set(&e, ERR_IO, errno, "extract: mkdir %s", dir);
+        err_set(&e, sandbox__errno_code(errno), errno, "extract: mkdir %s", dir);
         goto fail;
     }
     if (chdir(dir) < 0) {
-        err_set(&e, errno == ENOTDIR ? ERR_CONFLICT : ERR_IO, errno, "extract into %s", dir);
+        err_set(&e, errno == ENOTDIR ? ERR_CONFLICT : sandbox__errno_code(errno), errno,
+                "extract into %s", dir);
         goto fail;
     }
     /* Spool the archive (it counts against the environment's disk), so it can be read twice:
