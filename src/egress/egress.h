@@ -36,10 +36,20 @@ enum egress_rule_kind {
     EGRESS_RULE_IP,        /* an IP literal, matched only by the same literal */
 };
 
+/** A header the proxy sets on every request of an intercepted rule (replacing the client's). */
+struct egress_header {
+    char *name;
+    char *value; /* may be a secret: wiped when the policy is freed */
+};
+
 struct egress_rule {
     enum egress_rule_kind kind;
     char host[256]; /* canonical: lower case, no trailing dot, A-labels; suffix without "*." */
     uint16_t port;  /* 0: 80 and 443 */
+    bool intercept; /* TLS is terminated to set headers (a transform or a credential) */
+    char credential[128]; /* credential id whose headers the server adds; "" none */
+    struct egress_header *headers;
+    size_t n_headers;
 };
 
 struct egress_policy {
@@ -79,9 +89,24 @@ int egress_canon_host(const char *in, size_t len, struct egress_dest *d, struct 
 int egress_parse_authority(const char *in, uint16_t default_port, struct egress_dest *d,
                            struct err **errp);
 
-/** True when the policy lets d through; otherwise *reason says why. */
+/**
+ * True when the policy lets d through; *rule_out (may be NULL) is the rule that matched (NULL
+ * for an open policy). Otherwise *reason says why.
+ */
 bool egress_policy_allows(const struct egress_policy *p, const struct egress_dest *d,
-                          const char **reason);
+                          const char **reason, const struct egress_rule **rule_out);
+
+/** A deep copy. */
+struct egress_policy *egress_policy_dup(const struct egress_policy *p);
+
+/** Adds a header to a rule (the server's credential injection); copies both strings. */
+void egress_rule_add_header(struct egress_rule *r, const char *name, const char *value);
+
+/**
+ * Makes sure DATA/ca holds the installation's CA (ca.key 0600, ca.pem) and bundle.pem (the
+ * system's CAs plus this one), the trust store every sandbox with a network gets.
+ */
+int egress_ca_ensure(const char *data_dir, struct err **errp);
 
 /* --------------------------------------------------------------- addresses */
 
@@ -112,7 +137,8 @@ struct egress_config {
     size_t n_resolve;
     struct sockaddr_storage *self; /* paddock's own listening addresses: never dialled */
     size_t n_self;
-    const char *data_dir;          /* for the audit records */
+    const char *data_dir;          /* for the audit records and the CA */
+    const char *upstream_ca;       /* an extra CA trusted for intercepted upstreams */
     unsigned max_conns_per_env;    /* concurrent connections of one environment */
     int header_timeout_s;
     int idle_timeout_s;
@@ -132,6 +158,7 @@ void egress_stop(struct egress *eg);
 /**
  * Makes sure the environment's running sandbox has a proxy listener, and that it applies
  * policy (copied). Idempotent per (id, init): a new init (a restart) gets a new listener.
+ * Returns 1 when it made a listener, 0 when one was there (or the policy is disabled).
  */
 int egress_attach(struct egress *eg, const char *id, const struct sandbox_init *init,
                   const struct egress_policy *policy, struct err **errp);

@@ -8,6 +8,7 @@
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "egress.h"
 
@@ -181,6 +182,75 @@ egress_parse_authority(const char *in, uint16_t default_port, struct egress_dest
 
 /* ------------------------------------------------------------------ policy */
 
+#define HEADERS_PER_RULE 32
+
+static bool
+header_name_ok(const char *s)
+{
+    size_t n = strlen(s);
+
+    if (n == 0 || n > 64)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') ||
+              (s[i] >= '0' && s[i] <= '9') || strchr("!#$%&'*+-.^_`|~", s[i]) != NULL))
+            return false;
+    return true;
+}
+
+void
+egress_rule_add_header(struct egress_rule *r, const char *name, const char *value)
+{
+    /* Replace: one value per header name, the last one given wins. */
+    for (size_t i = 0; i < r->n_headers; i++)
+        if (strcasecmp(r->headers[i].name, name) == 0) {
+            explicit_bzero(r->headers[i].value, strlen(r->headers[i].value));
+            free(r->headers[i].value);
+            r->headers[i].value = xstrdup(value);
+            return;
+        }
+    r->headers = xrealloc(r->headers, (r->n_headers + 1) * sizeof(*r->headers));
+    r->headers[r->n_headers].name = xstrdup(name);
+    r->headers[r->n_headers].value = xstrdup(value);
+    r->n_headers++;
+}
+
+/* transform: {"Header": "value", ...} or a list of such maps. */
+static int
+compile_transform(json_t *tr, size_t i, struct egress_rule *r, struct err **errp)
+{
+    json_t *maps = json_is_array(tr) ? tr : NULL;
+    size_t k, count = json_is_array(tr) ? json_array_size(tr) : 1;
+
+    for (k = 0; k < count; k++) {
+        json_t *m = maps != NULL ? json_array_get(maps, k) : tr;
+        const char *name;
+        json_t *v;
+        if (!json_is_object(m))
+            return err_set(errp, ERR_INVALID, 0,
+                           "network.allowlist[%zu].transform must map header names to values", i);
+        json_object_foreach(m, name, v) {
+            const char *val = json_string_value(v);
+            if (!header_name_ok(name))
+                return err_set(errp, ERR_INVALID, 0,
+                               "network.allowlist[%zu].transform: bad header name", i);
+            if (val == NULL || strpbrk(val, "\r\n") != NULL ||
+                strlen(val) != json_string_length(v) || json_string_length(v) > 8192)
+                return err_set(errp, ERR_INVALID, 0,
+                               "network.allowlist[%zu].transform.%s: the value must be a string "
+                               "without CR, LF or NUL, at most 8192 bytes",
+                               i, name);
+            if (r->n_headers == HEADERS_PER_RULE)
+                return err_set(errp, ERR_INVALID, 0,
+                               "network.allowlist[%zu].transform: more than %d headers", i,
+                               HEADERS_PER_RULE);
+            egress_rule_add_header(r, name, val);
+        }
+    }
+    r->intercept = true;
+    return 0;
+}
+
 static int
 compile_entry(json_t *e, size_t i, struct egress_rule *r, struct err **errp)
 {
@@ -203,6 +273,17 @@ compile_entry(json_t *e, size_t i, struct egress_rule *r, struct err **errp)
     hlen = colon != NULL ? (size_t)(colon - dom) : strlen(dom);
     if (colon != NULL && parse_port(colon + 1, strlen(colon + 1), &r->port) < 0)
         return err_set(errp, ERR_INVALID, 0, "network.allowlist[%zu]: bad port in '%s'", i, dom);
+    if (json_object_get(e, "transform") != NULL &&
+        compile_transform(json_object_get(e, "transform"), i, r, errp) < 0)
+        return -1;
+    if (json_object_get(e, "credential") != NULL) {
+        const char *cred = json_string_value(json_object_get(e, "credential"));
+        if (cred == NULL || cred[0] == '\0' || strlen(cred) >= sizeof(r->credential))
+            return err_set(errp, ERR_INVALID, 0,
+                           "network.allowlist[%zu].credential must be a credential id", i);
+        snprintf(r->credential, sizeof(r->credential), "%s", cred);
+        r->intercept = true;
+    }
     if (hlen == 1 && dom[0] == '*') {
         r->kind = EGRESS_RULE_ANY;
         return 0;
@@ -285,13 +366,13 @@ egress_policy_compile(json_t *net, struct egress_policy **out, struct err **errp
     p->mode = EGRESS_ALLOWLIST;
     p->rules = xcalloc(json_array_size(al) + 1, sizeof(*p->rules));
     json_array_foreach(al, i, e) {
-        if (!json_is_object(e) || compile_entry(e, i, &p->rules[p->n], errp) < 0) {
+        p->n++; /* counted before compiling, so a half-compiled rule is freed too */
+        if (!json_is_object(e) || compile_entry(e, i, &p->rules[p->n - 1], errp) < 0) {
             if (!json_is_object(e))
                 err_set(errp, ERR_INVALID, 0, "network.allowlist[%zu] must be an object", i);
             egress_policy_free(p);
             return -1;
         }
-        p->n++;
     }
     *out = p;
     return 0;
@@ -302,8 +383,36 @@ egress_policy_free(struct egress_policy *p)
 {
     if (p == NULL)
         return;
+    for (size_t i = 0; i < p->n; i++) {
+        for (size_t k = 0; k < p->rules[i].n_headers; k++) {
+            struct egress_header *h = &p->rules[i].headers[k];
+            explicit_bzero(h->value, strlen(h->value)); /* it may be a secret */
+            free(h->value);
+            free(h->name);
+        }
+        free(p->rules[i].headers);
+    }
     free(p->rules);
     free(p);
+}
+
+struct egress_policy *
+egress_policy_dup(const struct egress_policy *p)
+{
+    struct egress_policy *d = xcalloc(1, sizeof(*d));
+
+    d->mode = p->mode;
+    d->n = p->n;
+    d->rules = xcalloc(p->n + 1, sizeof(*d->rules));
+    for (size_t i = 0; i < p->n; i++) {
+        d->rules[i] = p->rules[i];
+        d->rules[i].headers = NULL;
+        d->rules[i].n_headers = 0;
+        for (size_t k = 0; k < p->rules[i].n_headers; k++)
+            egress_rule_add_header(&d->rules[i], p->rules[i].headers[k].name,
+                                   p->rules[i].headers[k].value);
+    }
+    return d;
 }
 
 static bool
@@ -314,10 +423,12 @@ port_ok(const struct egress_rule *r, uint16_t port)
 
 bool
 egress_policy_allows(const struct egress_policy *p, const struct egress_dest *d,
-                     const char **reason)
+                     const char **reason, const struct egress_rule **rule_out)
 {
     bool name_matched = false;
 
+    if (rule_out != NULL)
+        *rule_out = NULL;
     if (p->mode == EGRESS_DISABLED) {
         *reason = "the environment's network is disabled";
         return false;
@@ -343,8 +454,11 @@ egress_policy_allows(const struct egress_policy *p, const struct egress_dest *d,
         }
         if (m) {
             name_matched = true;
-            if (port_ok(r, d->port))
+            if (port_ok(r, d->port)) {
+                if (rule_out != NULL)
+                    *rule_out = r;
                 return true;
+            }
         }
     }
     if (name_matched)

@@ -34,7 +34,10 @@
 #include <event2/thread.h>
 #include <event2/util.h>
 
-#include "egress.h"
+#include <event2/bufferevent_ssl.h>
+#include <openssl/err.h>
+
+#include "egress_int.h"
 #include "store/store.h"
 
 #define RELAY_HIGH (1u << 20) /* stop reading a side while the other has this much queued */
@@ -71,6 +74,12 @@ struct conn {
     char reason[160];
     int64_t start_ms, last_ms;
     struct evdns_getaddrinfo_request *dns;
+    struct event *flush; /* while a closing connection's last bytes drain */
+    int64_t flush_deadline;
+    const struct egress_rule *rule; /* the rule that allowed it (NULL: open policy) */
+    bool mitm;                      /* TLS terminated here to set the rule's headers */
+    struct sockaddr_storage addr;   /* the vetted upstream address */
+    socklen_t addrlen;
     struct conn *prev, *next;
 };
 
@@ -94,6 +103,7 @@ struct egress {
     struct listener *listeners; /* loop thread only */
     struct conn conns;          /* list head, loop thread only */
     struct store *store;
+    struct egress_tls *tls;
 };
 
 /* --------------------------------------------------------------- helpers */
@@ -147,6 +157,8 @@ conn_free(struct conn *c)
         bufferevent_free(c->up);
     if (c->head_out != NULL)
         evbuffer_free(c->head_out);
+    if (c->flush != NULL)
+        event_free(c->flush);
     c->prev->next = c->next;
     c->next->prev = c->prev;
     c->ls->conns--;
@@ -155,32 +167,58 @@ conn_free(struct conn *c)
     free(c);
 }
 
-/* Closes once what is queued for the client has been written. */
+/* Bytes still queued for the client, including under a TLS filter (already encrypted). */
+static size_t
+pending_out(struct conn *c)
+{
+    struct bufferevent *under = bufferevent_get_underlying(c->cl);
+
+    return evbuffer_get_length(bufferevent_get_output(c->cl)) +
+           (under != NULL ? evbuffer_get_length(bufferevent_get_output(under)) : 0);
+}
+
+/* Closes once what is queued for the client has been written (or after 5 s regardless). */
 static void
 close_after_flush(struct bufferevent *bev, void *arg)
 {
     struct conn *c = arg;
 
     (void)bev;
-    if (evbuffer_get_length(bufferevent_get_output(c->cl)) == 0)
+    if (pending_out(c) == 0 || util_now_ms() > c->flush_deadline)
         conn_free(c);
+}
+
+static void
+flush_tick(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    close_after_flush(NULL, arg);
 }
 
 static void
 finish(struct conn *c)
 {
+    struct timeval tick = {0, 20 * 1000};
+
     c->st = C_DONE;
     if (c->up != NULL) {
         bufferevent_free(c->up);
         c->up = NULL;
     }
     bufferevent_disable(c->cl, EV_READ);
-    if (evbuffer_get_length(bufferevent_get_output(c->cl)) == 0) {
+    if (pending_out(c) == 0) {
         conn_free(c);
         return;
     }
+    c->flush_deadline = util_now_ms() + 5000;
     bufferevent_setcb(c->cl, NULL, close_after_flush, NULL, c);
     bufferevent_enable(c->cl, EV_WRITE);
+    /* A TLS filter drains into its socket's own buffer, whose emptying calls nobody here. */
+    if (bufferevent_get_underlying(c->cl) != NULL && c->flush == NULL) {
+        c->flush = event_new(c->eg->base, -1, EV_PERSIST, flush_tick, c);
+        event_add(c->flush, &tick);
+    }
 }
 
 /* Answers the client with an error and closes; nothing was or will be forwarded. */
@@ -368,10 +406,19 @@ connect_event(struct bufferevent *bev, short what, void *arg)
     }
     {
         int e = EVUTIL_SOCKET_ERROR();
+        unsigned long tls = c->mitm ? bufferevent_get_openssl_error(c->up) : 0;
+        char tbuf[200];
         bufferevent_free(c->up);
         c->up = NULL;
-        refuse(c, 502, "allow", "could not connect to %s:%u: %s", c->dest.host, c->dest.port,
-               evutil_socket_error_to_string(e));
+        if (tls != 0) {
+            ERR_error_string_n(tls, tbuf, sizeof(tbuf));
+            refuse(c, 502, "allow", "TLS to %s:%u failed (upstream not verified): %s",
+                   c->dest.host, c->dest.port, tbuf);
+        } else {
+            refuse(c, 502, "allow", "could not connect to %s:%u: %s", c->dest.host,
+                   c->dest.port, (what & BEV_EVENT_TIMEOUT) ? "timed out"
+                                                            : evutil_socket_error_to_string(e));
+        }
     }
 }
 
@@ -404,19 +451,45 @@ vet(const struct egress *eg, const struct sockaddr *sa)
     return egress_addr_class(sa);
 }
 
+static void start_mitm(struct conn *c);
+
 static void
 dial(struct conn *c, const struct sockaddr *sa, socklen_t len)
 {
     c->decision = "allow";
-    snprintf(c->reason, sizeof(c->reason), "%s", "allowed by the environment's policy");
+    snprintf(c->reason, sizeof(c->reason), "%s",
+             c->mitm ? "allowed; intercepted to set headers" : "allowed by the environment's policy");
+    if ((const void *)sa != (const void *)&c->addr)
+        memcpy(&c->addr, sa, len);
+    c->addrlen = len;
+    if (c->mitm && c->is_connect) {
+        start_mitm(c); /* the upstream is dialled once the inner request is read */
+        return;
+    }
+    if (c->mitm)
+        snprintf(c->reason, sizeof(c->reason), "%s", "allowed; intercepted and headers set");
     c->st = C_CONNECT;
-    c->up = bufferevent_socket_new(c->eg->base, -1, BEV_OPT_CLOSE_ON_FREE);
+    if (c->mitm) {
+        SSL *ssl = egress_tls_connect_ssl(c->eg->tls, c->dest.host, c->dest.is_ip);
+        c->up = ssl == NULL ? NULL
+                            : bufferevent_openssl_socket_new(c->eg->base, -1, ssl,
+                                                             BUFFEREVENT_SSL_CONNECTING,
+                                                             BEV_OPT_CLOSE_ON_FREE);
+        if (c->up == NULL) {
+            if (ssl != NULL)
+                SSL_free(ssl);
+            refuse(c, 502, "allow", "TLS towards %s failed to start", c->dest.host);
+            return;
+        }
+    } else {
+        c->up = bufferevent_socket_new(c->eg->base, -1, BEV_OPT_CLOSE_ON_FREE);
+    }
     bufferevent_setcb(c->up, NULL, NULL, connect_event, c);
     {
         struct timeval tv = {c->eg->cfg.header_timeout_s, 0};
         bufferevent_set_timeouts(c->up, NULL, &tv);
     }
-    if (bufferevent_socket_connect(c->up, sa, (int)len) < 0) {
+    if (bufferevent_socket_connect(c->up, (struct sockaddr *)&c->addr, (int)len) < 0) {
         bufferevent_free(c->up);
         c->up = NULL;
         refuse(c, 502, "allow", "could not connect to %s:%u", c->dest.host, c->dest.port);
@@ -532,10 +605,30 @@ token_char(char ch)
  * Parses the head (NUL-terminated, ending with the empty line) and decides. Returns false
  * when the connection was refused.
  */
+/* True when the matched rule sets a header of this name (the client's copy is dropped). */
 static bool
-parse_head(struct conn *c, char *head)
+injected_header(const struct conn *c, const char *name, size_t n)
+{
+    if (!c->mitm || c->rule == NULL)
+        return false;
+    for (size_t i = 0; i < c->rule->n_headers; i++)
+        if (strlen(c->rule->headers[i].name) == n &&
+            strncasecmp(c->rule->headers[i].name, name, n) == 0)
+            return true;
+    return false;
+}
+
+/*
+ * Parses a request head (NUL-terminated, ending with the empty line). With inner false it is
+ * a proxy request (CONNECT or absolute form) and the policy decides; with inner true it is the
+ * request inside an intercepted tunnel (origin form), whose Host must name the tunnel's
+ * destination. Returns false when the connection was refused.
+ */
+static bool
+parse_head(struct conn *c, char *head, bool inner)
 {
     char *line = head, *eol, *sp1, *sp2, *target;
+    bool have_host = false;
     bool have_cl = false;
     uint64_t cl = 0;
     unsigned nh = 0;
@@ -562,10 +655,17 @@ parse_head(struct conn *c, char *head)
         refuse(c, 400, "deny", "only HTTP/1.0 and HTTP/1.1 are spoken here");
         return false;
     }
-    c->is_connect = strcmp(c->method, "CONNECT") == 0;
+    c->is_connect = !inner && strcmp(c->method, "CONNECT") == 0;
     {
         struct err *e = NULL;
-        if (c->is_connect) {
+        if (inner) {
+            if (target[0] != '/')
+                why = "inside the tunnel, requests are in origin form (GET /path)";
+            else if (strcmp(c->method, "CONNECT") == 0)
+                why = "no CONNECT inside a tunnel";
+            else
+                c->path = xstrdup(target);
+        } else if (c->is_connect) {
             if (egress_parse_authority(target, 0, &c->dest, &e) < 0)
                 why = e->msg;
         } else if (strncasecmp(target, "http://", 7) == 0) {
@@ -596,6 +696,8 @@ parse_head(struct conn *c, char *head)
             return false;
         }
     }
+    if (c->head_out != NULL)
+        evbuffer_free(c->head_out);
     c->head_out = evbuffer_new();
     if (!c->is_connect)
         evbuffer_add_printf(c->head_out, "%s %s HTTP/1.1\r\nHost: %s", c->method, c->path,
@@ -651,15 +753,31 @@ parse_head(struct conn *c, char *head)
         if (nl == 4 && strncasecmp(line, "host", 4) == 0 && !c->is_connect) {
             struct egress_dest h;
             struct err *e = NULL;
-            if (egress_parse_authority(v, 80, &h, &e) < 0 || strcmp(h.host, c->dest.host) != 0 ||
-                h.port != c->dest.port) {
+            /* Inside a tunnel to port 443 a Host without a port means 443. */
+            if (have_host ||
+                egress_parse_authority(v, inner ? c->dest.port : 80, &h, &e) < 0 ||
+                strcmp(h.host, c->dest.host) != 0 || h.port != c->dest.port) {
                 err_free(e);
-                refuse(c, 400, "deny", "the Host header does not match the request target");
+                refuse(c, inner ? 421 : 400, "deny",
+                       inner ? "the Host header does not name the tunnel's destination; "
+                               "nothing is injected"
+                             : "the Host header does not match the request target");
                 return false;
             }
+            have_host = true;
         }
-        if (!c->is_connect && !dropped_header(line, nl))
+        if (!c->is_connect && !dropped_header(line, nl) && !injected_header(c, line, nl))
             evbuffer_add_printf(c->head_out, "%s\r\n", line);
+    }
+    if (inner && !have_host) {
+        refuse(c, 400, "deny", "a request inside a tunnel needs a Host header");
+        return false;
+    }
+    if (inner) {
+        /* The rule's headers replace whatever the client sent under those names. */
+        for (size_t i = 0; i < c->rule->n_headers; i++)
+            evbuffer_add_printf(c->head_out, "%s: %s\r\n", c->rule->headers[i].name,
+                                c->rule->headers[i].value);
     }
     if (c->is_connect && have_cl && cl > 0) {
         refuse(c, 400, "deny", "a CONNECT request has no body");
@@ -668,17 +786,34 @@ parse_head(struct conn *c, char *head)
     if (!c->is_connect)
         evbuffer_add_printf(c->head_out, "Connection: close\r\n\r\n");
     c->body_left = cl;
-    if (!egress_policy_allows(c->ls->policy, &c->dest, &why)) {
+    if (inner)
+        return true;
+    if (!egress_policy_allows(c->ls->policy, &c->dest, &why, &c->rule)) {
         refuse(c, 403, "deny", "%s", why);
         return false;
     }
+    if (c->rule != NULL && c->rule->intercept && c->is_connect) {
+        if (c->rule->credential[0] != '\0' && c->rule->n_headers == 0) {
+            refuse(c, 403, "deny", "credential '%s' is not defined in this project",
+                   c->rule->credential);
+            return false;
+        }
+        if (c->eg->tls == NULL) {
+            refuse(c, 403, "deny", "interception is unavailable (no CA); nothing injected");
+            return false;
+        }
+        c->mitm = true;
+    }
     return true;
 }
+
+static void dial_inner(struct conn *c);
 
 static void
 head_read(struct bufferevent *bev, void *arg)
 {
     struct conn *c = arg;
+    bool inner = c->mitm;
     struct evbuffer *in = bufferevent_get_input(bev);
     struct evbuffer_ptr end = evbuffer_search(in, "\r\n\r\n", 4, NULL);
     size_t len;
@@ -707,8 +842,12 @@ head_read(struct bufferevent *bev, void *arg)
     /* Nothing more is read until the decision: bytes pipelined behind a refused head are
      * never forwarded. */
     bufferevent_disable(bev, EV_READ);
-    if (parse_head(c, head))
-        resolve(c);
+    if (parse_head(c, head, inner)) {
+        if (inner)
+            dial_inner(c);
+        else
+            resolve(c);
+    }
     free(head);
 }
 
@@ -718,8 +857,89 @@ head_event(struct bufferevent *bev, short what, void *arg)
     struct conn *c = arg;
 
     (void)bev;
-    (void)what;
+    if (what & BEV_EVENT_CONNECTED)
+        return; /* the TLS handshake with the client completed; the head comes next */
+    if (c->mitm && c->decision != NULL && strcmp(c->decision, "deny") != 0) {
+        unsigned long e = (what & BEV_EVENT_ERROR) ? bufferevent_get_openssl_error(c->cl) : 0;
+        char buf[160];
+        if (e != 0) {
+            ERR_error_string_n(e, buf, sizeof(buf));
+            snprintf(c->reason, sizeof(c->reason), "TLS with the client failed: %.100s", buf);
+        } else {
+            snprintf(c->reason, sizeof(c->reason), "the client left before its request (%s)",
+                     (what & BEV_EVENT_TIMEOUT) ? "timeout"
+                     : (what & BEV_EVENT_EOF)   ? "EOF"
+                                                : "error");
+        }
+    }
     conn_free(c); /* EOF, error or the header timeout before a complete head */
+}
+
+/* The SNI of an intercepted tunnel must name the CONNECT destination, or nothing goes on. */
+static int
+sni_check(SSL *ssl, int *alert, void *arg)
+{
+    struct conn *c = SSL_get_app_data(ssl);
+    const char *sni = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+    struct egress_dest d;
+
+    (void)arg;
+    if (c == NULL)
+        return SSL_TLSEXT_ERR_ALERT_FATAL;
+    if (sni == NULL) {
+        if (c->dest.is_ip)
+            return SSL_TLSEXT_ERR_OK;
+        c->decision = "deny";
+        snprintf(c->reason, sizeof(c->reason), "no SNI in the TLS handshake for %.100s",
+                 c->dest.host);
+        *alert = SSL_AD_UNRECOGNIZED_NAME;
+        return SSL_TLSEXT_ERR_ALERT_FATAL;
+    }
+    if (egress_canon_host(sni, strlen(sni), &d, NULL) < 0 || strcmp(d.host, c->dest.host) != 0) {
+        c->decision = "deny";
+        snprintf(c->reason, sizeof(c->reason), "SNI '%.60s' does not match CONNECT %.60s", sni,
+                 c->dest.host);
+        *alert = SSL_AD_UNRECOGNIZED_NAME;
+        return SSL_TLSEXT_ERR_ALERT_FATAL;
+    }
+    return SSL_TLSEXT_ERR_OK;
+}
+
+/* An allowed CONNECT whose rule sets headers: answer 200, then speak TLS as the destination. */
+static void
+start_mitm(struct conn *c)
+{
+    SSL *ssl = egress_tls_accept_ssl(c->eg->tls, c->dest.host, c->dest.is_ip);
+    struct bufferevent *tls;
+    struct timeval tv = {c->eg->cfg.header_timeout_s, 0};
+
+    if (ssl == NULL) {
+        refuse(c, 502, "deny", "could not mint a certificate for %s", c->dest.host);
+        return;
+    }
+    SSL_set_app_data(ssl, c);
+    evbuffer_add_printf(bufferevent_get_output(c->cl), "HTTP/1.1 200 Connection established\r\n\r\n");
+    tls = bufferevent_openssl_filter_new(c->eg->base, c->cl, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                         BEV_OPT_CLOSE_ON_FREE);
+    if (tls == NULL) {
+        SSL_free(ssl);
+        refuse(c, 502, "deny", "TLS with the client failed to start");
+        return;
+    }
+    c->cl = tls;
+    c->is_connect = false;
+    c->st = C_HEAD;
+    bufferevent_setcb(c->cl, head_read, NULL, head_event, c);
+    bufferevent_set_timeouts(c->cl, &tv, NULL);
+    bufferevent_enable(c->cl, EV_READ | EV_WRITE);
+}
+
+/* The inner request is read and rewritten: dial the destination over verified TLS. */
+static void
+dial_inner(struct conn *c)
+{
+    snprintf(c->reason, sizeof(c->reason), "%s", "allowed; intercepted and headers set");
+    dial(c, (struct sockaddr *)&c->addr, c->addrlen);
 }
 
 static void
@@ -861,11 +1081,15 @@ egress_start(const struct egress_config *cfg, struct egress **out, struct err **
     eg->cfg = *cfg;
     /* Own copies of the arrays: the caller's may go. */
     eg->cfg.allow = xcalloc(cfg->n_allow + 1, sizeof(*cfg->allow));
-    memcpy(eg->cfg.allow, cfg->allow, cfg->n_allow * sizeof(*cfg->allow));
     eg->cfg.resolve = xcalloc(cfg->n_resolve + 1, sizeof(*cfg->resolve));
-    memcpy(eg->cfg.resolve, cfg->resolve, cfg->n_resolve * sizeof(*cfg->resolve));
     eg->cfg.self = xcalloc(cfg->n_self + 1, sizeof(*cfg->self));
-    memcpy(eg->cfg.self, cfg->self, cfg->n_self * sizeof(*cfg->self));
+    /* memcpy from NULL is undefined even for 0 bytes. */
+    if (cfg->n_allow > 0)
+        memcpy(eg->cfg.allow, cfg->allow, cfg->n_allow * sizeof(*cfg->allow));
+    if (cfg->n_resolve > 0)
+        memcpy(eg->cfg.resolve, cfg->resolve, cfg->n_resolve * sizeof(*cfg->resolve));
+    if (cfg->n_self > 0)
+        memcpy(eg->cfg.self, cfg->self, cfg->n_self * sizeof(*cfg->self));
     eg->cfg.data_dir = NULL;
     pthread_mutex_init(&eg->lock, NULL);
     eg->conns.next = eg->conns.prev = &eg->conns;
@@ -885,6 +1109,19 @@ egress_start(const struct egress_config *cfg, struct egress **out, struct err **
         free_cfg(eg);
         free(eg);
         return err_wrap(errp, "egress audit");
+    }
+    {
+        /* Interception needs the installation's CA; without it, rules that would intercept
+         * are refused (fail closed) while everything else works. */
+        struct err *te = NULL;
+        if (egress_ca_ensure(cfg->data_dir, &te) < 0 ||
+            egress_tls_new(cfg->data_dir, cfg->upstream_ca, &eg->tls, &te) < 0) {
+            log_warnx("egress: no TLS interception: %s", te->msg);
+            err_free(te);
+            eg->tls = NULL;
+        } else {
+            SSL_CTX_set_tlsext_servername_callback(egress_tls_server_ctx(eg->tls), sni_check);
+        }
     }
     eg->wake = event_new(eg->base, -1, EV_PERSIST, run_cmds, eg);
     eg->sweep = event_new(eg->base, -1, EV_PERSIST, sweep, eg);
@@ -943,6 +1180,7 @@ egress_stop(struct egress *eg)
     evdns_base_free(eg->dns, 0);
     event_base_free(eg->base);
     store_close(eg->store);
+    egress_tls_free(eg->tls);
     free_cfg(eg);
     free(eg);
 }
@@ -984,11 +1222,7 @@ egress_attach(struct egress *eg, const char *id, const struct sandbox_init *init
     ls->refs = 1;
     ls->init = *init;
     snprintf(ls->id, sizeof(ls->id), "%s", id);
-    ls->policy = xcalloc(1, sizeof(*ls->policy));
-    ls->policy->mode = policy->mode;
-    ls->policy->n = policy->n;
-    ls->policy->rules = xcalloc(policy->n + 1, sizeof(*policy->rules));
-    memcpy(ls->policy->rules, policy->rules, policy->n * sizeof(*policy->rules));
+    ls->policy = egress_policy_dup(policy);
     cm = xcalloc(1, sizeof(*cm));
     cm->kind = CMD_ATTACH;
     cm->ls = ls;
@@ -999,7 +1233,7 @@ egress_attach(struct egress *eg, const char *id, const struct sandbox_init *init
     natt++;
     pthread_mutex_unlock(&att_lock);
     push(eg, cm);
-    return 0;
+    return 1;
 }
 
 void

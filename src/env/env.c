@@ -271,6 +271,60 @@ validate(const struct env_create_opts *o, struct err **errp)
     return 0;
 }
 
+/*
+ * The egress proxy's trust files every environment gets, when the installation has them
+ * (DATA/ca is made by the server's first start): its CA, and the system's CAs plus it.
+ */
+static const char *const seed_files[][2] = {
+    {"ca/ca.pem", ENV_CA_FILE + 1},
+    {"ca/bundle.pem", ENV_CA_BUNDLE + 1},
+};
+
+struct seeds {
+    struct sandbox_seed v[2];
+    size_t n;
+    char *buf[2];
+};
+
+static int place_bytes(const char *dir, const char *path, const void *data, size_t len,
+                       unsigned mode, struct err **errp);
+
+static void
+load_seeds(struct env_ctx *c, struct seeds *s)
+{
+    for (size_t i = 0; i < 2; i++) {
+        cleanup_free char *path = xasprintf("%s/%s", c->data_dir, seed_files[i][0]);
+        size_t len = 0;
+        if (util_read_file_at(AT_FDCWD, path, 16u << 20, &s->buf[s->n], &len, NULL) < 0)
+            continue;
+        s->v[s->n] = (struct sandbox_seed){seed_files[i][1], s->buf[s->n], len};
+        s->n++;
+    }
+}
+
+static void
+seeds_free(struct seeds *s)
+{
+    for (size_t i = 0; i < s->n; i++)
+        free(s->buf[i]);
+}
+
+int
+env_seed_trust(struct env_ctx *c, const char *id, struct err **errp)
+{
+    struct seeds s = {{{0}}, 0, {0}};
+    cleanup_free char *dir = volume_dir(c, id);
+    int rc = 0;
+
+    load_seeds(c, &s);
+    for (size_t i = 0; i < s.n && rc == 0; i++) {
+        cleanup_free char *abs = xasprintf("/%s", s.v[i].path);
+        rc = place_bytes(dir, abs, s.v[i].data, s.v[i].len, 0644, errp);
+    }
+    seeds_free(&s);
+    return rc;
+}
+
 /* Writes len bytes of data to path inside the running sandbox at dir. */
 static int
 place_bytes(const char *dir, const char *path, const void *data, size_t len, unsigned mode,
@@ -364,6 +418,7 @@ env_create(struct env_ctx *c, const struct env_create_opts *o, struct store_env 
     cleanup_close int lock = -1;
     cleanup_close int src_lock = -1;
     int64_t now = util_now_ms();
+    struct seeds seeds = {{{0}}, 0, {0}};
 
     if (validate(o, errp) < 0)
         return -1;
@@ -397,11 +452,16 @@ env_create(struct env_ctx *c, const struct env_create_opts *o, struct store_env 
     if (ensure_storage(c, errp) < 0 ||
         store_env_insert(c->store, &e, o->config, SANDBOX_ID_SLOTS, errp) < 0)
         return err_wrap(errp, "create environment");
+    load_seeds(c, &seeds);
     if (o->from != NULL
             ? sandbox_volume_fork(c->envs_dir, src.id, e.id, env_host_id(&src), env_host_id(&e),
-                                  e.disk_bytes, errp) < 0
-            : sandbox_volume_create(c->envs_dir, e.id, env_host_id(&e), e.disk_bytes, errp) < 0)
+                                  e.disk_bytes, seeds.v, seeds.n, errp) < 0
+            : sandbox_volume_create(c->envs_dir, e.id, env_host_id(&e), e.disk_bytes, seeds.v,
+                                    seeds.n, errp) < 0) {
+        seeds_free(&seeds);
         goto rollback_row;
+    }
+    seeds_free(&seeds);
     close_and_reset(&src_lock);
     /* The row stays "creating" until the sources are in: a crash before that leaves an
      * environment that reconcile removes, never a half-filled one that looks finished. */
@@ -617,12 +677,21 @@ env_exec_vars(struct env_ctx *c, const char *id, char ***out, struct err **errp)
             /* Everything leaves through the proxy inside the sandbox (issue 4). */
             static const char *const names[] = {"HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY",
                                                 "http_proxy", "https_proxy", "all_proxy"};
+            /* Trust for intercepted TLS: the system's CAs plus the installation's. */
+            static const char *const bundle_vars[] = {"SSL_CERT_FILE", "REQUESTS_CA_BUNDLE",
+                                                      "PIP_CERT", "GIT_SSL_CAINFO",
+                                                      "CURL_CA_BUNDLE"};
             size_t extra = sizeof(names) / sizeof(names[0]) + 2;
             arr = xrealloc(arr, (n + extra + 1) * sizeof(*arr));
             for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
                 arr[n++] = xasprintf("%s=http://127.0.0.1:%d", names[i], ENV_PROXY_PORT);
             arr[n++] = xstrdup("NO_PROXY=localhost,127.0.0.1,::1");
             arr[n++] = xstrdup("no_proxy=localhost,127.0.0.1,::1");
+            arr = xrealloc(arr, (n + sizeof(bundle_vars) / sizeof(bundle_vars[0]) + 2) *
+                                    sizeof(*arr));
+            for (size_t i = 0; i < sizeof(bundle_vars) / sizeof(bundle_vars[0]); i++)
+                arr[n++] = xasprintf("%s=%s", bundle_vars[i], ENV_CA_BUNDLE);
+            arr[n++] = xasprintf("NODE_EXTRA_CA_CERTS=%s", ENV_CA_FILE);
             arr[n] = NULL;
         }
     }

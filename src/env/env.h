@@ -51,6 +51,16 @@ struct env_create_opts {
     size_t n_dirs;
 };
 
+/** The egress CA and the trust bundle (system CAs + it) inside every sandbox. */
+#define ENV_CA_FILE   "/etc/paddock/ca.pem"
+#define ENV_CA_BUNDLE "/etc/paddock/ca-bundle.pem"
+
+/**
+ * Writes the installation's CA files into a running environment made before they existed
+ * (newer environments get them at creation).
+ */
+int env_seed_trust(struct env_ctx *ctx, const char *id, struct err **errp);
+
 /** Where the egress proxy listens inside every sandbox with a network (127.0.0.1). */
 #define ENV_PROXY_PORT 3128
 

@@ -34,12 +34,21 @@ int sandbox_storage_ensure(const char *dir, uint64_t size_if_new, struct err **e
 /** Unmounts dir/envs (the loop device detaches itself). A no-op when not mounted. */
 int sandbox_storage_unmount(const char *dir, struct err **errp);
 
+/** A file put into a new volume, at path (relative to the sandbox's root, no ".."). */
+struct sandbox_seed {
+    const char *path;
+    const void *data;
+    size_t len;
+};
+
 /**
  * Creates the environment's subvolume envs_dir/id capped at disk_bytes, with the overlay
- * directories owned by host_id (the sandbox's root) and /etc/hosts, /etc/hostname for id.
+ * directories owned by host_id (the sandbox's root), /etc/hosts, /etc/hostname for id, and the
+ * seed files (owned by the sandbox's root, mode 0644).
  */
 int sandbox_volume_create(const char *envs_dir, const char *id, uint32_t host_id,
-                          uint64_t disk_bytes, struct err **errp);
+                          uint64_t disk_bytes, const struct sandbox_seed *seeds, size_t n_seeds,
+                          struct err **errp);
 
 /**
  * Creates the volume id as a copy of src_id (a btrfs snapshot: instant, sharing blocks), with
@@ -48,7 +57,7 @@ int sandbox_volume_create(const char *envs_dir, const char *id, uint32_t host_id
  */
 int sandbox_volume_fork(const char *envs_dir, const char *src_id, const char *id,
                         uint32_t src_host_id, uint32_t host_id, uint64_t disk_bytes,
-                        struct err **errp);
+                        const struct sandbox_seed *seeds, size_t n_seeds, struct err **errp);
 
 /**
  * Deletes the subvolume envs_dir/id and everything in it. It never walks the tree, so no
