@@ -13,6 +13,7 @@
 
 /* Caps on what a client may send. */
 #define API_BODY_MAX      (8u << 20) /* a JSON request body */
+#define API_HEADERS_MAX   (64u * 1024) /* request line and headers */
 #define API_SEGMENTS_MAX  64
 #define API_QUERY_MAX     32
 #define API_PAGE_DEFAULT  50

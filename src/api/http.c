@@ -19,6 +19,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <time.h>
@@ -470,6 +471,16 @@ parse_path(struct api_req *r)
 static bool ready;
 
 static enum MHD_Result
+sum_header(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+    size_t *n = cls;
+
+    (void)kind;
+    *n += strlen(key) + (value != NULL ? strlen(value) : 0) + 4;
+    return MHD_YES;
+}
+
+static enum MHD_Result
 dispatch(struct api_req *r)
 {
     if (r->nsegs >= 1 && strcmp(r->segs[0], "environments") == 0)
@@ -485,12 +496,24 @@ static enum MHD_Result
 begin(struct api_req *r)
 {
     enum MHD_Result res = MHD_YES;
-    const char *path = r->raw_uri;
+    size_t plen = strcspn(r->raw_uri, "?");
+    bool health = plen == 8 && strncmp(r->raw_uri, "/healthz", 8) == 0;
+    bool readyz = plen == 7 && strncmp(r->raw_uri, "/readyz", 7) == 0;
     int pr;
 
-    if (strcmp(path, "/healthz") == 0)
+    {
+        /* The library's own cap (its pool, 512 KiB) answers in HTML; ours comes first. */
+        size_t hbytes = strlen(r->raw_uri);
+        MHD_get_connection_values(r->conn, MHD_HEADER_KIND, sum_header, &hbytes);
+        if (hbytes > API_HEADERS_MAX)
+            return api_reply_status(r, 431, "INVALID_ARGUMENT",
+                                    "request headers larger than %u bytes", API_HEADERS_MAX);
+    }
+    if ((health || readyz) && strcmp(r->method, "GET") != 0 && strcmp(r->method, "HEAD") != 0)
+        return api_reply_status(r, 405, "INVALID_ARGUMENT", "health checks are GET");
+    if (health)
         return api_reply_json(r, 200, json_pack("{s:s}", "status", "ok"));
-    if (strcmp(path, "/readyz") == 0)
+    if (readyz)
         return ready ? api_reply_json(r, 200, json_pack("{s:s}", "status", "ready"))
                      : api_reply_status(r, 503, "UNAVAILABLE", "starting");
     pr = parse_path(r);
@@ -650,6 +673,7 @@ parse_listen(const char *listen, struct sockaddr_in *sa, struct err **errp)
 /* ------------------------------------------------------------------ egress */
 
 static struct egress *egress;
+static int64_t ca_made_ms; /* when DATA/ca/ca.pem was written */
 
 /* Attaches the proxy to a running environment with the policy of its stored config. */
 static void
@@ -660,6 +684,7 @@ attach_egress(struct env_ctx *ctx, const struct store_env *e)
     struct sandbox_init init = {(pid_t)e->init_pid, e->init_start};
     struct err *er = NULL;
     json_t *cfg;
+    int made = 0;
 
     if (egress == NULL || strcmp(e->network, "disabled") == 0)
         return;
@@ -671,8 +696,12 @@ attach_egress(struct env_ctx *ctx, const struct store_env *e)
     cfg = json_loads(config, 0, NULL);
     /* A CLI environment with --network open has no stored policy: open. */
     if (egress_policy_compile(json_object_get(cfg, "network"), &pol, &er) < 0 ||
-        egress_attach(egress, e->id, &init, pol, &er) < 0) {
+        (made = egress_attach(egress, e->id, &init, pol, &er)) < 0) {
         log_warnx("egress: %s: %s", e->id, er->msg);
+        err_free(er);
+    } else if (made > 0 && e->created_ms <= ca_made_ms && env_seed_trust(ctx, e->id, &er) < 0) {
+        /* Made before the installation's CA: it gets the trust files now. */
+        log_warnx("egress: %s: CA files: %s", e->id, er->msg);
         err_free(er);
     }
     egress_policy_free(pol);
@@ -726,6 +755,7 @@ start_egress(const struct api_config *cfg, const struct sockaddr_in *self, struc
 
     memset(&ec, 0, sizeof(ec));
     ec.data_dir = cfg->data_dir;
+    ec.upstream_ca = cfg->egress_upstream_ca;
     ec.max_conns_per_env = 256;
     ec.header_timeout_s = 30;
     ec.idle_timeout_s = 600;
@@ -762,6 +792,12 @@ start_egress(const struct api_config *cfg, const struct sockaddr_in *self, struc
     ec.n_self = 1;
     if (rc == 0 && egress_start(&ec, &egress, errp) < 0)
         rc = -1;
+    if (rc == 0) {
+        cleanup_free char *ca = xasprintf("%s/ca/ca.pem", cfg->data_dir);
+        struct stat st;
+        if (stat(ca, &st) == 0)
+            ca_made_ms = (int64_t)st.st_mtim.tv_sec * 1000 + st.st_mtim.tv_nsec / 1000000;
+    }
     free(ec.allow);
     free(ec.resolve);
     free(ec.self);
@@ -827,13 +863,13 @@ api_serve(const struct api_config *cfg, struct err **errp)
         return -1;
     srv.daemon = MHD_start_daemon(
         MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_ERROR_LOG,
-        0, NULL, NULL, handler, &srv, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
+        0, NULL, NULL, handler, &srv, MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, NULL,
+        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
         MHD_OPTION_URI_LOG_CALLBACK, uri_logger, &srv, MHD_OPTION_NOTIFY_COMPLETED, completed,
         &srv, MHD_OPTION_NOTIFY_CONNECTION, notify_connection, &srv,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120, MHD_OPTION_CONNECTION_LIMIT,
-        (unsigned)1024, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
-        MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024, MHD_OPTION_EXTERNAL_LOGGER, mhd_logger,
-        NULL, MHD_OPTION_END);
+        (unsigned)1024, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(512 * 1024),
+        MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024, MHD_OPTION_END);
     if (srv.daemon == NULL) {
         egress_stop(egress);
         return err_set(errp, ERR_IO, errno, "listen on %s", cfg->listen);
@@ -861,9 +897,13 @@ api_serve(const struct api_config *cfg, struct err **errp)
     }
     ready = true;
     log_fields(LOG_LEVEL_WARN, "ready", (const char *const[]){"data_dir", cfg->data_dir}, 2);
-    fprintf(stderr, "paddock: listening on http://%s:%u\n", addr,
-            di != NULL ? (unsigned)di->port : (unsigned)ntohs(sa.sin_port));
-    fflush(stderr);
+    {
+        /* Always printed, whatever the log level: scripts wait for this line. */
+        char url[64];
+        snprintf(url, sizeof(url), "http://%s:%u", addr,
+                 di != NULL ? (unsigned)di->port : (unsigned)ntohs(sa.sin_port));
+        log_always("listening on %s", url);
+    }
     while (!stopping) {
         struct timespec ts = {1, 0};
         int sig = sigtimedwait(&set, NULL, &ts);

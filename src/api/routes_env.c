@@ -687,35 +687,51 @@ list_files(struct api_req *r, struct env_ctx *ctx, const char *dir, const char *
     return api_reply_json(r, 200, res);
 }
 
+/* A download in flight: the sandbox stream, and the request whose log line counts bytes
+ * (libmicrohttpd reads the last block before it reports the request completed). */
+struct download {
+    struct sandbox_stream *s;
+    struct api_req *r;
+};
+
 static ssize_t
 stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
 {
-    struct sandbox_stream *s = cls;
+    struct download *d = cls;
     struct err *e = NULL;
     ssize_t n;
 
     (void)pos;
-    n = sandbox_stream_read(s, buf, max, &e);
+    n = sandbox_stream_read(d->s, buf, max, &e);
     if (n < 0) {
         log_warnx("download broke off: %s", e->msg);
         err_free(e);
         return MHD_CONTENT_READER_END_WITH_ERROR;
     }
+    d->r->bytes_out += (uint64_t)n;
     return n == 0 ? MHD_CONTENT_READER_END_OF_STREAM : n;
 }
 
 static void
 stream_free(void *cls)
 {
-    sandbox_stream_close(cls);
+    struct download *d = cls;
+
+    sandbox_stream_close(d->s);
+    free(d);
 }
 
 static enum MHD_Result
 reply_stream(struct api_req *r, struct sandbox_stream *s, const char *type,
              const char *disposition)
 {
-    struct MHD_Response *resp = MHD_create_response_from_callback(
-        MHD_SIZE_UNKNOWN, 256 * 1024, stream_reader, s, stream_free);
+    struct download *d = xcalloc(1, sizeof(*d));
+    struct MHD_Response *resp;
+
+    d->s = s;
+    d->r = r;
+    resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 256 * 1024, stream_reader, d,
+                                             stream_free);
 
     MHD_add_response_header(resp, "Content-Type", type);
     if (disposition != NULL)

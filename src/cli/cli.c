@@ -28,7 +28,9 @@ static const char usage_text[] =
     "  system teardown            stop every environment and unmount the storage\n"
     "  serve [--listen ADDR:PORT] [--skills-dir DIR] [--public-url URL] [--idle-after DUR]\n"
     "        [--offline-after DUR] [--expire-after DUR] [--max-upload BYTES]\n"
-    "        [--header-timeout DUR]   serve the HTTP API (docs/API.md)\n"
+    "        [--header-timeout DUR] [--log-format text|json] [--log-level LEVEL]\n"
+    "        [--egress-resolve NAME=IP]... [--egress-allow-cidr CIDR]... [--egress-upstream-ca F]\n"
+    "                             serve the HTTP API (docs/API.md) and the egress proxy\n"
     "  keys create --name NAME [--project P] --scope S [--scope S]...\n"
     "  keys ls [--json] | keys revoke NAME\n"
     "\n"
@@ -106,7 +108,9 @@ cli_main(int argc, char **argv)
     };
     struct cli_global g = {getenv("PADDOCK_DATA_DIR"), 0, false, LOG_FORMAT_TEXT};
     enum log_level level = LOG_LEVEL_WARN;
-    enum log_format format = LOG_FORMAT_TEXT;
+    const char *fmtenv = getenv("PADDOCK_LOG_FORMAT");
+    enum log_format format =
+        fmtenv != NULL && strcmp(fmtenv, "json") == 0 ? LOG_FORMAT_JSON : LOG_FORMAT_TEXT;
     const char *size = getenv("PADDOCK_STORAGE_SIZE");
     int c;
 

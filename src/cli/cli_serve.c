@@ -97,8 +97,12 @@ cli__serve(const struct cli_global *g, int argc, char **argv)
         {"egress-resolve", required_argument, NULL, 'R'},
         {"egress-allow-cidr", required_argument, NULL, 'A'},
         {"egress-upstream-ca", required_argument, NULL, 'C'},
+        {"log-format", required_argument, NULL, 'F'},
+        {"log-level", required_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
     };
+    enum log_format format = g->format;
+    enum log_level level = g->level_given ? common_log_level : LOG_LEVEL_INFO;
     struct strlist resolve = {0}, allow = {0};
     struct api_config cfg;
     const char *idle = env_or("PADDOCK_IDLE_AFTER", "15m");
@@ -151,6 +155,28 @@ cli__serve(const struct cli_global *g, int argc, char **argv)
         case 'C':
             cfg.egress_upstream_ca = optarg;
             break;
+        case 'F':
+            if (strcmp(optarg, "json") != 0 && strcmp(optarg, "text") != 0) {
+                strlist_free(&resolve);
+                strlist_free(&allow);
+                return cli__usage("--log-format must be text or json");
+            }
+            format = strcmp(optarg, "json") == 0 ? LOG_FORMAT_JSON : LOG_FORMAT_TEXT;
+            break;
+        case 'V': {
+            static const char *const names[] = {"error", "warn", "info", "debug"};
+            int found = -1;
+            for (int i = 0; i < 4; i++)
+                if (strcmp(optarg, names[i]) == 0)
+                    found = i;
+            if (found < 0) {
+                strlist_free(&resolve);
+                strlist_free(&allow);
+                return cli__usage("--log-level must be error, warn, info or debug");
+            }
+            level = (enum log_level)found;
+            break;
+        }
         default:
             strlist_free(&resolve);
             strlist_free(&allow);
@@ -181,8 +207,7 @@ cli__serve(const struct cli_global *g, int argc, char **argv)
         return cli__fail(e);
     }
     cfg.lc.count_ms = 2000;
-    if (!g->level_given)
-        log_init(NULL, LOG_LEVEL_INFO, g->format);
+    log_init(NULL, level, format);
     c = api_serve(&cfg, &e);
     strlist_free(&resolve);
     strlist_free(&allow);

@@ -159,6 +159,9 @@ void common_log(enum log_level level, int errnum, const char *fmt, ...)
  */
 void log_fields(enum log_level level, const char *msg, const char *const *kv, size_t n_kv);
 
+/** Logs at any level (text or JSON), for the few lines scripts wait for. */
+void log_always(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
 /** Logs the error's message at error level (one line) and frees nothing. */
 void log_err(const struct err *e);
 

@@ -73,17 +73,37 @@ log_escape(const void *data, size_t len, size_t max)
     return escape_impl(data, len, max, false);
 }
 
+static void vlog(enum log_level level, int errnum, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
+
 void
 common_log(enum log_level level, int errnum, const char *fmt, ...)
 {
     va_list ap;
+
+    va_start(ap, fmt);
+    vlog(level, errnum, fmt, ap);
+    va_end(ap);
+}
+
+void
+log_always(const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vlog(LOG_LEVEL_INFO, 0, fmt, ap);
+    va_end(ap);
+}
+
+static void
+vlog(enum log_level level, int errnum, const char *fmt, va_list ap)
+{
     char *msg = NULL;
     int saved = errno;
 
-    va_start(ap, fmt);
     if (vasprintf(&msg, fmt, ap) < 0)
         msg = NULL;
-    va_end(ap);
     if (msg == NULL)
         return;
     if (log_format_cur == LOG_FORMAT_JSON) {

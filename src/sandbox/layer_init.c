@@ -582,6 +582,7 @@ sandbox__handle_extract(int conn, json_t *req)
     cleanup_close int spool = -1;
     struct err *e = NULL;
     uint64_t entries = 0;
+    bool made_dir = false;
     json_t *res;
     int r;
 
@@ -594,7 +595,9 @@ sandbox__handle_extract(int conn, json_t *req)
             goto fail;
         }
     }
-    if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
+    if (mkdir(dir, 0755) == 0) {
+        made_dir = true; /* removed again if the archive is refused */
+    } else if (errno != EEXIST) {
         err_set(&e, sandbox__errno_code(errno), errno, "extract: mkdir %s", dir);
         goto fail;
     }
@@ -635,6 +638,8 @@ sandbox__handle_extract(int conn, json_t *req)
     return r < 0 ? 1 : 0;
 
 fail:
+    if (made_dir && dir != NULL)
+        rmdir(dir); /* only if still empty: a refused archive wrote nothing */
     sandbox__proto_frame_free(&p.f);
     err_free(p.e);
     sandbox__proto_send_error(conn, e);

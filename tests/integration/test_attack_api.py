@@ -409,9 +409,10 @@ def test_snapshot_carries_links_as_links_and_no_host_content(mapi):
     assert h.islnk() or (h.isreg() and h.size == len(b"rootfile\n")), h.type
     # Owners are the sandbox's, never the host's id range.
     assert max(max(m.uid, m.gid) for m in members.values()) < 65536
-    # Nothing from the host's file system: every entry is a file the environment made.
-    assert all(n.startswith(("workspace", "etc/host", "usr")) or n in ("workspace", "etc")
-               for n in members), sorted(members)[:50]
+    # Nothing from the host's file system: every entry is a file the environment made, or one
+    # paddock put into it (hosts, hostname, the egress trust files).
+    assert all(n.startswith(("workspace", "etc/host", "etc/paddock", "usr"))
+               or n in ("workspace", "etc") for n in members), sorted(members)[:50]
     # The host file the link names is untouched.
     assert (after.st_uid, after.st_mode, after.st_size) == \
         (before.st_uid, before.st_mode, before.st_size)
