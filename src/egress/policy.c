@@ -36,19 +36,26 @@ is_digits(const char *s, size_t n)
     return true;
 }
 
-/* Looks numeric the way inet_aton's lax forms do: digits, hex, dots, x. */
+/*
+ * Looks numeric the way inet_aton's lax forms are: every dot-separated part a C integer
+ * literal (decimal, 0-octal or 0x-hex), like 2130706433, 0x7f.1 or 127.1. "a1.de" is a name.
+ */
 static bool
 numeric_looking(const char *s)
 {
-    bool digit = false;
-
-    for (const char *p = s; *p != '\0'; p++) {
-        if (*p >= '0' && *p <= '9')
-            digit = true;
-        else if (!(*p == '.' || *p == 'x' || (*p >= 'a' && *p <= 'f')))
+    for (const char *p = s;;) {
+        size_t n = strcspn(p, ".");
+        bool hex = n >= 2 && p[0] == '0' && p[1] == 'x';
+        if (n == 0)
             return false;
+        for (size_t i = hex ? 2 : 0; i < n; i++)
+            if (!((p[i] >= '0' && p[i] <= '9') || (hex && p[i] >= 'a' && p[i] <= 'f')))
+                return false;
+        p += n;
+        if (*p == '\0')
+            return true;
+        p++;
     }
-    return digit;
 }
 
 int
@@ -60,6 +67,8 @@ egress_canon_host(const char *in, size_t len, struct egress_dest *d, struct err 
     memset(d, 0, sizeof(*d));
     if (n == 0)
         return err_set(errp, ERR_INVALID, 0, "empty host");
+    if (memchr(in, '\0', n) != NULL)
+        return err_set(errp, ERR_INVALID, 0, "NUL in host");
     if (in[0] == '[') {
         struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&d->ip;
         char a[INET6_ADDRSTRLEN + 1];
@@ -92,6 +101,8 @@ egress_canon_host(const char *in, size_t len, struct egress_dest *d, struct err 
     h[n] = '\0';
     if (n > 1 && h[n - 1] == '.')
         h[--n] = '\0'; /* the root label: "a.com." is "a.com" */
+    if (n > 0 && h[n - 1] == '.')
+        return err_set(errp, ERR_INVALID, 0, "empty label in host name");
     if (n == 0 || n > NAME_MAX_LEN)
         return err_set(errp, ERR_INVALID, 0, "bad host name length");
     {
@@ -588,10 +599,12 @@ egress_addr_class(const struct sockaddr *sa)
         static const unsigned char compat[12] = {0};
         static const unsigned char nat64[12] = {0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0};
         const char *c;
+        /* NAT64 local use: where the IPv4 address sits depends on the prefix length the
+         * network chose, so no single reading is safe; refused whole. */
+        if (b[0] == 0 && b[1] == 0x64 && b[2] == 0xff && b[3] == 0x9b && b[4] == 0 && b[5] == 1)
+            return "NAT64 local use (64:ff9b:1::/48)";
         if (memcmp(b, mapped, 12) == 0 || memcmp(b, compat, 12) == 0 ||
-            memcmp(b, nat64, 12) == 0 ||
-            (b[0] == 0 && b[1] == 0x64 && b[2] == 0xff && b[3] == 0x9b && b[4] == 0 &&
-             b[5] == 1)) {
+            memcmp(b, nat64, 12) == 0) {
             memcpy(&v4, b + 12, 4);
             c = class4(ntohl(v4));
             return c != NULL ? "IPv4 inside IPv6 (mapped, compatible or NAT64) of a refused "

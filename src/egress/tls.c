@@ -372,8 +372,12 @@ egress_tls_connect_ssl(struct egress_tls *t, const char *host, bool is_ip)
 
     if (ssl == NULL)
         return NULL;
-    if (!is_ip)
-        SSL_set_tlsext_host_name(ssl, host);
+    if (!is_ip) {
+        /* The macro casts away const; a copy keeps the warning honest. */
+        char name[256];
+        snprintf(name, sizeof(name), "%s", host);
+        SSL_set_tlsext_host_name(ssl, name);
+    }
     /* The upstream must prove it is host: name (or address) checked, chain verified. */
     if (is_ip) {
         char ip[64];

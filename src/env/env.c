@@ -276,8 +276,8 @@ validate(const struct env_create_opts *o, struct err **errp)
  * (DATA/ca is made by the server's first start): its CA, and the system's CAs plus it.
  */
 static const char *const seed_files[][2] = {
-    {"ca/ca.pem", ENV_CA_FILE + 1},
-    {"ca/bundle.pem", ENV_CA_BUNDLE + 1},
+    {"ca/ca.pem", &ENV_CA_FILE[1]},
+    {"ca/bundle.pem", &ENV_CA_BUNDLE[1]},
 };
 
 struct seeds {

@@ -219,7 +219,6 @@ static int
 seed(int vfd, const struct sandbox_seed *sd, uint32_t owner, struct err **errp)
 {
     cleanup_free char *rel = xasprintf("upper/root/%s", sd->path);
-    cleanup_close int fd = -1;
 
     if (sd->path[0] == '/' || strstr(sd->path, "..") != NULL)
         return err_set(errp, ERR_INTERNAL, 0, "bad seed path %s", sd->path);

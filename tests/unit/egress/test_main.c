@@ -1,0 +1,15 @@
+/* unit_egress: runs every test group of src/egress/ that needs no proxy, no socket, no root. */
+#include "../unit.h"
+
+#include "suites.h"
+
+int
+main(void)
+{
+    int failed = 0;
+
+    failed += test_host_run();
+    failed += test_policy_run();
+    failed += test_addr_run();
+    return failed == 0 ? 0 : 1;
+}
