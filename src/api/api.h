@@ -34,7 +34,8 @@ int api_serve(const struct api_config *cfg, struct err **errp);
 /* ------------------------------------------------------------------ keys */
 
 /** Scopes a key may carry. */
-#define API_SCOPES "environments.read environments.write"
+#define API_SCOPES                                                                                  \
+    "environments.read environments.write credentials.read credentials.write"
 
 /**
  * Makes a key: checks name, project and scopes (a bare "environments" means both of its

@@ -92,6 +92,20 @@ const char *api_mime_type(const char *path);
 /** "environments/ID" or "ID" → ID (borrowed from s). */
 const char *api_strip_prefix(const char *s, const char *prefix);
 
+/* creds.c */
+/** Seals plain (AES-256-GCM, DATA/secret.key) bound to aad; *out owned. */
+int api_seal(const char *data_dir, const char *aad, const char *plain, void **out,
+             size_t *out_len, struct err **errp);
+int api_unseal(const char *data_dir, const char *aad, const void *blob, size_t len, char **plain,
+               struct err **errp);
+enum MHD_Result api_route_credentials(struct api_req *r);
+/** Re-resolves every environment's credentials (after a credential changed). */
+void api_egress_refresh(void);
+/** A credential with its secret opened: *config and *secret are JSON objects (owned). */
+int api_cred_secret(const char *data_dir, struct store *s, const char *project, const char *id,
+                    struct store_cred *meta, json_t **config, json_t **secret,
+                    struct err **errp);
+
 /* routes_env.c */
 json_t *api_egress_json(const struct store_egress *x);
 enum MHD_Result api_route_environments(struct api_req *r);

@@ -485,6 +485,8 @@ dispatch(struct api_req *r)
 {
     if (r->nsegs >= 1 && strcmp(r->segs[0], "environments") == 0)
         return api_route_environments(r);
+    if (r->nsegs >= 1 && strcmp(r->segs[0], "credentials") == 0)
+        return api_route_credentials(r);
     if (r->nsegs == 2 && strcmp(r->segs[0], "files") == 0)
         return api_route_files_download(r);
     return api_reply_status(r, 404, "NOT_FOUND", "no such route: %s %s", r->method,
@@ -673,7 +675,111 @@ parse_listen(const char *listen, struct sockaddr_in *sa, struct err **errp)
 /* ------------------------------------------------------------------ egress */
 
 static struct egress *egress;
+static const struct api_config *srv_cfg;
 static int64_t ca_made_ms; /* when DATA/ca/ca.pem was written */
+
+/* Wipes every string of a JSON value that held secrets, before it is freed. */
+static void
+wipe_json(json_t *j)
+{
+    const char *k;
+    json_t *v;
+    size_t i;
+
+    if (json_is_string(j))
+        explicit_bzero((char *)(uintptr_t)json_string_value(j), json_string_length(j));
+    else if (json_is_object(j))
+        json_object_foreach(j, k, v) wipe_json(v);
+    else if (json_is_array(j))
+        json_array_foreach(j, i, v) wipe_json(v);
+}
+
+/*
+ * Turns the credential references of an environment's policy into what the proxy injects:
+ * an allowlist entry's bearer token becomes its header; an environment variable that names a
+ * credential becomes a placeholder substitution for that credential's trusted domains. What
+ * cannot be resolved makes its rule refuse requests, saying why (fail closed).
+ */
+static void
+resolve_credentials(struct env_ctx *ctx, const struct store_env *e, json_t *cfg,
+                    struct egress_policy *pol)
+{
+    const char *dd = srv_cfg->data_dir;
+
+    for (size_t i = 0; i < pol->n; i++) {
+        struct egress_rule *r = &pol->rules[i];
+        struct store_cred meta;
+        json_t *config = NULL, *secret = NULL;
+        struct err *er = NULL;
+
+        if (r->credential[0] == '\0')
+            continue;
+        if (api_cred_secret(dd, env_store(ctx), e->project, r->credential, &meta, &config,
+                            &secret, &er) < 0) {
+            snprintf(r->cred_error, sizeof(r->cred_error), "credential '%.60s' is not defined",
+                     r->credential);
+            err_free(er);
+            continue;
+        }
+        if (strcmp(meta.type, "bearer_token") == 0) {
+            const char *hn = json_string_value(json_object_get(config, "header_name"));
+            const char *px = json_string_value(json_object_get(config, "prefix"));
+            const char *tok = json_string_value(json_object_get(secret, "token"));
+            char *v;
+            if (px == NULL)
+                px = "Bearer";
+            v = xasprintf("%s%s%s", px, px[0] != '\0' ? " " : "", tok != NULL ? tok : "");
+            egress_rule_add_header(r, hn != NULL ? hn : "Authorization", v);
+            explicit_bzero(v, strlen(v));
+            free(v);
+        } else {
+            snprintf(r->cred_error, sizeof(r->cred_error),
+                     "credential '%.40s' (%.24s) cannot be injected by an allowlist entry yet",
+                     r->credential, meta.type);
+        }
+        wipe_json(secret);
+        json_decref(secret);
+        json_decref(config);
+        store_cred_clear(&meta);
+    }
+    {
+        json_t *env = json_object_get(cfg, "env"), *ph = json_object_get(cfg, "_placeholders");
+        const char *k;
+        json_t *v;
+        json_object_foreach(env, k, v) {
+            const char *cred = json_string_value(json_object_get(v, "credential"));
+            const char *placeholder = json_string_value(json_object_get(ph, k));
+            struct store_cred meta;
+            json_t *config = NULL, *secret = NULL;
+            struct egress_policy *domains = NULL;
+            struct err *er = NULL;
+            if (cred == NULL || placeholder == NULL ||
+                api_cred_secret(dd, env_store(ctx), e->project, cred, &meta, &config, &secret,
+                                &er) < 0) {
+                err_free(er);
+                continue;
+            }
+            if (strcmp(meta.type, "environment_variable") == 0 &&
+                json_array_size(json_object_get(config, "trusted_domains")) > 0) {
+                json_t *net = json_pack("{s:[]}", "allowlist");
+                size_t i;
+                json_t *d;
+                json_array_foreach(json_object_get(config, "trusted_domains"), i, d)
+                    json_array_append_new(json_object_get(net, "allowlist"),
+                                          json_pack("{s:O}", "domain", d));
+                if (egress_policy_compile(net, &domains, NULL) == 0)
+                    egress_policy_add_subst(
+                        pol, placeholder,
+                        json_string_value(json_object_get(secret, "value")) ?: "", domains);
+                json_decref(net);
+            }
+            wipe_json(secret);
+            json_decref(secret);
+            json_decref(config);
+            store_cred_clear(&meta);
+        }
+    }
+}
 
 /* Attaches the proxy to a running environment with the policy of its stored config. */
 static void
@@ -695,8 +801,9 @@ attach_egress(struct env_ctx *ctx, const struct store_env *e)
     }
     cfg = json_loads(config, 0, NULL);
     /* A CLI environment with --network open has no stored policy: open. */
-    if (egress_policy_compile(json_object_get(cfg, "network"), &pol, &er) < 0 ||
-        (made = egress_attach(egress, e->id, &init, pol, &er)) < 0) {
+    if (egress_policy_compile(json_object_get(cfg, "network"), &pol, &er) == 0)
+        resolve_credentials(ctx, e, cfg, pol);
+    if (pol == NULL || (made = egress_attach(egress, e->id, &init, pol, &er)) < 0) {
         log_warnx("egress: %s: %s", e->id, er->msg);
         err_free(er);
     } else if (made > 0 && e->created_ms <= ca_made_ms && env_seed_trust(ctx, e->id, &er) < 0) {
@@ -713,6 +820,24 @@ on_start(void *arg, struct env_ctx *ctx, const struct store_env *e)
 {
     (void)arg;
     attach_egress(ctx, e);
+}
+
+void
+api_egress_refresh(void)
+{
+    char **ids = NULL;
+    size_t n;
+
+    if (egress == NULL)
+        return;
+    /* Listeners go; the next reconcile (within a second) attaches them again with the
+     * credentials as they are now. Connections in flight finish as they began. */
+    n = egress_attached(egress, &ids);
+    for (size_t i = 0; i < n; i++) {
+        egress_detach(egress, ids[i]);
+        free(ids[i]);
+    }
+    free(ids);
 }
 
 /* Every running environment with a network has a listener, and only those. */
@@ -852,6 +977,7 @@ api_serve(const struct api_config *cfg, struct err **errp)
     sigaddset(&set, SIGPIPE);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     srv.cfg = cfg;
+    srv_cfg = cfg;
     {
         /* The data directory and its schema exist before the proxy opens its audit store. */
         struct env_ctx *ctx = NULL;
@@ -994,17 +1120,19 @@ api_key_create(struct store *s, const char *name, const char *project,
                        "project '%s': use 1-63 letters, digits, '-', '_' or '.'", project);
     if (n_scopes == 0)
         return err_set(errp, ERR_INVALID, 0,
-                       "a key needs at least one --scope (one of: environments, %s)", API_SCOPES);
+                       "a key needs at least one --scope (one of: environments, credentials, %s)", API_SCOPES);
     buf_init(&sc, 255);
     for (size_t i = 0; i < n_scopes; i++) {
-        if (strcmp(scopes[i], "environments") == 0) {
-            add_scope(&sc, "environments.read");
-            add_scope(&sc, "environments.write");
+        if (strcmp(scopes[i], "environments") == 0 || strcmp(scopes[i], "credentials") == 0) {
+            cleanup_free char *rd = xasprintf("%s.read", scopes[i]);
+            cleanup_free char *wr = xasprintf("%s.write", scopes[i]);
+            add_scope(&sc, rd);
+            add_scope(&sc, wr);
         } else if (known_scope(scopes[i])) {
             add_scope(&sc, scopes[i]);
         } else {
             buf_free(&sc);
-            return err_set(errp, ERR_INVALID, 0, "unknown scope '%s' (known: environments, %s)",
+            return err_set(errp, ERR_INVALID, 0, "unknown scope '%s' (known: environments, credentials, %s)",
                            scopes[i], API_SCOPES);
         }
     }

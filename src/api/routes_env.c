@@ -350,9 +350,39 @@ decode_create(struct api_req *r, json_t *body, struct create_req *c, struct err 
         json_object_set(c->config, "network", net);
     }
     if (env != NULL && !json_is_null(env)) {
-        if (check_env_vars(env, errp) < 0)
+        const char *k;
+        json_t *v, *ph = json_object();
+        if (check_env_vars(env, errp) < 0) {
+            json_decref(ph);
             return -1;
+        }
         json_object_set(c->config, "env", env);
+        /* A variable naming a credential holds a placeholder inside the sandbox, useless
+         * anywhere but in a request the proxy rewrites for the credential's domains. */
+        json_object_foreach(env, k, v) {
+            const char *cred = json_string_value(json_object_get(v, "credential"));
+            struct store_cred meta;
+            char p[64];
+            if (cred == NULL)
+                continue;
+            if (store_cred_get(env_store(api_ctx(r, NULL)), r->auth.project, cred, &meta,
+                               NULL) < 0) {
+                json_decref(ph);
+                cleanup_free char *ek = log_escape(k, strlen(k), 64);
+                return err_set(errp, ERR_INVALID, 0, "env.%s: no credential '%s' in this project",
+                               ek, cred);
+            }
+            store_cred_clear(&meta);
+            if (util_id_new("paddock-credential-", p, sizeof(p), errp) < 0) {
+                json_decref(ph);
+                return -1;
+            }
+            json_object_set_new(ph, k, json_string(p));
+        }
+        if (json_object_size(ph) > 0)
+            json_object_set_new(c->config, "_placeholders", ph);
+        else
+            json_decref(ph);
     }
     if (from != NULL && !json_is_null(from)) {
         const char *id;
@@ -425,8 +455,13 @@ env_json(struct env_ctx *ctx, const struct store_env *e)
 
     if (env_config(ctx, e->id, &config, NULL) == 0)
         cfg = json_loads(config, 0, NULL);
-    if (json_is_object(cfg))
-        json_object_update(j, cfg);
+    if (json_is_object(cfg)) {
+        const char *k;
+        json_t *v;
+        json_object_foreach(cfg, k, v)
+            if (k[0] != '_') /* paddock's own bookkeeping */
+                json_object_set(j, k, v);
+    }
     json_decref(cfg);
     return j;
 }

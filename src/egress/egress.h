@@ -48,14 +48,27 @@ struct egress_rule {
     uint16_t port;  /* 0: 80 and 443 */
     bool intercept; /* TLS is terminated to set headers (a transform or a credential) */
     char credential[128]; /* credential id whose headers the server adds; "" none */
+    char cred_error[128]; /* why the server could not resolve it; requests are then refused */
     struct egress_header *headers;
     size_t n_headers;
+};
+
+/**
+ * A credential placeholder: inside the sandbox an environment variable holds placeholder; in
+ * the headers of requests to one of domains (and only there) the proxy replaces it by value.
+ */
+struct egress_subst {
+    char *placeholder;
+    char *value; /* a secret: wiped when the policy is freed */
+    struct egress_policy *domains;
 };
 
 struct egress_policy {
     enum egress_mode mode;
     size_t n;
     struct egress_rule *rules;
+    size_t n_subst;
+    struct egress_subst *subst;
 };
 
 /**
@@ -98,6 +111,10 @@ bool egress_policy_allows(const struct egress_policy *p, const struct egress_des
 
 /** A deep copy. */
 struct egress_policy *egress_policy_dup(const struct egress_policy *p);
+
+/** Adds a placeholder substitution (copies the strings; takes domains). */
+void egress_policy_add_subst(struct egress_policy *p, const char *placeholder, const char *value,
+                             struct egress_policy *domains);
 
 /** Adds a header to a rule (the server's credential injection); copies both strings. */
 void egress_rule_add_header(struct egress_rule *r, const char *name, const char *value);

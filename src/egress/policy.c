@@ -403,8 +403,26 @@ egress_policy_free(struct egress_policy *p)
         }
         free(p->rules[i].headers);
     }
+    for (size_t i = 0; i < p->n_subst; i++) {
+        explicit_bzero(p->subst[i].value, strlen(p->subst[i].value));
+        free(p->subst[i].value);
+        free(p->subst[i].placeholder);
+        egress_policy_free(p->subst[i].domains);
+    }
+    free(p->subst);
     free(p->rules);
     free(p);
+}
+
+void
+egress_policy_add_subst(struct egress_policy *p, const char *placeholder, const char *value,
+                        struct egress_policy *domains)
+{
+    p->subst = xrealloc(p->subst, (p->n_subst + 1) * sizeof(*p->subst));
+    p->subst[p->n_subst].placeholder = xstrdup(placeholder);
+    p->subst[p->n_subst].value = xstrdup(value);
+    p->subst[p->n_subst].domains = domains;
+    p->n_subst++;
 }
 
 struct egress_policy *
@@ -423,6 +441,9 @@ egress_policy_dup(const struct egress_policy *p)
             egress_rule_add_header(&d->rules[i], p->rules[i].headers[k].name,
                                    p->rules[i].headers[k].value);
     }
+    for (size_t i = 0; i < p->n_subst; i++)
+        egress_policy_add_subst(d, p->subst[i].placeholder, p->subst[i].value,
+                                egress_policy_dup(p->subst[i].domains));
     return d;
 }
 

@@ -605,6 +605,53 @@ token_char(char ch)
  * Parses the head (NUL-terminated, ending with the empty line) and decides. Returns false
  * when the connection was refused.
  */
+/* True when a credential placeholder is to be replaced in requests to this destination. */
+static bool
+substitutes(const struct conn *c)
+{
+    const struct egress_policy *p = c->ls->policy;
+
+    for (size_t i = 0; i < p->n_subst; i++) {
+        const char *why;
+        if (egress_policy_allows(p->subst[i].domains, &c->dest, &why, NULL))
+            return true;
+    }
+    return false;
+}
+
+/*
+ * A header line with every placeholder whose trusted domains include the destination replaced
+ * by its secret; NULL when there is none in it. Owned (wipe and free).
+ */
+static char *
+substitute(const struct conn *c, const char *line)
+{
+    const struct egress_policy *p = c->ls->policy;
+    char *cur = NULL;
+
+    for (size_t i = 0; i < p->n_subst; i++) {
+        const struct egress_subst *s = &p->subst[i];
+        const char *why, *src = cur != NULL ? cur : line, *hit;
+        struct buf b;
+        if (strstr(src, s->placeholder) == NULL ||
+            !egress_policy_allows(s->domains, &c->dest, &why, NULL))
+            continue;
+        buf_init(&b, 64 * 1024);
+        while ((hit = strstr(src, s->placeholder)) != NULL) {
+            buf_append(&b, src, (size_t)(hit - src), NULL);
+            buf_append(&b, s->value, strlen(s->value), NULL);
+            src = hit + strlen(s->placeholder);
+        }
+        buf_append(&b, src, strlen(src), NULL);
+        if (cur != NULL) {
+            explicit_bzero(cur, strlen(cur));
+            free(cur);
+        }
+        cur = buf_steal(&b, NULL);
+    }
+    return cur;
+}
+
 /* True when the matched rule sets a header of this name (the client's copy is dropped). */
 static bool
 injected_header(const struct conn *c, const char *name, size_t n)
@@ -766,14 +813,20 @@ parse_head(struct conn *c, char *head, bool inner)
             }
             have_host = true;
         }
-        if (!c->is_connect && !dropped_header(line, nl) && !injected_header(c, line, nl))
-            evbuffer_add_printf(c->head_out, "%s\r\n", line);
+        if (!c->is_connect && !dropped_header(line, nl) && !injected_header(c, line, nl)) {
+            char *swapped = inner ? substitute(c, line) : NULL;
+            evbuffer_add_printf(c->head_out, "%s\r\n", swapped != NULL ? swapped : line);
+            if (swapped != NULL) {
+                explicit_bzero(swapped, strlen(swapped));
+                free(swapped);
+            }
+        }
     }
     if (inner && !have_host) {
         refuse(c, 400, "deny", "a request inside a tunnel needs a Host header");
         return false;
     }
-    if (inner) {
+    if (inner && c->rule != NULL) {
         /* The rule's headers replace whatever the client sent under those names. */
         for (size_t i = 0; i < c->rule->n_headers; i++)
             evbuffer_add_printf(c->head_out, "%s: %s\r\n", c->rule->headers[i].name,
@@ -792,10 +845,9 @@ parse_head(struct conn *c, char *head, bool inner)
         refuse(c, 403, "deny", "%s", why);
         return false;
     }
-    if (c->rule != NULL && c->rule->intercept && c->is_connect) {
-        if (c->rule->credential[0] != '\0' && c->rule->n_headers == 0) {
-            refuse(c, 403, "deny", "credential '%s' is not defined in this project",
-                   c->rule->credential);
+    if (c->is_connect && ((c->rule != NULL && c->rule->intercept) || substitutes(c))) {
+        if (c->rule != NULL && c->rule->cred_error[0] != '\0') {
+            refuse(c, 403, "deny", "%s", c->rule->cred_error);
             return false;
         }
         if (c->eg->tls == NULL) {

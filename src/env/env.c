@@ -667,7 +667,11 @@ env_exec_vars(struct env_ctx *c, const char *id, char ***out, struct err **errp)
     json_object_foreach(vars, k, v) {
         const char *val = json_is_string(v) ? json_string_value(v)
                                             : json_string_value(json_object_get(v, "value"));
-        if (val != NULL && json_object_get(v, "credential") == NULL)
+        /* A credential is never in the sandbox: its variable holds the placeholder the egress
+         * proxy replaces in requests to the credential's trusted domains. */
+        if (json_object_get(v, "credential") != NULL)
+            val = json_string_value(json_object_get(json_object_get(cfg, "_placeholders"), k));
+        if (val != NULL)
             arr[n++] = xasprintf("%s=%s", k, val);
     }
     json_decref(cfg);

@@ -114,6 +114,18 @@ static const char *const migrations[] = {
     " bytes_down INTEGER NOT NULL"
     ") STRICT;"
     "CREATE INDEX egress_log_by_env ON egress_log (env_id, id);",
+    /* 4: credentials; secret holds only ciphertext (api/ encrypts) */
+    "CREATE TABLE credentials ("
+    " project TEXT NOT NULL,"
+    " id TEXT NOT NULL,"
+    " type TEXT NOT NULL,"
+    " config TEXT NOT NULL,"
+    " secret BLOB NOT NULL,"
+    " status TEXT NOT NULL,"
+    " created_ms INTEGER NOT NULL,"
+    " updated_ms INTEGER NOT NULL,"
+    " PRIMARY KEY (project, id)"
+    ") STRICT;",
 };
 
 static int
@@ -794,5 +806,144 @@ store_egress_page(struct store *s, const char *env_id, int64_t after_id, size_t 
         return db_err(s, errp, "list egress");
     *out = steal_ptr(&v);
     *n_out = n;
+    return 0;
+}
+
+/* ------------------------------------------------------------ credentials */
+
+#define CRED_COLS "project, id, type, config, secret, status, created_ms, updated_ms"
+
+static void
+row_to_cred(sqlite3_stmt *st, struct store_cred *c)
+{
+    const void *blob = sqlite3_column_blob(st, 4);
+    int n = sqlite3_column_bytes(st, 4);
+
+    memset(c, 0, sizeof(*c));
+    copy_text(c->project, sizeof(c->project), st, 0);
+    copy_text(c->id, sizeof(c->id), st, 1);
+    copy_text(c->type, sizeof(c->type), st, 2);
+    c->config = xstrdup(sqlite3_column_text(st, 3) != NULL
+                            ? (const char *)sqlite3_column_text(st, 3)
+                            : "{}");
+    c->secret_len = n > 0 ? (size_t)n : 0;
+    c->secret = xmalloc(c->secret_len + 1);
+    if (n > 0)
+        memcpy(c->secret, blob, (size_t)n);
+    copy_text(c->status, sizeof(c->status), st, 5);
+    c->created_ms = sqlite3_column_int64(st, 6);
+    c->updated_ms = sqlite3_column_int64(st, 7);
+}
+
+void
+store_cred_clear(struct store_cred *c)
+{
+    if (c == NULL)
+        return;
+    free(c->config);
+    if (c->secret != NULL)
+        explicit_bzero(c->secret, c->secret_len);
+    free(c->secret);
+    c->config = NULL;
+    c->secret = NULL;
+}
+
+int
+store_cred_put(struct store *s, const struct store_cred *c, bool create, struct err **errp)
+{
+    cleanup_stmt sqlite3_stmt *st = NULL;
+    const char *sql =
+        create ? "INSERT INTO credentials (" CRED_COLS ") VALUES (?1,?2,?3,?4,?5,?6,?7,?8)"
+               : "UPDATE credentials SET type = ?3, config = ?4, secret = ?5, status = ?6,"
+                 " updated_ms = ?8 WHERE project = ?1 AND id = ?2";
+
+    if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK)
+        return db_err(s, errp, "store credential");
+    sqlite3_bind_text(st, 1, c->project, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, c->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, c->type, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, c->config, -1, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 5, c->secret, (int)c->secret_len, SQLITE_STATIC);
+    sqlite3_bind_text(st, 6, c->status, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 7, c->created_ms);
+    sqlite3_bind_int64(st, 8, c->updated_ms);
+    if (sqlite3_step(st) != SQLITE_DONE) {
+        if ((sqlite3_errcode(s->db) & 0xff) == SQLITE_CONSTRAINT)
+            return err_set(errp, ERR_CONFLICT, 0, "credential %s already exists", c->id);
+        return db_err(s, errp, "store credential");
+    }
+    if (!create && sqlite3_changes(s->db) == 0)
+        return err_set(errp, ERR_NOT_FOUND, 0, "credential %s not found", c->id);
+    return 0;
+}
+
+int
+store_cred_get(struct store *s, const char *project, const char *id, struct store_cred *out,
+               struct err **errp)
+{
+    cleanup_stmt sqlite3_stmt *st = NULL;
+    int rc;
+
+    if (sqlite3_prepare_v2(s->db,
+                           "SELECT " CRED_COLS " FROM credentials WHERE project = ? AND id = ?",
+                           -1, &st, NULL) != SQLITE_OK)
+        return db_err(s, errp, "get credential");
+    sqlite3_bind_text(st, 1, project, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE)
+        return err_set(errp, ERR_NOT_FOUND, 0, "credential %s not found", id);
+    if (rc != SQLITE_ROW)
+        return db_err(s, errp, "get credential");
+    row_to_cred(st, out);
+    return 0;
+}
+
+int
+store_cred_page(struct store *s, const char *project, const char *after_id, size_t limit,
+                struct store_cred **out, size_t *n_out, struct err **errp)
+{
+    cleanup_stmt sqlite3_stmt *st = NULL;
+    struct store_cred *v = xcalloc(limit ? limit : 1, sizeof(*v));
+    size_t n = 0;
+    int rc = SQLITE_DONE;
+
+    if (sqlite3_prepare_v2(s->db,
+                           "SELECT " CRED_COLS " FROM credentials WHERE project = ? AND id > ?"
+                           " ORDER BY id LIMIT ?",
+                           -1, &st, NULL) != SQLITE_OK) {
+        free(v);
+        return db_err(s, errp, "list credentials");
+    }
+    sqlite3_bind_text(st, 1, project, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, after_id != NULL ? after_id : "", -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, (int64_t)limit);
+    while (n < limit && (rc = sqlite3_step(st)) == SQLITE_ROW)
+        row_to_cred(st, &v[n++]);
+    if (n < limit && rc != SQLITE_DONE) {
+        for (size_t i = 0; i < n; i++)
+            store_cred_clear(&v[i]);
+        free(v);
+        return db_err(s, errp, "list credentials");
+    }
+    *out = v;
+    *n_out = n;
+    return 0;
+}
+
+int
+store_cred_delete(struct store *s, const char *project, const char *id, struct err **errp)
+{
+    cleanup_stmt sqlite3_stmt *st = NULL;
+
+    if (sqlite3_prepare_v2(s->db, "DELETE FROM credentials WHERE project = ? AND id = ?", -1, &st,
+                           NULL) != SQLITE_OK)
+        return db_err(s, errp, "delete credential");
+    sqlite3_bind_text(st, 1, project, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        return db_err(s, errp, "delete credential");
+    if (sqlite3_changes(s->db) == 0)
+        return err_set(errp, ERR_NOT_FOUND, 0, "credential %s not found", id);
     return 0;
 }

@@ -157,6 +157,31 @@ struct store_egress {
 };
 
 int store_egress_insert(struct store *s, const struct store_egress *r, struct err **errp);
+
+/* ------------------------------------------------------------ credentials */
+
+/** A credential row. config is the non-secret part (JSON); secret is ciphertext. */
+struct store_cred {
+    char project[64];
+    char id[128];
+    char type[32];
+    char status[16];
+    char *config;  /* owned */
+    void *secret;  /* owned, wiped by store_cred_clear() */
+    size_t secret_len;
+    int64_t created_ms;
+    int64_t updated_ms;
+};
+
+void store_cred_clear(struct store_cred *c);
+/** Inserts (create: ERR_CONFLICT when the id exists) or updates (ERR_NOT_FOUND). */
+int store_cred_put(struct store *s, const struct store_cred *c, bool create, struct err **errp);
+int store_cred_get(struct store *s, const char *project, const char *id, struct store_cred *out,
+                   struct err **errp);
+/** A project's credentials after after_id, in id order. *out owned (clear each, then free). */
+int store_cred_page(struct store *s, const char *project, const char *after_id, size_t limit,
+                    struct store_cred **out, size_t *n_out, struct err **errp);
+int store_cred_delete(struct store *s, const char *project, const char *id, struct err **errp);
 /** The environment's records after id after_id, oldest first. *out is owned. */
 int store_egress_page(struct store *s, const char *env_id, int64_t after_id, size_t limit,
                       struct store_egress **out, size_t *n_out, struct err **errp);

@@ -111,9 +111,19 @@ def test_cli_and_server_share_environments(api):
 
 
 def test_env_vars_reach_commands(api):
+    # A variable naming a credential needs the credential, and holds only a placeholder.
+    r = api.http.create({"env": {"SECRET": {"credential": "cred_x"}}}, ok=False)
+    assert r.status == 400 and "cred_x" in r.json()["error"]["message"]
+    ck = api.server.make_key("creds", scopes=("credentials",))
+    r = api.server.http(ck).post("/v1beta/credentials", json_body={
+        "type": "environment_variable", "id": "cred_x", "value": "s3cr3t-value",
+        "injection_location": "header", "trusted_domains": ["api.example.com"]})
+    assert r.status == 200, r
     eid = api.http.create({"env": {"GREETING": "hello world", "N": {"value": "7"},
                                    "SECRET": {"credential": "cred_x"}}})["id"]
-    r = api.pd.ok("env", "exec", eid, "-c", 'echo "$GREETING|$N|${SECRET-unset}"')
-    assert r.text == "hello world|7|unset\n"
+    r = api.pd.ok("env", "exec", eid, "-c", 'echo "$GREETING|$N|$SECRET"')
+    greeting, n, secret = r.text.rstrip("\n").split("|")
+    assert (greeting, n) == ("hello world", "7")
+    assert secret.startswith("paddock-credential-") and "s3cr3t" not in r.text
     r = api.pd.ok("env", "exec", eid, "-e", "N=8", "-c", 'echo "$N"')
     assert r.text == "8\n"
