@@ -70,12 +70,13 @@ ctx_put(struct env_ctx *c)
 
 struct track {
     int fd;
+    ino_t ino; /* the socket's identity: the fd number alone could be another's by now */
     int64_t deadline_ms; /* for the headers of the next request; 0 while one is in progress */
     struct track *prev, *next;
 };
 
 static pthread_mutex_t track_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct track tracks = {-1, 0, &tracks, &tracks};
+static struct track tracks = {-1, 0, 0, &tracks, &tracks};
 
 static void
 notify_connection(void *cls, struct MHD_Connection *c, void **socket_context,
@@ -88,7 +89,9 @@ notify_connection(void *cls, struct MHD_Connection *c, void **socket_context,
         const union MHD_ConnectionInfo *ci =
             MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
         t = xcalloc(1, sizeof(*t));
+        struct stat st;
         t->fd = ci != NULL ? ci->connect_fd : -1;
+        t->ino = t->fd >= 0 && fstat(t->fd, &st) == 0 ? st.st_ino : 0;
         t->deadline_ms = util_now_ms() + srv->cfg->header_timeout_ms;
         pthread_mutex_lock(&track_lock);
         t->next = tracks.next;
@@ -133,10 +136,13 @@ watchdog(void *arg)
         nanosleep(&ts, NULL);
         pthread_mutex_lock(&track_lock);
         for (struct track *t = tracks.next; t != &tracks; t = t->next) {
-            if (t->deadline_ms != 0 && t->deadline_ms < now && t->fd >= 0) {
+            struct stat st;
+            if (t->deadline_ms != 0 && t->deadline_ms < now && t->fd >= 0 &&
+                fstat(t->fd, &st) == 0 && st.st_ino == t->ino) {
                 /* The connection thread sees EOF and closes; the fd stays its own. */
                 shutdown(t->fd, SHUT_RDWR);
                 t->deadline_ms = 0;
+                log_info("closed a connection that sent no complete request in time");
             }
         }
         pthread_mutex_unlock(&track_lock);

@@ -193,10 +193,12 @@ struct create_req {
     struct env_create_opts opts;
     struct env_file files[SOURCES_MAX];
     struct env_dir_source dirs[SOURCES_MAX];
-    char *store[3 * SOURCES_MAX]; /* owned strings and buffers to free */
+    struct env_fetch fetches[SOURCES_MAX];
+    char *store[4 * SOURCES_MAX]; /* owned strings and buffers to free */
     size_t nstore;
     char from[40];
     json_t *config;
+    bool net_disabled;
 };
 
 static char *
@@ -299,10 +301,57 @@ check_source(struct api_req *r, struct create_req *c, json_t *src, size_t i, siz
         }
         c->dirs[c->opts.n_dirs++] = (struct env_dir_source){tgt, host};
     } else if (strcmp(type, "repository") == 0 || strcmp(type, "gcs") == 0) {
-        return bad(errp, field,
-                   "%s sources are fetched through the egress proxy, which this paddock does "
-                   "not have yet",
-                   type);
+        struct env_fetch *f = &c->fetches[c->opts.n_fetches];
+        bool git = strcmp(type, "repository") == 0;
+        bool web = source != NULL && (strncmp(source, "https://", 8) == 0 ||
+                                      strncmp(source, "http://", 7) == 0);
+        if (source == NULL || source[0] == '\0' || strlen(source) > 2048 ||
+            strpbrk(source, " \t\r\n\\") != NULL)
+            return bad(errp, field, "source must be a %s", git ? "repository URL or host/org/repo"
+                                                             : "gs://bucket/prefix or https URL");
+        if (c->net_disabled)
+            return bad(errp, field, "a %s source needs the network, and this environment's "
+                       "network is disabled", type);
+        memset(f, 0, sizeof(*f));
+        if (git) {
+            const char *first_slash = strchr(source, '/');
+            f->kind = ENV_FETCH_GIT;
+            f->max = ENV_GIT_MAX;
+            if (web)
+                f->url = keep(c, xstrdup(source)); /* the body is freed before the create */
+            else if (strstr(source, "://") == NULL && source[0] != '-' && first_slash != NULL &&
+                     memchr(source, '.', (size_t)(first_slash - source)) != NULL &&
+                     strchr(source, ':') == NULL)
+                f->url = keep(c, xasprintf("https://%s", source)); /* github.com/org/repo */
+            else
+                return bad(errp, field, "source must be an http(s) URL or host/org/repo (other "
+                           "git transports are not allowed)");
+            if (target == NULL) {
+                const char *base = strrchr(source, '/');
+                cleanup_free char *name = xstrdup(base != NULL ? base + 1 : source);
+                size_t nl = strlen(name);
+                if (nl > 4 && strcmp(name + nl - 4, ".git") == 0)
+                    name[nl - 4] = '\0';
+                if (name[0] == '\0' || name[0] == '.')
+                    return bad(errp, field, "give a target: no name to take from the URL");
+                target = keep(c, xasprintf("/workspace/%s", name));
+            }
+        } else {
+            f->max = ENV_GCS_MAX;
+            if (strncmp(source, "gs://", 5) == 0 && source[5] != '\0' && source[5] != '/') {
+                f->kind = ENV_FETCH_GCS;
+                f->url = keep(c, xstrdup(source + 5));
+            } else if (web) {
+                f->kind = ENV_FETCH_URL;
+                f->url = keep(c, xstrdup(source));
+            } else {
+                return bad(errp, field, "source must be gs://bucket/prefix or an https URL");
+            }
+            if (target == NULL)
+                return bad(errp, field, "a gcs source needs a target");
+        }
+        f->target = target;
+        c->opts.n_fetches++;
     } else {
         cleanup_free char *et = log_escape(type, strlen(type), 64);
         return bad(errp, field, "unknown source type '%s' (inline, repository, gcs, "
@@ -341,6 +390,8 @@ decode_create(struct api_req *r, json_t *body, struct create_req *c, struct err 
         return bad(errp, "sources", "must be a list");
     if (json_array_size(sources) > SOURCES_MAX)
         return bad(errp, "sources", "more than %d sources", SOURCES_MAX);
+    c->net_disabled = json_is_string(net) ||
+                      (json_is_object(net) && json_is_string(json_object_get(net, "allowlist")));
     json_array_foreach(sources, i, s)
         if (check_source(r, c, s, i, &total, echo, errp) < 0)
             return -1;
@@ -399,6 +450,7 @@ decode_create(struct api_req *r, json_t *body, struct create_req *c, struct err 
     }
     c->opts.files = c->files;
     c->opts.dirs = c->dirs;
+    c->opts.fetches = c->fetches;
     c->opts.project = r->auth.project;
     {
         struct egress_policy *pol;
@@ -504,7 +556,8 @@ create_env(struct api_req *r, struct env_ctx *ctx)
     c.opts.config = config;
     /* A copy or sources change the file count; a bare environment's is known to the janitor
      * soon enough, and counting costs a round trip into the sandbox. */
-    recount = c.opts.from != NULL || c.opts.n_files > 0 || c.opts.n_dirs > 0;
+    recount = c.opts.from != NULL || c.opts.n_files > 0 || c.opts.n_dirs > 0 ||
+              c.opts.n_fetches > 0;
     if (env_create(ctx, &c.opts, &e, &er) < 0) {
         create_req_free(&c);
         return api_reply_err(r, er);

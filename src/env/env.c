@@ -388,6 +388,147 @@ place_tree(const char *dir, int dfd, const char *target, int depth, uint64_t *bu
     return rc;
 }
 
+/*
+ * The GCS fetcher, run by the sandbox's own python3 (from the image's /usr): lists
+ * gs://bucket/prefix through the JSON API and downloads every object under the target, through
+ * the proxy (HTTPS_PROXY) with the sandbox's trust bundle, refusing object names that climb
+ * out and stopping past max bytes.
+ */
+static const char gcs_script[] =
+    "import json,os,sys,urllib.parse,urllib.request\n"
+    "b,pfx,dst,cap=sys.argv[1],sys.argv[2],sys.argv[3],int(sys.argv[4])\n"
+    "api='https://storage.googleapis.com/storage/v1/b/'+urllib.parse.quote(b,safe='')\n"
+    "tok=None;total=0;n=0\n"
+    "while True:\n"
+    " q={'prefix':pfx,'fields':'items(name,size),nextPageToken'}\n"
+    " if tok: q['pageToken']=tok\n"
+    " page=json.load(urllib.request.urlopen(api+'/o?'+urllib.parse.urlencode(q),timeout=60))\n"
+    " for it in page.get('items',[]):\n"
+    "  name=it['name'];rel=name[len(pfx):].lstrip('/')\n"
+    "  if not rel or name.endswith('/'): continue\n"
+    "  parts=rel.split('/')\n"
+    "  if any(p in ('','.','..') for p in parts): sys.exit('bad object name: %r'%name)\n"
+    "  path=os.path.join(dst,*parts);os.makedirs(os.path.dirname(path),exist_ok=True)\n"
+    "  u=api+'/o/'+urllib.parse.quote(name,safe='')+'?alt=media'\n"
+    "  with urllib.request.urlopen(u,timeout=300) as r,open(path,'wb') as f:\n"
+    "   while True:\n"
+    "    c=r.read(1<<20)\n"
+    "    if not c: break\n"
+    "    total+=len(c)\n"
+    "    if total>cap: sys.exit('more than %d bytes under gs://%s/%s'%(cap,b,pfx))\n"
+    "    f.write(c)\n"
+    "  n+=1\n"
+    " tok=page.get('nextPageToken')\n"
+    " if not tok: break\n"
+    "if n==0: sys.exit('no objects under gs://%s/%s'%(b,pfx))\n";
+
+struct capture {
+    struct buf err;
+};
+
+static int
+capture_out(int stream, const void *data, size_t len, void *arg)
+{
+    struct capture *cap = arg;
+
+    if (stream == 2)
+        buf_append(&cap->err, data, len, NULL);
+    return 0;
+}
+
+/* Runs argv in the sandbox with the environment's variables (the proxy, its trust). */
+static int
+run_in(struct env_ctx *c, const char *id, const char *dir, const char *const *argv,
+       uint64_t timeout_ms, const char *what, struct err **errp)
+{
+    char **vars = NULL;
+    struct capture cap;
+    struct sandbox_exec_result res;
+    struct sandbox_exec_opts o = {.argv = argv, .timeout_ms = timeout_ms, .max_output = 65536,
+                                  .stdin_fd = -1, .on_output = capture_out, .arg = &cap};
+    int rc;
+
+    if (env_exec_vars(c, id, &vars, errp) < 0)
+        return -1;
+    o.env = (const char *const *)vars;
+    buf_init(&cap.err, 4096);
+    rc = sandbox_exec(dir, &o, &res, errp);
+    for (size_t i = 0; vars[i] != NULL; i++)
+        free(vars[i]);
+    free(vars);
+    if (rc == 0 && !(res.exited && res.code == 0)) {
+        cleanup_free char *msg = NULL;
+        size_t n = cap.err.len;
+        while (n > 0 && (cap.err.data[n - 1] == '\n' || cap.err.data[n - 1] == '\r'))
+            n--;
+        msg = log_escape(cap.err.data != NULL ? cap.err.data : "", n, 300);
+        rc = err_set(errp, ERR_INVALID, 0, "%s failed%s: %s", what,
+                     res.timed_out ? " (timed out)" : "", n > 0 ? msg : "no message");
+    }
+    buf_free(&cap.err);
+    return rc;
+}
+
+/* Fetches one network source inside the sandbox. */
+static int
+fetch(struct env_ctx *c, const char *id, const char *dir, const struct env_fetch *f,
+      struct err **errp)
+{
+    char max[32];
+
+    snprintf(max, sizeof(max), "%llu", (unsigned long long)f->max);
+    if (f->kind == ENV_FETCH_GIT) {
+        /* Only http(s) transports, submodules included; no prompts; then the size cap. */
+        const char *const clone[] = {"git", "-c", "protocol.allow=never", "-c",
+                                     "protocol.https.allow=always", "-c",
+                                     "protocol.http.allow=always", "clone", "--quiet",
+                                     "--depth", "1", "--", f->url, f->target, NULL};
+        cleanup_free char *check = xasprintf(
+            "s=$(du -sb -- \"$0\" | cut -f1); if [ \"$s\" -gt %s ]; then rm -rf -- \"$0\"; "
+            "echo \"the clone is $s bytes, over the %s-byte cap\" >&2; exit 1; fi",
+            max, max);
+        const char *const size[] = {"/bin/sh", "-c", check, f->target, NULL};
+        /* Shallow first; a server that cannot do shallow (dumb HTTP) gets a full clone. */
+        const char *const full[] = {"git", "-c", "protocol.allow=never", "-c",
+                                    "protocol.https.allow=always", "-c",
+                                    "protocol.http.allow=always", "clone", "--quiet", "--",
+                                    f->url, f->target, NULL};
+        struct err *first = NULL;
+        if (run_in(c, id, dir, clone, 600000, "git clone", &first) < 0) {
+            bool shallow = strstr(first->msg, "shallow") != NULL;
+            if (!shallow) {
+                *errp = first;
+                return -1;
+            }
+            err_free(first);
+            if (run_in(c, id, dir, full, 600000, "git clone", errp) < 0)
+                return -1;
+        }
+        if (run_in(c, id, dir, size, 60000, "size check", errp) < 0)
+            return -1;
+        return 0;
+    }
+    if (f->kind == ENV_FETCH_GCS) {
+        cleanup_free char *bucket = xstrdup(f->url);
+        char *slash = strchr(bucket, '/');
+        const char *prefix = "";
+        if (slash != NULL) {
+            *slash = '\0';
+            prefix = slash + 1;
+        }
+        {
+            const char *const argv[] = {"python3", "-c", gcs_script, bucket, prefix, f->target,
+                                        max, NULL};
+            return run_in(c, id, dir, argv, 1800000, "gcs download", errp);
+        }
+    }
+    {
+        const char *const argv[] = {"curl", "-fsSL", "--proto", "=https,http", "--max-filesize",
+                                    max, "--create-dirs", "-o", f->target, "--", f->url, NULL};
+        return run_in(c, id, dir, argv, 1800000, "download", errp);
+    }
+}
+
 /* Puts the sources into the freshly started sandbox. */
 static int
 place_sources(struct env_ctx *c, const char *id, const struct env_create_opts *o,
@@ -407,6 +548,9 @@ place_sources(struct env_ctx *c, const char *id, const struct env_create_opts *o
         if (place_tree(dir, fd, o->dirs[i].target, 0, &budget, errp) < 0)
             return err_wrap(errp, "source %s", o->dirs[i].target);
     }
+    for (size_t i = 0; i < o->n_fetches; i++)
+        if (fetch(c, id, dir, &o->fetches[i], errp) < 0)
+            return err_wrap(errp, "source %s", o->fetches[i].target);
     return 0;
 }
 

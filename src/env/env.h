@@ -35,6 +35,23 @@ struct env_dir_source {
     const char *host_dir; /* trusted: under the server's skills directory */
 };
 
+/** A source fetched from the network by the sandbox itself, through the egress proxy. */
+enum env_fetch_kind {
+    ENV_FETCH_GIT = 0, /* git clone (repository) */
+    ENV_FETCH_GCS,     /* every object under gs://bucket/prefix, by the GCS JSON API */
+    ENV_FETCH_URL,     /* one https URL to one file */
+};
+
+struct env_fetch {
+    enum env_fetch_kind kind;
+    const char *url;    /* clone URL; "bucket/prefix" for GCS; the file's URL */
+    const char *target; /* absolute path inside the sandbox */
+    uint64_t max;       /* bytes */
+};
+
+#define ENV_GIT_MAX (500ULL << 20)
+#define ENV_GCS_MAX (2ULL << 30)
+
 /** What a new environment asks for; 0 fields take the defaults above. */
 struct env_create_opts {
     const char *network; /* "disabled" (default) or "open" */
@@ -49,6 +66,8 @@ struct env_create_opts {
     size_t n_files;
     const struct env_dir_source *dirs;
     size_t n_dirs;
+    const struct env_fetch *fetches;
+    size_t n_fetches;
 };
 
 /** The egress CA and the trust bundle (system CAs + it) inside every sandbox. */
