@@ -84,6 +84,8 @@ env_ctx_close(struct env_ctx *c)
     free(c);
 }
 
+static void seed_image(struct env_ctx *c);
+
 static int
 ensure_storage(struct env_ctx *c, struct err **errp)
 {
@@ -92,6 +94,7 @@ ensure_storage(struct env_ctx *c, struct err **errp)
     if (sandbox_storage_ensure(c->data_dir, c->storage_size, errp) < 0 ||
         sandbox_image_ensure_host(c->images_dir, &c->image_host, errp) < 0)
         return -1;
+    seed_image(c);
     return 0;
 }
 
@@ -280,8 +283,15 @@ static const char *const seed_files[][2] = {
     {"ca/bundle.pem", &ENV_CA_BUNDLE[1]},
 };
 
+/* The trust files as read from DATA/ca: where each goes (relative to the root), its bytes. */
+struct seed {
+    const char *path;
+    const char *data;
+    size_t len;
+};
+
 struct seeds {
-    struct sandbox_seed v[2];
+    struct seed v[2];
     size_t n;
     char *buf[2];
 };
@@ -297,7 +307,7 @@ load_seeds(struct env_ctx *c, struct seeds *s)
         size_t len = 0;
         if (util_read_file_at(AT_FDCWD, path, 16u << 20, &s->buf[s->n], &len, NULL) < 0)
             continue;
-        s->v[s->n] = (struct sandbox_seed){seed_files[i][1], s->buf[s->n], len};
+        s->v[s->n] = (struct seed){seed_files[i][1], s->buf[s->n], len};
         s->n++;
     }
 }
@@ -307,6 +317,26 @@ seeds_free(struct seeds *s)
 {
     for (size_t i = 0; i < s->n; i++)
         free(s->buf[i]);
+}
+
+/*
+ * The trust files live in the base image, shared read-only by every sandbox. An image built
+ * before the installation had its CA gets them now (new files in a lower layer, once).
+ */
+static void
+seed_image(struct env_ctx *c)
+{
+    struct seeds s = {{{0}}, 0, {0}};
+    struct err *e = NULL;
+
+    load_seeds(c, &s);
+    for (size_t i = 0; i < s.n; i++)
+        if (sandbox_image_put(c->image_host, s.v[i].path, s.v[i].data, s.v[i].len, &e) < 0) {
+            log_warnx("egress trust files: %s", e->msg);
+            err_free(e);
+            e = NULL;
+        }
+    seeds_free(&s);
 }
 
 int
@@ -562,7 +592,6 @@ env_create(struct env_ctx *c, const struct env_create_opts *o, struct store_env 
     cleanup_close int lock = -1;
     cleanup_close int src_lock = -1;
     int64_t now = util_now_ms();
-    struct seeds seeds = {{{0}}, 0, {0}};
 
     if (validate(o, errp) < 0)
         return -1;
@@ -596,16 +625,11 @@ env_create(struct env_ctx *c, const struct env_create_opts *o, struct store_env 
     if (ensure_storage(c, errp) < 0 ||
         store_env_insert(c->store, &e, o->config, SANDBOX_ID_SLOTS, errp) < 0)
         return err_wrap(errp, "create environment");
-    load_seeds(c, &seeds);
     if (o->from != NULL
             ? sandbox_volume_fork(c->envs_dir, src.id, e.id, env_host_id(&src), env_host_id(&e),
-                                  e.disk_bytes, seeds.v, seeds.n, errp) < 0
-            : sandbox_volume_create(c->envs_dir, e.id, env_host_id(&e), e.disk_bytes, seeds.v,
-                                    seeds.n, errp) < 0) {
-        seeds_free(&seeds);
+                                  e.disk_bytes, errp) < 0
+            : sandbox_volume_create(c->envs_dir, e.id, env_host_id(&e), e.disk_bytes, errp) < 0)
         goto rollback_row;
-    }
-    seeds_free(&seeds);
     close_and_reset(&src_lock);
     /* The row stays "creating" until the sources are in: a crash before that leaves an
      * environment that reconcile removes, never a half-filled one that looks finished. */

@@ -235,3 +235,31 @@ sandbox_image_ensure_host(const char *images_dir, char **path_out, struct err **
     *path_out = steal_ptr(&path);
     return 0;
 }
+
+int
+sandbox_image_put(const char *image_dir, const char *rel, const void *data, size_t len,
+                  struct err **errp)
+{
+    cleanup_free char *path = xasprintf("%s/%s", image_dir, rel);
+    cleanup_free char *old = NULL;
+    cleanup_free char *parent = NULL;
+    size_t oldlen = 0;
+    char *slash;
+
+    if (rel[0] == '/' || strstr(rel, "..") != NULL)
+        return err_set(errp, ERR_INTERNAL, 0, "bad image path %s", rel);
+    if (util_read_file_at(AT_FDCWD, path, len + 1, &old, &oldlen, NULL) == 0 && oldlen == len &&
+        memcmp(old, data, len) == 0)
+        return 0;
+    parent = xstrdup(path);
+    slash = strrchr(parent, '/');
+    *slash = '\0';
+    if (util_mkdir_p(parent, 0755, errp) < 0)
+        return -1;
+    {
+        cleanup_close int dfd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dfd < 0)
+            return err_set(errp, ERR_IO, errno, "open %s", parent);
+        return util_write_file_at(dfd, slash + 1, data, len, 0644, errp);
+    }
+}

@@ -34,21 +34,12 @@ int sandbox_storage_ensure(const char *dir, uint64_t size_if_new, struct err **e
 /** Unmounts dir/envs (the loop device detaches itself). A no-op when not mounted. */
 int sandbox_storage_unmount(const char *dir, struct err **errp);
 
-/** A file put into a new volume, at path (relative to the sandbox's root, no ".."). */
-struct sandbox_seed {
-    const char *path;
-    const void *data;
-    size_t len;
-};
-
 /**
  * Creates the environment's subvolume envs_dir/id capped at disk_bytes, with the overlay
- * directories owned by host_id (the sandbox's root), /etc/hosts, /etc/hostname for id, and the
- * seed files (owned by the sandbox's root, mode 0644).
+ * directories owned by host_id (the sandbox's root) and /etc/hosts, /etc/hostname for id.
  */
 int sandbox_volume_create(const char *envs_dir, const char *id, uint32_t host_id,
-                          uint64_t disk_bytes, const struct sandbox_seed *seeds, size_t n_seeds,
-                          struct err **errp);
+                          uint64_t disk_bytes, struct err **errp);
 
 /**
  * Creates the volume id as a copy of src_id (a btrfs snapshot: instant, sharing blocks), with
@@ -57,7 +48,7 @@ int sandbox_volume_create(const char *envs_dir, const char *id, uint32_t host_id
  */
 int sandbox_volume_fork(const char *envs_dir, const char *src_id, const char *id,
                         uint32_t src_host_id, uint32_t host_id, uint64_t disk_bytes,
-                        const struct sandbox_seed *seeds, size_t n_seeds, struct err **errp);
+                        struct err **errp);
 
 /**
  * Deletes the subvolume envs_dir/id and everything in it. It never walks the tree, so no
@@ -73,6 +64,14 @@ int sandbox_volume_destroy(const char *envs_dir, const char *id, struct err **er
  * start). Built once into a temporary directory and renamed into place. *path_out is owned.
  */
 int sandbox_image_ensure_host(const char *images_dir, char **path_out, struct err **errp);
+
+/**
+ * Puts a file into an image skeleton at rel (e.g. "etc/paddock/ca.pem"), 0644, creating its
+ * directories; a no-op when the same content is there. Every sandbox sees it read-only in its
+ * lower layer, so a file all environments share costs nothing per environment.
+ */
+int sandbox_image_put(const char *image_dir, const char *rel, const void *data, size_t len,
+                      struct err **errp);
 
 /* ----------------------------------------------------------- lifecycle */
 

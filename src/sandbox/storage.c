@@ -214,31 +214,9 @@ write_owned(int dfd, const char *name, const char *content, uint32_t owner, stru
     return 0;
 }
 
-/* Writes a seed file under upper/root, its parent directories owned like the rest. */
-static int
-seed(int vfd, const struct sandbox_seed *sd, uint32_t owner, struct err **errp)
-{
-    cleanup_free char *rel = xasprintf("upper/root/%s", sd->path);
-
-    if (sd->path[0] == '/' || strstr(sd->path, "..") != NULL)
-        return err_set(errp, ERR_INTERNAL, 0, "bad seed path %s", sd->path);
-    for (char *s = strchr(rel + strlen("upper/root/"), '/'); s != NULL; s = strchr(s + 1, '/')) {
-        *s = '\0';
-        if (mkdir_owned(vfd, rel, 0755, owner, errp) < 0)
-            return -1;
-        *s = '/';
-    }
-    if (util_write_file_at(vfd, rel, sd->data, sd->len, 0644 | UTIL_WRITE_NOSYNC, errp) < 0)
-        return -1;
-    if (fchownat(vfd, rel, owner, owner, AT_SYMLINK_NOFOLLOW) < 0)
-        return err_set(errp, ERR_IO, errno, "chown %s", rel);
-    return 0;
-}
-
 /* The layout a sandbox start expects in a fresh volume (see mounts.c). */
 static int
-populate(int vfd, const char *id, uint32_t owner, const struct sandbox_seed *seeds,
-         size_t n_seeds, struct err **errp)
+populate(int vfd, const char *id, uint32_t owner, struct err **errp)
 {
     static const char *const dirs[] = {"upper", "upper/root", "upper/usr", "work", "work/root",
                                        "work/usr", "rootfs", "lower", "usrlower",
@@ -254,9 +232,6 @@ populate(int vfd, const char *id, uint32_t owner, const struct sandbox_seed *see
     if (write_owned(vfd, "upper/root/etc/hosts", hosts, owner, errp) < 0 ||
         write_owned(vfd, "upper/root/etc/hostname", hostname, owner, errp) < 0)
         return -1;
-    for (size_t i = 0; i < n_seeds; i++)
-        if (seed(vfd, &seeds[i], owner, errp) < 0)
-            return -1;
     if (fchown(vfd, owner, owner) < 0 || fchmod(vfd, 0700) < 0)
         return err_set(errp, ERR_IO, errno, "chown volume");
     return 0;
@@ -288,8 +263,7 @@ open_parent(const char *envs_dir, const char *id, struct btrfs_ioctl_vol_args *v
 
 int
 sandbox_volume_create(const char *envs_dir, const char *id, uint32_t host_id,
-                      uint64_t disk_bytes, const struct sandbox_seed *seeds, size_t n_seeds,
-                      struct err **errp)
+                      uint64_t disk_bytes, struct err **errp)
 {
     struct btrfs_ioctl_vol_args va;
     cleanup_close int efd = open_parent(envs_dir, id, &va, errp);
@@ -302,7 +276,7 @@ sandbox_volume_create(const char *envs_dir, const char *id, uint32_t host_id,
                        "create volume %s", id);
     vfd = openat(efd, id, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
     if (vfd < 0 || (disk_bytes > 0 && limit_fd(vfd, disk_bytes, errp) < 0) ||
-        populate(vfd, id, host_id, seeds, n_seeds, errp) < 0) {
+        populate(vfd, id, host_id, errp) < 0) {
         if (vfd < 0)
             err_set(errp, ERR_IO, errno, "open volume %s", id);
         sandbox_volume_destroy(envs_dir, id, NULL);
@@ -420,7 +394,7 @@ shift_tree(const struct shift *s, int dfd, int depth)
 int
 sandbox_volume_fork(const char *envs_dir, const char *src_id, const char *id,
                     uint32_t src_host_id, uint32_t host_id, uint64_t disk_bytes,
-                    const struct sandbox_seed *seeds, size_t n_seeds, struct err **errp)
+                    struct err **errp)
 {
     struct btrfs_ioctl_vol_args va;
     struct btrfs_ioctl_vol_args_v2 args;
@@ -466,7 +440,7 @@ sandbox_volume_fork(const char *envs_dir, const char *src_id, const char *id,
         goto fail;
     }
     if ((disk_bytes > 0 && limit_fd(vfd, disk_bytes, errp) < 0) ||
-        populate(vfd, id, host_id, seeds, n_seeds, errp) < 0)
+        populate(vfd, id, host_id, errp) < 0)
         goto fail;
     return 0;
 
