@@ -99,8 +99,19 @@ int api_seal(const char *data_dir, const char *aad, const char *plain, void **ou
 int api_unseal(const char *data_dir, const char *aad, const void *blob, size_t len, char **plain,
                struct err **errp);
 enum MHD_Result api_route_credentials(struct api_req *r);
-/** Re-resolves every environment's credentials (after a credential changed). */
-void api_egress_refresh(void);
+/** The proxy's address rules, for the daemon's own outbound requests (oauth.c). */
+const char *api_egress_vet(const struct sockaddr *sa);
+bool api_egress_override(const char *host, struct sockaddr_storage *out);
+const char *api_egress_upstream_ca(void);
+
+/* oauth.c */
+/** An access token for the oauth2 credential (cached until a minute before it expires). */
+int api_oauth_token(const char *project, const char *id, json_t *config, json_t *secret,
+                    char **token, struct err **errp);
+/** Drops a cached token (its credential changed or went). */
+void api_oauth_forget(const char *project, const char *id);
+
+
 /** A credential with its secret opened: *config and *secret are JSON objects (owned). */
 int api_cred_secret(const char *data_dir, struct store *s, const char *project, const char *id,
                     struct store_cred *meta, json_t **config, json_t **secret,

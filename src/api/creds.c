@@ -424,7 +424,8 @@ create_cred(struct api_req *r, struct env_ctx *ctx)
         const char *kv[] = {"id", c.id, "type", c.type, "key", r->auth.name};
         log_fields(LOG_LEVEL_INFO, "credential created", kv, 6);
     }
-    api_egress_refresh(); /* an environment may already name it */
+    /* Environments that name it pick it up at the next reconcile (within a second). */
+    api_oauth_forget(c.project, c.id);
     res = api_reply_json(r, 200, cred_json(&c));
     store_cred_clear(&c);
     return res;
@@ -504,7 +505,7 @@ update_cred(struct api_req *r, struct env_ctx *ctx, const char *id)
         const char *kv[] = {"id", c.id, "key", r->auth.name};
         log_fields(LOG_LEVEL_INFO, "credential updated", kv, 4);
     }
-    api_egress_refresh();
+    api_oauth_forget(c.project, c.id);
     res = api_reply_json(r, 200, cred_json(&c));
     store_cred_clear(&c);
     return res;
@@ -585,7 +586,7 @@ api_route_credentials(struct api_req *r)
             const char *kv[] = {"id", id, "key", r->auth.name};
             log_fields(LOG_LEVEL_INFO, "credential deleted", kv, 4);
         }
-        api_egress_refresh();
+        api_oauth_forget(r->auth.project, id);
         return api_reply_json(r, 200, json_object());
     }
     return api_reply_status(r, 405, "INVALID_ARGUMENT", "%s is not allowed on a credential",

@@ -738,9 +738,23 @@ resolve_credentials(struct env_ctx *ctx, const struct store_env *e, json_t *cfg,
             egress_rule_add_header(r, hn != NULL ? hn : "Authorization", v);
             explicit_bzero(v, strlen(v));
             free(v);
+        } else if (strcmp(meta.type, "oauth2") == 0) {
+            char *tok = NULL;
+            if (api_oauth_token(e->project, r->credential, config, secret, &tok, &er) < 0) {
+                snprintf(r->cred_error, sizeof(r->cred_error), "%.120s", er->msg);
+                log_warnx("egress: %s: credential %s: %s", e->id, r->credential, er->msg);
+                err_free(er);
+            } else {
+                char *v = xasprintf("Bearer %s", tok);
+                egress_rule_add_header(r, "Authorization", v);
+                explicit_bzero(v, strlen(v));
+                explicit_bzero(tok, strlen(tok));
+                free(v);
+                free(tok);
+            }
         } else {
             snprintf(r->cred_error, sizeof(r->cred_error),
-                     "credential '%.40s' (%.24s) cannot be injected by an allowlist entry yet",
+                     "credential '%.40s' (%.24s) cannot be injected by an allowlist entry",
                      r->credential, meta.type);
         }
         wipe_json(secret);
@@ -828,22 +842,22 @@ on_start(void *arg, struct env_ctx *ctx, const struct store_env *e)
     attach_egress(ctx, e);
 }
 
-void
-api_egress_refresh(void)
+const char *
+api_egress_vet(const struct sockaddr *sa)
 {
-    char **ids = NULL;
-    size_t n;
+    return egress != NULL ? egress_vet(egress, sa) : egress_addr_class(sa);
+}
 
-    if (egress == NULL)
-        return;
-    /* Listeners go; the next reconcile (within a second) attaches them again with the
-     * credentials as they are now. Connections in flight finish as they began. */
-    n = egress_attached(egress, &ids);
-    for (size_t i = 0; i < n; i++) {
-        egress_detach(egress, ids[i]);
-        free(ids[i]);
-    }
-    free(ids);
+bool
+api_egress_override(const char *host, struct sockaddr_storage *out)
+{
+    return egress != NULL && egress_override(egress, host, out);
+}
+
+const char *
+api_egress_upstream_ca(void)
+{
+    return srv_cfg != NULL ? srv_cfg->egress_upstream_ca : NULL;
 }
 
 /* Every running environment with a network has a listener, and only those. */
@@ -868,8 +882,10 @@ egress_reconcile(struct env_ctx *ctx)
     na = egress_attached(egress, &ids);
     for (size_t k = 0; k < na; k++) {
         bool running = false;
+        /* A creating environment has its listener already (attached at its start). */
         for (size_t i = 0; i < n && !running; i++)
-            running = strcmp(v[i].id, ids[k]) == 0 && v[i].state == STORE_ENV_RUNNING &&
+            running = strcmp(v[i].id, ids[k]) == 0 &&
+                      (v[i].state == STORE_ENV_RUNNING || v[i].state == STORE_ENV_CREATING) &&
                       strcmp(v[i].network, "disabled") != 0;
         if (!running)
             egress_detach(egress, ids[k]);

@@ -109,6 +109,9 @@ int egress_parse_authority(const char *in, uint16_t default_port, struct egress_
 bool egress_policy_allows(const struct egress_policy *p, const struct egress_dest *d,
                           const char **reason, const struct egress_rule **rule_out);
 
+/** A fingerprint of everything the policy decides and injects. */
+uint64_t egress_policy_print(const struct egress_policy *p);
+
 /** A deep copy. */
 struct egress_policy *egress_policy_dup(const struct egress_policy *p);
 
@@ -166,6 +169,11 @@ struct egress;
 
 /** Starts the proxy's event loop on a thread of its own. *out is owned. */
 int egress_start(const struct egress_config *cfg, struct egress **out, struct err **errp);
+/** Vets an address as the proxy does before dialling: NULL when allowed, else why not. */
+const char *egress_vet(const struct egress *eg, const struct sockaddr *sa);
+/** The operator's --egress-resolve address for host, if any. */
+bool egress_override(const struct egress *eg, const char *host, struct sockaddr_storage *out);
+
 /** Replaces the first "self" address (the API's, once its port is known). */
 void egress_set_self(struct egress *eg, const struct sockaddr *sa);
 

@@ -653,3 +653,40 @@ egress_addr_class(const struct sockaddr *sa)
         return "discard (100::/64)";
     return NULL;
 }
+
+/* FNV-1a over everything a listener's behaviour depends on. */
+static uint64_t
+fnv(uint64_t h, const void *data, size_t len)
+{
+    const unsigned char *p = data;
+
+    for (size_t i = 0; i < len; i++) {
+        h ^= p[i];
+        h *= 0x100000001b3ULL;
+    }
+    return h;
+}
+
+uint64_t
+egress_policy_print(const struct egress_policy *p)
+{
+    uint64_t h = fnv(0xcbf29ce484222325ULL, &p->mode, sizeof(p->mode));
+
+    for (size_t i = 0; i < p->n; i++) {
+        const struct egress_rule *r = &p->rules[i];
+        h = fnv(h, &r->kind, sizeof(r->kind));
+        h = fnv(h, r->host, strlen(r->host) + 1);
+        h = fnv(h, &r->port, sizeof(r->port));
+        h = fnv(h, r->cred_error, strlen(r->cred_error) + 1);
+        for (size_t k = 0; k < r->n_headers; k++) {
+            h = fnv(h, r->headers[k].name, strlen(r->headers[k].name) + 1);
+            h = fnv(h, r->headers[k].value, strlen(r->headers[k].value) + 1);
+        }
+    }
+    for (size_t i = 0; i < p->n_subst; i++) {
+        h = fnv(h, p->subst[i].placeholder, strlen(p->subst[i].placeholder) + 1);
+        h = fnv(h, p->subst[i].value, strlen(p->subst[i].value) + 1);
+        h = fnv(h, &p->subst[i].domains->n, sizeof(p->subst[i].domains->n));
+    }
+    return h;
+}

@@ -18,6 +18,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -43,11 +44,40 @@
 #define RELAY_HIGH (1u << 20) /* stop reading a side while the other has this much queued */
 #define HEADERS_MAX 100
 
+/*
+ * A policy shared by a listener and the connections it accepted: a changed policy (a new
+ * token, a changed credential) replaces the listener's, while connections in flight finish
+ * under the one they began with. The listening socket never changes.
+ */
+struct pref {
+    struct egress_policy *p;
+    int refs; /* loop thread only */
+};
+
+static struct pref *
+pref_new(const struct egress_policy *p)
+{
+    struct pref *r = xcalloc(1, sizeof(*r));
+
+    r->p = egress_policy_dup(p);
+    r->refs = 1;
+    return r;
+}
+
+static void
+pref_unref(struct pref *r)
+{
+    if (r != NULL && --r->refs == 0) {
+        egress_policy_free(r->p);
+        free(r);
+    }
+}
+
 struct listener {
     struct egress *eg;
     char id[40];
     struct sandbox_init init;
-    struct egress_policy *policy;
+    struct pref *pol;
     struct evconnlistener *l;
     int fd;
     unsigned conns;
@@ -60,6 +90,7 @@ enum conn_state { C_HEAD, C_RESOLVE, C_CONNECT, C_RELAY, C_DONE };
 struct conn {
     struct egress *eg;
     struct listener *ls;
+    struct pref *pol; /* the policy in force when it was accepted */
     struct bufferevent *cl, *up;
     enum conn_state st;
     bool is_connect;
@@ -73,6 +104,7 @@ struct conn {
     const char *decision;
     char reason[160];
     int64_t start_ms, last_ms;
+    int64_t head_ms; /* when the head now awaited began (the connection, or the TLS tunnel) */
     struct evdns_getaddrinfo_request *dns;
     struct event *flush; /* while a closing connection's last bytes drain */
     int64_t flush_deadline;
@@ -83,12 +115,13 @@ struct conn {
     struct conn *prev, *next;
 };
 
-enum cmd_kind { CMD_ATTACH, CMD_DETACH, CMD_STOP };
+enum cmd_kind { CMD_ATTACH, CMD_DETACH, CMD_UPDATE, CMD_STOP };
 
 struct cmd {
     enum cmd_kind kind;
     struct listener *ls; /* attach */
-    char id[40];         /* detach */
+    char id[40];         /* detach, update */
+    struct pref *pol;    /* update */
     struct cmd *next;
 };
 
@@ -117,7 +150,7 @@ listener_unref(struct listener *ls)
         evconnlistener_free(ls->l); /* closes the fd */
     else if (ls->fd >= 0)
         close(ls->fd);
-    egress_policy_free(ls->policy);
+    pref_unref(ls->pol);
     free(ls);
 }
 
@@ -162,6 +195,7 @@ conn_free(struct conn *c)
     c->prev->next = c->next;
     c->next->prev = c->prev;
     c->ls->conns--;
+    pref_unref(c->pol);
     listener_unref(c->ls);
     free(c->path);
     free(c);
@@ -199,7 +233,7 @@ flush_tick(evutil_socket_t fd, short what, void *arg)
 static void
 finish(struct conn *c)
 {
-    struct timeval tick = {0, 20 * 1000};
+    struct timeval tick = {0, 2 * 1000};
 
     c->st = C_DONE;
     if (c->up != NULL) {
@@ -267,6 +301,19 @@ static void
 touch(struct conn *c)
 {
     c->last_ms = util_now_ms();
+}
+
+/*
+ * Small writes go out at once: with Nagle, an intercepted response queued behind the TLS
+ * session tickets waited for the client's delayed ACK (about 20 ms).
+ */
+static void
+nodelay(evutil_socket_t fd)
+{
+    int one = 1;
+
+    if (fd >= 0)
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 }
 
 /* ----------------------------------------------------------------- relay */
@@ -401,6 +448,7 @@ connect_event(struct bufferevent *bev, short what, void *arg)
 
     (void)bev;
     if (what & BEV_EVENT_CONNECTED) {
+        nodelay(bufferevent_getfd(c->up));
         start_relay(c);
         return;
     }
@@ -422,27 +470,78 @@ connect_event(struct bufferevent *bev, short what, void *arg)
     }
 }
 
+/*
+ * The IPv4 address an address really reaches, for the self check: an IPv4-mapped IPv6 address
+ * is its IPv4 address; *port_out is the port. False for other IPv6 addresses.
+ */
+static bool
+as_v4(const struct sockaddr *sa, uint32_t *addr, uint16_t *port)
+{
+    if (sa->sa_family == AF_INET) {
+        *addr = ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr);
+        *port = ntohs(((const struct sockaddr_in *)sa)->sin_port);
+        return true;
+    }
+    if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
+        if (IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr)) {
+            memcpy(addr, s6->sin6_addr.s6_addr + 12, 4);
+            *addr = ntohl(*addr);
+            *port = ntohs(s6->sin6_port);
+            return true;
+        }
+    }
+    return false;
+}
+
+/*
+ * True when dialling sa could reach paddock's own server: the unspecified addresses (which
+ * mean this host), its listening address in any spelling, and, when it listens on loopback or
+ * on every address, any loopback address on its port.
+ */
 static bool
 is_self(const struct egress *eg, const struct sockaddr *sa)
 {
+    uint32_t a;
+    uint16_t port;
+
+    if (sa->sa_family == AF_INET6 &&
+        IN6_IS_ADDR_LOOPBACK(&((const struct sockaddr_in6 *)sa)->sin6_addr)) {
+        a = 0x7f000001; /* ::1 reaches what 127.0.0.1 reaches when listening on any */
+        port = ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
+    } else if (!as_v4(sa, &a, &port)) {
+        return false;
+    }
     for (size_t i = 0; i < eg->cfg.n_self; i++) {
-        const struct sockaddr *s = (const struct sockaddr *)&eg->cfg.self[i];
-        if (s->sa_family != sa->sa_family)
+        uint32_t s;
+        uint16_t sp;
+        if (!as_v4((const struct sockaddr *)&eg->cfg.self[i], &s, &sp) || sp != port)
             continue;
-        if (sa->sa_family == AF_INET &&
-            ((const struct sockaddr_in *)s)->sin_port == ((const struct sockaddr_in *)sa)->sin_port &&
-            (((const struct sockaddr_in *)s)->sin_addr.s_addr == htonl(INADDR_ANY) ||
-             ((const struct sockaddr_in *)s)->sin_addr.s_addr ==
-                 ((const struct sockaddr_in *)sa)->sin_addr.s_addr))
+        if (s == a || s == INADDR_ANY || ((s >> 24) == 127 && (a >> 24) == 127))
             return true;
     }
     return false;
 }
 
-/* Vets one address; NULL when it may be dialled, else why not. */
-static const char *
-vet(const struct egress *eg, const struct sockaddr *sa)
+/* True for the addresses that mean "this host" when dialled: 0.0.0.0/8 and :: (any spelling). */
+static bool
+unspecified(const struct sockaddr *sa)
 {
+    uint32_t a;
+    uint16_t port;
+
+    if (sa->sa_family == AF_INET6 &&
+        IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)sa)->sin6_addr))
+        return true;
+    return as_v4(sa, &a, &port) && (a >> 24) == 0;
+}
+
+const char *
+egress_vet(const struct egress *eg, const struct sockaddr *sa)
+{
+    /* Never dialled, whatever the operator's ranges say: they reach this host itself. */
+    if (unspecified(sa))
+        return "unspecified (0.0.0.0/8 or ::): this host itself";
     if (is_self(eg, sa))
         return "the address is paddock's own";
     for (size_t i = 0; i < eg->cfg.n_allow; i++)
@@ -512,7 +611,7 @@ choose(struct conn *c, const struct evutil_addrinfo *ai)
             ((struct sockaddr_in *)&ss)->sin_port = htons(c->dest.port);
         else
             ((struct sockaddr_in6 *)&ss)->sin6_port = htons(c->dest.port);
-        w = vet(c->eg, (struct sockaddr *)&ss);
+        w = egress_vet(c->eg, (struct sockaddr *)&ss);
         if (w == NULL) {
             dial(c, (struct sockaddr *)&ss, ai->ai_addrlen);
             return;
@@ -609,7 +708,7 @@ token_char(char ch)
 static bool
 substitutes(const struct conn *c)
 {
-    const struct egress_policy *p = c->ls->policy;
+    const struct egress_policy *p = c->pol->p;
 
     for (size_t i = 0; i < p->n_subst; i++) {
         const char *why;
@@ -626,7 +725,7 @@ substitutes(const struct conn *c)
 static char *
 substitute(const struct conn *c, const char *line)
 {
-    const struct egress_policy *p = c->ls->policy;
+    const struct egress_policy *p = c->pol->p;
     char *cur = NULL;
 
     for (size_t i = 0; i < p->n_subst; i++) {
@@ -698,6 +797,17 @@ parse_head(struct conn *c, char *head, bool inner)
         }
     snprintf(c->method, sizeof(c->method), "%s", line);
     target = sp1 + 1;
+    for (const char *p = target; *p != '\0'; p++) {
+        if ((unsigned char)*p >= 0x80) {
+            refuse(c, 400, "deny", "non-ASCII byte in the target: host names must be IDNA "
+                                   "A-labels (xn--...) and paths percent-encoded");
+            return false;
+        }
+        if ((unsigned char)*p <= 0x20 || (unsigned char)*p == 0x7f) {
+            refuse(c, 400, "deny", "control character or space in the target");
+            return false;
+        }
+    }
     if (strcmp(sp2 + 1, "HTTP/1.1") != 0 && strcmp(sp2 + 1, "HTTP/1.0") != 0) {
         refuse(c, 400, "deny", "only HTTP/1.0 and HTTP/1.1 are spoken here");
         return false;
@@ -841,7 +951,7 @@ parse_head(struct conn *c, char *head, bool inner)
     c->body_left = cl;
     if (inner)
         return true;
-    if (!egress_policy_allows(c->ls->policy, &c->dest, &why, &c->rule)) {
+    if (!egress_policy_allows(c->pol->p, &c->dest, &why, &c->rule)) {
         refuse(c, 403, "deny", "%s", why);
         return false;
     }
@@ -981,6 +1091,7 @@ start_mitm(struct conn *c)
     c->cl = tls;
     c->is_connect = false;
     c->st = C_HEAD;
+    c->head_ms = util_now_ms();
     bufferevent_setcb(c->cl, head_read, NULL, head_event, c);
     bufferevent_set_timeouts(c->cl, &tv, NULL);
     bufferevent_enable(c->cl, EV_READ | EV_WRITE);
@@ -1007,13 +1118,16 @@ accepted(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int 
     (void)salen;
     c->eg = eg;
     c->ls = ls;
+    c->pol = ls->pol;
+    c->pol->refs++;
     ls->refs++;
     ls->conns++;
-    c->start_ms = c->last_ms = util_now_ms();
+    c->start_ms = c->last_ms = c->head_ms = util_now_ms();
     c->next = eg->conns.next;
     c->prev = &eg->conns;
     eg->conns.next->prev = c;
     eg->conns.next = c;
+    nodelay(fd);
     c->cl = bufferevent_socket_new(eg->base, fd, BEV_OPT_CLOSE_ON_FREE);
     if (ls->conns > eg->cfg.max_conns_per_env) {
         refuse(c, 429, "deny", "more than %u connections of this environment at once",
@@ -1037,6 +1151,14 @@ sweep(evutil_socket_t fd, short what, void *arg)
     (void)what;
     for (struct conn *c = eg->conns.next, *next; c != &eg->conns; c = next) {
         next = c->next;
+        /* A deadline for the whole head, not an idle timer a byte a second would reset. */
+        if (c->st == C_HEAD && c->dns == NULL &&
+            now - c->head_ms > (int64_t)eg->cfg.header_timeout_s * 1000) {
+            snprintf(c->reason, sizeof(c->reason), "no complete request within %d s",
+                     eg->cfg.header_timeout_s);
+            conn_free(c);
+            continue;
+        }
         if (c->st == C_RELAY && now - c->last_ms > (int64_t)eg->cfg.idle_timeout_s * 1000) {
             snprintf(c->reason, sizeof(c->reason), "idle for %d s; closed",
                      eg->cfg.idle_timeout_s);
@@ -1078,6 +1200,15 @@ run_cmds(evutil_socket_t fd, short what, void *arg)
             ls->l = evconnlistener_new(eg->base, accepted, ls, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, -1, ls->fd);
             ls->next = eg->listeners;
             eg->listeners = ls;
+        } else if (cm->kind == CMD_UPDATE) {
+            for (struct listener *ls = eg->listeners; ls != NULL; ls = ls->next)
+                if (strcmp(ls->id, cm->id) == 0) {
+                    pref_unref(ls->pol);
+                    ls->pol = cm->pol;
+                    cm->pol = NULL;
+                    break;
+                }
+            pref_unref(cm->pol); /* no listener any more */
         } else {
             for (struct listener **pp = &eg->listeners; *pp != NULL;) {
                 struct listener *ls = *pp;
@@ -1225,6 +1356,7 @@ egress_stop(struct egress *eg)
         eg->cmds = c->next;
         if (c->ls != NULL)
             listener_unref(c->ls);
+        pref_unref(c->pol);
         free(c);
     }
     event_free(eg->wake);
@@ -1241,6 +1373,7 @@ egress_stop(struct egress *eg)
 struct attached {
     char id[40];
     struct sandbox_init init;
+    uint64_t print; /* the policy's fingerprint: a changed policy gets a new listener */
 };
 static struct attached *att;
 static size_t natt;
@@ -1254,11 +1387,25 @@ egress_attach(struct egress *eg, const char *id, const struct sandbox_init *init
     struct cmd *cm;
     int fd;
 
+    uint64_t print = egress_policy_print(policy);
+
     pthread_mutex_lock(&att_lock);
     for (size_t i = 0; i < natt; i++)
         if (strcmp(att[i].id, id) == 0 && att[i].init.pid == init->pid &&
             att[i].init.start == init->start) {
+            bool same = att[i].print == print;
+            att[i].print = print;
             pthread_mutex_unlock(&att_lock);
+            if (!same && policy->mode != EGRESS_DISABLED) {
+                /* Same sandbox, new policy: swap it under the same listening socket. */
+                cm = xcalloc(1, sizeof(*cm));
+                cm->kind = CMD_UPDATE;
+                snprintf(cm->id, sizeof(cm->id), "%s", id);
+                cm->pol = pref_new(policy);
+                push(eg, cm);
+            } else if (!same) {
+                egress_detach(eg, id);
+            }
             return 0;
         }
     pthread_mutex_unlock(&att_lock);
@@ -1274,7 +1421,7 @@ egress_attach(struct egress *eg, const char *id, const struct sandbox_init *init
     ls->refs = 1;
     ls->init = *init;
     snprintf(ls->id, sizeof(ls->id), "%s", id);
-    ls->policy = egress_policy_dup(policy);
+    ls->pol = pref_new(policy);
     cm = xcalloc(1, sizeof(*cm));
     cm->kind = CMD_ATTACH;
     cm->ls = ls;
@@ -1282,6 +1429,7 @@ egress_attach(struct egress *eg, const char *id, const struct sandbox_init *init
     att = xrealloc(att, (natt + 1) * sizeof(*att));
     snprintf(att[natt].id, sizeof(att[natt].id), "%s", id);
     att[natt].init = *init;
+    att[natt].print = print;
     natt++;
     pthread_mutex_unlock(&att_lock);
     push(eg, cm);
@@ -1325,4 +1473,15 @@ egress_attached(struct egress *eg, char ***out)
     pthread_mutex_unlock(&att_lock);
     *out = v;
     return n;
+}
+
+bool
+egress_override(const struct egress *eg, const char *host, struct sockaddr_storage *out)
+{
+    for (size_t i = 0; i < eg->cfg.n_resolve; i++)
+        if (strcmp(eg->cfg.resolve[i].name, host) == 0) {
+            *out = eg->cfg.resolve[i].addr;
+            return true;
+        }
+    return false;
 }

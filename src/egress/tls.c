@@ -259,6 +259,9 @@ egress_tls_new(const char *data_dir, const char *upstream_ca, struct egress_tls 
         return -1;
     }
     SSL_CTX_set_min_proto_version(t->server, TLS1_2_VERSION);
+    /* One request per intercepted tunnel: session tickets would only cost bytes and CPU. */
+    SSL_CTX_set_num_tickets(t->server, 0);
+    SSL_CTX_set_session_cache_mode(t->server, SSL_SESS_CACHE_OFF);
     SSL_CTX_set_min_proto_version(t->client, TLS1_2_VERSION);
     SSL_CTX_set_verify(t->client, SSL_VERIFY_PEER, NULL);
     if (SSL_CTX_load_verify_locations(t->client, SYSTEM_BUNDLE, NULL) != 1)

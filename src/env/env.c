@@ -580,7 +580,9 @@ place_sources(struct env_ctx *c, const char *id, const struct env_create_opts *o
     }
     for (size_t i = 0; i < o->n_fetches; i++)
         if (fetch(c, id, dir, &o->fetches[i], errp) < 0)
-            return err_wrap(errp, "source %s", o->fetches[i].target);
+            return err_wrap(errp, "%s source %s",
+                            o->fetches[i].kind == ENV_FETCH_GIT ? "repository" : "gcs",
+                            o->fetches[i].target);
     return 0;
 }
 

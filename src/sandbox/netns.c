@@ -65,6 +65,9 @@ listen_thread(void *arg)
         return NULL;
     }
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    /* A changed policy gets a new listener before the old one goes. Only sockets of the same
+     * host uid join the group, so nothing inside the sandbox can bind beside them. */
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
     if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 256) < 0) {
         j->err = errno;
         j->what = "listen on 127.0.0.1 in the sandbox";

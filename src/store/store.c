@@ -17,6 +17,7 @@ enum {
     Q_ENV_CONFIG,
     Q_KEY_BY_HASH,
     Q_ENV_TOUCH,
+    Q_EGRESS_INSERT,
     Q_MAX,
 };
 
@@ -747,13 +748,13 @@ store_upload_delete(struct store *s, const char *id, struct err **errp)
 int
 store_egress_insert(struct store *s, const struct store_egress *r, struct err **errp)
 {
-    cleanup_stmt sqlite3_stmt *st = NULL;
+    cleanup_reset sqlite3_stmt *st = cached(s, Q_EGRESS_INSERT,
+                                            "INSERT INTO egress_log (env_id, interaction_id,"
+                                            " ts_ms, host, port, method, decision, reason,"
+                                            " bytes_up, bytes_down)"
+                                            " VALUES (?,?,?,?,?,?,?,?,?,?)");
 
-    if (sqlite3_prepare_v2(s->db,
-                           "INSERT INTO egress_log (env_id, interaction_id, ts_ms, host, port,"
-                           " method, decision, reason, bytes_up, bytes_down)"
-                           " VALUES (?,?,?,?,?,?,?,?,?,?)",
-                           -1, &st, NULL) != SQLITE_OK)
+    if (st == NULL)
         return db_err(s, errp, "record egress");
     sqlite3_bind_text(st, 1, r->env_id, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 2, r->interaction_id, -1, SQLITE_STATIC);

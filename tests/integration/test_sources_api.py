@@ -7,10 +7,7 @@ is injected by the proxy without ever entering the sandbox. Upstreams are test s
 import http.server
 import json
 import os
-import shutil
-import ssl
 import subprocess
-import threading
 import urllib.parse
 
 import pytest
@@ -18,14 +15,7 @@ import pytest
 from apiserver import *  # noqa: F401,F403
 from apiserver import Api, ApiServer, finish
 import pdk
-
-HOST = "127.0.0.2"
-
-
-def _serve(httpd):
-    t = threading.Thread(target=httpd.serve_forever, daemon=True)
-    t.start()
-    return httpd
+from tlskit import HOST, make_ca, make_cert, serve, tls_wrap
 
 
 @pytest.fixture(scope="module")
@@ -54,22 +44,9 @@ def gitrepo(tmp_path_factory):
         def log_message(self, *a):
             pass
 
-    httpd = _serve(http.server.ThreadingHTTPServer((HOST, 0), Quiet))
+    httpd = serve(http.server.ThreadingHTTPServer((HOST, 0), Quiet))
     yield httpd.server_address[1]
     httpd.shutdown()
-
-
-def _cert(tmp, name):
-    """A test CA and a server certificate for name, made with the openssl CLI."""
-    run = lambda *a: subprocess.run(a, check=True, capture_output=True, cwd=tmp)  # noqa: E731
-    run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-        "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=source test CA")
-    run("openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-        "-keyout", "srv.key", "-out", "srv.csr", "-subj", f"/CN={name}")
-    (tmp / "ext").write_text(f"subjectAltName=DNS:{name}\n")
-    run("openssl", "x509", "-req", "-in", "srv.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-        "-CAcreateserial", "-out", "srv.pem", "-days", "2", "-extfile", "ext")
-    return tmp / "ca.pem", tmp / "srv.pem", tmp / "srv.key"
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +54,8 @@ def fake_gcs(tmp_path_factory):
     """storage.googleapis.com's JSON API for one private bucket, over TLS on 127.0.0.2:443;
     it wants 'Authorization: Bearer gcs-token-XYZ' and records every Authorization it saw."""
     tmp = tmp_path_factory.mktemp("gcs")
-    ca, cert, key = _cert(tmp, "storage.googleapis.com")
+    ca, _ = make_ca(tmp)
+    cert, key = make_cert(tmp, "storage.googleapis.com")
     objects = {"data/a.txt": b"alpha\n", "data/sub/b.bin": bytes(range(256)) * 40,
                "other/c.txt": b"not under the prefix\n"}
     seen = []
@@ -110,11 +88,7 @@ def fake_gcs(tmp_path_factory):
             self.end_headers()
             self.wfile.write(body)
 
-    httpd = http.server.ThreadingHTTPServer((HOST, 443), Gcs)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(cert, key)
-    httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
-    _serve(httpd)
+    httpd = serve(tls_wrap(http.server.ThreadingHTTPServer((HOST, 443), Gcs), cert, key))
     yield {"ca": ca, "objects": objects, "seen": seen}
     httpd.shutdown()
 

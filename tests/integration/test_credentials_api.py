@@ -1,0 +1,243 @@
+"""The Credentials API and what the egress proxy does with credentials (docs/API.md,
+docs/EGRESS.md): secrets are write-only, sealed at rest and never logged; an allowlist entry's
+bearer token and an oauth2 access token (refreshed before it expires) are injected as headers;
+an environment variable naming a credential holds a placeholder that the proxy replaces only for
+the credential's trusted domains; nothing secret ever appears inside the sandbox."""
+
+import http.server
+import json
+import time
+import urllib.parse
+
+import pytest
+
+from apiserver import *  # noqa: F401,F403
+from apiserver import Api, ApiServer, finish
+import pdk
+from tlskit import HOST, echo_server, make_ca, make_cert, serve, tls_wrap
+
+SECRET_BEARER = "bearer-SECRET-4711"
+SECRET_ENV = "envvar-SECRET-0815"
+
+
+@pytest.fixture(scope="module")
+def upstreams(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("creds")
+    ca, _ = make_ca(tmp)
+    api_cert = make_cert(tmp, "api.test")
+    other_cert = make_cert(tmp, "other.test")
+    idp_cert = make_cert(tmp, "idp.test")
+    api = echo_server(0, *api_cert)
+    other = echo_server(0, *other_cert)
+    grants = []
+
+    class Idp(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):
+            n = int(self.headers.get("Content-Length", 0))
+            f = urllib.parse.parse_qs(self.rfile.read(n).decode())
+            grants.append(f)
+            ok = (f.get("grant_type") == ["refresh_token"] and f.get("refresh_token") == ["RT-1"]
+                  and f.get("client_secret") == ["CS-1"] and f.get("client_id") == ["cid"])
+            body = json.dumps({"access_token": f"AT-{len(grants)}", "expires_in": 65}
+                              if ok else {"error": "invalid_grant"}).encode()
+            self.send_response(200 if ok else 400)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    idp = serve(tls_wrap(http.server.ThreadingHTTPServer((HOST, 0), Idp), *idp_cert))
+    yield {"ca": ca, "api": api, "other": other, "idp": idp, "grants": grants}
+    for s in (api, other, idp):
+        s.shutdown()
+
+
+@pytest.fixture
+def capi(pd, upstreams):
+    server = ApiServer(pd, args=["--egress-resolve", f"api.test={HOST}",
+                                 "--egress-resolve", f"other.test={HOST}",
+                                 "--egress-resolve", f"idp.test={HOST}",
+                                 "--egress-allow-cidr", f"{HOST}/32",
+                                 "--egress-upstream-ca", str(upstreams["ca"])]).start()
+    try:
+        a = Api(server)
+        a.ckey = server.make_key("creds", scopes=("credentials",))
+        a.creds = server.http(a.ckey)
+        yield a
+    finally:
+        finish(server)
+
+
+def port(srv):
+    return srv.server_address[1]
+
+
+def inside(api, env_id, cmd):
+    return api.pd.ok("env", "exec", env_id, "-c", cmd).text
+
+
+def leaks(api, env_id, secret):
+    """Where inside the sandbox the secret can be found: its files, every process's environment
+    and command line. The secret travels reversed, so the search is not a place it is found."""
+    script = ("import glob,os,sys\n"
+              "s=sys.argv[1][::-1].encode()\n"
+              "hits=[]\n"
+              "for p in glob.glob('/proc/[0-9]*/environ')+glob.glob('/proc/[0-9]*/cmdline'):\n"
+              " try:\n"
+              "  if s in open(p,'rb').read(): hits.append(p)\n"
+              " except OSError: pass\n"
+              "for top in ('/workspace','/etc','/tmp','/root','/var','/home'):\n"
+              " for d,_,fs in os.walk(top):\n"
+              "  for f in fs:\n"
+              "   p=os.path.join(d,f)\n"
+              "   try:\n"
+              "    if os.path.isfile(p) and not os.path.islink(p) and s in open(p,'rb').read():\n"
+              "     hits.append(p)\n"
+              "   except OSError: pass\n"
+              "print(' '.join(hits))\n")
+    r = api.pd.ok("env", "exec", env_id, "--", "python3", "-c", script, secret[::-1])
+    return r.text.split()
+
+
+def test_crud_and_secrets_are_write_only(capi):
+    c = capi.creds
+    r = c.post("/v1beta/credentials", json_body={"type": "bearer_token", "id": "b1",
+                                                 "token": SECRET_BEARER})
+    assert r.status == 200, r
+    assert set(r.json()) == {"id", "type", "status", "create_time", "update_time"}
+    assert SECRET_BEARER.encode() not in r.body
+    assert c.get("/v1beta/credentials/b1").json()["type"] == "bearer_token"
+    listing = c.get("/v1beta/credentials").json()["credentials"]
+    assert [x["id"] for x in listing] == ["b1"] and SECRET_BEARER not in json.dumps(listing)
+    # duplicates, bad types, unknown fields, missing secrets, header injection tricks
+    assert c.post("/v1beta/credentials", json_body={"type": "bearer_token", "id": "b1",
+                                                    "token": "x"}).status == 409
+    for body, needle in [({"type": "magic", "id": "x"}, "type"),
+                         ({"type": "bearer_token", "id": "x"}, "token"),
+                         ({"type": "bearer_token", "id": "x", "token": "t", "color": 1}, "color"),
+                         ({"type": "bearer_token", "id": "x", "token": "a\r\nX-Evil: 1"}, "CR"),
+                         ({"type": "environment_variable", "id": "x", "value": "v",
+                           "injection_location": "query"}, "headers only"),
+                         ({"type": "environment_variable", "id": "x", "value": "v",
+                           "injection_location": "header", "trusted_domains": ["*.com"]},
+                          "too broad"),
+                         ({"type": "oauth2", "id": "x", "client_id": "c"}, "required"),
+                         ({"type": "bearer_token", "id": "../x", "token": "t"}, "id")]:
+        r = c.post("/v1beta/credentials", json_body=body)
+        assert r.status == 400 and needle in r.json()["error"]["message"], (body, r)
+    # PATCH with a mask changes only the masked field; the type never changes
+    r = c.request("PATCH", "/v1beta/credentials/b1?update_mask=prefix",
+                  json_body={"type": "bearer_token", "prefix": "Token", "token": "ignored"})
+    assert r.status == 200, r
+    r = c.request("PATCH", "/v1beta/credentials/b1", json_body={"type": "oauth2"})
+    assert r.status == 400 and "type" in r.json()["error"]["message"]
+    # another project sees nothing; scopes are enforced
+    other = capi.server.http(capi.server.make_key("o", scopes=("credentials",), project="p2"))
+    assert other.get("/v1beta/credentials/b1").status == 404
+    assert capi.http.get("/v1beta/credentials").status == 403
+    assert c.delete("/v1beta/credentials/b1").status == 200
+    assert c.get("/v1beta/credentials/b1").status == 404
+
+
+def test_secrets_are_sealed_at_rest_and_never_logged(capi):
+    r = capi.creds.post("/v1beta/credentials", json_body={
+        "type": "environment_variable", "id": "e1", "value": SECRET_ENV,
+        "injection_location": "header", "trusted_domains": ["api.test"]})
+    assert r.status == 200
+    key = capi.pd.data / "secret.key"
+    assert key.stat().st_mode & 0o777 == 0o600 and key.stat().st_size == 32
+    for f in capi.pd.data.glob("paddock.db*"):
+        assert SECRET_ENV.encode() not in f.read_bytes(), f
+    assert not any(SECRET_ENV in line for line in capi.server.lines)
+
+
+def test_bearer_token_is_injected_and_replaces_the_clients(capi, upstreams):
+    capi.creds.post("/v1beta/credentials", json_body={"type": "bearer_token", "id": "gh",
+                                                      "token": SECRET_BEARER})
+    api_host = f"api.test:{port(upstreams['api'])}"
+    other_host = f"other.test:{port(upstreams['other'])}"
+    e = capi.http.create({"network": {"allowlist": [
+        {"domain": api_host, "credential": "gh"}, {"domain": other_host}]}})["id"]
+    got = json.loads(inside(capi, e, f"curl -sS -m 10 -H 'Authorization: Bearer mine' "
+                                     f"https://{api_host}/"))
+    assert got["Authorization"] == f"Bearer {SECRET_BEARER}"
+    # Another allowed host is tunnelled untouched: the test CA is not trusted inside, so TLS
+    # fails end to end, and the upstream never sees the token.
+    seen_before = len(upstreams["other"].seen)
+    out = capi.pd.run("env", "exec", e, "-c", f"curl -sS -m 10 https://{other_host}/")
+    assert out.rc != 0
+    assert all(SECRET_BEARER not in json.dumps(h) for h in upstreams["other"].seen[seen_before:])
+    # The token is nowhere inside.
+    assert leaks(capi, e, SECRET_BEARER) == []
+
+
+def test_placeholder_is_replaced_only_for_trusted_domains(capi, upstreams):
+    api_host = f"api.test:{port(upstreams['api'])}"
+    other_host = f"other.test:{port(upstreams['other'])}"
+    capi.creds.post("/v1beta/credentials", json_body={
+        "type": "environment_variable", "id": "k", "value": SECRET_ENV,
+        "injection_location": "header", "trusted_domains": [api_host]})
+    # other.test gets a transform, so the proxy terminates TLS there too: a placeholder sent
+    # there must arrive as the useless placeholder, not the secret.
+    e = capi.http.create({"env": {"API_KEY": {"credential": "k"}},
+                          "network": {"allowlist": [
+                              {"domain": api_host},
+                              {"domain": other_host, "transform": {"X-Via": "paddock"}}]}})["id"]
+    ph = inside(capi, e, "printf %s \"$API_KEY\"")
+    assert ph.startswith("paddock-credential-") and SECRET_ENV not in ph
+    got = json.loads(inside(capi, e, f"curl -sS -m 10 -H \"X-Key: $API_KEY\" https://{api_host}/"))
+    assert got["X-Key"] == SECRET_ENV
+    got = json.loads(inside(capi, e, f"curl -sS -m 10 -H \"X-Key: $API_KEY\" "
+                                     f"https://{other_host}/"))
+    assert got["X-Key"] == ph and got["X-Via"] == "paddock"
+    # The placeholder is the same for every command of the environment, and the secret is not
+    # in any process's environment or the environment's files.
+    assert inside(capi, e, "printf %s \"$API_KEY\"") == ph
+    assert leaks(capi, e, SECRET_ENV) == []
+    # ... and the search would have found it (a canary written into a file).
+    inside(capi, e, "echo canary-31337 > /tmp/canary")
+    assert leaks(capi, e, "canary-31337") == ["/tmp/canary"]
+
+
+@pytest.mark.slow
+def test_oauth2_token_is_fetched_refreshed_and_vetted(capi, upstreams):
+    api_host = f"api.test:{port(upstreams['api'])}"
+    idp = f"https://idp.test:{port(upstreams['idp'])}/token"
+    r = capi.creds.post("/v1beta/credentials", json_body={
+        "type": "oauth2", "id": "oa", "client_id": "cid", "client_secret": "CS-1",
+        "refresh_token": "RT-1", "token_url": idp})
+    assert r.status == 200, r
+    e = capi.http.create({"network": {"allowlist": [{"domain": api_host,
+                                                     "credential": "oa"}]}})["id"]
+    first = json.loads(inside(capi, e, f"curl -sS -m 10 https://{api_host}/"))["Authorization"]
+    assert first.startswith("Bearer AT-")
+    # expires_in 65 s: refreshed a minute early, so a new token within ~5 s.
+    deadline = time.monotonic() + 20 * pdk.SLOWDOWN
+    while True:
+        now = json.loads(inside(capi, e, f"curl -sS -m 10 https://{api_host}/"))["Authorization"]
+        if now != first:
+            break
+        assert time.monotonic() < deadline, "the access token was never refreshed"
+        time.sleep(1)
+    assert upstreams["grants"][-1]["grant_type"] == ["refresh_token"]
+    # A token_url on a refused address is never requested, and requests are refused with why.
+    r = capi.creds.request("PATCH", "/v1beta/credentials/oa?update_mask=token_url",
+                           json_body={"type": "oauth2", "token_url": "https://127.0.0.1:9/t"})
+    assert r.status == 200
+    pdk.wait_until(lambda: capi.pd.run("env", "exec", e, "-c",
+                                       f"curl -sS -m 5 https://{api_host}/").rc != 0, 10)
+    recs = capi.http.get(f"/v1beta/environments/{e}/egress").json()["records"]
+    assert any(x["decision"] == "deny" and "loopback" in x["reason"] for x in recs), \
+        "\n".join([json.dumps(x) for x in recs[-3:]] + capi.server.lines[-25:])
+
+
+def test_missing_credential_fails_closed(capi, upstreams):
+    api_host = f"api.test:{port(upstreams['api'])}"
+    e = capi.http.create({"network": {"allowlist": [{"domain": api_host,
+                                                     "credential": "nope"}]}})["id"]
+    out = capi.pd.run("env", "exec", e, "-c", f"curl -sS -m 10 https://{api_host}/")
+    assert out.rc != 0
+    recs = capi.http.get(f"/v1beta/environments/{e}/egress").json()["records"]
+    assert recs and recs[-1]["decision"] == "deny" and "nope" in recs[-1]["reason"], recs
