@@ -18,6 +18,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <fcntl.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -112,6 +113,7 @@ struct conn {
     bool mitm;                      /* TLS terminated here to set the rule's headers */
     struct sockaddr_storage addr;   /* the vetted upstream address */
     socklen_t addrlen;
+    struct tunnel *t;               /* a plain CONNECT tunnel, relayed with splice() */
     struct conn *prev, *next;
 };
 
@@ -178,10 +180,13 @@ audit(struct conn *c)
     }
 }
 
+static void tunnel_free(struct tunnel *t);
+
 static void
 conn_free(struct conn *c)
 {
     audit(c);
+    tunnel_free(c->t);
     if (c->dns != NULL)
         evdns_getaddrinfo_cancel(c->dns);
     if (c->cl != NULL)
@@ -236,6 +241,10 @@ finish(struct conn *c)
     struct timeval tick = {0, 2 * 1000};
 
     c->st = C_DONE;
+    if (c->t != NULL) {
+        conn_free(c); /* a tunnel has no queued bytes of ours: pipes are drained or dropped */
+        return;
+    }
     if (c->up != NULL) {
         bufferevent_free(c->up);
         c->up = NULL;
@@ -408,11 +417,210 @@ relay_event(struct bufferevent *bev, short what, void *arg)
     }
 }
 
+/*
+ * A plain CONNECT tunnel moves bytes between the two sockets with splice() through a pipe for
+ * each direction: no copy through the proxy's memory, and no 4 KiB reads (libevent 2.1's
+ * evbuffer_read reads at most 4096 bytes at a time). Backpressure: while a pipe holds bytes
+ * the far socket would not take, the near one is not read. An end that closes is passed on as
+ * a half-close once its pipe is empty.
+ */
+#define TUNNEL_PIPE (1 << 20)
+
+struct tunnel;
+
+struct side {
+    struct tunnel *t;
+    int idx;
+    int fd;
+    int pipe[2];      /* bytes read from fd, waiting for the other side */
+    size_t queued;    /* bytes in pipe */
+    bool eof;         /* fd sent its last byte */
+    struct event *rd; /* fd readable */
+    struct event *wr; /* the other side writable (to drain pipe) */
+};
+
+struct tunnel {
+    struct conn *c;
+    struct side s[2]; /* [0] client, [1] upstream */
+};
+
+static void
+tunnel_free(struct tunnel *t)
+{
+    if (t == NULL)
+        return;
+    for (int i = 0; i < 2; i++) {
+        if (t->s[i].rd != NULL)
+            event_free(t->s[i].rd);
+        if (t->s[i].wr != NULL)
+            event_free(t->s[i].wr);
+        if (t->s[i].fd >= 0)
+            close(t->s[i].fd);
+        for (int k = 0; k < 2; k++)
+            if (t->s[i].pipe[k] >= 0)
+                close(t->s[i].pipe[k]);
+    }
+    free(t);
+}
+
+/* Moves what side i's pipe holds to the other side; false when the tunnel must end. */
+static bool
+tunnel_drain(struct tunnel *t, int i)
+{
+    struct side *s = &t->s[i], *o = &t->s[1 - i];
+
+    while (s->queued > 0) {
+        ssize_t n = splice(s->pipe[0], NULL, o->fd, NULL, s->queued,
+                           SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EAGAIN) {
+            event_del(s->rd); /* backpressure: read no more until the far side drains */
+            event_add(s->wr, NULL);
+            return true;
+        }
+        if (n <= 0)
+            return false;
+        s->queued -= (size_t)n;
+    }
+    event_del(s->wr);
+    if (s->eof)
+        shutdown(o->fd, SHUT_WR); /* everything passed on: pass the close on too */
+    else
+        event_add(s->rd, NULL);
+    return true;
+}
+
+static void
+tunnel_end(struct tunnel *t)
+{
+    struct conn *c = t->c;
+
+    c->st = C_DONE;
+    conn_free(c);
+}
+
+static void
+tunnel_readable(evutil_socket_t fd, short what, void *arg)
+{
+    struct side *s = arg;
+    struct tunnel *t = s->t;
+    int i = s->idx;
+
+    (void)what;
+    for (;;) {
+        ssize_t n = splice(fd, NULL, s->pipe[1], NULL, TUNNEL_PIPE - s->queued,
+                           SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EAGAIN)
+            break; /* nothing more now (or the pipe is full: drained below) */
+        if (n < 0) {
+            tunnel_end(t);
+            return;
+        }
+        if (n == 0) {
+            s->eof = true;
+            event_del(s->rd);
+            break;
+        }
+        s->queued += (size_t)n;
+        if (i == 0)
+            t->c->bytes_up += (uint64_t)n;
+        else
+            t->c->bytes_down += (uint64_t)n;
+        if (s->queued >= TUNNEL_PIPE)
+            break;
+    }
+    touch(t->c);
+    if (!tunnel_drain(t, i) || (t->s[0].eof && t->s[1].eof && t->s[0].queued == 0 &&
+                                t->s[1].queued == 0))
+        tunnel_end(t);
+}
+
+static void
+tunnel_writable(evutil_socket_t fd, short what, void *arg)
+{
+    struct side *s = arg;
+    struct tunnel *t = s->t;
+
+    (void)fd;
+    (void)what;
+    touch(t->c);
+    if (!tunnel_drain(t, s->idx) || (t->s[0].eof && t->s[1].eof && t->s[0].queued == 0 &&
+                                     t->s[1].queued == 0))
+        tunnel_end(t);
+}
+
+/*
+ * Turns an allowed CONNECT into a spliced tunnel: answers 200, passes on what the client
+ * sent behind its head, and takes the sockets over from their bufferevents.
+ */
+static bool
+start_tunnel(struct conn *c)
+{
+    static const char ok[] = "HTTP/1.1 200 Connection established\r\n\r\n";
+    struct evbuffer *cin = bufferevent_get_input(c->cl);
+    struct tunnel *t = xcalloc(1, sizeof(*t));
+    size_t early = evbuffer_get_length(cin);
+    int fds[2] = {dup(bufferevent_getfd(c->cl)), dup(bufferevent_getfd(c->up))};
+
+    for (int i = 0; i < 2; i++) {
+        t->s[i].fd = fds[i];
+        t->s[i].pipe[0] = t->s[i].pipe[1] = -1;
+        t->s[i].t = t;
+        t->s[i].idx = i;
+    }
+    t->c = c;
+    if (fds[0] < 0 || fds[1] < 0 || pipe2(t->s[0].pipe, O_CLOEXEC | O_NONBLOCK) < 0 ||
+        pipe2(t->s[1].pipe, O_CLOEXEC | O_NONBLOCK) < 0) {
+        tunnel_free(t);
+        return false;
+    }
+    for (int i = 0; i < 2; i++) {
+        fcntl(t->s[i].pipe[1], F_SETPIPE_SZ, TUNNEL_PIPE);
+        fcntl(fds[i], F_SETFL, fcntl(fds[i], F_GETFL) | O_NONBLOCK);
+    }
+    /* The answer and the client's early bytes are tiny and the sockets fresh: they go now. */
+    if (send(fds[0], ok, sizeof(ok) - 1, MSG_NOSIGNAL) != (ssize_t)(sizeof(ok) - 1)) {
+        tunnel_free(t);
+        return false;
+    }
+    if (early > 0) {
+        unsigned char *p = evbuffer_pullup(cin, (ssize_t)early);
+        if (send(fds[1], p, early, MSG_NOSIGNAL) != (ssize_t)early) {
+            tunnel_free(t);
+            return false;
+        }
+        c->bytes_up += early;
+    }
+    bufferevent_free(c->cl);
+    bufferevent_free(c->up);
+    c->cl = c->up = NULL;
+    c->t = t;
+    c->st = C_RELAY;
+    touch(c);
+    for (int i = 0; i < 2; i++) {
+        t->s[i].rd = event_new(c->eg->base, fds[i], EV_READ | EV_PERSIST, tunnel_readable,
+                               &t->s[i]);
+        t->s[i].wr = event_new(c->eg->base, fds[1 - i], EV_WRITE | EV_PERSIST, tunnel_writable,
+                               &t->s[i]);
+        event_add(t->s[i].rd, NULL);
+    }
+    return true;
+}
+
 static void
 start_relay(struct conn *c)
 {
     struct evbuffer *cin = bufferevent_get_input(c->cl);
 
+    if (c->is_connect && !c->mitm) {
+        if (!start_tunnel(c))
+            refuse(c, 502, "allow", "could not set up the tunnel to %s:%u", c->dest.host,
+                   c->dest.port);
+        return;
+    }
     c->st = C_RELAY;
     touch(c);
     bufferevent_setcb(c->cl, relay_read, relay_drained, relay_event, c);
