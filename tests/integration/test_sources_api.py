@@ -204,3 +204,52 @@ def test_gcs_without_the_credential_is_refused(srcapi, fake_gcs):
     # without a token the bucket refuses: either way a 400 naming the gcs download.
     assert r.status == 400 and "gcs download failed" in r.json()["error"]["message"], r
     assert srcapi.http.ids() == before
+
+
+@pytest.fixture
+def skillapi(pd, tmp_path):
+    """A server with a skills directory: pdf-tools (nested files, a symlink to /etc/shadow that
+    must not be followed) and team/review (a skill one level down)."""
+    skills = tmp_path / "skills"
+    (skills / "pdf-tools" / "scripts").mkdir(parents=True)
+    (skills / "pdf-tools" / "SKILL.md").write_text("---\nname: pdf-tools\n---\nbody\n")
+    (skills / "pdf-tools" / "scripts" / "run.sh").write_text("#!/bin/sh\necho run\n")
+    (skills / "pdf-tools" / "scripts" / "run.sh").chmod(0o755)
+    (skills / "pdf-tools" / "shadow").symlink_to("/etc/shadow")
+    (skills / "team" / "review").mkdir(parents=True)
+    (skills / "team" / "review" / "SKILL.md").write_text("---\nname: review\n---\n")
+    server = ApiServer(pd, args=["--skills-dir", str(skills)]).start()
+    try:
+        yield Api(server)
+    finally:
+        finish(server)
+
+
+def test_skill_registry_copies_the_skill_under_agent_skills(skillapi):
+    e = skillapi.http.create({"sources": [
+        {"type": "skill_registry", "source": "pdf-tools"},
+        {"type": "skill_registry", "source": "team/review", "target": "/opt/skills/review"}]})
+    out = sh(skillapi, e["id"], "cat /.agent/skills/pdf-tools/SKILL.md; "
+                                "/.agent/skills/pdf-tools/scripts/run.sh; "
+                                "cat /opt/skills/review/SKILL.md; "
+                                "ls -A /.agent/skills/pdf-tools")
+    assert out == ("---\nname: pdf-tools\n---\nbody\nrun\n---\nname: review\n---\n"
+                   "SKILL.md\nscripts\n"), out
+    # The symlink in the operator's directory was neither followed nor copied.
+    assert "root:" not in out
+
+
+@pytest.mark.parametrize("source,needle", [
+    ("../etc", "skill name"), ("/etc", "skill name"), ("no-such-skill", "no skill"),
+])
+def test_skill_registry_refuses_bad_names_before_anything(skillapi, source, needle):
+    before = skillapi.http.ids()
+    r = skillapi.http.create({"sources": [{"type": "skill_registry", "source": source}]},
+                             ok=False)
+    assert r.status == 400 and needle in r.json()["error"]["message"], r
+    assert skillapi.http.ids() == before
+
+
+def test_skill_registry_without_a_skills_dir_is_refused(srcapi):
+    r = srcapi.http.create({"sources": [{"type": "skill_registry", "source": "x"}]}, ok=False)
+    assert r.status == 400 and "--skills-dir" in r.json()["error"]["message"], r
