@@ -2,97 +2,81 @@
  * A listening socket inside a sandbox's network namespace. A socket belongs to the namespace
  * it was created in, whichever thread later accepts on it, so the egress proxy gets a
  * listener that processes in the sandbox reach at 127.0.0.1 with no relay and no veth, and
- * it knows which environment is speaking from the listener alone. The namespace switch
- * happens on a short-lived thread of its own; no other thread of the caller ever changes
- * namespace.
+ * it knows which environment is speaking from the listener alone. The calling thread steps
+ * into the namespace for the three calls that make the socket and straight back (a thread of
+ * its own cost ten times as much, mostly waking it on a VM).
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
-#include <pthread.h>
 #include <sched.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include "sandbox_int.h"
 
-struct listen_job {
-    pid_t pid;
-    uint64_t start;
-    uint16_t port;
-    int fd;
-    int err;
-    const char *what;
-};
-
-static void *
-listen_thread(void *arg)
+/* Makes the socket in the namespace the calling thread is in now. */
+static int
+make_listener(uint16_t port, const char **what)
 {
-    struct listen_job *j = arg;
-    char path[64];
-    int nsfd, fd, one = 1;
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(j->port),
+    int fd, one = 1;
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port),
                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
 
-    snprintf(path, sizeof(path), "/proc/%d/ns/net", (int)j->pid);
-    nsfd = open(path, O_RDONLY | O_CLOEXEC);
-    if (nsfd < 0) {
-        j->err = errno;
-        j->what = "open the sandbox's network namespace";
-        return NULL;
-    }
-    /* The pid could have been reused between the caller's check and the open: check again
-     * with the namespace fd in hand. */
-    if (sandbox__proc_start_time(j->pid) != j->start) {
-        close(nsfd);
-        j->err = ESRCH;
-        j->what = "sandbox init is gone";
-        return NULL;
-    }
-    if (setns(nsfd, CLONE_NEWNET) < 0) {
-        j->err = errno;
-        j->what = "enter the sandbox's network namespace";
-        close(nsfd);
-        return NULL;
-    }
-    close(nsfd);
     fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0) {
-        j->err = errno;
-        j->what = "socket";
-        return NULL;
+        *what = "socket";
+        return -1;
     }
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    /* A changed policy gets a new listener before the old one goes. Only sockets of the same
-     * host uid join the group, so nothing inside the sandbox can bind beside them. */
+    /* Only sockets of the same host uid may join a reuseport group, so nothing inside the
+     * sandbox can bind beside this one. */
     setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
     if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 256) < 0) {
-        j->err = errno;
-        j->what = "listen on 127.0.0.1 in the sandbox";
+        int e = errno;
+        *what = "listen on 127.0.0.1 in the sandbox";
         close(fd);
-        return NULL;
+        errno = e;
+        return -1;
     }
-    j->fd = fd;
-    return NULL;
+    return fd;
 }
 
 int
 sandbox_netns_listen(const struct sandbox_init *init, uint16_t port, struct err **errp)
 {
-    struct listen_job j = {init->pid, init->start, port, -1, 0, NULL};
-    pthread_t t;
-    int r;
+    char path[64];
+    cleanup_close int self = -1;
+    cleanup_close int ns = -1;
+    const char *what = NULL;
+    int fd, e;
 
     if (!sandbox_alive(init))
         return err_set(errp, ERR_CONFLICT, 0, "sandbox is not running");
-    r = pthread_create(&t, NULL, listen_thread, &j);
-    if (r != 0)
-        return err_set(errp, ERR_INTERNAL, r, "thread");
-    pthread_join(t, NULL);
-    if (j.fd < 0)
-        return err_set(errp, j.err == EADDRINUSE ? ERR_CONFLICT : ERR_INTERNAL, j.err, "%s",
-                       j.what);
-    return j.fd;
+    /* The calling thread steps into the namespace and straight back: only this thread moves,
+     * and nothing else runs on it in between. */
+    self = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+    snprintf(path, sizeof(path), "/proc/%d/ns/net", (int)init->pid);
+    ns = open(path, O_RDONLY | O_CLOEXEC);
+    if (self < 0 || ns < 0)
+        return err_set(errp, ERR_INTERNAL, errno, "open a network namespace");
+    /* The pid could have been reused between the check and the open: check again with the
+     * namespace in hand. */
+    if (sandbox__proc_start_time(init->pid) != init->start)
+        return err_set(errp, ERR_CONFLICT, 0, "sandbox init is gone");
+    if (setns(ns, CLONE_NEWNET) < 0)
+        return err_set(errp, ERR_INTERNAL, errno, "enter the sandbox's network namespace");
+    fd = make_listener(port, &what);
+    e = errno;
+    if (setns(self, CLONE_NEWNET) < 0) {
+        /* A thread left in a sandbox's namespace would open its later sockets there. */
+        log_error("cannot return to the host's network namespace: %s", strerror(errno));
+        abort();
+    }
+    if (fd < 0)
+        return err_set(errp, e == EADDRINUSE ? ERR_CONFLICT : ERR_INTERNAL, e, "%s", what);
+    return fd;
 }
