@@ -17,8 +17,8 @@
      sets X-Bench: 1 and re-originates TLS to the upstream, verified against
      --egress-upstream-ca). The difference of the medians is the latency interception adds.
      The proxy closes an intercepted tunnel after one request (Connection: close), so
-     keep-alive through interception is not possible yet: both sides are measured one request
-     per connection, and the keep-alive rate through a plain tunnel is reported for reference.
+     both one request per connection and keep-alive (many requests on one tunnel), through a
+     plain tunnel and through interception; the target is judged on keep-alive requests.
      The same client on the host straight to the upstream (no proxy) is the floor under both.
      Requests over 15 ms are counted: a bimodal tail there is Nagle's algorithm on the proxy's
      sockets meeting the client's delayed ACK (bench/README.md).
@@ -553,6 +553,12 @@ def main():
                      "/bench/test-ca.pem", "50")
         ka = s.run_client(plain, "https-keepalive", "127.0.0.1:3128", https_target,
                           "/bench/test-ca.pem", str(per * a.blocks))
+        # Keep-alive through interception: the requests after the first reuse both TLS
+        # connections, so this is what interception itself adds per request.
+        ieid, ica = spec["intercepted"]
+        s.run_client(ieid, "https-keepalive", "127.0.0.1:3128", https_target, ica, "50")
+        kai = s.run_client(ieid, "https-keepalive", "127.0.0.1:3128", https_target, ica,
+                           str(per * a.blocks))
     finally:
         if s is not None:
             s.stop()
@@ -597,11 +603,18 @@ def main():
     print(f"  interception adds {added:.3f} ms at p50, "
           f"{pct(lat['intercepted'], 99) - pct(lat['tunnel'], 99):.3f} ms at p99")
     kl = [x * 1e3 for x in ka["lat"]]
-    print(f"  keep-alive, one plain tunnel (reference; interception closes after one request): "
-          f"{len(kl) / ka['total']:.0f} req/s, p50 {med(kl):.3f} ms, p99 {pct(kl, 99):.3f} ms")
+    kil = [x * 1e3 for x in kai["lat"]]
+    print(f"  keep-alive, one plain tunnel:        {len(kl) / ka['total']:6.0f} req/s, "
+          f"p50 {med(kl):.3f} ms, p99 {pct(kl, 99):.3f} ms")
+    print(f"  keep-alive, one intercepted tunnel:  {len(kil) / kai['total']:6.0f} req/s, "
+          f"p50 {med(kil):.3f} ms, p99 {pct(kil, 99):.3f} ms   X-Bench upstream "
+          f"{kai['marked']}/{len(kil)}")
+    kadded = med(kil) - med(kl)
+    print(f"  interception adds {kadded:.3f} ms at p50 per keep-alive request")
     print(f"\nTargets: tunnel >= 80% of direct: {'met' if pd / d >= 0.8 else 'NOT met'} "
-          f"({pd / d:.0%});  interception adds <= 1 ms p50: "
-          f"{'met' if added <= 1.0 else 'NOT met'} ({added:.2f} ms)")
+          f"({pd / d:.0%});  interception adds <= 1 ms p50 (keep-alive requests): "
+          f"{'met' if kadded <= 1.0 else 'NOT met'} ({kadded:.2f} ms; {added:.2f} ms with a new "
+          f"connection per request)")
     if marked["intercepted"] != len(lat["intercepted"]) or marked["tunnel"] != 0:
         print("WARNING: interception did not happen as configured (see the X-Bench counts)")
         return 1

@@ -458,6 +458,8 @@ egress_policy_allows(const struct egress_policy *p, const struct egress_dest *d,
                      const char **reason, const struct egress_rule **rule_out)
 {
     bool name_matched = false;
+    const struct egress_rule *best = NULL;
+    size_t best_score = 0;
 
     if (rule_out != NULL)
         *rule_out = NULL;
@@ -487,11 +489,22 @@ egress_policy_allows(const struct egress_policy *p, const struct egress_dest *d,
         if (m) {
             name_matched = true;
             if (port_ok(r, d->port)) {
-                if (rule_out != NULL)
-                    *rule_out = r;
-                return true;
+                /* The most specific entry decides (its credential, its transform): an exact
+                 * host over any suffix, a longer suffix over a shorter, either over "*". */
+                size_t score = r->kind == EGRESS_RULE_ANY      ? 1
+                               : r->kind == EGRESS_RULE_SUFFIX ? 2 + strlen(r->host)
+                                                               : 1000;
+                if (score > best_score) {
+                    best = r;
+                    best_score = score;
+                }
             }
         }
+    }
+    if (best != NULL) {
+        if (rule_out != NULL)
+            *rule_out = best;
+        return true;
     }
     if (name_matched)
         *reason = "the port is not allowed for this host by the environment's allowlist";

@@ -114,6 +114,18 @@ struct conn {
     struct sockaddr_storage addr;   /* the vetted upstream address */
     socklen_t addrlen;
     struct tunnel *t;               /* a plain CONNECT tunnel, relayed with splice() */
+    /* An intercepted tunnel keeps both connections across requests: the response is framed
+     * (its length known from its head) so the next request can follow. */
+    struct {
+        enum { RS_HEAD, RS_LENGTH, RS_CHUNK_SIZE, RS_CHUNK_DATA, RS_TRAILER, RS_CLOSE,
+               RS_DONE } st;
+        uint64_t left;
+        bool close_after; /* the response or request said Connection: close (or HTTP/1.0) */
+        bool head_req;
+    } resp;
+    bool up_ready; /* the upstream TLS connection is up and idle between responses */
+    unsigned served; /* requests answered on this intercepted tunnel */
+    bool req_close; /* the current inner request asked for Connection: close */
     struct conn *prev, *next;
 };
 
@@ -328,6 +340,7 @@ nodelay(evutil_socket_t fd)
 /* ----------------------------------------------------------------- relay */
 
 static void relay_read(struct bufferevent *bev, void *arg);
+static void resp_read(struct bufferevent *bev, void *arg);
 
 /* The side that was paused for backpressure may read again once the other drained. */
 static void
@@ -397,14 +410,29 @@ relay_event(struct bufferevent *bev, short what, void *arg)
                 shutdown(bufferevent_getfd(c->up), SHUT_WR);
             if (c->up_eof)
                 finish(c);
+        } else if (c->mitm && c->st == C_HEAD) {
+            /* The upstream closed an idle keep-alive connection: the next request dials. */
+            bufferevent_free(c->up);
+            c->up = NULL;
+            c->up_ready = false;
         } else {
             c->up_eof = true;
-            relay_read(bev, c); /* whatever was still buffered */
-            finish(c);
+            if (c->mitm)
+                resp_read(bev, c);
+            else
+                relay_read(bev, c); /* whatever was still buffered */
+            if (c->st != C_DONE)
+                finish(c);
         }
         return;
     }
     if (what & (BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT)) {
+        if (!from_client && c->mitm && c->st == C_HEAD) {
+            bufferevent_free(c->up);
+            c->up = NULL;
+            c->up_ready = false;
+            return;
+        }
         if (from_client) {
             if (c->up != NULL) {
                 bufferevent_free(c->up);
@@ -610,6 +638,175 @@ start_tunnel(struct conn *c)
     return true;
 }
 
+/* ------------------------------------------------ keep-alive inside interception */
+
+#define RESP_HEAD_MAX (64u * 1024)
+
+static void head_read(struct bufferevent *bev, void *arg);
+static void head_event(struct bufferevent *bev, short what, void *arg);
+
+/* Parses a response head (NUL-terminated) and decides how its body is framed. */
+static void
+resp_head(struct conn *c, const char *head, int *status)
+{
+    const char *line = strstr(head, "\r\n");
+    bool chunked = false, have_len = false, bad_len = false;
+    uint64_t len = 0;
+
+    *status = 0;
+    if (strncmp(head, "HTTP/1.", 7) != 0 || strlen(head) < 12)
+        c->resp.close_after = true;
+    else {
+        *status = (head[9] - '0') * 100 + (head[10] - '0') * 10 + (head[11] - '0');
+        if (head[7] == '0')
+            c->resp.close_after = true; /* HTTP/1.0 */
+    }
+    for (; line != NULL && line[2] != '\0'; line = strstr(line + 2, "\r\n")) {
+        const char *h = line + 2, *colon = strchr(h, ':');
+        const char *eol = strstr(h, "\r\n");
+        size_t nl;
+        char val[128];
+        if (colon == NULL || eol == NULL || colon > eol)
+            continue;
+        nl = (size_t)(colon - h);
+        snprintf(val, sizeof(val), "%.*s", (int)(eol - colon - 1), colon + 1);
+        if (nl == 14 && strncasecmp(h, "content-length", 14) == 0) {
+            uint64_t v;
+            char *p = val;
+            while (*p == ' ' || *p == '\t')
+                p++;
+            if (have_len || util_parse_u64(p, UINT64_MAX / 2, &v, NULL) < 0)
+                bad_len = true;
+            have_len = true;
+            len = v;
+        } else if (nl == 17 && strncasecmp(h, "transfer-encoding", 17) == 0) {
+            chunked = strcasestr(val, "chunked") != NULL;
+            if (!chunked)
+                c->resp.close_after = true; /* another coding: the body runs to the close */
+        } else if (nl == 10 && strncasecmp(h, "connection", 10) == 0 &&
+                   strcasestr(val, "close") != NULL) {
+            c->resp.close_after = true;
+        }
+    }
+    if (c->resp.head_req || *status == 204 || *status == 304 || (*status >= 100 && *status < 200))
+        c->resp.st = RS_DONE;
+    else if (chunked)
+        c->resp.st = RS_CHUNK_SIZE;
+    else if (have_len && !bad_len) {
+        c->resp.st = len > 0 ? RS_LENGTH : RS_DONE;
+        c->resp.left = len;
+    } else {
+        c->resp.st = RS_CLOSE; /* no length: the body ends with the connection */
+        c->resp.close_after = true;
+    }
+}
+
+/* One response relayed: go on with the client's next request, or end. */
+static void
+resp_done(struct conn *c)
+{
+    struct timeval tv = {c->eg->cfg.header_timeout_s, 0};
+
+    if (c->resp.close_after || c->req_close || c->cl_eof) {
+        finish(c);
+        return;
+    }
+    c->up_ready = true;
+    c->served++;
+    c->st = C_HEAD;
+    c->head_ms = util_now_ms();
+    c->body_left = 0;
+    free(c->path);
+    c->path = NULL;
+    bufferevent_setcb(c->cl, head_read, NULL, head_event, c);
+    bufferevent_set_timeouts(c->cl, &tv, NULL);
+    bufferevent_enable(c->cl, EV_READ);
+    if (evbuffer_get_length(bufferevent_get_input(c->cl)) > 0)
+        head_read(c->cl, c); /* the next request was already there */
+}
+
+/* The upstream's answer to an intercepted request, relayed as it is framed. */
+static void
+resp_read(struct bufferevent *bev, void *arg)
+{
+    struct conn *c = arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    struct evbuffer *out = bufferevent_get_output(c->cl);
+
+    touch(c);
+    while (evbuffer_get_length(in) > 0 && c->resp.st != RS_DONE) {
+        size_t avail = evbuffer_get_length(in);
+        if (c->resp.st == RS_HEAD) {
+            struct evbuffer_ptr end = evbuffer_search(in, "\r\n\r\n", 4, NULL);
+            char *head;
+            int status;
+            if (end.pos < 0) {
+                if (avail > RESP_HEAD_MAX) {
+                    finish(c);
+                    return;
+                }
+                break;
+            }
+            head = xmalloc((size_t)end.pos + 5);
+            evbuffer_remove(in, head, (size_t)end.pos + 4);
+            head[end.pos + 4] = '\0';
+            resp_head(c, head, &status);
+            evbuffer_add(out, head, (size_t)end.pos + 4);
+            c->bytes_down += (uint64_t)end.pos + 4;
+            free(head);
+            if (status >= 100 && status < 200 && status != 101)
+                c->resp.st = RS_HEAD; /* an interim answer: the real one follows */
+            else if (status == 101)
+                c->resp.st = RS_CLOSE, c->resp.close_after = true;
+        } else if (c->resp.st == RS_LENGTH || c->resp.st == RS_CHUNK_DATA) {
+            size_t n = avail < c->resp.left ? avail : (size_t)c->resp.left;
+            evbuffer_remove_buffer(in, out, n);
+            c->bytes_down += n;
+            c->resp.left -= n;
+            if (c->resp.left == 0)
+                c->resp.st = c->resp.st == RS_LENGTH ? RS_DONE : RS_CHUNK_SIZE;
+        } else if (c->resp.st == RS_CHUNK_SIZE || c->resp.st == RS_TRAILER) {
+            size_t n;
+            char *line = evbuffer_readln(in, &n, EVBUFFER_EOL_CRLF_STRICT);
+            if (line == NULL) {
+                if (avail > 4096) {
+                    finish(c);
+                    return;
+                }
+                break;
+            }
+            evbuffer_add_printf(out, "%s\r\n", line);
+            c->bytes_down += n + 2;
+            if (c->resp.st == RS_TRAILER) {
+                if (n == 0)
+                    c->resp.st = RS_DONE;
+            } else {
+                char *endp;
+                unsigned long long size = strtoull(line, &endp, 16);
+                if (endp == line) {
+                    free(line);
+                    finish(c);
+                    return;
+                }
+                if (size == 0) {
+                    c->resp.st = RS_TRAILER;
+                } else {
+                    c->resp.st = RS_CHUNK_DATA;
+                    c->resp.left = size + 2; /* the data and its CRLF */
+                }
+            }
+            free(line);
+        } else { /* RS_CLOSE */
+            c->bytes_down += avail;
+            evbuffer_add_buffer(out, in);
+        }
+    }
+    if (evbuffer_get_length(out) > RELAY_HIGH)
+        bufferevent_disable(bev, EV_READ);
+    if (c->resp.st == RS_DONE)
+        resp_done(c);
+}
+
 static void
 start_relay(struct conn *c)
 {
@@ -624,7 +821,12 @@ start_relay(struct conn *c)
     c->st = C_RELAY;
     touch(c);
     bufferevent_setcb(c->cl, relay_read, relay_drained, relay_event, c);
-    bufferevent_setcb(c->up, relay_read, relay_drained, relay_event, c);
+    bufferevent_setcb(c->up, c->mitm ? resp_read : relay_read, relay_drained, relay_event, c);
+    if (c->mitm) {
+        memset(&c->resp, 0, sizeof(c->resp));
+        c->resp.head_req = strcmp(c->method, "HEAD") == 0;
+        c->up_ready = false;
+    }
     bufferevent_setwatermark(c->cl, EV_WRITE, RELAY_HIGH / 4, 0);
     bufferevent_setwatermark(c->up, EV_WRITE, RELAY_HIGH / 4, 0);
     bufferevent_set_timeouts(c->cl, NULL, NULL);
@@ -775,6 +977,14 @@ dial(struct conn *c, const struct sockaddr *sa, socklen_t len)
     }
     if (c->mitm)
         snprintf(c->reason, sizeof(c->reason), "%s", "allowed; intercepted and headers set");
+    if (c->mitm && c->up != NULL && c->up_ready) {
+        start_relay(c); /* the upstream connection of the previous request */
+        return;
+    }
+    if (c->up != NULL) {
+        bufferevent_free(c->up);
+        c->up = NULL;
+    }
     c->st = C_CONNECT;
     if (c->mitm) {
         SSL *ssl = egress_tls_connect_ssl(c->eg->tls, c->dest.host, c->dest.is_ip);
@@ -931,10 +1141,11 @@ substitutes(const struct conn *c)
  * by its secret; NULL when there is none in it. Owned (wipe and free).
  */
 static char *
-substitute(const struct conn *c, const char *line)
+substitute(const struct conn *c, const char *line, bool *too_long)
 {
     const struct egress_policy *p = c->pol->p;
     char *cur = NULL;
+    bool ok = true;
 
     for (size_t i = 0; i < p->n_subst; i++) {
         const struct egress_subst *s = &p->subst[i];
@@ -944,15 +1155,25 @@ substitute(const struct conn *c, const char *line)
             !egress_policy_allows(s->domains, &c->dest, &why, NULL))
             continue;
         buf_init(&b, 64 * 1024);
-        while ((hit = strstr(src, s->placeholder)) != NULL) {
-            buf_append(&b, src, (size_t)(hit - src), NULL);
-            buf_append(&b, s->value, strlen(s->value), NULL);
+        while ((hit = strstr(src, s->placeholder)) != NULL && ok) {
+            ok = buf_append(&b, src, (size_t)(hit - src), NULL) == 0 &&
+                 buf_append(&b, s->value, strlen(s->value), NULL) == 0;
             src = hit + strlen(s->placeholder);
         }
-        buf_append(&b, src, strlen(src), NULL);
+        ok = ok && buf_append(&b, src, strlen(src), NULL) == 0;
         if (cur != NULL) {
             explicit_bzero(cur, strlen(cur));
             free(cur);
+            cur = NULL;
+        }
+        if (!ok) {
+            /* Past the cap the buffer was already dropped (wiped below if not): refuse the
+             * request rather than send any part of the line. */
+            if (b.data != NULL)
+                explicit_bzero(b.data, b.len);
+            buf_free(&b);
+            *too_long = true;
+            return NULL;
         }
         cur = buf_steal(&b, NULL);
     }
@@ -1021,6 +1242,7 @@ parse_head(struct conn *c, char *head, bool inner)
         return false;
     }
     c->is_connect = !inner && strcmp(c->method, "CONNECT") == 0;
+    c->req_close = strcmp(sp2 + 1, "HTTP/1.0") == 0;
     {
         struct err *e = NULL;
         if (inner) {
@@ -1101,6 +1323,8 @@ parse_head(struct conn *c, char *head, bool inner)
                 refuse(c, 400, "deny", "control character in a header value");
                 return false;
             }
+        if (nl == 10 && strncasecmp(line, "connection", 10) == 0 && strcasestr(v, "close") != NULL)
+            c->req_close = true;
         if (nl == 17 && strncasecmp(line, "transfer-encoding", 17) == 0) {
             refuse(c, 400, "deny", "Transfer-Encoding in a request is not accepted here "
                                    "(send a Content-Length)");
@@ -1132,7 +1356,13 @@ parse_head(struct conn *c, char *head, bool inner)
             have_host = true;
         }
         if (!c->is_connect && !dropped_header(line, nl) && !injected_header(c, line, nl)) {
-            char *swapped = inner ? substitute(c, line) : NULL;
+            bool too_long = false;
+            char *swapped = inner ? substitute(c, line, &too_long) : NULL;
+            if (too_long) {
+                refuse(c, 431, "deny", "a header line is longer than 64 KiB once its credential "
+                                       "placeholders are replaced");
+                return false;
+            }
             evbuffer_add_printf(c->head_out, "%s\r\n", swapped != NULL ? swapped : line);
             if (swapped != NULL) {
                 explicit_bzero(swapped, strlen(swapped));
@@ -1155,7 +1385,8 @@ parse_head(struct conn *c, char *head, bool inner)
         return false;
     }
     if (!c->is_connect)
-        evbuffer_add_printf(c->head_out, "Connection: close\r\n\r\n");
+        evbuffer_add_printf(c->head_out, inner && !c->req_close ? "\r\n"
+                                                                : "Connection: close\r\n\r\n");
     c->body_left = cl;
     if (inner)
         return true;
@@ -1229,7 +1460,7 @@ head_event(struct bufferevent *bev, short what, void *arg)
     (void)bev;
     if (what & BEV_EVENT_CONNECTED)
         return; /* the TLS handshake with the client completed; the head comes next */
-    if (c->mitm && c->decision != NULL && strcmp(c->decision, "deny") != 0) {
+    if (c->mitm && c->decision != NULL && strcmp(c->decision, "deny") != 0 && c->served == 0) {
         unsigned long e = (what & BEV_EVENT_ERROR) ? bufferevent_get_openssl_error(c->cl) : 0;
         char buf[160];
         if (e != 0) {
