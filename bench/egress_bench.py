@@ -16,9 +16,8 @@
      allowlist entry with a `transform`: the proxy terminates TLS with the installation's CA,
      sets X-Bench: 1 and re-originates TLS to the upstream, verified against
      --egress-upstream-ca). The difference of the medians is the latency interception adds.
-     The proxy closes an intercepted tunnel after one request (Connection: close), so
-     both one request per connection and keep-alive (many requests on one tunnel), through a
-     plain tunnel and through interception; the target is judged on keep-alive requests.
+     Measured both one request per connection and keep-alive (many requests on one tunnel),
+     through a plain tunnel and through interception; the target is judged on keep-alive.
      The same client on the host straight to the upstream (no proxy) is the floor under both.
      Requests over 15 ms are counted: a bimodal tail there is Nagle's algorithm on the proxy's
      sockets meeting the client's delayed ACK (bench/README.md).
