@@ -671,7 +671,7 @@ resp_head(struct conn *c, const char *head, int *status)
         nl = (size_t)(colon - h);
         snprintf(val, sizeof(val), "%.*s", (int)(eol - colon - 1), colon + 1);
         if (nl == 14 && strncasecmp(h, "content-length", 14) == 0) {
-            uint64_t v;
+            uint64_t v = 0;
             char *p = val;
             while (*p == ' ' || *p == '\t')
                 p++;

@@ -145,6 +145,9 @@ int sandbox__handle_extract(int conn, json_t *req);
 #define SANDBOX_FD_UPPER_ROOT 5
 #define SANDBOX_FD_UPPER_USR  6
 
+/** Set in a process whose exited children are reaped by the kernel (SIGCHLD ignored). */
+extern bool sandbox__autoreap;
+
 /** Starts a sandbox from this process (spawn.c); sandbox_start() may route it to a spawner. */
 int sandbox__start_local(const struct sandbox_spec *spec, struct sandbox_init *out,
                          struct err **errp);

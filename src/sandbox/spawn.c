@@ -509,6 +509,8 @@ listen_socket(int env_fd, struct err **errp)
     return steal_fd(&fd);
 }
 
+bool sandbox__autoreap;
+
 int
 sandbox__start_local(const struct sandbox_spec *spec, struct sandbox_init *out, struct err **errp)
 {
@@ -551,7 +553,10 @@ sandbox__start_local(const struct sandbox_spec *spec, struct sandbox_init *out, 
     close(rp[1]);
     r = read(rp[0], &m, sizeof(m));
     close(rp[0]);
-    waitpid(launcher, NULL, 0);
+    /* The report is all we need; a caller that reaps its children itself (the spawner,
+     * with SIGCHLD ignored) does not wait for the launcher's exit. */
+    if (!sandbox__autoreap)
+        waitpid(launcher, NULL, 0);
     if (r != (ssize_t)sizeof(m)) {
         err_set(errp, ERR_INTERNAL, 0, "sandbox launcher died");
         goto out_cgroup;
