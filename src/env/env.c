@@ -594,6 +594,7 @@ env_create(struct env_ctx *c, const struct env_create_opts *o, struct store_env 
     cleanup_close int lock = -1;
     cleanup_close int src_lock = -1;
     int64_t now = util_now_ms();
+    bool has_sources;
 
     if (validate(o, errp) < 0)
         return -1;
@@ -634,12 +635,15 @@ env_create(struct env_ctx *c, const struct env_create_opts *o, struct store_env 
         goto rollback_row;
     close_and_reset(&src_lock);
     /* The row stays "creating" until the sources are in: a crash before that leaves an
-     * environment that reconcile removes, never a half-filled one that looks finished. */
-    if (start_locked(c, &e, STORE_ENV_CREATING, errp) < 0)
+     * environment that reconcile removes, never a half-filled one that looks finished. With
+     * nothing to put in, the start itself is the last step, and one write says so. */
+    has_sources = o->n_files > 0 || o->n_dirs > 0 || o->n_fetches > 0;
+    if (start_locked(c, &e, has_sources ? STORE_ENV_CREATING : STORE_ENV_RUNNING, errp) < 0)
         goto rollback_volume;
-    if (place_sources(c, e.id, o, errp) < 0 ||
-        store_env_set_state(c->store, e.id, STORE_ENV_RUNNING, e.init_pid, e.init_start,
-                            errp) < 0)
+    if (has_sources &&
+        (place_sources(c, e.id, o, errp) < 0 ||
+         store_env_set_state(c->store, e.id, STORE_ENV_RUNNING, e.init_pid, e.init_start,
+                             errp) < 0))
         goto rollback_sandbox;
     e.state = STORE_ENV_RUNNING;
     *out = e;
