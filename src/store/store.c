@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <sqlite3.h>
 
@@ -194,6 +195,28 @@ migrate(struct store *s, struct err **errp)
     return exec_sql(s, "COMMIT", errp);
 }
 
+/*
+ * Switching a new database to WAL needs its lock for a moment, and SQLite answers "locked"
+ * at once, without its busy handler, when another process holds it (two paddock processes
+ * opening a fresh data directory together): retry for up to the busy timeout.
+ */
+static int
+set_wal(struct store *s, struct err **errp)
+{
+    for (int i = 0;; i++) {
+        int rc = sqlite3_exec(s->db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
+                                     " PRAGMA foreign_keys=ON",
+                              NULL, NULL, NULL);
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        if (rc == SQLITE_OK)
+            return 0;
+        rc &= 0xff;
+        if ((rc != SQLITE_BUSY && rc != SQLITE_LOCKED) || i == 1000)
+            return db_err(s, errp, "set WAL mode");
+        nanosleep(&ts, NULL);
+    }
+}
+
 int
 store_open(const char *path, struct store **out, struct err **errp)
 {
@@ -209,9 +232,7 @@ store_open(const char *path, struct store **out, struct err **errp)
         return -1;
     }
     sqlite3_busy_timeout(s->db, 10000);
-    if (exec_sql(s, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON",
-                 errp) < 0 ||
-        migrate(s, errp) < 0) {
+    if (set_wal(s, errp) < 0 || migrate(s, errp) < 0) {
         err_wrap(errp, "open database %s", path);
         store_close(s);
         return -1;

@@ -212,7 +212,7 @@ out = []
 for sp in specs:
     r = {"connect": None, "tls_err": None, "resp": "", "cert": None, "peer": None}
     out.append(r)
-    h, p, to = sp["host"], sp["port"], sp.get("timeout", 10)
+    h, p, to = sp["host"], sp["port"], sp.get("timeout", 20)
     s = socket.create_connection(("127.0.0.1", 3128), timeout=to)
     try:
         s.sendall(("CONNECT %s:%d HTTP/1.1\r\nHost: %s:%d\r\n\r\n" % (h, p, h, p)).encode())
