@@ -3,7 +3,9 @@
 
   1. GET /v1beta/environments/ID with wrk on loopback: requests per second and p99;
   2. create -> ready through the API (POST /v1beta/environments answered 200, sandbox
-     running): p50 and p99 over N creates, as a client sees them;
+     running): p50 and p99 over N creates, as a client sees them; twice: back to back (a
+     burst: the server's warm pool of 2 is soon empty and most creates start a new sandbox)
+     and paced 100 ms apart (each one claims a warm sandbox);
   3. snapshot tar throughput for a ~200 MB environment, beside GNU tar over the same files
      (the environment's own layer on the host), both read to the end through a pipe.
 
@@ -82,10 +84,11 @@ class Server:
                        env=self.env, capture_output=True)
 
 
-def bench_creates(s, n):
+def bench_creates(s, n, pace_s=0.0):
     times = []
     ids = []
     for _ in range(n):
+        time.sleep(pace_s)
         t0 = time.perf_counter()
         e = s.call("POST", "/v1beta/environments", {})
         times.append((time.perf_counter() - t0) * 1e3)
@@ -155,6 +158,7 @@ def main():
     try:
         s.call("POST", "/v1beta/environments", {})  # warm: storage image, base image
         creates = bench_creates(s, a.creates)
+        paced = bench_creates(s, a.creates, 0.1)
         rps, g50, g99, bad = bench_get(s, a.wrk_seconds)
         size, ours, gnu = bench_snapshot(s, a.snapshot_mb)
     finally:
@@ -163,8 +167,10 @@ def main():
     print(f"paddock api-bench: {os.cpu_count()} cores, data dir {data}")
     print(f"GET environment (wrk -t2 -c32 {a.wrk_seconds}s)  {rps:10.0f} req/s   "
           f"p50 {g50:.3f} ms   p99 {g99:.3f} ms   non-2xx {bad}")
-    print(f"create -> ready via API ({a.creates})      p50 {statistics.median(creates):.3f} ms   "
+    print(f"create -> ready via API ({a.creates}, burst) p50 {statistics.median(creates):.3f} ms   "
           f"p99 {pct(creates, 99):.3f} ms")
+    print(f"create -> ready via API ({a.creates}, paced) p50 {statistics.median(paced):.3f} ms   "
+          f"p99 {pct(paced, 99):.3f} ms   (warm pool)")
     print(f"snapshot tar of {size / 1e6:.0f} MB               paddock {ours:.0f} MB/s   "
           f"GNU tar {gnu:.0f} MB/s   ratio {ours / gnu:.2f}x")
 

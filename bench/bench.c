@@ -4,7 +4,11 @@
  * data directory of its own, and prints medians and p99 of each phase, the ratio to bwrap,
  * and the host memory that idle running environments cost.
  *
- *   paddock-bench [--data-dir DIR] [--iterations N] [--idle N]
+ * Creates are measured twice: cold (a new sandbox: no_pool) and pooled (a claim from the warm
+ * pool, which a refiller thread keeps at --pool N between iterations, as `paddock serve`
+ * does). As in the server, every sandbox start goes through the spawner.
+ *
+ *   paddock-bench [--data-dir DIR] [--iterations N] [--idle N] [--pool N]
  */
 #include <errno.h>
 #include <getopt.h>
@@ -13,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "env/env.h"
@@ -96,6 +101,16 @@ mem_available_kb(void)
     return kb;
 }
 
+/* Waits (up to 10 s) until the refiller has filled the pool again. */
+static void
+wait_pool_full(void)
+{
+    struct timespec ts = {0, 200 * 1000};
+
+    for (int i = 0; i < 50000 && !env_pool_full(); i++)
+        nanosleep(&ts, NULL);
+}
+
 static int
 fail(struct err *e)
 {
@@ -111,11 +126,12 @@ main(int argc, char **argv)
         {"data-dir", required_argument, NULL, 'd'},
         {"iterations", required_argument, NULL, 'n'},
         {"idle", required_argument, NULL, 'i'},
+        {"pool", required_argument, NULL, 'p'},
         {NULL, 0, NULL, 0},
     };
     char tmpl[] = "/tmp/paddock-bench.XXXXXX";
     const char *dir = NULL;
-    size_t n = 200, idle = 200;
+    size_t n = 200, idle = 200, pool = 2;
     struct env_ctx *ctx = NULL;
     struct env_create_opts co = {0};
     struct err *e = NULL;
@@ -128,32 +144,54 @@ main(int argc, char **argv)
             n = strtoul(optarg, NULL, 10);
         else if (c == 'i')
             idle = strtoul(optarg, NULL, 10);
+        else if (c == 'p')
+            pool = strtoul(optarg, NULL, 10);
         else
             return 2;
     }
     if (n < 10)
         n = 10;
+    if (pool < 1)
+        pool = 1;
     if (dir == NULL && (dir = mkdtemp(tmpl)) == NULL)
         return perror("mkdtemp"), 1;
-    if (env_ctx_open(dir, 8ULL << 30, &ctx, &e) < 0)
+    /* Before any thread, as the server does. */
+    if (sandbox_spawner_start(&e) < 0 || env_ctx_open(dir, 8ULL << 30, &ctx, &e) < 0)
         return fail(e);
+    co.no_pool = true;
 
     int64_t *t_bwrap = calloc(n, sizeof(int64_t)), *t_create = calloc(n, sizeof(int64_t));
     int64_t *t_exec = calloc(n, sizeof(int64_t)), *t_restart = calloc(n, sizeof(int64_t));
-    int64_t *t_destroy = calloc(n, sizeof(int64_t));
+    int64_t *t_destroy = calloc(n, sizeof(int64_t)), *t_pooled = calloc(n, sizeof(int64_t));
+    struct env_create_opts po = {0};
     struct store_env env;
     char *edir = NULL;
     bool have_bwrap = bwrap_once() > 0;
 
     /* Warm up: storage mount, image build, seccomp compilation happen once. */
-    if (env_create(ctx, &co, &env, &e) < 0 || env_destroy(ctx, env.id, &e) < 0)
+    if (env_create(ctx, &co, &env, &e) < 0 || env_destroy(ctx, env.id, &e) < 0 ||
+        env_pool_start(dir, 8ULL << 30, pool, &e) < 0)
         return fail(e);
-    printf("paddock-bench: %zu iterations, %zu idle environments, data dir %s\n", n, idle, dir);
+    printf("paddock-bench: %zu iterations, %zu idle environments, warm pool of %zu, data dir %s\n",
+           n, idle, pool, dir);
     for (size_t i = 0; i < n; i++) {
+        /* Pooled: the claim, then the first exec. The refiller makes the next one while this
+         * loop waits, never while it measures. */
+        wait_pool_full();
+        int64_t t0 = util_mono_ns();
+        if (env_create(ctx, &po, &env, &e) < 0 || env_use(ctx, env.id, &edir, &e) < 0 ||
+            run_true(edir, &e) < 0)
+            return fail(e);
+        t_pooled[i] = util_mono_ns() - t0;
+        free(edir);
+        edir = NULL;
+        if (env_destroy(ctx, env.id, &e) < 0)
+            return fail(e);
+        wait_pool_full();
         /* Interleaved, so both see the same machine state. */
         if (have_bwrap)
             t_bwrap[i] = bwrap_once();
-        int64_t t0 = util_mono_ns();
+        t0 = util_mono_ns();
         if (env_create(ctx, &co, &env, &e) < 0 || env_use(ctx, env.id, &edir, &e) < 0 ||
             run_true(edir, &e) < 0)
             return fail(e);
@@ -183,7 +221,8 @@ main(int argc, char **argv)
     } else {
         printf("bwrap: not installed, no peer figure (apt-get install bubblewrap)\n");
     }
-    report("create -> first exec /bin/true", t_create, n, ref);
+    report("create -> first exec (cold)", t_create, n, ref);
+    report("create -> first exec (warm pool)", t_pooled, n, ref);
     report("exec round trip /bin/true", t_exec, n, 0);
     report("stop -> start", t_restart, n, 0);
     report("destroy", t_destroy, n, 0);
@@ -205,6 +244,7 @@ main(int argc, char **argv)
     for (size_t i = 0; i < idle; i++)
         if (env_destroy(ctx, ids[i], &e) < 0)
             return fail(e);
+    env_pool_stop();
     if (env_teardown(ctx, &e) < 0)
         return fail(e);
     env_ctx_close(ctx);

@@ -26,6 +26,7 @@ struct api_config {
     const char *const *egress_allow; /* CIDRs */
     size_t n_egress_allow;
     const char *egress_upstream_ca; /* extra CA for intercepted upstreams */
+    size_t warm_pool;               /* sandboxes kept started for creates to claim; 0: none */
 };
 
 /** Serves until SIGINT or SIGTERM. Must be called before the process starts any thread. */

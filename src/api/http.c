@@ -1043,6 +1043,12 @@ api_serve(const struct api_config *cfg, struct err **errp)
             env_ctx_close(ctx);
         }
     }
+    /* After recovery: the refiller's first pass removes pooled sandboxes that died. */
+    if (env_pool_start(cfg->data_dir, cfg->storage_size, cfg->warm_pool, errp) < 0) {
+        MHD_stop_daemon(srv.daemon);
+        egress_stop(egress);
+        return -1;
+    }
     ready = true;
     log_fields(LOG_LEVEL_WARN, "ready", (const char *const[]){"data_dir", cfg->data_dir}, 2);
     {
@@ -1073,6 +1079,7 @@ api_serve(const struct api_config *cfg, struct err **errp)
     }
     log_info("shutting down; sandboxes keep running");
     MHD_stop_daemon(srv.daemon);
+    env_pool_stop();
     env_set_start_hook(NULL, NULL);
     egress_stop(egress);
     egress = NULL;

@@ -480,6 +480,8 @@ state_name(enum store_env_state st)
         return "offline";
     case STORE_ENV_EXPIRED:
         return "expired";
+    case STORE_ENV_POOLED: /* never listed nor returned */
+        break;
     }
     return "unknown";
 }

@@ -99,6 +99,7 @@ cli__serve(const struct cli_global *g, int argc, char **argv)
         {"egress-upstream-ca", required_argument, NULL, 'C'},
         {"log-format", required_argument, NULL, 'F'},
         {"log-level", required_argument, NULL, 'V'},
+        {"warm-pool", required_argument, NULL, 'W'},
         {NULL, 0, NULL, 0},
     };
     enum log_format format = g->format;
@@ -110,6 +111,7 @@ cli__serve(const struct cli_global *g, int argc, char **argv)
     const char *expire = env_or("PADDOCK_EXPIRE_AFTER", "7d");
     const char *maxup = env_or("PADDOCK_MAX_UPLOAD", "2G");
     const char *htimeout = env_or("PADDOCK_HEADER_TIMEOUT", "10s");
+    const char *warm = env_or("PADDOCK_WARM_POOL", "2");
     struct err *e = NULL;
     int c;
 
@@ -154,6 +156,9 @@ cli__serve(const struct cli_global *g, int argc, char **argv)
             break;
         case 'C':
             cfg.egress_upstream_ca = optarg;
+            break;
+        case 'W':
+            warm = optarg;
             break;
         case 'F':
             if (strcmp(optarg, "json") != 0 && strcmp(optarg, "text") != 0) {
@@ -205,6 +210,16 @@ cli__serve(const struct cli_global *g, int argc, char **argv)
         strlist_free(&resolve);
         strlist_free(&allow);
         return cli__fail(e);
+    }
+    {
+        char *end = NULL;
+        long v = strtol(warm, &end, 10);
+        if (end == warm || *end != '\0' || v < 0 || v > 64) {
+            strlist_free(&resolve);
+            strlist_free(&allow);
+            return cli__usage("--warm-pool must be a number from 0 to 64, not '%s'", warm);
+        }
+        cfg.warm_pool = (size_t)v;
     }
     cfg.lc.count_ms = 2000;
     log_init(NULL, level, format);

@@ -17,18 +17,7 @@
 
 #include <jansson.h>
 
-#include "env.h"
-
-struct env_ctx {
-    char *data_dir;
-    char *envs_dir;
-    char *images_dir;
-    char *locks_dir;
-    char *uploads_dir;
-    char *image_host; /* set once storage is ready */
-    uint64_t storage_size;
-    struct store *store;
-};
+#include "env_int.h"
 
 uint32_t
 env_host_id(const struct store_env *e)
@@ -86,8 +75,8 @@ env_ctx_close(struct env_ctx *c)
 
 static void seed_image(struct env_ctx *c);
 
-static int
-ensure_storage(struct env_ctx *c, struct err **errp)
+int
+env__ensure_storage(struct env_ctx *c, struct err **errp)
 {
     if (c->image_host != NULL)
         return 0;
@@ -99,8 +88,8 @@ ensure_storage(struct env_ctx *c, struct err **errp)
 }
 
 /* Takes the environment's lock: blocking, or returns -2 when busy and !wait. */
-static int
-lock_env(struct env_ctx *c, const char *id, bool wait, struct err **errp)
+int
+env__lock(struct env_ctx *c, const char *id, bool wait, struct err **errp)
 {
     cleanup_free char *path = xasprintf("%s/%s", c->locks_dir, id);
     cleanup_close int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
@@ -115,8 +104,8 @@ lock_env(struct env_ctx *c, const char *id, bool wait, struct err **errp)
     return steal_fd(&fd);
 }
 
-static char *
-volume_dir(struct env_ctx *c, const char *id)
+char *
+env__volume_dir(struct env_ctx *c, const char *id)
 {
     return xasprintf("%s/%s", c->envs_dir, id);
 }
@@ -124,8 +113,8 @@ volume_dir(struct env_ctx *c, const char *id)
 static int lock_and_load(struct env_ctx *c, const char *id, struct store_env *e,
                          struct err **errp);
 
-static struct sandbox_init
-init_of(const struct store_env *e)
+struct sandbox_init
+env__init_of(const struct store_env *e)
 {
     struct sandbox_init i = {(pid_t)e->init_pid, e->init_start};
     return i;
@@ -135,14 +124,14 @@ init_of(const struct store_env *e)
 static int
 reconcile(struct env_ctx *c, struct store_env *e, struct err **errp)
 {
-    struct sandbox_init init = init_of(e);
+    struct sandbox_init init = env__init_of(e);
     cleanup_close int lock = -1;
 
     if (e->state == STORE_ENV_RUNNING && !sandbox_alive(&init)) {
-        lock = lock_env(c, e->id, true, errp);
+        lock = env__lock(c, e->id, true, errp);
         if (lock < 0 || store_env_get(c->store, e->id, e, errp) < 0)
             return -1;
-        init = init_of(e);
+        init = env__init_of(e);
         if (e->state == STORE_ENV_RUNNING && !sandbox_alive(&init)) {
             sandbox_stop(e->id, &init, NULL); /* only its cgroups are left to remove */
             if (store_env_set_state(c->store, e->id, STORE_ENV_STOPPED, 0, 0, errp) < 0)
@@ -152,12 +141,12 @@ reconcile(struct env_ctx *c, struct store_env *e, struct err **errp)
             e->init_start = 0;
         }
     } else if (e->state == STORE_ENV_CREATING) {
-        lock = lock_env(c, e->id, false, errp);
+        lock = env__lock(c, e->id, false, errp);
         if (lock == -2)
             return 0; /* its creator is still at work */
         if (lock < 0)
             return -1;
-        if (ensure_storage(c, NULL) == 0)
+        if (env__ensure_storage(c, NULL) == 0)
             sandbox_volume_destroy(c->envs_dir, e->id, NULL);
         sandbox_stop(e->id, &init, NULL);
         store_env_delete(c->store, e->id, NULL);
@@ -171,13 +160,16 @@ env_get(struct env_ctx *c, const char *id, struct store_env *out, struct err **e
 {
     if (!util_id_valid("env_", id))
         return err_set(errp, ERR_NOT_FOUND, 0, "no environment '%s'", id);
-    if (store_env_get(c->store, id, out, errp) < 0 || reconcile(c, out, errp) < 0)
+    if (store_env_get(c->store, id, out, errp) < 0)
         return -1;
-    return 0;
+    /* A pooled sandbox is nobody's: it does not exist for any caller. */
+    if (out->state == STORE_ENV_POOLED)
+        return err_set(errp, ERR_NOT_FOUND, 0, "no environment %s", id);
+    return reconcile(c, out, errp);
 }
 
-/* Reconciles rows read from the store, dropping those that turn out to be dead creates.
- * Takes v (owned) and hands it to *out. */
+/* Reconciles rows read from the store, dropping pooled ones and those that turn out to be
+ * dead creates. Takes v (owned) and hands it to *out. */
 static int
 reconcile_rows(struct env_ctx *c, struct store_env *v, size_t n, struct store_env **out,
                size_t *n_out, struct err **errp)
@@ -186,6 +178,8 @@ reconcile_rows(struct env_ctx *c, struct store_env *v, size_t n, struct store_en
 
     for (size_t i = 0; i < n; i++) {
         struct err *e = NULL;
+        if (v[i].state == STORE_ENV_POOLED)
+            continue;
         if (reconcile(c, &v[i], &e) < 0) {
             if (e->code != ERR_NOT_FOUND) {
                 free(v);
@@ -224,10 +218,11 @@ env_set_start_hook(env_start_hook *fn, void *arg)
 }
 
 /* Starts the sandbox of e and records its init with the given state. */
-static int
-start_locked(struct env_ctx *c, struct store_env *e, enum store_env_state st, struct err **errp)
+int
+env__start_locked(struct env_ctx *c, struct store_env *e, enum store_env_state st,
+                  struct err **errp)
 {
-    cleanup_free char *dir = volume_dir(c, e->id);
+    cleanup_free char *dir = env__volume_dir(c, e->id);
     struct sandbox_init init;
     struct sandbox_spec spec = {
         .id = e->id,
@@ -239,7 +234,7 @@ start_locked(struct env_ctx *c, struct store_env *e, enum store_env_state st, st
         .pids = e->pids,
     };
 
-    if (ensure_storage(c, errp) < 0)
+    if (env__ensure_storage(c, errp) < 0)
         return -1;
     spec.image_dir = c->image_host;
     if (sandbox_start(&spec, &init, errp) < 0)
@@ -251,9 +246,16 @@ start_locked(struct env_ctx *c, struct store_env *e, enum store_env_state st, st
     e->state = st;
     e->init_pid = init.pid;
     e->init_start = init.start;
+    if (st != STORE_ENV_POOLED)
+        env__run_start_hook(c, e);
+    return 0;
+}
+
+void
+env__run_start_hook(struct env_ctx *c, const struct store_env *e)
+{
     if (start_hook != NULL)
         start_hook(start_hook_arg, c, e);
-    return 0;
 }
 
 static int
@@ -343,7 +345,7 @@ int
 env_seed_trust(struct env_ctx *c, const char *id, struct err **errp)
 {
     struct seeds s = {{{0}}, 0, {0}};
-    cleanup_free char *dir = volume_dir(c, id);
+    cleanup_free char *dir = env__volume_dir(c, id);
     int rc = 0;
 
     load_seeds(c, &s);
@@ -564,7 +566,7 @@ static int
 place_sources(struct env_ctx *c, const char *id, const struct env_create_opts *o,
               struct err **errp)
 {
-    cleanup_free char *dir = volume_dir(c, id);
+    cleanup_free char *dir = env__volume_dir(c, id);
 
     for (size_t i = 0; i < o->n_files; i++)
         if (place_bytes(dir, o->files[i].target, o->files[i].data, o->files[i].len, 0644,
@@ -586,6 +588,44 @@ place_sources(struct env_ctx *c, const char *id, const struct env_create_opts *o
     return 0;
 }
 
+/*
+ * The cold path of env_create(): a new row (locked), a new volume (or a copy of src's, whose
+ * lock src_lock is released once copied) and a new sandbox, recorded with state st.
+ */
+static int
+create_cold(struct env_ctx *c, const struct env_create_opts *o, struct store_env *e,
+            enum store_env_state st, const struct store_env *src, int *src_lock, int *lock_out,
+            struct err **errp)
+{
+    cleanup_close int lock = -1;
+
+    if (util_id_new("env_", e->id, sizeof(e->id), errp) < 0)
+        return -1;
+    /* Lock before the row exists, so no reader takes it for an abandoned create. */
+    lock = env__lock(c, e->id, true, errp);
+    if (lock < 0)
+        return -1;
+    if (env__ensure_storage(c, errp) < 0 ||
+        store_env_insert(c->store, e, o->config, SANDBOX_ID_SLOTS, errp) < 0)
+        return -1;
+    if (o->from != NULL
+            ? sandbox_volume_fork(c->envs_dir, src->id, e->id, env_host_id(src), env_host_id(e),
+                                  e->disk_bytes, errp) < 0
+            : sandbox_volume_create(c->envs_dir, e->id, env_host_id(e), e->disk_bytes, errp) < 0)
+        goto rollback_row;
+    close_and_reset(src_lock);
+    if (env__start_locked(c, e, st, errp) < 0)
+        goto rollback_volume;
+    *lock_out = steal_fd(&lock);
+    return 0;
+
+rollback_volume:
+    sandbox_volume_destroy(c->envs_dir, e->id, NULL);
+rollback_row:
+    store_env_delete(c->store, e->id, NULL);
+    return -1;
+}
+
 int
 env_create(struct env_ctx *c, const struct env_create_opts *o, struct store_env *out,
            struct err **errp)
@@ -594,7 +634,7 @@ env_create(struct env_ctx *c, const struct env_create_opts *o, struct store_env 
     cleanup_close int lock = -1;
     cleanup_close int src_lock = -1;
     int64_t now = util_now_ms();
-    bool has_sources;
+    bool has_sources = o->n_files > 0 || o->n_dirs > 0 || o->n_fetches > 0;
 
     if (validate(o, errp) < 0)
         return -1;
@@ -610,9 +650,10 @@ env_create(struct env_ctx *c, const struct env_create_opts *o, struct store_env 
                            o->from);
     }
     memset(&e, 0, sizeof(e));
-    if (util_id_new("env_", e.id, sizeof(e.id), errp) < 0)
-        return -1;
-    e.state = STORE_ENV_CREATING;
+    /* The row stays "creating" until the sources are in: a crash before that leaves an
+     * environment that reconcile removes, never a half-filled one that looks finished. With
+     * nothing to put in, the start itself is the last step, and one write says so. */
+    e.state = has_sources ? STORE_ENV_CREATING : STORE_ENV_RUNNING;
     snprintf(e.network, sizeof(e.network), "%s", o->network ? o->network : "disabled");
     snprintf(e.image, sizeof(e.image), "host");
     e.memory_bytes = o->memory_bytes ? o->memory_bytes : ENV_DEFAULT_MEMORY;
@@ -621,44 +662,29 @@ env_create(struct env_ctx *c, const struct env_create_opts *o, struct store_env 
     e.disk_bytes = o->disk_bytes ? o->disk_bytes : ENV_DEFAULT_DISK;
     e.created_ms = e.updated_ms = e.last_used_ms = now;
     snprintf(e.project, sizeof(e.project), "%s", o->project ? o->project : "default");
-    /* Lock before the row exists, so no reader takes it for an abandoned create. */
-    lock = lock_env(c, e.id, true, errp);
-    if (lock < 0)
+    /* A warm sandbox when the request needs no copy of another environment's files; any
+     * other setting is applied to it at the claim. */
+    if (o->from != NULL || o->no_pool || env__pool_claim(c, &e, o->config, &lock) == 0) {
+        enum store_env_state st = e.state;
+        e.state = STORE_ENV_CREATING;
+        if (create_cold(c, o, &e, st, &src, &src_lock, &lock, errp) < 0)
+            return err_wrap(errp, "create environment");
+    } else {
+        env__run_start_hook(c, &e);
+        env__pool_kick();
+    }
+    if (has_sources && (place_sources(c, e.id, o, errp) < 0 ||
+                        store_env_set_state(c->store, e.id, STORE_ENV_RUNNING, e.init_pid,
+                                            e.init_start, errp) < 0)) {
+        struct sandbox_init init = env__init_of(&e);
+        sandbox_stop(e.id, &init, NULL);
+        sandbox_volume_destroy(c->envs_dir, e.id, NULL);
+        store_env_delete(c->store, e.id, NULL);
         return err_wrap(errp, "create environment");
-    if (ensure_storage(c, errp) < 0 ||
-        store_env_insert(c->store, &e, o->config, SANDBOX_ID_SLOTS, errp) < 0)
-        return err_wrap(errp, "create environment");
-    if (o->from != NULL
-            ? sandbox_volume_fork(c->envs_dir, src.id, e.id, env_host_id(&src), env_host_id(&e),
-                                  e.disk_bytes, errp) < 0
-            : sandbox_volume_create(c->envs_dir, e.id, env_host_id(&e), e.disk_bytes, errp) < 0)
-        goto rollback_row;
-    close_and_reset(&src_lock);
-    /* The row stays "creating" until the sources are in: a crash before that leaves an
-     * environment that reconcile removes, never a half-filled one that looks finished. With
-     * nothing to put in, the start itself is the last step, and one write says so. */
-    has_sources = o->n_files > 0 || o->n_dirs > 0 || o->n_fetches > 0;
-    if (start_locked(c, &e, has_sources ? STORE_ENV_CREATING : STORE_ENV_RUNNING, errp) < 0)
-        goto rollback_volume;
-    if (has_sources &&
-        (place_sources(c, e.id, o, errp) < 0 ||
-         store_env_set_state(c->store, e.id, STORE_ENV_RUNNING, e.init_pid, e.init_start,
-                             errp) < 0))
-        goto rollback_sandbox;
+    }
     e.state = STORE_ENV_RUNNING;
     *out = e;
     return 0;
-
-rollback_sandbox:
-    {
-        struct sandbox_init init = init_of(&e);
-        sandbox_stop(e.id, &init, NULL);
-    }
-rollback_volume:
-    sandbox_volume_destroy(c->envs_dir, e.id, NULL);
-rollback_row:
-    store_env_delete(c->store, e.id, NULL);
-    return err_wrap(errp, "create environment");
 }
 
 /*
@@ -672,7 +698,7 @@ lock_and_load(struct env_ctx *c, const char *id, struct store_env *e, struct err
 
     if (env_get(c, id, e, errp) < 0)
         return -1;
-    lock = lock_env(c, id, true, errp);
+    lock = env__lock(c, id, true, errp);
     if (lock < 0 || store_env_get(c->store, id, e, errp) < 0)
         return -1;
     return steal_fd(&lock);
@@ -689,11 +715,11 @@ env_start(struct env_ctx *c, const char *id, struct store_env *out, struct err *
         return -1;
     if (e.state == STORE_ENV_EXPIRED)
         return err_set(errp, ERR_NOT_FOUND, 0, "environment %s has expired", id);
-    init = init_of(&e);
+    init = env__init_of(&e);
     if (!(e.state == STORE_ENV_RUNNING && sandbox_alive(&init))) {
         if (e.state == STORE_ENV_RUNNING)
             sandbox_stop(id, &init, NULL);
-        if (start_locked(c, &e, STORE_ENV_RUNNING, errp) < 0)
+        if (env__start_locked(c, &e, STORE_ENV_RUNNING, errp) < 0)
             return -1;
     }
     if (out != NULL)
@@ -712,7 +738,7 @@ env_stop(struct env_ctx *c, const char *id, struct err **errp)
         return -1;
     if (e.state != STORE_ENV_RUNNING)
         return 0;
-    init = init_of(&e);
+    init = env__init_of(&e);
     if (sandbox_stop(id, &init, errp) < 0)
         return -1;
     return store_env_set_state(c->store, id, STORE_ENV_STOPPED, 0, 0, errp);
@@ -728,8 +754,8 @@ env_destroy(struct env_ctx *c, const char *id, struct err **errp)
 
     if (lock < 0)
         return -1;
-    init = init_of(&e);
-    if (sandbox_stop(id, &init, errp) < 0 || ensure_storage(c, errp) < 0 ||
+    init = env__init_of(&e);
+    if (sandbox_stop(id, &init, errp) < 0 || env__ensure_storage(c, errp) < 0 ||
         (e.state != STORE_ENV_EXPIRED && sandbox_volume_destroy(c->envs_dir, id, errp) < 0))
         return err_wrap(errp, "delete %s", id);
     if (store_env_delete(c->store, id, errp) < 0)
@@ -749,7 +775,7 @@ env_use(struct env_ctx *c, const char *id, char **dir_out, struct err **errp)
     if (e.state != STORE_ENV_RUNNING && env_start(c, id, &e, errp) < 0)
         return -1;
     store_env_touch(c->store, id, NULL);
-    *dir_out = volume_dir(c, id);
+    *dir_out = env__volume_dir(c, id);
     return 0;
 }
 
@@ -759,7 +785,7 @@ env_teardown(struct env_ctx *c, struct err **errp)
     cleanup_free struct store_env *v = NULL;
     size_t n = 0;
 
-    if (env_list(c, &v, &n, errp) < 0)
+    if (env__pool_drain(c, errp) < 0 || env_list(c, &v, &n, errp) < 0)
         return -1;
     for (size_t i = 0; i < n; i++)
         if (v[i].state == STORE_ENV_RUNNING && env_stop(c, v[i].id, errp) < 0)
@@ -880,7 +906,7 @@ env_exec_vars(struct env_ctx *c, const char *id, char ***out, struct err **errp)
 int
 env_count(struct env_ctx *c, const char *id, struct err **errp)
 {
-    cleanup_free char *dir = volume_dir(c, id);
+    cleanup_free char *dir = env__volume_dir(c, id);
     uint64_t files = 0, bytes = 0;
     int64_t now = util_now_ms();
 
@@ -944,7 +970,7 @@ env_janitor(struct env_ctx *c, const struct env_lifecycle *lc)
     }
     for (size_t i = 0; i < n; i++) {
         struct store_env *e = &v[i];
-        struct sandbox_init init = init_of(e);
+        struct sandbox_init init = env__init_of(e);
         int64_t idle_for = now - e->last_used_ms;
 
         if (e->state == STORE_ENV_CREATING || e->state == STORE_ENV_EXPIRED)

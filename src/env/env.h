@@ -68,6 +68,7 @@ struct env_create_opts {
     size_t n_dirs;
     const struct env_fetch *fetches;
     size_t n_fetches;
+    bool no_pool; /* always start a new sandbox, never claim a warm one (benchmarks, tests) */
 };
 
 /** The egress CA and the trust bundle (system CAs + it) inside every sandbox. */
@@ -192,7 +193,29 @@ struct store *env_store(struct env_ctx *ctx);
 typedef void env_start_hook(void *arg, struct env_ctx *ctx, const struct store_env *e);
 void env_set_start_hook(env_start_hook *fn, void *arg);
 
-/** Stops every environment and unmounts the data directory's storage. */
+/* --------------------------------------------------------------- warm pool */
+
+/**
+ * Starts the refiller: a thread (with its own connection to the data directory) that keeps
+ * size pooled sandboxes ready for env_create() to claim, refilling after every claim and
+ * checking the pool once a second. A multi-threaded caller must have started the spawner
+ * (sandbox_spawner_start()) first. size 0 starts nothing. See docs/internals/ENV.md.
+ */
+int env_pool_start(const char *data_dir, uint64_t storage_size, size_t size, struct err **errp);
+
+/** Stops the refiller, leaving the pooled sandboxes to the next one (or to teardown). */
+void env_pool_stop(void);
+
+/** True when the refiller's last pass left the pool full (benchmarks wait for it). */
+bool env_pool_full(void);
+
+/**
+ * One pass of the refiller with ctx: removes pooled sandboxes whose init died and starts new
+ * ones until size are ready. *made (may be NULL) receives how many were started.
+ */
+int env_pool_fill(struct env_ctx *ctx, size_t size, size_t *made, struct err **errp);
+
+/** Stops every environment, removes the pooled ones and unmounts the data directory's storage. */
 int env_teardown(struct env_ctx *ctx, struct err **errp);
 
 /** The host uid of root inside an environment. */

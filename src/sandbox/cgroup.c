@@ -59,19 +59,12 @@ rmdir_wait(const char *path, struct err **errp)
     return err_set(errp, ERR_IO, EBUSY, "rmdir %s", path);
 }
 
+/* Writes the limits into the sandbox's existing v1 groups (0 fields are left alone). */
 static int
-v1_create(const char *id, const struct sandbox_limits *lim, struct err **errp)
+v1_limit(const char *id, const struct sandbox_limits *lim, struct err **errp)
 {
     char path[256], val[64];
 
-    for (size_t i = 0; i < sizeof(v1_ctrls) / sizeof(v1_ctrls[0]); i++) {
-        snprintf(path, sizeof(path), CG_ROOT "/%s/" CG_PARENT, v1_ctrls[i]);
-        if (mkdir_ok(path, errp) < 0)
-            return -1;
-        snprintf(path, sizeof(path), CG_ROOT "/%s/" CG_PARENT "/%s", v1_ctrls[i], id);
-        if (mkdir_ok(path, errp) < 0)
-            return -1;
-    }
     if (lim->memory_bytes > 0) {
         snprintf(path, sizeof(path), CG_ROOT "/memory/" CG_PARENT "/%s/memory.limit_in_bytes", id);
         snprintf(val, sizeof(val), "%" PRIu64, lim->memory_bytes);
@@ -95,6 +88,22 @@ v1_create(const char *id, const struct sandbox_limits *lim, struct err **errp)
             return -1;
     }
     return 0;
+}
+
+static int
+v1_create(const char *id, const struct sandbox_limits *lim, struct err **errp)
+{
+    char path[256];
+
+    for (size_t i = 0; i < sizeof(v1_ctrls) / sizeof(v1_ctrls[0]); i++) {
+        snprintf(path, sizeof(path), CG_ROOT "/%s/" CG_PARENT, v1_ctrls[i]);
+        if (mkdir_ok(path, errp) < 0)
+            return -1;
+        snprintf(path, sizeof(path), CG_ROOT "/%s/" CG_PARENT "/%s", v1_ctrls[i], id);
+        if (mkdir_ok(path, errp) < 0)
+            return -1;
+    }
+    return v1_limit(id, lim, errp);
 }
 
 static int
@@ -146,26 +155,17 @@ v1_destroy(const char *id, struct err **errp)
 static const struct cgroup_ops v1_ops = {
     .name = "v1",
     .create = v1_create,
+    .limit = v1_limit,
     .attach = v1_attach,
     .destroy = v1_destroy,
 };
 
+/* Writes the limits into the sandbox's existing v2 group (0 fields are left alone). */
 static int
-v2_create(const char *id, const struct sandbox_limits *lim, struct err **errp)
+v2_limit(const char *id, const struct sandbox_limits *lim, struct err **errp)
 {
     char path[256], val[64];
 
-    /* Enabling controllers that are already enabled is harmless. */
-    if (write_str(CG_ROOT "/cgroup.subtree_control", "+memory +cpu +pids", errp) < 0)
-        return -1;
-    if (mkdir_ok(CG_ROOT "/" CG_PARENT, errp) < 0)
-        return -1;
-    if (write_str(CG_ROOT "/" CG_PARENT "/cgroup.subtree_control", "+memory +cpu +pids", errp) <
-        0)
-        return -1;
-    snprintf(path, sizeof(path), CG_ROOT "/" CG_PARENT "/%s", id);
-    if (mkdir_ok(path, errp) < 0)
-        return -1;
     if (lim->memory_bytes > 0) {
         snprintf(path, sizeof(path), CG_ROOT "/" CG_PARENT "/%s/memory.max", id);
         snprintf(val, sizeof(val), "%" PRIu64, lim->memory_bytes);
@@ -188,6 +188,25 @@ v2_create(const char *id, const struct sandbox_limits *lim, struct err **errp)
             return -1;
     }
     return 0;
+}
+
+static int
+v2_create(const char *id, const struct sandbox_limits *lim, struct err **errp)
+{
+    char path[256];
+
+    /* Enabling controllers that are already enabled is harmless. */
+    if (write_str(CG_ROOT "/cgroup.subtree_control", "+memory +cpu +pids", errp) < 0)
+        return -1;
+    if (mkdir_ok(CG_ROOT "/" CG_PARENT, errp) < 0)
+        return -1;
+    if (write_str(CG_ROOT "/" CG_PARENT "/cgroup.subtree_control", "+memory +cpu +pids", errp) <
+        0)
+        return -1;
+    snprintf(path, sizeof(path), CG_ROOT "/" CG_PARENT "/%s", id);
+    if (mkdir_ok(path, errp) < 0)
+        return -1;
+    return v2_limit(id, lim, errp);
 }
 
 static int
@@ -217,6 +236,7 @@ v2_destroy(const char *id, struct err **errp)
 static const struct cgroup_ops v2_ops = {
     .name = "v2",
     .create = v2_create,
+    .limit = v2_limit,
     .attach = v2_attach,
     .destroy = v2_destroy,
 };
@@ -255,4 +275,16 @@ sandbox__cgroup_ops(struct err **errp)
         }
     }
     return &v1_ops;
+}
+
+int
+sandbox_set_limits(const char *id, uint64_t memory_bytes, uint32_t cpus_milli, uint64_t pids,
+                   struct err **errp)
+{
+    const struct cgroup_ops *cg = sandbox__cgroup_ops(errp);
+    struct sandbox_limits lim = {memory_bytes, cpus_milli, pids};
+
+    if (cg == NULL || cg->limit(id, &lim, errp) < 0)
+        return err_wrap(errp, "limits of sandbox %s", id);
+    return 0;
 }

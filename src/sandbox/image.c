@@ -220,7 +220,9 @@ sandbox_image_ensure_host(const char *images_dir, char **path_out, struct err **
     dfd = open(images_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dfd < 0)
         return err_set(errp, ERR_IO, errno, "open %s", images_dir);
-    tmp = xasprintf("%s/.host.tmp.%d", images_dir, (int)getpid());
+    /* Named by thread id (unique on the host at any instant): a server's threads (a create
+     * and the warm pool's refiller) may build at the same time, as processes may. */
+    tmp = xasprintf("%s/.host.tmp.%d", images_dir, (int)gettid());
     remove_partial(dfd, strrchr(tmp, '/') + 1);
     if (build(tmp, errp) < 0) {
         remove_partial(dfd, strrchr(tmp, '/') + 1);

@@ -50,6 +50,10 @@ int sandbox_volume_fork(const char *envs_dir, const char *src_id, const char *id
                         uint32_t src_host_id, uint32_t host_id, uint64_t disk_bytes,
                         struct err **errp);
 
+/** Sets the disk cap of the volume envs_dir/id (a running sandbox's too). */
+int sandbox_volume_set_disk(const char *envs_dir, const char *id, uint64_t disk_bytes,
+                            struct err **errp);
+
 /**
  * Deletes the subvolume envs_dir/id and everything in it. It never walks the tree, so no
  * symlink planted inside can redirect it. A missing volume is not an error.
@@ -114,6 +118,13 @@ int sandbox_spawner_start(struct err **errp);
  * taken inside.
  */
 int sandbox_netns_listen(const struct sandbox_init *init, uint16_t port, struct err **errp);
+
+/**
+ * Sets the cgroup limits of the running sandbox id (a warm one claimed for a user): memory
+ * in bytes, CPU in thousandths, pids. 0 leaves that limit as it is.
+ */
+int sandbox_set_limits(const char *id, uint64_t memory_bytes, uint32_t cpus_milli, uint64_t pids,
+                       struct err **errp);
 
 /** True when processes other than init run in the sandbox (a command, a handler). */
 bool sandbox_busy(const struct sandbox_init *init);

@@ -99,6 +99,7 @@ struct sandbox_limits {
 struct cgroup_ops {
     const char *name;
     int (*create)(const char *id, const struct sandbox_limits *lim, struct err **errp);
+    int (*limit)(const char *id, const struct sandbox_limits *lim, struct err **errp);
     int (*attach)(const char *id, pid_t pid, struct err **errp);
     int (*destroy)(const char *id, struct err **errp);
 };

@@ -286,6 +286,24 @@ sandbox_volume_create(const char *envs_dir, const char *id, uint32_t host_id,
 }
 
 int
+sandbox_volume_set_disk(const char *envs_dir, const char *id, uint64_t disk_bytes,
+                        struct err **errp)
+{
+    struct btrfs_ioctl_vol_args va;
+    cleanup_close int efd = open_parent(envs_dir, id, &va, errp);
+    cleanup_close int vfd = -1;
+
+    if (efd < 0)
+        return -1;
+    vfd = openat(efd, id, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+    if (vfd < 0)
+        return err_set(errp, ERR_IO, errno, "open volume %s", id);
+    if (limit_fd(vfd, disk_bytes, errp) < 0)
+        return err_wrap(errp, "volume %s", id);
+    return 0;
+}
+
+int
 sandbox_volume_destroy(const char *envs_dir, const char *id, struct err **errp)
 {
     struct btrfs_ioctl_vol_args va;

@@ -266,6 +266,8 @@ store_env_state_name(enum store_env_state st)
         return "offline";
     case STORE_ENV_EXPIRED:
         return "expired";
+    case STORE_ENV_POOLED:
+        return "pooled";
     }
     return "unknown";
 }
@@ -411,12 +413,14 @@ store_env_get(struct store *s, const char *id, struct store_env *out, struct err
     return 0;
 }
 
-int
-store_env_list(struct store *s, struct store_env **out, size_t *n_out, struct err **errp)
+/* Rows matching the WHERE clause where (may be ""), oldest first. */
+static int
+list_where(struct store *s, const char *where, struct store_env **out, size_t *n_out,
+           struct err **errp)
 {
     cleanup_stmt sqlite3_stmt *st = NULL;
     cleanup_free char *sql =
-        xasprintf("SELECT %s FROM environments ORDER BY created_ms, id", env_cols);
+        xasprintf("SELECT %s FROM environments %s ORDER BY created_ms, id", env_cols, where);
     cleanup_free struct store_env *v = NULL;
     size_t n = 0, cap = 0;
     int rc;
@@ -434,6 +438,56 @@ store_env_list(struct store *s, struct store_env **out, size_t *n_out, struct er
         return db_err(s, errp, "list environments");
     *out = steal_ptr(&v);
     *n_out = n;
+    return 0;
+}
+
+int
+store_env_list(struct store *s, struct store_env **out, size_t *n_out, struct err **errp)
+{
+    return list_where(s, "", out, n_out, errp);
+}
+
+int
+store_env_list_pooled(struct store *s, struct store_env **out, size_t *n_out, struct err **errp)
+{
+    char where[64];
+
+    snprintf(where, sizeof(where), "WHERE state = %d", (int)STORE_ENV_POOLED);
+    return list_where(s, where, out, n_out, errp);
+}
+
+int
+store_env_claim(struct store *s, const char *id, const struct store_env *want,
+                const char *config, struct err **errp)
+{
+    cleanup_stmt sqlite3_stmt *st = NULL;
+
+    /* One statement is one transaction: the row is the pool's or the user's, never half. */
+    if (sqlite3_prepare_v2(s->db,
+                           "UPDATE environments SET state = ?, network = ?, memory_bytes = ?,"
+                           " cpus_milli = ?, pids = ?, disk_bytes = ?, created_ms = ?,"
+                           " updated_ms = ?, last_used_ms = ?, project = ?, config = ?,"
+                           " file_count = 0, size_bytes = 0, counted_ms = 0"
+                           " WHERE id = ? AND state = ?",
+                           -1, &st, NULL) != SQLITE_OK)
+        return db_err(s, errp, "claim environment");
+    sqlite3_bind_int(st, 1, want->state);
+    sqlite3_bind_text(st, 2, want->network, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, (int64_t)want->memory_bytes);
+    sqlite3_bind_int64(st, 4, want->cpus_milli);
+    sqlite3_bind_int64(st, 5, (int64_t)want->pids);
+    sqlite3_bind_int64(st, 6, (int64_t)want->disk_bytes);
+    sqlite3_bind_int64(st, 7, want->created_ms);
+    sqlite3_bind_int64(st, 8, want->updated_ms);
+    sqlite3_bind_int64(st, 9, want->last_used_ms);
+    sqlite3_bind_text(st, 10, want->project[0] ? want->project : "default", -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 11, config != NULL ? config : "{}", -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 12, id, -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 13, STORE_ENV_POOLED);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        return db_err(s, errp, "claim environment");
+    if (sqlite3_changes(s->db) == 0)
+        return err_set(errp, ERR_CONFLICT, 0, "environment %s is not pooled", id);
     return 0;
 }
 
@@ -504,9 +558,9 @@ store_env_page(struct store *s, const char *project, int64_t after_created,
 {
     cleanup_stmt sqlite3_stmt *st = NULL;
     cleanup_free char *sql = xasprintf("SELECT %s FROM environments WHERE project = ?"
-                                       " AND (created_ms, id) > (?, ?)"
+                                       " AND state != %d AND (created_ms, id) > (?, ?)"
                                        " ORDER BY created_ms, id LIMIT ?",
-                                       env_cols);
+                                       env_cols, (int)STORE_ENV_POOLED);
     cleanup_free struct store_env *v = xcalloc(limit ? limit : 1, sizeof(*v));
     size_t n = 0;
     int rc = SQLITE_DONE;

@@ -20,6 +20,7 @@ enum store_env_state {
     STORE_ENV_STOPPED,      /* no processes; files kept ("idle" on the API) */
     STORE_ENV_OFFLINE,      /* stopped and unused for longer; files kept */
     STORE_ENV_EXPIRED,      /* past retention: files deleted, the row stays as a record */
+    STORE_ENV_POOLED,       /* a warm sandbox of the pool: nobody's yet, never listed */
 };
 
 /** One environment row. Strings are fixed-size so the struct copies by value. */
@@ -66,7 +67,7 @@ int store_env_insert(struct store *s, struct store_env *env, const char *config,
 
 /**
  * One page of a project's environments in (created_ms, id) order, strictly after the given
- * position (0 and "" for the first page). *out is owned.
+ * position (0 and "" for the first page); pooled rows are never in it. *out is owned.
  */
 int store_env_page(struct store *s, const char *project, int64_t after_created,
                    const char *after_id, size_t limit, struct store_env **out, size_t *n_out,
@@ -82,8 +83,23 @@ int store_env_set_counts(struct store *s, const char *id, uint64_t files, uint64
 /** Reads one environment. ERR_NOT_FOUND when there is none with that id. */
 int store_env_get(struct store *s, const char *id, struct store_env *out, struct err **errp);
 
-/** Lists every environment, oldest first. *out is owned (free()); *n_out its length. */
+/**
+ * Lists every environment, oldest first, pooled ones included. *out is owned (free()); *n_out
+ * its length.
+ */
 int store_env_list(struct store *s, struct store_env **out, size_t *n_out, struct err **errp);
+
+/** Lists the pooled environments, oldest first. *out is owned (free()). */
+int store_env_list_pooled(struct store *s, struct store_env **out, size_t *n_out,
+                          struct err **errp);
+
+/**
+ * Claims the pooled environment id for its user, in one statement: state, network, limits,
+ * times, project and config become want's (and config's). ERR_CONFLICT when the row is no
+ * longer pooled (or gone).
+ */
+int store_env_claim(struct store *s, const char *id, const struct store_env *want,
+                    const char *config, struct err **errp);
 
 /** Records a new state and init identity (pid 0 when none). ERR_NOT_FOUND when missing. */
 int store_env_set_state(struct store *s, const char *id, enum store_env_state st, int64_t init_pid,

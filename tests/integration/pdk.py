@@ -158,6 +158,7 @@ class Paddock:
                         self.init_pids.add(e["init_pid"])
             except (AssertionError, ValueError, KeyError, TypeError):
                 pass
+            self.ids.update(pooled_ids(self.data))
             try:
                 r = self.run("system", "teardown",
                              timeout=int(os.environ.get("PADDOCK_TEST_TEARDOWN_TIMEOUT", "60")))
@@ -341,6 +342,22 @@ def cgroup_value(pid, v1_ctrl, v1_file, v2_file):
     if "v2" in paths and os.path.exists(os.path.join(paths["v2"], v2_file)):
         return read_text(os.path.join(paths["v2"], v2_file)).strip()
     return None
+
+
+def pooled_ids(data_dir):
+    """Ids of the warm pool's sandboxes (never listed), so the leak checks cover them too."""
+    import sqlite3
+    db_path = Path(data_dir) / "paddock.db"
+    if not db_path.exists():
+        return []
+    try:
+        db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10)
+        try:
+            return [r[0] for r in db.execute("SELECT id FROM environments WHERE state = 5")]
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return []
 
 
 def force_cleanup(data_dir, ids, init_pids):

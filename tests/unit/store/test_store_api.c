@@ -467,7 +467,8 @@ test_state_names_new(void **state)
     } cases[] = {
         { STORE_ENV_CREATING, "creating" },        { STORE_ENV_RUNNING, "running" },
         { STORE_ENV_STOPPED, "stopped" },          { STORE_ENV_OFFLINE, "offline" },
-        { STORE_ENV_EXPIRED, "expired" },          { (enum store_env_state)5, "unknown" },
+        { STORE_ENV_EXPIRED, "expired" },          { STORE_ENV_POOLED, "pooled" },
+        { (enum store_env_state)6, "unknown" },
         { (enum store_env_state) - 1, "unknown" },
     };
     (void)state;
@@ -493,6 +494,77 @@ test_new_states_persist(void **state)
     ASSERT_NO_ERR(store_env_set_state(f->s, "env_exp", STORE_ENV_OFFLINE, 0, 0, &e), &e);
     ASSERT_NO_ERR(store_env_get(f->s, "env_exp", &out, &e), &e);
     assert_int_equal(out.state, STORE_ENV_OFFLINE);
+}
+
+/* ------------------------------------------------------------- warm pool */
+
+/* Pooled rows: listed only by store_env_list_pooled(), never in a project's page; a claim
+ * turns one into the user's row in one statement, and only once. */
+static void
+test_pool_claim(void **state)
+{
+    struct fixture *f = *state;
+    struct store_env pool = make_env("env_pool1", "default", 10), want, out;
+    struct store_env *v = NULL;
+    size_t n = 0;
+    struct err *e = NULL;
+    cleanup_free char *config = NULL;
+
+    pool.state = STORE_ENV_POOLED;
+    pool.init_pid = 4242;
+    pool.init_start = 99;
+    ASSERT_NO_ERR(store_env_insert(f->s, &pool, NULL, 1000, &e), &e);
+    insert_env(f->s, "env_user1", "default", 20, NULL);
+    ASSERT_NO_ERR(store_env_list_pooled(f->s, &v, &n, &e), &e);
+    assert_int_equal(n, 1);
+    assert_string_equal(v[0].id, "env_pool1");
+    free(v);
+    ASSERT_NO_ERR(store_env_page(f->s, "default", 0, "", 10, &v, &n, &e), &e);
+    assert_int_equal(n, 1);
+    assert_string_equal(v[0].id, "env_user1");
+    free(v);
+
+    want = make_env("ignored", "proj", 500);
+    want.state = STORE_ENV_RUNNING;
+    snprintf(want.network, sizeof(want.network), "open");
+    want.memory_bytes = 96 << 20;
+    want.cpus_milli = 500;
+    want.pids = 64;
+    want.disk_bytes = 32 << 20;
+    ASSERT_NO_ERR(store_env_claim(f->s, "env_pool1", &want, "{\"env\":{}}", &e), &e);
+    ASSERT_NO_ERR(store_env_get(f->s, "env_pool1", &out, &e), &e);
+    assert_int_equal(out.state, STORE_ENV_RUNNING);
+    assert_string_equal(out.project, "proj");
+    assert_string_equal(out.network, "open");
+    assert_int_equal(out.memory_bytes, 96 << 20);
+    assert_int_equal(out.cpus_milli, 500);
+    assert_int_equal(out.pids, 64);
+    assert_int_equal(out.disk_bytes, 32 << 20);
+    assert_int_equal(out.created_ms, 500);
+    assert_int_equal(out.init_pid, 4242); /* the sandbox is the pooled one */
+    assert_int_equal(out.init_start, 99);
+    assert_int_equal(out.uid_slot, pool.uid_slot);
+    ASSERT_NO_ERR(store_env_config(f->s, "env_pool1", &config, &e), &e);
+    assert_string_equal(config, "{\"env\":{}}");
+    ASSERT_NO_ERR(store_env_list_pooled(f->s, &v, &n, &e), &e);
+    assert_int_equal(n, 0);
+    free(v);
+    ASSERT_NO_ERR(store_env_page(f->s, "proj", 0, "", 10, &v, &n, &e), &e);
+    assert_int_equal(n, 1);
+    free(v);
+
+    /* Claimed once: a second claim, or a claim of a user's row, is refused. */
+    assert_int_equal(store_env_claim(f->s, "env_pool1", &want, NULL, &e), -1);
+    assert_int_equal(e->code, ERR_CONFLICT);
+    err_free(e);
+    e = NULL;
+    assert_int_equal(store_env_claim(f->s, "env_user1", &want, NULL, &e), -1);
+    assert_int_equal(e->code, ERR_CONFLICT);
+    err_free(e);
+    e = NULL;
+    assert_int_equal(store_env_claim(f->s, "env_none", &want, NULL, &e), -1);
+    assert_int_equal(e->code, ERR_CONFLICT);
+    err_free(e);
 }
 
 /* ------------------------------------------------------------------- keys */
@@ -988,6 +1060,7 @@ test_store_api_run(void)
         T(test_set_counts),
         T(test_set_state_last_used),
         cmocka_unit_test(test_state_names_new),
+        cmocka_unit_test_setup_teardown(test_pool_claim, setup, teardown),
         T(test_new_states_persist),
         T(test_key_insert_lookup),
         T(test_key_duplicate_name),
