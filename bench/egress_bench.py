@@ -8,8 +8,12 @@
      127.0.0.1:3128 in the sandbox's network namespace) and (c) on the host through Debian's
      tinyproxy (CONNECT); and (d) the host's client run in the sandbox's network namespace
      (nsenter) against paddock's listener there, so every proxy is also compared with the
-     client outside any sandbox; --runs rounds, the modes interleaved in every round; the CPU
-     each proxy process spends per GB is reported beside;
+     client outside any sandbox; (e) when HAProxy is installed, the host's client through an
+     HAProxy TCP relay that splices (`option splice-request`/`splice-response`): another
+     relay built on splice(2), the peer for what any relay costs on this machine; --runs
+     rounds, the modes interleaved in every round; the CPU each proxy process spends per GB
+     is reported beside, and where every mode's CPU goes (upstream, proxy, client, softirq,
+     idle: from /proc);
   2. HTTPS request latency from INSIDE a sandbox, one request per connection (CONNECT, TLS,
      GET, response, close) to an HTTPS upstream for up.test on 127.0.0.2: through a plain
      tunnel (TLS end to end, the client trusts the test CA) and through interception (an
@@ -29,7 +33,8 @@ up.test=127.0.0.2 and --egress-upstream-ca with that CA.
 
 Usage: bench/egress_bench.py [--paddock build/paddock] [--bulk-mib MIB] [--runs N]
                              [--requests N] [--blocks N]
-Needs openssl and tinyproxy (apt-get install tinyproxy). Everything stays on loopback. It
+Needs openssl and tinyproxy (apt-get install tinyproxy); uses haproxy when it is installed.
+Everything stays on loopback. It
 makes its own data directory and files under /tmp and removes them, stops what it started and
 tears the sandboxes down at the end.
 """
@@ -430,6 +435,59 @@ class CpuMeter:
         self.total += cpu_s(self.pid) - self.t0
 
 
+def proc_stat():
+    """Whole-machine CPU ticks from /proc/stat: total, idle (+iowait), irq + softirq."""
+    v = list(map(int, Path("/proc/stat").read_text().splitlines()[0].split()[1:]))
+    return sum(v), v[3] + v[4], v[5] + v[6]
+
+
+class Split:
+    """Where one mode's CPU goes: per GB moved, the upstream process, the proxy process and
+    the client (with its nsenter); and the machine's idle and irq+softirq shares."""
+
+    def __init__(self, up_pid, proxy_pid):
+        self.up, self.proxy, self.n = up_pid, proxy_pid, 0
+        self.acc = [0.0] * 5
+
+    def measure(self, f):
+        import resource
+        t0, i0, q0 = proc_stat()
+        u0, p0 = cpu_s(self.up), (cpu_s(self.proxy) if self.proxy else 0.0)
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        r = f()
+        t1, i1, q1 = proc_stat()
+        u1, p1 = cpu_s(self.up), (cpu_s(self.proxy) if self.proxy else 0.0)
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        gb = r["bytes"] / 1e9
+        c = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
+        for k, x in enumerate(((u1 - u0) / gb, (p1 - p0) / gb, c / gb,
+                               (q1 - q0) / max(1, t1 - t0), (i1 - i0) / max(1, t1 - t0))):
+            self.acc[k] += x
+        self.n += 1
+        return r
+
+    def line(self):
+        a = [x / max(1, self.n) for x in self.acc]
+        return (f"upstream {a[0]:.2f}  proxy {a[1]:.2f}  client {a[2]:.2f} s/GB   "
+                f"irq+softirq {a[3] * 100:4.1f} %  idle {a[4] * 100:4.1f} %")
+
+
+def start_haproxy(work, target):
+    """HAProxy as a plain TCP relay to target that splices both ways, or None."""
+    if shutil.which("haproxy") is None:
+        return None, None
+    port = free_port()
+    Path(f"{work}/haproxy.cfg").write_text(
+        "global\n  maxconn 100\ndefaults\n  mode tcp\n  timeout connect 5s\n"
+        "  timeout client 600s\n  timeout server 600s\n  option splice-request\n"
+        f"  option splice-response\nlisten relay\n  bind 127.0.0.1:{port}\n"
+        f"  server up {target}\n")
+    p = subprocess.Popen(["haproxy", "-db", "-f", f"{work}/haproxy.cfg"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port("127.0.0.1", port)
+    return p, port
+
+
 def netns_pid(inode_link):
     """A host pid whose network namespace is inode_link ("net:[...]")."""
     for d in Path("/proc").iterdir():
@@ -498,6 +556,9 @@ def main():
         link = s.cli("env", "exec", plain, "--", "readlink", "/proc/self/ns/net",
                      text=True).stdout.strip()
         ns = f"/proc/{netns_pid(link)}/ns/net"
+        hp, hp_port = start_haproxy(work, direct_t)
+        if hp is not None:
+            procs.append(hp)
         pcpu, tcpu = CpuMeter(s.proc.pid), CpuMeter(tp.pid)
         modes = {
             "direct (host)": (None, lambda: host_client(work, "bulk", "-", direct_t,
@@ -510,6 +571,13 @@ def main():
             "tinyproxy (host)": (tcpu, lambda: host_client(
                 work, "bulk", f"127.0.0.1:{tp_port}", direct_t, str(nbytes))),
         }
+        if hp is not None:
+            modes["haproxy splice relay (host)"] = (None, lambda: host_client(
+                work, "bulk", "-", f"127.0.0.1:{hp_port}", str(nbytes)))
+        splits = {k: Split(up.pid, {"tinyproxy (host)": tp.pid,
+                                    "haproxy splice relay (host)": hp.pid if hp else 0}.get(
+                                        k, 0 if k.startswith("direct") else s.proc.pid))
+                  for k in modes}
         for _, f in modes.values():  # warm: page cache, first exec
             f()
         tput = {k: [] for k in modes}
@@ -517,10 +585,10 @@ def main():
         for _ in range(a.runs):
             for k, (meter, f) in modes.items():
                 if meter is None:
-                    tput[k].append(mbps(f()))
+                    tput[k].append(mbps(splits[k].measure(f)))
                 else:
                     with meter:
-                        tput[k].append(mbps(f()))
+                        tput[k].append(mbps(splits[k].measure(f)))
         moved_gb = a.runs * nbytes / 1e9
         proxy_cpu = {"paddock": pcpu.total / (2 * moved_gb), "tinyproxy": tcpu.total / moved_gb}
 
@@ -584,8 +652,17 @@ def main():
     tp = med(tput["tinyproxy (host)"])
     print(f"  paddock/direct {pd / d:.2f} (host client {ph / d:.2f})   paddock/tinyproxy "
           f"{pd / tp:.2f} (host client {ph / tp:.2f})   tinyproxy/direct {tp / d:.2f}")
+    if "haproxy splice relay (host)" in tput:
+        print(f"  haproxy/direct {med(tput['haproxy splice relay (host)']) / d:.2f}   "
+              f"paddock/haproxy {pd / med(tput['haproxy splice relay (host)']):.2f} "
+              f"(host client {ph / med(tput['haproxy splice relay (host)']):.2f})")
+    else:
+        print("  haproxy: not installed, no splice-relay peer (apt-get install haproxy)")
     print(f"  proxy CPU: paddock {proxy_cpu['paddock']:.2f} s/GB, "
           f"tinyproxy {proxy_cpu['tinyproxy']:.2f} s/GB")
+    print("  where the CPU goes, per GB moved (the machine's shares over the runs):")
+    for k, sp in splits.items():
+        print(f"    {k:31s} {sp.line()}")
     n = per * a.blocks
     print(f"\nHTTPS from a sandbox, one request per connection (CONNECT + TLS 1.3 + GET + "
           f"response), {n} each in {a.blocks} interleaved blocks:")
