@@ -99,11 +99,14 @@ env__pool_claim(struct env_ctx *c, struct store_env *want, const char *config, i
             continue;
         }
         if (claim_locked(c, &e, want, config, &er) < 0) {
-            /* Unusable (limits refused): it leaves the pool; the caller starts a new one. */
+            /* Unusable (limits refused): it leaves the pool; the caller starts a new one.
+             * A row that is no longer pooled (ERR_CONFLICT) is someone's: left alone. */
+            bool gone = er->code == ERR_CONFLICT;
             log_debug("%s: %s: %s", __func__, e.id, er->msg);
             err_free(er);
             er = NULL;
-            remove_locked(c, &e);
+            if (!gone)
+                remove_locked(c, &e);
             continue;
         }
         *lock_out = steal_fd(&lock);
