@@ -101,7 +101,9 @@ void model_turn_clear(struct model_turn *t);
 
 struct model_request {
     const struct model_ref *model;
-    const char *system;     /* NULL: none */
+    /* The system instruction; NULL: none. (Not "system": common/banned.h poisons that
+       identifier, so a member of that name cannot even be declared after common.h.) */
+    const char *system_instruction;
     json_t *messages;       /* borrowed; the conversation */
     json_t *tools;          /* borrowed; may be NULL or empty */
     json_t *generation;     /* borrowed; the interaction's generation_config (temperature,
