@@ -44,6 +44,10 @@ struct err {
 int err_set(struct err **errp, enum err_code code, int errnum, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
+/** ERR_INVALID "field: message": bad input, naming what was wrong. Returns -1. */
+int err_field(struct err **errp, const char *field, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 /** Prefixes "context: " to the message of *errp. Returns -1. A no-op when *errp is unset. */
 int err_wrap(struct err **errp, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

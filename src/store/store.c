@@ -180,6 +180,9 @@ static const char *const migrations[] = {
     ") STRICT;",
 };
 
+_Static_assert(sizeof(migrations) / sizeof(migrations[0]) == STORE_SCHEMA_VERSION,
+               "STORE_SCHEMA_VERSION counts the migrations");
+
 static int
 db_err(struct store *s, struct err **errp, const char *what)
 {

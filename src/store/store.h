@@ -14,6 +14,9 @@
 
 struct store;
 
+/** The schema version this paddock writes (PRAGMA user_version): one per migration. */
+#define STORE_SCHEMA_VERSION 5
+
 enum store_env_state {
     STORE_ENV_CREATING = 0, /* row exists, the sandbox is being set up */
     STORE_ENV_RUNNING,      /* an init was started; liveness is checked by env/ */
