@@ -45,6 +45,10 @@ struct agent_run {
     struct store_interaction it;
     json_t *req;
     volatile int cancel;
+    int64_t tool_ns;  /* time spent inside tools (sandbox exec, file ops, MCP calls) */
+    int64_t model_ns; /* time spent in model calls */
+    bool in_tx;  /* a burst of writes is open (agent__tx) */
+    char **vars; /* the environment's variables for commands, once read (owned) */
     int64_t next_seq;
     int64_t next_step;
     char id[40];            /* for the service's list; set before the run is listed */
@@ -53,6 +57,14 @@ struct agent_run {
 
 /** Runs r to its end and records the final status. */
 void agent__run(struct agent_run *r);
+
+/**
+ * Opens a burst of writes (one transaction for the steps and events of one step), and ends
+ * it, announcing what it wrote. Every slow call (model, sandbox, network) is preceded by a
+ * flush, so no transaction is held across one and readers see each step when it starts.
+ */
+void agent__tx(struct agent_run *r);
+void agent__flush(struct agent_run *r);
 
 /** Records an event (steals ev), shows it to the observer and wakes waiters. */
 int agent__emit(struct agent_run *r, json_t *ev, struct err **errp);

@@ -27,6 +27,7 @@ step_begin(struct agent_run *r, json_t *step, int64_t *idx, struct err **errp)
     cleanup_free char *text = json_dumps(step, JSON_COMPACT);
     json_t *ev;
 
+    agent__tx(r);
     if (r->next_step >= AGENT_STEPS_MAX)
         return err_set(errp, ERR_LIMIT, 0, "more than %d steps", AGENT_STEPS_MAX);
     *idx = r->next_step++;
@@ -54,6 +55,7 @@ step_end(struct agent_run *r, int64_t idx, json_t *final, json_t *usage, struct 
 {
     json_t *ev;
 
+    agent__tx(r);
     if (final != NULL) {
         cleanup_free char *text = json_dumps(final, JSON_COMPACT);
         if (store_step_put(r->st, r->it.id, idx, text, errp) < 0) {
@@ -86,6 +88,7 @@ set_status(struct agent_run *r, const char *status, struct err **errp)
 {
     json_t *ev;
 
+    agent__tx(r);
     snprintf(r->it.status, sizeof(r->it.status), "%s", status);
     r->it.updated_ms = util_now_ms();
     if (store_interaction_update(r->st, &r->it, errp) < 0)
@@ -237,6 +240,7 @@ run_bash(struct agent_run *r, const char *call_id, json_t *args, int64_t deadlin
     cleanup_free char *dir = NULL;
     char **vars = NULL;
     json_t *step;
+    int64_t t0;
     int rc;
 
     if (json_is_integer(tmo) && json_integer_value(tmo) > 0)
@@ -251,8 +255,13 @@ run_bash(struct agent_run *r, const char *call_id, json_t *args, int64_t deadlin
     if (step_begin(r, step, &a.idx, &e) < 0)
         goto fail;
     a.last_flush_ns = util_mono_ns();
-    if (env_dir(r, &dir, &e) < 0 || env_exec_vars(r->ctx, r->it.env_id, &vars, &e) < 0)
+    agent__flush(r);
+    /* env_dir resumes an idle environment and records the activity. */
+    if (env_dir(r, &dir, &e) < 0)
         goto fail;
+    if (r->vars == NULL && env_exec_vars(r->ctx, r->it.env_id, &r->vars, &e) < 0)
+        goto fail;
+    vars = r->vars;
     memset(&o, 0, sizeof(o));
     o.argv = (const char *const[]){ "/bin/bash", "-c", cmd, NULL };
     o.env = (const char *const *)vars;
@@ -262,8 +271,9 @@ run_bash(struct agent_run *r, const char *call_id, json_t *args, int64_t deadlin
     o.on_output = on_output;
     o.arg = &a;
     o.cancel = &r->cancel;
+    t0 = util_mono_ns();
     rc = sandbox_exec(dir, &o, &res, &e);
-    store_env_touch(env_store(r->ctx), r->it.env_id, NULL);
+    r->tool_ns += util_mono_ns() - t0;
     flush_delta(&a, true);
     if (rc < 0)
         goto fail;
@@ -299,11 +309,6 @@ done:
     step_end(r, a.idx, step, NULL, NULL);
     json_decref(step);
     buf_free(&a.all);
-    if (vars != NULL) {
-        for (char **v = vars; *v != NULL; v++)
-            free(*v);
-        free(vars);
-    }
 }
 
 static int
@@ -331,9 +336,12 @@ run_files(struct agent_run *r, json_t *args, struct tool_out *out)
     cleanup_free char *dir = NULL;
     struct err *e = NULL;
     struct buf b;
+    int64_t t0;
     int rc = -1;
 
     buf_init(&b, AGENT_TOOL_KEEP_MAX + 1);
+    agent__flush(r);
+    t0 = util_mono_ns();
     if (op == NULL || path == NULL) {
         err_set(&e, ERR_INVALID, 0, "operation and path are required strings");
     } else if (env_dir(r, &dir, &e) < 0) {
@@ -364,7 +372,7 @@ run_files(struct agent_run *r, json_t *args, struct tool_out *out)
     } else {
         err_set(&e, ERR_INVALID, 0, "unknown operation '%s' (read, write, delete or list)", op);
     }
-    store_env_touch(env_store(r->ctx), r->it.env_id, NULL);
+    r->tool_ns += util_mono_ns() - t0;
     if (rc < 0) {
         out->is_error = true;
         out->text = xasprintf("%s", e != NULL ? e->msg : "failed");
@@ -855,7 +863,13 @@ run_calls(struct loop *l, const struct model_turn *t, struct err **errp)
             run_files(r, args, &out);
         } else if (m != NULL) {
             struct err *me = NULL;
-            if (agent__mcp_call(r->o, m, c->name, args, &out.text, &out.is_error, &me) < 0) {
+            int64_t t0;
+            int mrc;
+            agent__flush(r);
+            t0 = util_mono_ns();
+            mrc = agent__mcp_call(r->o, m, c->name, args, &out.text, &out.is_error, &me);
+            r->tool_ns += util_mono_ns() - t0;
+            if (mrc < 0) {
                 out.is_error = true;
                 out.text = xstrdup(me->msg);
                 err_free(me);
@@ -900,10 +914,12 @@ loop_body(struct loop *l)
     cleanup_free char *sys_prompt = NULL;
     bool have_env = r->it.env_id[0] != '\0';
 
+    agent__flush(r);
     sys_prompt = build_system(r, &l->plan, have_env);
     for (;;) {
         struct model_turn t;
         struct model_request mr;
+        int64_t t0;
         int rc;
 
         if (!check_budgets(l))
@@ -923,7 +939,10 @@ loop_body(struct loop *l)
         mr.cancel = &r->cancel;
         mr.deadline_ms = l->deadline;
         memset(&t, 0, sizeof(t));
+        agent__flush(r);
+        t0 = util_mono_ns();
         rc = model_generate(r->o->model, &mr, &t, &e);
+        r->model_ns += util_mono_ns() - t0;
         l->turns++;
         if (rc < 0) {
             model_turn_clear(&t);
@@ -1042,6 +1061,8 @@ agent__run(struct agent_run *r)
     size_t i;
     json_t *s;
 
+    int64_t t_start = util_mono_ns();
+
     memset(&l, 0, sizeof(l));
     l.r = r;
     l.history = json_array();
@@ -1067,6 +1088,7 @@ agent__run(struct agent_run *r)
         if (step_whole(r, json_incref(s), &e) < 0)
             break;
     }
+    agent__flush(r);
     if (e == NULL && r->it.env_id[0] == '\0' && (l.plan.wants_env || l.plan.env_spec != NULL)) {
         char id[40] = "";
         if (r->o->resolve_env(r->o->resolve_arg, r->ctx, r->it.project, l.plan.env_spec, false, id,
@@ -1109,6 +1131,7 @@ agent__run(struct agent_run *r)
                 l.end = "failed";
                 goto finish;
             }
+            agent__flush(r);
             if (agent__mcp_open(r->o, cfg, &l.mcp[l.nmcp], &e) < 0) {
                 add_error(&l, "paddock/mcp", "%s", e->msg);
                 err_free(e);
@@ -1143,8 +1166,19 @@ finish:
         }
     }
     {
-        const char *kv[] = { "id", r->it.id, "status", l.end, "environment_id", r->it.env_id };
-        log_fields(LOG_LEVEL_INFO, "interaction ended", kv, 6);
+        /* What the loop itself cost per model turn: its wall time less the tools' own run time
+         * (bench/agent_bench.py reads this). Model calls count: they are paddock's client. */
+        char turns[24], over[32], model[32];
+        int64_t wall = util_mono_ns() - t_start;
+        snprintf(turns, sizeof(turns), "%lld", (long long)l.turns);
+        snprintf(over, sizeof(over), "%.1f",
+                 l.turns > 0 ? (double)(wall - r->tool_ns) / 1000.0 / (double)l.turns : 0.0);
+        snprintf(model, sizeof(model), "%.1f",
+                 l.turns > 0 ? (double)r->model_ns / 1000.0 / (double)l.turns : 0.0);
+        const char *kv[] = { "id",    r->it.id, "status",           l.end, "environment_id",
+                             r->it.env_id, "turns", turns, "loop_us_per_turn", over,
+                             "model_us_per_turn", model };
+        log_fields(LOG_LEVEL_INFO, "interaction ended", kv, 12);
     }
     for (size_t k = 0; k < l.nmcp; k++)
         agent__mcp_free(l.mcp[k]);

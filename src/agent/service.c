@@ -640,6 +640,37 @@ agent__wake(struct agent_service *svc)
     pthread_mutex_unlock(&svc->mu);
 }
 
+void
+agent__tx(struct agent_run *r)
+{
+    struct err *e = NULL;
+
+    if (r->in_tx)
+        return;
+    if (store_begin(r->st, &e) < 0) {
+        /* Writes still happen, one commit each. */
+        log_warnx("interaction %s: %s", r->it.id, e->msg);
+        err_free(e);
+        return;
+    }
+    r->in_tx = true;
+}
+
+void
+agent__flush(struct agent_run *r)
+{
+    struct err *e = NULL;
+
+    if (!r->in_tx)
+        return;
+    r->in_tx = false;
+    if (store_commit(r->st, &e) < 0) {
+        log_warnx("interaction %s: %s", r->it.id, e->msg);
+        err_free(e);
+    }
+    agent__wake(r->svc);
+}
+
 int
 agent__emit(struct agent_run *r, json_t *ev, struct err **errp)
 {
@@ -686,6 +717,7 @@ agent__finish(struct agent_run *r, struct err **errp)
 
     /* The final status and its event in one transaction: a reader that sees the status
      * final finds every event stored. */
+    agent__flush(r);
     json_object_set_new(ev, "event_id", json_sprintf("%lld", (long long)r->next_seq));
     text = json_dumps(ev, JSON_COMPACT);
     f.text = text;
@@ -695,7 +727,8 @@ agent__finish(struct agent_run *r, struct err **errp)
     if (r->o->observer != NULL)
         r->o->observer(r->o->observer_arg, r->it.id, ev);
     json_decref(ev);
-    agent__wake(r->svc);
+    if (!r->in_tx)
+        agent__wake(r->svc); /* else at the flush, when readers can see it */
     return rc;
 }
 
@@ -790,6 +823,12 @@ run_close(struct agent_run *r)
 {
     json_decref(r->req);
     store_interaction_clear(&r->it);
+    if (r->vars != NULL) {
+        for (char **v = r->vars; *v != NULL; v++)
+            free(*v);
+        free(r->vars);
+        r->vars = NULL;
+    }
 }
 
 /* store: false interactions go once their answer is out; the API deletes them then. */

@@ -1176,6 +1176,22 @@ bind_text_or_null(sqlite3_stmt *st, int col, const char *v)
 }
 
 int
+store_begin(struct store *s, struct err **errp)
+{
+    return exec_sql(s, "BEGIN IMMEDIATE", errp);
+}
+
+int
+store_commit(struct store *s, struct err **errp)
+{
+    if (exec_sql(s, "COMMIT", errp) < 0) {
+        exec_sql(s, "ROLLBACK", NULL);
+        return -1;
+    }
+    return 0;
+}
+
+int
 store_tx(struct store *s, int (*fn)(struct store *s, void *arg, struct err **errp), void *arg,
          struct err **errp)
 {

@@ -273,6 +273,13 @@ int store_events_after(struct store *s, const char *iid, int64_t after, size_t l
 /** The highest event seq of an interaction, 0 when none. */
 int store_event_last(struct store *s, const char *iid, int64_t *out, struct err **errp);
 
+/**
+ * An explicit write transaction for a burst of writes (BEGIN IMMEDIATE … COMMIT): one WAL
+ * commit instead of one per statement. Never hold one across anything slow.
+ */
+int store_begin(struct store *s, struct err **errp);
+int store_commit(struct store *s, struct err **errp);
+
 /** Runs fn inside one write transaction (BEGIN IMMEDIATE … COMMIT, rolled back on error). */
 int store_tx(struct store *s, int (*fn)(struct store *s, void *arg, struct err **errp), void *arg,
              struct err **errp);
