@@ -79,8 +79,15 @@ struct agent_service;
  */
 int agent_service_start(const struct agent_options *o, struct agent_service **out,
                         struct err **errp);
-/** Stops the pool: running interactions are cancelled and recorded as failed. */
+/**
+ * Stops the pool: running interactions are cancelled and recorded as failed (the server
+ * stopped), waiters return at once, new creates are refused. The service stays valid for
+ * the callers still holding it until agent_service_free().
+ */
 void agent_service_stop(struct agent_service *svc);
+void agent_service_free(struct agent_service *svc);
+/** True once agent_service_stop() has begun. */
+bool agent_stopping(struct agent_service *svc);
 
 /**
  * Validates and stores a new interaction from a create body, and queues it. id_out (40

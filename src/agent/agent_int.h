@@ -10,6 +10,7 @@
 #define AGENT_BASE_DEPTH 8         /* base_agent chain */
 #define AGENT_PROMPT_FILE_MAX (64u * 1024)
 #define AGENT_SKILLS_MAX 64
+#define AGENT_MODEL_RETRIES 2      /* model calls that failed after the client's own retries */
 #define AGENT_FORMAT_ERRORS_MAX 3  /* malformed tool calls in a row before giving up */
 
 /** What an interaction runs with, resolved from its request and its agent. */

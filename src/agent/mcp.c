@@ -111,7 +111,8 @@ from_sse(const char *body, size_t len, int64_t id)
     return found;
 }
 
-/* One JSON-RPC call (id > 0) or notification (id 0). *result owned (NULL for notifications). */
+/* One JSON-RPC call (id > 0) or notification (id 0); params (may be NULL) is stolen. *result
+ * owned (NULL for notifications). */
 static int
 rpc(const struct agent_options *o, struct mcp_server *m, const char *method, json_t *params,
     json_t **result, const volatile int *cancel, struct err **errp)
@@ -130,15 +131,17 @@ rpc(const struct agent_options *o, struct mcp_server *m, const char *method, jso
     json_t *v;
 
     (void)cancel;
-    if (c == NULL)
+    if (c == NULL) {
+        json_decref(params);
         return err_set(errp, ERR_INTERNAL, 0, "mcp: no curl handle");
+    }
     memset(&rep, 0, sizeof(rep));
     buf_init(&rep.body, MCP_BODY_MAX);
     msg = json_pack("{s:s, s:s}", "jsonrpc", "2.0", "method", method);
     if (id > 0)
         json_object_set_new(msg, "id", json_integer(id));
     if (params != NULL)
-        json_object_set(msg, "params", params);
+        json_object_set_new(msg, "params", params); /* stolen */
     text = json_dumps(msg, JSON_COMPACT);
     json_decref(msg);
     hdrs = curl_slist_append(hdrs, "Content-Type: application/json");
@@ -312,12 +315,13 @@ agent__mcp_declare(const struct mcp_server *m, json_t *decls)
         json_t *schema = json_object_get(t, "inputSchema");
         json_array_append_new(
             decls,
-            json_pack("{s:O, s:s, s:O}", "name", json_object_get(t, "name"), "description",
+            json_pack("{s:O, s:s, s:o}", "name", json_object_get(t, "name"), "description",
                       json_is_string(json_object_get(t, "description"))
                           ? json_string_value(json_object_get(t, "description"))
                           : "",
                       "parameters",
-                      json_is_object(schema) ? schema : json_pack("{s:s}", "type", "object")));
+                      json_is_object(schema) ? json_incref(schema)
+                                             : json_pack("{s:s}", "type", "object")));
     }
 }
 

@@ -597,7 +597,8 @@ struct loop {
     int64_t deadline;
     int64_t turns;
     int format_errors;
-    const char *end; /* final status */
+    int model_retries; /* failed model calls in a row */
+    const char *end;   /* final status */
     struct mcp_server *mcp[16];
     size_t nmcp;
 };
@@ -811,9 +812,10 @@ run_calls(struct loop *l, const struct model_turn *t, struct err **errp)
         if (builtin && strcmp(c->name, "bash") == 0) {
             json_t *code = json_object_get(args, "command");
             if (step_whole(r,
-                           json_pack("{s:s, s:s, s:{s:O, s:s}}", "type", "code_execution_call",
+                           json_pack("{s:s, s:s, s:{s:o, s:s}}", "type", "code_execution_call",
                                      "id", c->id, "arguments", "code",
-                                     code != NULL ? code : json_string(""), "language", "bash"),
+                                     code != NULL ? json_incref(code) : json_string(""),
+                                     "language", "bash"),
                            errp) < 0) {
                 json_decref(args);
                 return -1;
@@ -954,6 +956,16 @@ loop_body(struct loop *l)
                           "waiting for the model (%s)",
                           (long long)(l->plan.timeout_ms / 1000), e->msg);
                 l->end = "budget_exceeded";
+            } else if ((e->code == ERR_UPSTREAM || e->code == ERR_TIMEOUT) &&
+                       l->model_retries < AGENT_MODEL_RETRIES) {
+                /* The client already retried what HTTP says is worth it; an answer that
+                 * made no sense may still be a passing fault. Each try is a turn. */
+                l->model_retries++;
+                add_error(l, "paddock/model/retry", "model %s: %s (trying again, %d of %d)",
+                          l->plan.model.spec, e->msg, l->model_retries, AGENT_MODEL_RETRIES);
+                err_free(e);
+                e = NULL;
+                continue;
             } else {
                 add_error(l, "paddock/model", "model %s: %s", l->plan.model.spec, e->msg);
                 l->end = "failed";
@@ -961,6 +973,7 @@ loop_body(struct loop *l)
             err_free(e);
             return;
         }
+        l->model_retries = 0;
         add_usage(&l->tot.u, &t.usage);
         if (l->turns == 1)
             l->tot.initial_input = t.usage.input;
@@ -1146,6 +1159,11 @@ agent__run(struct agent_run *r)
 finish:
     if (l.end == NULL)
         l.end = "failed";
+    if (strcmp(l.end, "cancelled") == 0 && r->svc != NULL && agent_stopping(r->svc)) {
+        add_error(&l, "paddock/interrupted",
+                  "the server stopped while this interaction ran; its steps so far are kept");
+        l.end = "failed";
+    }
     if (strcmp(l.end, "requires_action") != 0)
         close_pending(&l, "not run: the interaction ended before this call");
     {

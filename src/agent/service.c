@@ -143,12 +143,13 @@ check_tools(json_t *tools, const char *field, json_t *client, json_t *mcp, struc
             if (params != NULL && !json_is_object(params))
                 return err_field(errp, f, "parameters must be a JSON Schema object");
             json_array_append_new(
-                client, json_pack("{s:s, s:s, s:O}", "name", name, "description",
+                client, json_pack("{s:s, s:s, s:o}", "name", name, "description",
                                   json_is_string(json_object_get(t, "description"))
                                       ? json_string_value(json_object_get(t, "description"))
                                       : "",
                                   "parameters",
-                                  params != NULL ? params : json_pack("{s:s}", "type", "object")));
+                                  params != NULL ? json_incref(params)
+                                                 : json_pack("{s:s}", "type", "object")));
         } else if (strcmp(type, "code_execution") == 0) {
             /* the built-in bash tool */
         } else if (strcmp(type, "mcp_server") == 0) {
@@ -1018,8 +1019,6 @@ fail:
 void
 agent_service_stop(struct agent_service *svc)
 {
-    struct job *j;
-
     if (svc == NULL)
         return;
     pthread_mutex_lock(&svc->mu);
@@ -1031,6 +1030,28 @@ agent_service_stop(struct agent_service *svc)
     pthread_mutex_unlock(&svc->mu);
     for (unsigned i = 0; i < svc->nthreads; i++)
         pthread_join(svc->threads[i], NULL);
+    svc->nthreads = 0;
+}
+
+bool
+agent_stopping(struct agent_service *svc)
+{
+    bool s;
+
+    pthread_mutex_lock(&svc->mu);
+    s = svc->stopping;
+    pthread_mutex_unlock(&svc->mu);
+    return s;
+}
+
+void
+agent_service_free(struct agent_service *svc)
+{
+    struct job *j;
+
+    if (svc == NULL)
+        return;
+    agent_service_stop(svc);
     /* Queued jobs stay queued in the store and run after the next start. */
     while ((j = svc->head) != NULL) {
         svc->head = j->next;
@@ -1108,6 +1129,10 @@ agent_create(struct agent_service *svc, struct env_ctx *ctx, const struct agent_
 
     id_out[0] = '\0';
     pthread_mutex_lock(&svc->mu);
+    if (svc->stopping) {
+        pthread_mutex_unlock(&svc->mu);
+        return err_set(errp, ERR_UPSTREAM, 0, "the server is shutting down; retry shortly");
+    }
     c = count_of(svc, who->project, who->key_name);
     if (c->n >= svc->o.per_key_max) {
         pthread_mutex_unlock(&svc->mu);

@@ -1118,9 +1118,12 @@ api_serve(const struct api_config *cfg, struct err **errp)
         }
     }
     log_info("shutting down; sandboxes keep running");
+    /* Runs end first (recorded failed: the server stopped), so that requests waiting on them
+     * answer and streams close before the HTTP server waits for its connections. */
+    agent_service_stop(agents);
     MHD_stop_daemon(srv.daemon);
     api_set_agents(NULL);
-    agent_service_stop(agents);
+    agent_service_free(agents);
     agents = NULL;
     model_config_clear(&model_cfg);
     env_set_start_hook(NULL, NULL);

@@ -102,6 +102,10 @@ sse_fill(struct sse *x)
             x->done = true;
             return;
         }
+        if (agent_stopping(service)) {
+            x->done = true; /* the server stops: the stream ends, a client resumes later */
+            return;
+        }
         if (util_now_ms() - x->quiet_since >= SSE_KEEPALIVE_MS) {
             buf_printf(&x->out, NULL, ": keep-alive\n\n");
             x->quiet_since = util_now_ms();
@@ -245,7 +249,8 @@ create_interaction(struct api_req *r, struct env_ctx *ctx)
         }
         return reply_interaction(r, ctx, id, false);
     }
-    while (status_of(ctx, id, st, sizeof(st)) != NULL && !agent_status_final(st))
+    while (status_of(ctx, id, st, sizeof(st)) != NULL && !agent_status_final(st) &&
+           !agent_stopping(service))
         agent_wait(service, id, 0, 1000);
     res = reply_interaction(r, ctx, id, false);
     if (!stored)

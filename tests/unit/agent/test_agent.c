@@ -157,8 +157,8 @@ test_plan_budgets(void **state)
         "{\"model\":\"gemini-x\",\"tools\":[{\"type\":\"function\",\"name\":\"bash\"}]}",
         "{\"model\":\"gemini-x\",\"tools\":[{\"type\":\"function\",\"name\":\"a b\"}]}",
         "{\"model\":\"gemini-x\",\"tools\":[{\"type\":\"mcp_server\",\"url\":\"ftp://x\"}]}",
-        "{\"model\":\"gemini-x\",\"tools\":[{\"type\":\"mcp_server\",\"url\":\"http://x\","
-        "\"headers\":{\"a\":\"b\\r\\nc: d\"}}]}",
+        ("{\"model\":\"gemini-x\",\"tools\":[{\"type\":\"mcp_server\",\"url\":\"http://x\","
+         "\"headers\":{\"a\":\"b\\r\\nc: d\"}}]}"),
     };
 
     ASSERT_NO_ERR(agent__plan(f->s, "p", NULL, r, &p, &e), &e);
