@@ -78,6 +78,28 @@ test_gemini_encode(void **state)
     json_decref(body);
 }
 
+/* thinking_level becomes a budget for Gemini 2.x and a level for later models;
+ * thinking_summaries asks for thought summaries. */
+static void
+test_gemini_thinking(void **state)
+{
+    static const char gen[] = "{'thinking_level':'low','thinking_summaries':'auto'}";
+    json_t *body = encode("gemini-2.5-flash", "[{'role':'user','text':'hi'}]", true, gen);
+    (void)state;
+
+    ASSERT_JSON_EQ(json_object_get(body, "generationConfig"),
+                   "{'thinkingConfig':{'thinkingBudget':1024,'includeThoughts':true}}");
+    json_decref(body);
+    body = encode("gemini-3-pro-preview", "[{'role':'user','text':'hi'}]", true, gen);
+    ASSERT_JSON_EQ(json_object_get(body, "generationConfig"),
+                   "{'thinkingConfig':{'thinkingLevel':'low','includeThoughts':true}}");
+    json_decref(body);
+    /* Nothing asked, nothing sent: models without thinking refuse a thinkingConfig. */
+    body = encode("gemini-2.0-flash", "[{'role':'user','text':'hi'}]", true, "{}");
+    assert_null(json_object_get(body, "generationConfig"));
+    json_decref(body);
+}
+
 static void
 test_openai_encode(void **state)
 {
@@ -375,15 +397,11 @@ int
 test_wire_run(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_gemini_encode),
-        cmocka_unit_test(test_openai_encode),
-        cmocka_unit_test(test_anthropic_encode),
-        cmocka_unit_test(test_gemini_native_replay),
-        cmocka_unit_test(test_anthropic_native_replay),
-        cmocka_unit_test(test_openai_native_replay),
-        cmocka_unit_test(test_ids_and_empty_turns),
-        cmocka_unit_test(test_bad_messages),
-        cmocka_unit_test(test_model_parse),
+        cmocka_unit_test(test_gemini_encode),        cmocka_unit_test(test_gemini_thinking),
+        cmocka_unit_test(test_openai_encode),        cmocka_unit_test(test_anthropic_encode),
+        cmocka_unit_test(test_gemini_native_replay), cmocka_unit_test(test_anthropic_native_replay),
+        cmocka_unit_test(test_openai_native_replay), cmocka_unit_test(test_ids_and_empty_turns),
+        cmocka_unit_test(test_bad_messages),         cmocka_unit_test(test_model_parse),
     };
     return cmocka_run_group_tests_name("wire", tests, NULL, NULL);
 }
