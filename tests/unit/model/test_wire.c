@@ -254,8 +254,8 @@ static const char openai_turn[] =
     " {'role':'assistant','calls':[{'id':'call_1','name':'bash','args_text':'{oops',"
     "   'args_error':'bad'}],"
     "  'native':{'format':'openai','message':{'role':'assistant','content':null,"
-    "    'reasoning_content':'think','tool_calls':[{'type':'function',"
-    "    'function':{'name':'bash','arguments':'{oops'}}]}}},"
+    "    'refusal':null,'annotations':[],'reasoning_content':'think','tool_calls':["
+    "    {'type':'function','index':0,'function':{'name':'bash','arguments':'{oops'}}]}}},"
     " {'role':'tool','call_id':'call_1','name':'bash','output':'x','is_error':true}]";
 
 static void
@@ -264,7 +264,8 @@ test_openai_native_replay(void **state)
     json_t *body = encode("openai:local", openai_turn, false, NULL);
     (void)state;
 
-    /* Kept as sent, but with the made-up id and arguments the server can parse. */
+    /* Kept as sent, but with the made-up id, arguments the server can parse, and without the
+     * fields a request may not carry (annotations, index) or that are null (refusal). */
     ASSERT_JSON_EQ(json_array_get(json_object_get(body, "messages"), 2),
                    "{'role':'assistant','content':null,'reasoning_content':'think',"
                    " 'tool_calls':[{'id':'call_1','type':'function',"
