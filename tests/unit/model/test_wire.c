@@ -297,10 +297,22 @@ test_ids_and_empty_turns(void **state)
                    " {'role':'assistant','content':[{'type':'tool_use','id':'fc_1_2',"
                    "   'name':'bash','input':{}}]},"
                    " {'role':'user','content':[{'type':'tool_result','tool_use_id':'fc_1_2',"
-                   "   'content':'','is_error':false},{'type':'text','text':'more'}]}]");
+                   "   'is_error':false},{'type':'text','text':'more'}]}]");
     json_decref(body);
     body = encode("gemini-x", conv, true, NULL);
     assert_int_equal(json_array_size(json_object_get(body, "contents")), 4);
+    json_decref(body);
+    /* An empty error result still says something. */
+    body = encode("anthropic:x",
+                  "[{'role':'user','text':'go'},"
+                  " {'role':'assistant','calls':[{'id':'c','name':'bash'}]},"
+                  " {'role':'tool','call_id':'c','name':'bash','output':'','is_error':true}]",
+                  true, NULL);
+    ASSERT_JSON_EQ(
+        json_array_get(
+            json_object_get(json_array_get(json_object_get(body, "messages"), 2), "content"), 0),
+        "{'type':'tool_result','tool_use_id':'c','is_error':true,"
+        " 'content':'(no output)'}");
     json_decref(body);
 }
 
