@@ -55,15 +55,22 @@ user_blocks(json_t *out)
     return content;
 }
 
+/* A tool_result block. An empty result goes without content (content is optional, and an
+ * empty one is refused with is_error). */
 static json_t *
 tool_result(const json_t *msg)
 {
     cleanup_free char *id = tool_id(model__str(msg, "call_id"));
     const char *output = model__str(msg, "output");
+    bool is_error = json_is_true(json_object_get(msg, "is_error"));
+    json_t *b = json_pack("{s:s, s:s, s:b}", "type", "tool_result", "tool_use_id", id, "is_error",
+                          is_error);
 
-    return json_pack("{s:s, s:s, s:s, s:b}", "type", "tool_result", "tool_use_id", id, "content",
-                     output != NULL ? output : "", "is_error",
-                     json_is_true(json_object_get(msg, "is_error")));
+    if (output != NULL && *output != '\0')
+        json_object_set_new(b, "content", json_string(output));
+    else if (is_error)
+        json_object_set_new(b, "content", json_string("(no output)"));
+    return b;
 }
 
 /* An assistant turn rebuilt from the neutral fields; NULL when it would be empty (refused).

@@ -175,8 +175,31 @@ tool_config(const json_t *gen)
     return json_pack("{s:{s:s}}", "functionCallingConfig", "mode", mode);
 }
 
+/* Gemini 2.x takes a thinking budget in tokens; later models take thinkingLevel. */
+static const struct {
+    const char *level;
+    json_int_t budget;
+} budgets[] = {
+    { "minimal", 512 },
+    { "low", 1024 },
+    { "medium", 8192 },
+    { "high", 24576 },
+};
+
+static void
+thinking_level(json_t *thinking, const char *level, const char *model)
+{
+    if (strncmp(model, "gemini-2.", 9) != 0) {
+        json_object_set_new(thinking, "thinkingLevel", json_string(level));
+        return;
+    }
+    for (size_t i = 0; i < sizeof(budgets) / sizeof(budgets[0]); i++)
+        if (strcmp(level, budgets[i].level) == 0)
+            json_object_set_new(thinking, "thinkingBudget", json_integer(budgets[i].budget));
+}
+
 static json_t *
-generation_config(const json_t *gen)
+generation_config(const json_t *gen, const char *model)
 {
     json_t *gc = json_object(), *thinking = json_object();
     const char *level = model__str(gen, "thinking_level");
@@ -184,7 +207,7 @@ generation_config(const json_t *gen)
 
     model__map_generation(gen, gen_map, sizeof(gen_map) / sizeof(gen_map[0]), gc);
     if (level != NULL)
-        json_object_set_new(thinking, "thinkingLevel", json_string(level));
+        thinking_level(thinking, level, model);
     if (summaries != NULL)
         json_object_set_new(thinking, "includeThoughts", json_boolean(strcmp(summaries, "none")));
     if (json_object_size(thinking) > 0)
@@ -212,7 +235,7 @@ model__gemini_encode(const struct model_enc *enc, struct err **errp)
         json_object_set_new(root, "tools", encode_tools(req->tools));
         json_object_set_new(root, "toolConfig", tool_config(req->generation));
     }
-    gc = generation_config(req->generation);
+    gc = generation_config(req->generation, req->model->name);
     if (json_object_size(gc) > 0)
         json_object_set_new(root, "generationConfig", gc);
     else

@@ -16,6 +16,8 @@
  * format is the one being spoken, the native message is sent back verbatim (Gemini's
  * thoughtSignature, Anthropic's thinking signatures and any unknown parts survive); otherwise
  * it is rebuilt from the neutral fields. Consecutive tool messages form one result turn.
+ * A call whose arguments were not a JSON object has "args_text" (as received) and
+ * "args_error" instead of "args"; a rebuild sends {} for it.
  *
  * Tools are a JSON array of {"name", "description", "parameters": JSON Schema object}.
  */

@@ -1,7 +1,8 @@
 /*
  * Declarations shared by the files of src/model/ and its unit tests; no other module includes
  * this. The wire-format files (gemini.c, openai.c, anthropic.c) are pure: JSON in, JSON or a
- * struct model_turn out, no I/O. model.c drives them and http.c carries the bytes.
+ * struct model_turn out, no I/O; what they share is in neutral.c. model.c drives them and
+ * http.c carries the bytes.
  */
 #ifndef PADDOCK_MODEL_INT_H
 #define PADDOCK_MODEL_INT_H

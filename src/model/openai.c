@@ -33,39 +33,78 @@ arguments_ok(const json_t *args)
 }
 
 /*
- * An assistant message the server made, sent back as it was, with three repairs: a tool call
- * without an id gets the id that was made up for it (the tool message refers to that one),
- * arguments that are not a JSON object string become "{}" (llama-server renders its template
- * from parsed arguments and fails the whole request on a bad one; the model saw the error in
- * the tool result), and content null without tool calls becomes "".
+ * The fields of a response message that go back in a request. The hosted API refuses unknown
+ * fields in messages ("Additional properties are not allowed"), and its responses carry some
+ * (annotations, audio); reasoning_content and reasoning are kept for the local servers that
+ * send them and want them back.
  */
-static json_t *
-replay_assistant(const json_t *native, const json_t *msg)
+static const char *const replay_fields[] = { "role",    "content",           "tool_calls", "name",
+                                             "refusal", "reasoning_content", "reasoning" };
+
+static bool
+replay_field(const char *key)
 {
-    json_t *out = json_deep_copy(native);
-    json_t *calls = json_object_get(msg, "calls");
-    json_t *tcs = json_object_get(out, "tool_calls"), *tc;
+    for (size_t i = 0; i < sizeof(replay_fields) / sizeof(replay_fields[0]); i++)
+        if (strcmp(key, replay_fields[i]) == 0)
+            return true;
+    return false;
+}
+
+/* A tool call as it came, with the id made up for it when it had none (the tool message
+ * refers to that one) and arguments the server can parse: llama-server renders its template
+ * from parsed arguments and fails the whole request on a bad one (the model saw the error in
+ * the tool result already). */
+static json_t *
+replay_call(const json_t *tc, const json_t *call)
+{
+    json_t *fn = json_object_get(tc, "function"), *a = json_object_get(fn, "arguments");
+    const char *id = model__str(tc, "id");
+    char *args = NULL;
+    json_t *out;
+
+    if (id == NULL || *id == '\0')
+        id = model__str(call, "id");
+    if (id == NULL)
+        id = "call_0"; /* a native message with more calls than its neutral one */
+    if (arguments_ok(a))
+        args = xstrdup(json_string_value(a));
+    else if (json_is_object(a))
+        args = json_dumps(a, JSON_COMPACT);
+    out = json_pack("{s:s, s:s, s:{s:s, s:s}}", "id", id, "type", "function", "function", "name",
+                    model__str(fn, "name") != NULL ? model__str(fn, "name") : "", "arguments",
+                    args != NULL ? args : "{}");
+    free(args);
+    return out;
+}
+
+/* An assistant message the server made, sent back as it was but for the fields a request may
+ * not carry, null values, the repairs of replay_call(), and content null without tool calls
+ * (refused) made "". */
+static json_t *
+replay_assistant(json_t *native, const json_t *msg)
+{
+    json_t *out = json_object(), *v, *tcs = json_array(), *tc;
+    const char *key;
     size_t i;
 
-    json_array_foreach(tcs, i, tc)
+    json_object_foreach(native, key, v)
     {
-        json_t *fn = json_object_get(tc, "function");
-        const char *id = model__str(tc, "id");
-        if ((id == NULL || *id == '\0') && model__str(json_array_get(calls, i), "id") != NULL)
-            json_object_set(tc, "id", json_object_get(json_array_get(calls, i), "id"));
-        if (model__str(tc, "type") == NULL)
-            json_object_set_new(tc, "type", json_string("function"));
-        if (json_is_object(fn) && !arguments_ok(json_object_get(fn, "arguments"))) {
-            json_t *a = json_object_get(fn, "arguments");
-            char *s = json_is_object(a) ? json_dumps(a, JSON_COMPACT) : NULL;
-            json_object_set_new(fn, "arguments", json_string(s != NULL ? s : "{}"));
-            free(s);
-        }
+        if (replay_field(key) && !json_is_null(v) && strcmp(key, "tool_calls") != 0)
+            json_object_set(out, key, v);
     }
-    if (json_array_size(tcs) == 0 && !json_is_string(json_object_get(out, "content")))
-        json_object_set_new(out, "content", json_string(""));
-    if (model__str(out, "role") == NULL)
-        json_object_set_new(out, "role", json_string("assistant"));
+    json_array_foreach(json_object_get(native, "tool_calls"), i, tc) json_array_append_new(
+        tcs, replay_call(tc, json_array_get(json_object_get(msg, "calls"), i)));
+    if (json_array_size(tcs) > 0) {
+        json_object_set_new(out, "tool_calls", tcs);
+        if (json_object_get(out, "content") == NULL)
+            json_object_set_new(out, "content", json_null());
+    } else {
+        json_decref(tcs);
+        if (!json_is_string(json_object_get(out, "content")) &&
+            !json_is_array(json_object_get(out, "content")))
+            json_object_set_new(out, "content", json_string(""));
+    }
+    json_object_set_new(out, "role", json_string("assistant"));
     return out;
 }
 

@@ -11,6 +11,7 @@ the control endpoints (/_script, /_requests, /_reset).
 """
 
 import argparse
+import collections
 import json
 import select
 import sys
@@ -27,10 +28,12 @@ STEP_KEYS = {"text", "thought", "calls", "usage", "status", "body", "headers", "
 class Script:
     """The queue of steps shared by all formats, the requests seen, and counters for ids."""
 
-    def __init__(self, steps=None, default=None):
+    def __init__(self, steps=None, default=None, keep=10000):
         self.lock = threading.Lock()
         self.default = default or {"text": "done"}
-        self.requests = []
+        # The last `keep` requests: a benchmark must not grow the fake without bound.
+        self.requests = collections.deque(maxlen=keep)
+        self.total = 0
         self.ids = 0
         self.load(steps or [])
 
@@ -67,10 +70,12 @@ class Script:
     def record(self, entry):
         with self.lock:
             self.requests.append(entry)
+            self.total += 1
 
     def reset(self):
         with self.lock:
-            self.steps, self.pos, self.requests, self.ids = [], 0, [], 0
+            self.steps, self.pos, self.ids, self.total = [], 0, 0, 0
+            self.requests.clear()
             self.default = {"text": "done"}
 
 
@@ -278,6 +283,12 @@ class Handler(BaseHTTPRequestHandler):
             with self.server.script.lock:
                 reqs = list(self.server.script.requests)
             return self._send(200, reqs)
+        if path == "/_stats":
+            with self.server.script.lock:
+                s = self.server.script
+                stats = {"requests": s.total, "kept": len(s.requests),
+                         "script_left": max(0, len(s.steps) - s.pos)}
+            return self._send(200, stats)
         if path == "/_health":
             return self._send(200, {"ok": True})
         return self._send(404, {"error": {"message": "no route for GET " + path}})
@@ -355,9 +366,9 @@ class Server(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
-def make_server(port=0, steps=None, default=None, verbose=False):
+def make_server(port=0, steps=None, default=None, verbose=False, keep=10000):
     srv = Server(("127.0.0.1", port), Handler)
-    srv.script = Script(steps, default)
+    srv.script = Script(steps, default, keep)
     srv.stopping = threading.Event()
     srv.verbose = verbose
     return srv
@@ -369,13 +380,15 @@ def main():
     ap.add_argument("--script", help="a JSON file: a list of steps, or {steps, default}")
     ap.add_argument("--default-text", default="done",
                     help="the text answered once the script is exhausted")
+    ap.add_argument("--keep", type=int, default=10000,
+                    help="how many of the last requests /_requests returns")
     ap.add_argument("--verbose", action="store_true", help="log requests to stderr")
     args = ap.parse_args()
     steps = []
     if args.script:
         with open(args.script, encoding="utf-8") as f:
             steps = json.load(f)
-    srv = make_server(args.port, None, {"text": args.default_text}, args.verbose)
+    srv = make_server(args.port, None, {"text": args.default_text}, args.verbose, args.keep)
     srv.script.load(steps)
     print("listening on http://127.0.0.1:%d" % srv.server_address[1], flush=True)
     try:

@@ -210,8 +210,25 @@ def test_requests_are_recorded(fake):
     assert reqs[1]["path"] == "/chat/completions"
     assert reqs[1]["headers"]["authorization"] == "Bearer okey"
     assert reqs[1]["body"] == BODIES["openai"]
+    assert call(fake, "GET", "/_stats")[2] == {"requests": 2, "kept": 2, "script_left": 0}
     call(fake, "POST", "/_reset", {})
     assert call(fake, "GET", "/_requests")[2] == []
+    assert call(fake, "GET", "/_stats")[2]["requests"] == 0
+
+
+def test_keeps_only_the_last_requests():
+    proc = subprocess.Popen(["/usr/bin/python3", str(FAKE), "--keep", "3"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline().strip().rsplit(":", 1)[1])
+        for i in range(5):
+            call(port, "POST", PATHS["openai"], dict(BODIES["openai"], n=i))
+        _, _, reqs = call(port, "GET", "/_requests")
+        assert [r["body"]["n"] for r in reqs] == [2, 3, 4]
+        assert call(port, "GET", "/_stats")[2]["requests"] == 5
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 def test_bad_input(fake):

@@ -6,5 +6,6 @@ int test_wire_run(void);
 int test_decode_run(void);
 int test_http_run(void);
 int test_prices_run(void);
+int test_fake_run(void);
 
 #endif

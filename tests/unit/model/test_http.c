@@ -363,8 +363,7 @@ test_500_forever(void **state)
 
 /* Answers that are final at once: a refusal carries the upstream's message (escaped, and
  * with the key cut out when the upstream echoes it), a body that is not JSON names the model,
- * a body over the cap is ERR_LIMIT whether or not its length was announced, a redirect is not
- * followed. */
+ * a body over the cap is ERR_LIMIT whether or not its length was announced. */
 static void
 test_final_answers(void **state)
 {
@@ -376,7 +375,6 @@ test_final_answers(void **state)
         { { .status = 200, .body = "<html>gateway</html>" } },
         { { .status = 200, .body = "0123456789", .repeat = 500 } },
         { { .status = 200, .body = "0123456789", .repeat = 500, .close_delimited = true } },
-        { { .status = 302, .headers = "Location: http://127.0.0.1:1/\r\n" } },
     };
     static const struct {
         enum err_code code;
@@ -389,7 +387,6 @@ test_final_answers(void **state)
                         "\"<html>gateway</html>\"" },
         { ERR_LIMIT, "larger than 1000 bytes" },
         { ERR_LIMIT, "larger than 1000 bytes" },
-        { ERR_UPSTREAM, "answered HTTP 302" },
     };
     (void)state;
 
@@ -408,6 +405,97 @@ test_final_answers(void **state)
         assert_int_equal(atomic_load(&s.requests), 1);
         model_config_clear(&cfg);
         srv_stop(&s);
+    }
+}
+
+/* A redirect is not followed: the key goes to the configured host and nowhere else. */
+static void
+test_no_redirect(void **state)
+{
+    struct step other_st[] = { { .status = 200, .body = gemini_ok } };
+    struct model_config cfg;
+    struct model_turn t;
+    struct err *e = NULL;
+    struct srv s, other;
+    int64_t ms;
+    (void)state;
+
+    srv_start(&other, other_st, 1);
+    {
+        char *loc = xasprintf("Location: http://127.0.0.1:%d/v1beta/models/gemini-x:"
+                              "generateContent\r\n",
+                              other.port);
+        struct step st[] = { { .status = 307, .headers = loc } };
+        srv_start(&s, st, 1);
+        config_for(&cfg, s.port);
+        assert_int_equal(generate(&cfg, "gemini-x", NULL, 0, &t, &ms, &e), -1);
+        expect_err(&e, ERR_UPSTREAM, "answered HTTP 307");
+        assert_int_equal(atomic_load(&s.requests), 1);
+        assert_non_null(strstr(s.head, "x-goog-api-key: " KEY));
+        srv_stop(&s);
+        free(loc);
+    }
+    assert_int_equal(atomic_load(&other.requests), 0);
+    model_config_clear(&cfg);
+    srv_stop(&other);
+}
+
+/* The settings come from the environment; the numeric knobs fall back to the defaults when
+ * unset or not numbers; clearing frees (and wipes) the strings. */
+static void
+test_config_from_env(void **state)
+{
+    struct model_config cfg;
+    (void)state;
+
+    setenv("GEMINI_API_KEY", "gk", 1);
+    setenv("OPENAI_BASE_URL", "http://127.0.0.1:8080/v1", 1);
+    setenv("OPENAI_API_KEY", "", 1);
+    unsetenv("ANTHROPIC_API_KEY");
+    setenv("PADDOCK_MODEL_MAX_RETRIES", "0", 1);
+    setenv("PADDOCK_MODEL_TIMEOUT_MS", "soon", 1);
+    model_config_from_env(&cfg);
+    assert_string_equal(cfg.gemini_key, "gk");
+    assert_string_equal(cfg.openai_base, "http://127.0.0.1:8080/v1");
+    assert_null(cfg.openai_key);
+    assert_null(cfg.anthropic_key);
+    assert_int_equal(cfg.max_retries, 0);
+    assert_int_equal(cfg.timeout_ms, MODEL_DEFAULT_TIMEOUT_MS);
+    assert_int_equal(cfg.backoff_ms, MODEL_DEFAULT_BACKOFF_MS);
+    assert_int_equal(cfg.max_response, MODEL_DEFAULT_MAX_RESPONSE);
+    model_config_clear(&cfg);
+    assert_null(cfg.gemini_key);
+    assert_null(cfg.openai_base);
+    model_config_clear(&cfg);
+    unsetenv("GEMINI_API_KEY");
+    unsetenv("OPENAI_BASE_URL");
+    unsetenv("OPENAI_API_KEY");
+    unsetenv("PADDOCK_MODEL_MAX_RETRIES");
+    unsetenv("PADDOCK_MODEL_TIMEOUT_MS");
+}
+
+/* Base URLs and keys that cannot be sent are refused before anything is sent. */
+static void
+test_bad_settings(void **state)
+{
+    static const struct {
+        const char *base, *key, *want;
+    } cases[] = {
+        { "ftp://127.0.0.1/", KEY, "OPENAI_BASE_URL must start with http:// or https://" },
+        { "http://127.0.0.1:1/v1 x", KEY, "OPENAI_BASE_URL has a space" },
+        { "http://127.0.0.1:1/v1", KEY "\r\nX-Evil: 1", "OPENAI_API_KEY has a control" },
+    };
+    (void)state;
+
+    for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+        struct model_config cfg = { .openai_base = xstrdup(cases[i].base),
+                                    .openai_key = xstrdup(cases[i].key) };
+        struct model_turn t;
+        struct err *e = NULL;
+        int64_t ms;
+        assert_int_equal(generate(&cfg, "openai:x", NULL, 0, &t, &ms, &e), -1);
+        expect_err(&e, ERR_INVALID, cases[i].want);
+        model_config_clear(&cfg);
     }
 }
 
@@ -580,6 +668,9 @@ test_http_run(void)
         cmocka_unit_test(test_retry_429),
         cmocka_unit_test(test_500_forever),
         cmocka_unit_test(test_final_answers),
+        cmocka_unit_test(test_no_redirect),
+        cmocka_unit_test(test_config_from_env),
+        cmocka_unit_test(test_bad_settings),
         cmocka_unit_test(test_unreachable),
         cmocka_unit_test(test_timeout_and_deadline),
         cmocka_unit_test(test_retry_after_past_deadline),

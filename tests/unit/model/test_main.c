@@ -12,5 +12,6 @@ main(void)
     failed += test_decode_run();
     failed += test_http_run();
     failed += test_prices_run();
+    failed += test_fake_run();
     return failed == 0 ? 0 : 1;
 }

@@ -78,6 +78,28 @@ test_gemini_encode(void **state)
     json_decref(body);
 }
 
+/* thinking_level becomes a budget for Gemini 2.x and a level for later models;
+ * thinking_summaries asks for thought summaries. */
+static void
+test_gemini_thinking(void **state)
+{
+    static const char gen[] = "{'thinking_level':'low','thinking_summaries':'auto'}";
+    json_t *body = encode("gemini-2.5-flash", "[{'role':'user','text':'hi'}]", true, gen);
+    (void)state;
+
+    ASSERT_JSON_EQ(json_object_get(body, "generationConfig"),
+                   "{'thinkingConfig':{'thinkingBudget':1024,'includeThoughts':true}}");
+    json_decref(body);
+    body = encode("gemini-3-pro-preview", "[{'role':'user','text':'hi'}]", true, gen);
+    ASSERT_JSON_EQ(json_object_get(body, "generationConfig"),
+                   "{'thinkingConfig':{'thinkingLevel':'low','includeThoughts':true}}");
+    json_decref(body);
+    /* Nothing asked, nothing sent: models without thinking refuse a thinkingConfig. */
+    body = encode("gemini-2.0-flash", "[{'role':'user','text':'hi'}]", true, "{}");
+    assert_null(json_object_get(body, "generationConfig"));
+    json_decref(body);
+}
+
 static void
 test_openai_encode(void **state)
 {
@@ -232,8 +254,8 @@ static const char openai_turn[] =
     " {'role':'assistant','calls':[{'id':'call_1','name':'bash','args_text':'{oops',"
     "   'args_error':'bad'}],"
     "  'native':{'format':'openai','message':{'role':'assistant','content':null,"
-    "    'reasoning_content':'think','tool_calls':[{'type':'function',"
-    "    'function':{'name':'bash','arguments':'{oops'}}]}}},"
+    "    'refusal':null,'annotations':[],'reasoning_content':'think','tool_calls':["
+    "    {'type':'function','index':0,'function':{'name':'bash','arguments':'{oops'}}]}}},"
     " {'role':'tool','call_id':'call_1','name':'bash','output':'x','is_error':true}]";
 
 static void
@@ -242,7 +264,8 @@ test_openai_native_replay(void **state)
     json_t *body = encode("openai:local", openai_turn, false, NULL);
     (void)state;
 
-    /* Kept as sent, but with the made-up id and arguments the server can parse. */
+    /* Kept as sent, but with the made-up id, arguments the server can parse, and without the
+     * fields a request may not carry (annotations, index) or that are null (refusal). */
     ASSERT_JSON_EQ(json_array_get(json_object_get(body, "messages"), 2),
                    "{'role':'assistant','content':null,'reasoning_content':'think',"
                    " 'tool_calls':[{'id':'call_1','type':'function',"
@@ -274,10 +297,22 @@ test_ids_and_empty_turns(void **state)
                    " {'role':'assistant','content':[{'type':'tool_use','id':'fc_1_2',"
                    "   'name':'bash','input':{}}]},"
                    " {'role':'user','content':[{'type':'tool_result','tool_use_id':'fc_1_2',"
-                   "   'content':'','is_error':false},{'type':'text','text':'more'}]}]");
+                   "   'is_error':false},{'type':'text','text':'more'}]}]");
     json_decref(body);
     body = encode("gemini-x", conv, true, NULL);
     assert_int_equal(json_array_size(json_object_get(body, "contents")), 4);
+    json_decref(body);
+    /* An empty error result still says something. */
+    body = encode("anthropic:x",
+                  "[{'role':'user','text':'go'},"
+                  " {'role':'assistant','calls':[{'id':'c','name':'bash'}]},"
+                  " {'role':'tool','call_id':'c','name':'bash','output':'','is_error':true}]",
+                  true, NULL);
+    ASSERT_JSON_EQ(
+        json_array_get(
+            json_object_get(json_array_get(json_object_get(body, "messages"), 2), "content"), 0),
+        "{'type':'tool_result','tool_use_id':'c','is_error':true,"
+        " 'content':'(no output)'}");
     json_decref(body);
 }
 
@@ -375,15 +410,11 @@ int
 test_wire_run(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_gemini_encode),
-        cmocka_unit_test(test_openai_encode),
-        cmocka_unit_test(test_anthropic_encode),
-        cmocka_unit_test(test_gemini_native_replay),
-        cmocka_unit_test(test_anthropic_native_replay),
-        cmocka_unit_test(test_openai_native_replay),
-        cmocka_unit_test(test_ids_and_empty_turns),
-        cmocka_unit_test(test_bad_messages),
-        cmocka_unit_test(test_model_parse),
+        cmocka_unit_test(test_gemini_encode),        cmocka_unit_test(test_gemini_thinking),
+        cmocka_unit_test(test_openai_encode),        cmocka_unit_test(test_anthropic_encode),
+        cmocka_unit_test(test_gemini_native_replay), cmocka_unit_test(test_anthropic_native_replay),
+        cmocka_unit_test(test_openai_native_replay), cmocka_unit_test(test_ids_and_empty_turns),
+        cmocka_unit_test(test_bad_messages),         cmocka_unit_test(test_model_parse),
     };
     return cmocka_run_group_tests_name("wire", tests, NULL, NULL);
 }
