@@ -1,13 +1,15 @@
 #!/usr/bin/python3
 """The agent loop benchmark of issue 5, in one run (bench/README.md):
 
-  1. loop overhead per model turn, with a scripted model (tests/fakes/fake_model.py) that
-     answers at once: N interactions one after another, each 4 turns that call bash `true`
-     and a last one that answers text. The server logs, per interaction, its wall time less
-     the time spent inside tools, divided by its turns ("loop_us_per_turn"): the model client
-     (encoding, the HTTP round trip to the fake, decoding), steps and events written to
-     SQLite, prompt building, environment lookup. Beside it, the same HTTP round trip to the
-     fake made by this script (Python's http.client), the floor of any loop on this machine.
+  1. loop overhead, with a scripted model (tests/fakes/fake_model.py) that answers at once: N
+     interactions one after another, each 4 turns that call bash `true` and a last one that
+     answers text. The server logs per interaction (see src/agent/run.c): the loop's own
+     work per step, between a model answer and the next model request, less the tool's run
+     time (recording steps and events, tool dispatch, budgets) -- the figure of issue 5;
+     the model call as paddock makes it (encoding, HTTP to the fake, decoding), beside the
+     same call made by this script with Python's http.client (the fake's own floor); and
+     everything per model turn (setup, prompt building with its sandbox reads, model calls
+     and the loop; tools excluded).
   2. C concurrent interactions (background: true) on --workers W: all must complete, 0 errors;
      the server's resident memory after a first and a second batch (flat means no leak per
      interaction).
@@ -145,6 +147,7 @@ def loop_overhead(srv, fake, env_id, n):
     wait_logged(srv, ids)
     per_turn = [float(srv.ended[i]["loop_us_per_turn"]) / 1000 for i in ids if i in srv.ended]
     model = [float(srv.ended[i]["model_us_per_turn"]) / 1000 for i in ids if i in srv.ended]
+    step = [float(srv.ended[i]["loop_us_per_step"]) / 1000 for i in ids if i in srv.ended]
     # The floor: the same model call (a small chat completion) from Python, at once.
     fake.call("POST", "/_script", {"steps": [{"text": "done"}], "default": {"text": "done"}})
     body = {"model": "bench", "messages": [{"role": "user", "content": "go"}]}
@@ -158,7 +161,7 @@ def loop_overhead(srv, fake, env_id, n):
         c.getresponse().read()
         c.close()
         rtt.append((time.perf_counter() - t) * 1000)
-    return per_turn, model, rtt
+    return per_turn, model, step, rtt
 
 
 def concurrent(srv, fake, envs, c):
@@ -197,17 +200,14 @@ def main():
         srv = Server(a.paddock, data, fake.port, a.workers)
         envs = [srv.call("POST", "/v1beta/environments", {"network": "disabled"})["id"]
                 for _ in range(4)]
-        per_turn, model, rtt = loop_overhead(srv, fake, envs[0], a.interactions)
-        print(f"loop overhead per model turn ({len(per_turn)} interactions x 5 turns, "
-              f"bash `true` excluded): p50 {statistics.median(per_turn):.3f} ms, "
-              f"p99 {pct(per_turn, 99):.3f} ms")
-        rest = [p - m for p, m in zip(per_turn, model)]
-        print(f"  of which the model call (paddock's client and the fake): "
-              f"p50 {statistics.median(model):.3f} ms; the rest of the loop: "
-              f"p50 {statistics.median(rest):.3f} ms, p99 {pct(rest, 99):.3f} ms")
-        print(f"  the same model call from Python (http.client, a connection per call): "
-              f"p50 {statistics.median(rtt):.3f} ms, p99 {pct(rtt, 99):.3f} ms "
-              f"(loop/floor {statistics.median(per_turn) / statistics.median(rtt):.2f}x)")
+        per_turn, model, step, rtt = loop_overhead(srv, fake, envs[0], a.interactions)
+        print(f"loop overhead per step ({len(step)} interactions x 4 steps, bash `true` "
+              f"excluded): p50 {statistics.median(step):.3f} ms, p99 {pct(step, 99):.3f} ms")
+        print(f"model call by paddock: p50 {statistics.median(model):.3f} ms; the same call "
+              f"from Python (http.client, a connection per call): p50 "
+              f"{statistics.median(rtt):.3f} ms ({statistics.median(model) / statistics.median(rtt):.2f}x)")
+        print(f"everything per model turn, tools excluded (setup, prompt, model, loop): "
+              f"p50 {statistics.median(per_turn):.3f} ms, p99 {pct(per_turn, 99):.3f} ms")
         rss0 = srv.rss_mib()
         res = []
         for batch in (1, 2, 3):

@@ -598,6 +598,8 @@ struct loop {
     int64_t turns;
     int format_errors;
     int model_retries; /* failed model calls in a row */
+    int64_t turn_end_ns, turn_end_tool_ns; /* when the last model call returned */
+    int64_t between_ns, betweens;          /* the loop's own time between model calls */
     const char *end;   /* final status */
     struct mcp_server *mcp[16];
     size_t nmcp;
@@ -943,8 +945,16 @@ loop_body(struct loop *l)
         memset(&t, 0, sizeof(t));
         agent__flush(r);
         t0 = util_mono_ns();
+        if (l->turn_end_ns != 0) {
+            /* The loop's own work between two model calls: recording, tool dispatch, budgets;
+             * the tools' run time is not the loop's. */
+            l->between_ns += t0 - l->turn_end_ns - (r->tool_ns - l->turn_end_tool_ns);
+            l->betweens++;
+        }
         rc = model_generate(r->o->model, &mr, &t, &e);
-        r->model_ns += util_mono_ns() - t0;
+        l->turn_end_ns = util_mono_ns();
+        l->turn_end_tool_ns = r->tool_ns;
+        r->model_ns += l->turn_end_ns - t0;
         l->turns++;
         if (rc < 0) {
             model_turn_clear(&t);
@@ -1184,19 +1194,22 @@ finish:
         }
     }
     {
-        /* What the loop itself cost per model turn: its wall time less the tools' own run time
-         * (bench/agent_bench.py reads this). Model calls count: they are paddock's client. */
-        char turns[24], over[32], model[32];
+        /* What the loop costs (bench/agent_bench.py reads these): per model turn, its wall time
+         * less the tools' own run time (prompt building, environment lookup and model calls
+         * included); per step, its own work between two model calls. */
+        char turns[24], over[32], model[32], step[32];
         int64_t wall = util_mono_ns() - t_start;
         snprintf(turns, sizeof(turns), "%lld", (long long)l.turns);
         snprintf(over, sizeof(over), "%.1f",
                  l.turns > 0 ? (double)(wall - r->tool_ns) / 1000.0 / (double)l.turns : 0.0);
         snprintf(model, sizeof(model), "%.1f",
                  l.turns > 0 ? (double)r->model_ns / 1000.0 / (double)l.turns : 0.0);
+        snprintf(step, sizeof(step), "%.1f",
+                 l.betweens > 0 ? (double)l.between_ns / 1000.0 / (double)l.betweens : 0.0);
         const char *kv[] = { "id",    r->it.id, "status",           l.end, "environment_id",
                              r->it.env_id, "turns", turns, "loop_us_per_turn", over,
-                             "model_us_per_turn", model };
-        log_fields(LOG_LEVEL_INFO, "interaction ended", kv, 12);
+                             "model_us_per_turn", model, "loop_us_per_step", step };
+        log_fields(LOG_LEVEL_INFO, "interaction ended", kv, 14);
     }
     for (size_t k = 0; k < l.nmcp; k++)
         agent__mcp_free(l.mcp[k]);
