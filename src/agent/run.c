@@ -1088,6 +1088,9 @@ agent__run(struct agent_run *r)
 
     memset(&l, 0, sizeof(l));
     l.r = r;
+    /* Who runs it: a restarting server leaves alone what a live process (paddock run) runs. */
+    snprintf(r->it.runner, sizeof(r->it.runner), "%d:%llu", (int)getpid(),
+             (unsigned long long)util_proc_start_time(getpid()));
     l.history = json_array();
     l.errors = json_array();
     l.tools = json_array();

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "agent_int.h"
 
@@ -941,9 +942,21 @@ recover(struct agent_service *svc, struct store *s, struct err **errp)
 
     if (store_interaction_ids(s, "in_progress", &ids, &n, errp) < 0)
         return -1;
-    for (size_t i = 0; i < n; i++)
-        end_unrun(s, ids[i], "failed",
-                  "the server stopped while this interaction ran; its steps so far are kept", NULL);
+    for (size_t i = 0; i < n; i++) {
+        struct store_interaction it;
+        int pid = 0;
+        unsigned long long start = 0;
+        bool alive = false;
+        if (store_interaction_get(s, ids[i], &it, NULL) == 0) {
+            alive = sscanf(it.runner, "%d:%llu", &pid, &start) == 2 && pid != (int)getpid() &&
+                    start != 0 && util_proc_start_time(pid) == start;
+            store_interaction_clear(&it);
+        }
+        if (!alive) /* else another process (paddock run) is running it now */
+            end_unrun(s, ids[i], "failed",
+                      "the process running this interaction stopped; its steps so far are kept",
+                      NULL);
+    }
     free(ids);
     if (store_interaction_ids(s, "queued", &ids, &n, errp) < 0)
         return -1;

@@ -227,6 +227,8 @@ void util_format_size(uint64_t bytes, char *out, size_t outlen);
 
 /** Milliseconds since the Unix epoch. */
 int64_t util_now_ms(void);
+/** Start time of a process (field 22 of /proc/PID/stat); 0 when it is gone or a zombie. */
+uint64_t util_proc_start_time(pid_t pid);
 /** Monotonic nanoseconds. */
 int64_t util_mono_ns(void);
 /** Formats ms since the epoch as RFC 3339 UTC with milliseconds into out (>= 32 bytes). */

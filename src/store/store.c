@@ -155,7 +155,8 @@ static const char *const migrations[] = {
     " errors TEXT,"
     " stored INTEGER NOT NULL,"
     " created_ms INTEGER NOT NULL,"
-    " updated_ms INTEGER NOT NULL"
+    " updated_ms INTEGER NOT NULL,"
+    " runner TEXT NOT NULL DEFAULT ''"
     ") STRICT;"
     "CREATE INDEX interactions_by_status ON interactions (status, created_ms);"
     "CREATE INDEX interactions_by_time ON interactions (updated_ms);"
@@ -1152,7 +1153,7 @@ store_agent_delete(struct store *s, const char *project, const char *id, struct 
 
 #define INTERACTION_COLS                                                                            \
     "id, project, key_name, status, env_id, previous_id, request, history, usage, errors,"        \
-    " stored, created_ms, updated_ms"
+    " stored, created_ms, updated_ms, runner"
 
 void
 store_interaction_clear(struct store_interaction *it)
@@ -1245,7 +1246,7 @@ insert_tx(struct store *s, void *arg, struct err **errp)
     }
     if (sqlite3_prepare_v2(s->db,
                            "INSERT INTO interactions (" INTERACTION_COLS
-                           ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                           ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                            -1, &st, NULL) != SQLITE_OK)
         return db_err(s, errp, "store interaction");
     sqlite3_bind_text(st, 1, it->id, -1, SQLITE_STATIC);
@@ -1261,6 +1262,7 @@ insert_tx(struct store *s, void *arg, struct err **errp)
     sqlite3_bind_int(st, 11, it->stored ? 1 : 0);
     sqlite3_bind_int64(st, 12, it->created_ms);
     sqlite3_bind_int64(st, 13, it->updated_ms);
+    sqlite3_bind_text(st, 14, it->runner, -1, SQLITE_STATIC);
     if (sqlite3_step(st) != SQLITE_DONE)
         return db_err(s, errp, "store interaction");
     if (a->idem_key != NULL) {
@@ -1307,6 +1309,7 @@ row_to_interaction(sqlite3_stmt *st, struct store_interaction *it)
     it->stored = sqlite3_column_int(st, 10) != 0;
     it->created_ms = sqlite3_column_int64(st, 11);
     it->updated_ms = sqlite3_column_int64(st, 12);
+    copy_text(it->runner, sizeof(it->runner), st, 13);
 }
 
 int
@@ -1335,7 +1338,7 @@ store_interaction_update(struct store *s, const struct store_interaction *it, st
     cleanup_reset sqlite3_stmt *st =
         cached(s, Q_INTERACTION_UPDATE,
                "UPDATE interactions SET status = ?, env_id = ?, history = ?, usage = ?,"
-               " errors = ?, updated_ms = ? WHERE id = ?");
+               " errors = ?, updated_ms = ?, runner = ? WHERE id = ?");
 
     if (st == NULL)
         return db_err(s, errp, "update interaction");
@@ -1345,7 +1348,8 @@ store_interaction_update(struct store *s, const struct store_interaction *it, st
     bind_text_or_null(st, 4, it->usage);
     bind_text_or_null(st, 5, it->errors);
     sqlite3_bind_int64(st, 6, it->updated_ms);
-    sqlite3_bind_text(st, 7, it->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 7, it->runner, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 8, it->id, -1, SQLITE_STATIC);
     if (sqlite3_step(st) != SQLITE_DONE)
         return db_err(s, errp, "update interaction");
     if (sqlite3_changes(s->db) == 0)

@@ -225,6 +225,7 @@ struct store_interaction {
     char *usage;          /* Usage object */
     char *errors;         /* errors array */
     bool stored;          /* store: false rows go when their answer is delivered */
+    char runner[48];      /* "PID:START" of the process running it, "" when none */
     int64_t created_ms;
     int64_t updated_ms;
 };
@@ -241,7 +242,7 @@ int store_interaction_insert(struct store *s, const struct store_interaction *it
                              struct err **errp);
 int store_interaction_get(struct store *s, const char *id, struct store_interaction *out,
                           struct err **errp);
-/** Writes status, env_id, history, usage, errors and updated_ms. */
+/** Writes status, env_id, history, usage, errors, updated_ms and runner. */
 int store_interaction_update(struct store *s, const struct store_interaction *it,
                              struct err **errp);
 /** Deletes an interaction with its steps and events. ERR_NOT_FOUND when missing. */
