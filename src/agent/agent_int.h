@@ -96,6 +96,9 @@ bool agent__mcp_has(const struct mcp_server *m, const char *tool);
 int agent__mcp_call(const struct agent_options *o, struct mcp_server *m, const char *tool,
                     json_t *args, char **text, bool *is_error, struct err **errp);
 
+/** The calls of the conversation's last assistant message that have no result yet (owned). */
+json_t *agent__pending_calls(json_t *history);
+
 /** Text for the model from tool output: head and tail with a note when over max chars. */
 char *agent__clip(const char *s, size_t len, size_t max);
 

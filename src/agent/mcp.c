@@ -151,8 +151,7 @@ rpc(const struct agent_options *o, struct mcp_server *m, const char *method, jso
         cleanup_free char *h = xasprintf("Mcp-Session-Id: %s", m->session);
         hdrs = curl_slist_append(hdrs, h);
     }
-    json_object_foreach(m->headers, k, v)
-    {
+    json_object_foreach(m->headers, k, v) {
         cleanup_free char *h = xasprintf("%s: %s", k, json_string_value(v));
         hdrs = curl_slist_append(hdrs, h);
     }
@@ -276,16 +275,16 @@ agent__mcp_open(const struct agent_options *o, json_t *cfg, struct mcp_server **
         goto fail;
     tools = json_object_get(res, "tools");
     m->tools = json_array();
-    json_array_foreach(tools, i, t)
-    {
+    json_array_foreach(tools, i, t) {
         const char *name = json_string_value(json_object_get(t, "name"));
         bool ok = m->allowed == NULL;
         size_t k;
         json_t *a;
         if (name == NULL || json_array_size(m->tools) >= MCP_TOOLS_MAX)
             continue;
-        json_array_foreach(m->allowed, k, a) if (json_is_string(a) &&
-                                                 strcmp(json_string_value(a), name) == 0) ok = true;
+        json_array_foreach(m->allowed, k, a)
+            if (json_is_string(a) && strcmp(json_string_value(a), name) == 0)
+                ok = true;
         if (ok)
             json_array_append(m->tools, t);
     }
@@ -310,18 +309,16 @@ agent__mcp_declare(const struct mcp_server *m, json_t *decls)
     size_t i;
     json_t *t;
 
-    json_array_foreach(m->tools, i, t)
-    {
+    json_array_foreach(m->tools, i, t) {
         json_t *schema = json_object_get(t, "inputSchema");
         json_array_append_new(
-            decls,
-            json_pack("{s:O, s:s, s:o}", "name", json_object_get(t, "name"), "description",
-                      json_is_string(json_object_get(t, "description"))
-                          ? json_string_value(json_object_get(t, "description"))
-                          : "",
-                      "parameters",
-                      json_is_object(schema) ? json_incref(schema)
-                                             : json_pack("{s:s}", "type", "object")));
+            decls, json_pack("{s:O, s:s, s:o}", "name", json_object_get(t, "name"), "description",
+                             json_is_string(json_object_get(t, "description"))
+                                 ? json_string_value(json_object_get(t, "description"))
+                                 : "",
+                             "parameters",
+                             json_is_object(schema) ? json_incref(schema)
+                                                    : json_pack("{s:s}", "type", "object")));
     }
 }
 
@@ -331,8 +328,9 @@ agent__mcp_has(const struct mcp_server *m, const char *tool)
     size_t i;
     json_t *t;
 
-    json_array_foreach(m->tools, i, t) if (strcmp(json_string_value(json_object_get(t, "name")),
-                                                  tool) == 0) return true;
+    json_array_foreach(m->tools, i, t)
+        if (strcmp(json_string_value(json_object_get(t, "name")), tool) == 0)
+            return true;
     return false;
 }
 
@@ -350,8 +348,7 @@ agent__mcp_call(const struct agent_options *o, struct mcp_server *m, const char 
         return -1;
     buf_init(&b, AGENT_TOOL_KEEP_MAX);
     content = json_object_get(res, "content");
-    json_array_foreach(content, i, c)
-    {
+    json_array_foreach(content, i, c) {
         const char *type = json_string_value(json_object_get(c, "type"));
         if (type != NULL && strcmp(type, "text") == 0)
             buf_printf(&b, NULL, "%s%s", b.len > 0 ? "\n" : "",

@@ -70,15 +70,17 @@ step_end(struct agent_run *r, int64_t idx, json_t *final, json_t *usage, struct 
     return agent__emit(r, ev, errp);
 }
 
-/* A step that is whole when it starts. */
+/* A step that is whole when it starts; step and usage (may be NULL) are stolen. */
 static int
-step_whole(struct agent_run *r, json_t *step, struct err **errp)
+step_whole(struct agent_run *r, json_t *step, json_t *usage, struct err **errp)
 {
     int64_t idx;
     int rc = step_begin(r, step, &idx, errp);
 
     if (rc == 0)
-        rc = step_end(r, idx, NULL, NULL, errp);
+        rc = step_end(r, idx, NULL, usage, errp);
+    else
+        json_decref(usage);
     json_decref(step);
     return rc;
 }
@@ -511,8 +513,7 @@ content_text(json_t *content)
     char *s;
 
     buf_init(&b, 64u << 20);
-    json_array_foreach(content, i, c)
-    {
+    json_array_foreach(content, i, c) {
         const char *t = json_string_value(json_object_get(c, "text"));
         if (t != NULL)
             buf_printf(&b, NULL, "%s%s", b.len > 0 ? "\n" : "", t);
@@ -537,8 +538,7 @@ input_steps(json_t *input)
     } else if (json_is_array(input)) {
         size_t i;
         json_t *x, *content = json_array();
-        json_array_foreach(input, i, x)
-        {
+        json_array_foreach(input, i, x) {
             const char *t = json_string_value(json_object_get(x, "type"));
             if (t != NULL && (strcmp(t, "user_input") == 0 || strcmp(t, "function_result") == 0))
                 json_array_append(steps, x);
@@ -597,10 +597,11 @@ struct loop {
     int64_t deadline;
     int64_t turns;
     int format_errors;
-    int model_retries; /* failed model calls in a row */
+    int model_retries;                     /* failed model calls in a row */
     int64_t turn_end_ns, turn_end_tool_ns; /* when the last model call returned */
     int64_t between_ns, betweens;          /* the loop's own time between model calls */
-    const char *end;   /* final status */
+    json_t *usage;   /* the last model turn's usage, for the step.stop of its first step */
+    const char *end; /* final status */
     struct mcp_server *mcp[16];
     size_t nmcp;
 };
@@ -632,9 +633,9 @@ tool_allowed(const struct loop *l, const char *name)
 
     if (l->plan.allowed_tools == NULL)
         return true;
-    json_array_foreach(l->plan.allowed_tools, i,
-                       v) if (json_is_string(v) &&
-                              strcmp(json_string_value(v), name) == 0) return true;
+    json_array_foreach(l->plan.allowed_tools, i, v)
+        if (json_is_string(v) && strcmp(json_string_value(v), name) == 0)
+            return true;
     return false;
 }
 
@@ -644,9 +645,9 @@ is_client_tool(const struct loop *l, const char *name)
     size_t i;
     json_t *t;
 
-    json_array_foreach(l->plan.client_tools, i,
-                       t) if (strcmp(json_string_value(json_object_get(t, "name")), name) ==
-                              0) return true;
+    json_array_foreach(l->plan.client_tools, i, t)
+        if (strcmp(json_string_value(json_object_get(t, "name")), name) == 0)
+            return true;
     return false;
 }
 
@@ -657,6 +658,16 @@ mcp_of(const struct loop *l, const char *tool)
         if (agent__mcp_has(l->mcp[i], tool))
             return l->mcp[i];
     return NULL;
+}
+
+/* The usage of the model turn, once: its first step's step.stop carries it. */
+static json_t *
+take_usage(struct loop *l)
+{
+    json_t *u = l->usage;
+
+    l->usage = NULL;
+    return u;
 }
 
 static void
@@ -671,8 +682,8 @@ add_tool_message(struct loop *l, const char *call_id, const char *name, const ch
 }
 
 /* Calls of the last assistant message that have no result yet. */
-static json_t *
-pending_calls(json_t *history)
+json_t *
+agent__pending_calls(json_t *history)
 {
     json_t *pending = json_array();
     size_t n = json_array_size(history);
@@ -684,8 +695,7 @@ pending_calls(json_t *history)
         if (role != NULL && strcmp(role, "assistant") == 0) {
             size_t k;
             json_t *c;
-            json_array_foreach(json_object_get(m, "calls"), k, c)
-            {
+            json_array_foreach(json_object_get(m, "calls"), k, c) {
                 bool answered = false;
                 for (size_t j = (size_t)i + 1; j < n; j++) {
                     json_t *t = json_array_get(history, j);
@@ -707,7 +717,7 @@ pending_calls(json_t *history)
 static void
 close_pending(struct loop *l, const char *why)
 {
-    json_t *pending = pending_calls(l->history);
+    json_t *pending = agent__pending_calls(l->history);
     size_t i;
     json_t *c;
 
@@ -775,7 +785,9 @@ record_turn(struct loop *l, const struct model_turn *t, struct err **errp)
                        NULL);
             json_object_set_new(final, "signature", json_string(t->thought_signature));
         }
-        step_end(r, idx, final, NULL, NULL);
+        step_end(r, idx, final,
+                 (t->text == NULL || t->text[0] == '\0') && t->ncalls == 0 ? take_usage(l) : NULL,
+                 NULL);
         json_decref(final);
     }
     if (t->text != NULL && t->text[0] != '\0') {
@@ -789,8 +801,7 @@ record_turn(struct loop *l, const struct model_turn *t, struct err **errp)
         step_delta(r, idx, json_pack("{s:s, s:s}", "type", "text", "text", t->text), NULL);
         final = json_pack("{s:s, s:[{s:s, s:s}]}", "type", "model_output", "content", "type",
                           "text", "text", t->text);
-        step_end(r, idx, final, usage_json(&t->usage, model_cost_usd(&l->plan.model, &t->usage)),
-                 NULL);
+        step_end(r, idx, final, take_usage(l), NULL);
         json_decref(final);
     }
     return 0;
@@ -816,9 +827,9 @@ run_calls(struct loop *l, const struct model_turn *t, struct err **errp)
             if (step_whole(r,
                            json_pack("{s:s, s:s, s:{s:o, s:s}}", "type", "code_execution_call",
                                      "id", c->id, "arguments", "code",
-                                     code != NULL ? json_incref(code) : json_string(""),
-                                     "language", "bash"),
-                           errp) < 0) {
+                                     code != NULL ? json_incref(code) : json_string(""), "language",
+                                     "bash"),
+                           take_usage(l), errp) < 0) {
                 json_decref(args);
                 return -1;
             }
@@ -827,7 +838,7 @@ run_calls(struct loop *l, const struct model_turn *t, struct err **errp)
                            json_pack("{s:s, s:s, s:s, s:s, s:O}", "type", "mcp_server_tool_call",
                                      "id", c->id, "name", c->name, "server_name",
                                      agent__mcp_name(m), "arguments", args),
-                           errp) < 0) {
+                           take_usage(l), errp) < 0) {
                 json_decref(args);
                 return -1;
             }
@@ -835,7 +846,7 @@ run_calls(struct loop *l, const struct model_turn *t, struct err **errp)
             if (step_whole(r,
                            json_pack("{s:s, s:s, s:s, s:O}", "type", "function_call", "id", c->id,
                                      "name", c->name, "arguments", args),
-                           errp) < 0) {
+                           take_usage(l), errp) < 0) {
                 json_decref(args);
                 return -1;
             }
@@ -882,7 +893,7 @@ run_calls(struct loop *l, const struct model_turn *t, struct err **errp)
                        json_pack("{s:s, s:s, s:s, s:s, s:s, s:b}", "type", "mcp_server_tool_result",
                                  "call_id", c->id, "name", c->name, "server_name",
                                  agent__mcp_name(m), "result", out.text, "is_error", out.is_error),
-                       NULL);
+                       NULL, NULL);
             add_tool_message(l, c->id, c->name, out.text, out.is_error);
             free(out.text);
             json_decref(args);
@@ -899,7 +910,7 @@ run_calls(struct loop *l, const struct model_turn *t, struct err **errp)
         step_whole(r,
                    json_pack("{s:s, s:s, s:s, s:s, s:b}", "type", "function_result", "call_id",
                              c->id, "name", c->name, "result", out.text, "is_error", out.is_error),
-                   NULL);
+                   NULL, NULL);
         add_tool_message(l, c->id, c->name, out.text, out.is_error);
         free(out.text);
         json_decref(args);
@@ -985,6 +996,8 @@ loop_body(struct loop *l)
         }
         l->model_retries = 0;
         add_usage(&l->tot.u, &t.usage);
+        json_decref(l->usage);
+        l->usage = usage_json(&t.usage, model_cost_usd(&l->plan.model, &t.usage));
         if (l->turns == 1)
             l->tot.initial_input = t.usage.input;
         l->tot.cost += model_cost_usd(&l->plan.model, &t.usage);
@@ -1034,7 +1047,7 @@ load_history(struct loop *l, json_t *steps, struct err **errp)
     json_t *s;
 
     if (r->it.previous_id[0] != '\0') {
-        struct store_interaction prev;
+        struct store_interaction prev = { 0 };
         if (store_interaction_get(r->st, r->it.previous_id, &prev, errp) < 0)
             return err_wrap(errp, "previous_interaction_id");
         if (prev.history != NULL) {
@@ -1045,8 +1058,16 @@ load_history(struct loop *l, json_t *steps, struct err **errp)
         }
         store_interaction_clear(&prev);
     }
-    json_array_foreach(steps, i, s)
     {
+        /* Calls the caller went on from without answering get a result that says so. */
+        bool answers = false;
+        json_array_foreach(steps, i, s)
+            if (strcmp(json_string_value(json_object_get(s, "type")), "function_result") == 0)
+                answers = true;
+        if (!answers)
+            close_pending(l, "no result: the caller went on without answering this call");
+    }
+    json_array_foreach(steps, i, s) {
         const char *type = json_string_value(json_object_get(s, "type"));
         if (strcmp(type, "user_input") == 0) {
             cleanup_free char *text = content_text(json_object_get(s, "content"));
@@ -1059,14 +1080,13 @@ load_history(struct loop *l, json_t *steps, struct err **errp)
                                                            : json_dumps(res, JSON_COMPACT);
             const char *name = json_string_value(json_object_get(s, "name"));
             const char *cid = json_string_value(json_object_get(s, "call_id"));
-            json_t *pending = pending_calls(l->history);
+            json_t *pending = agent__pending_calls(l->history);
             size_t k;
             json_t *c;
             /* The name is optional on the wire; the pending call knows it. */
-            json_array_foreach(pending, k,
-                               c) if (name == NULL &&
-                                      strcmp(json_string_value(json_object_get(c, "id")), cid) == 0)
-                name = json_string_value(json_object_get(c, "name"));
+            json_array_foreach(pending, k, c)
+                if (name == NULL && strcmp(json_string_value(json_object_get(c, "id")), cid) == 0)
+                    name = json_string_value(json_object_get(c, "name"));
             add_tool_message(l, cid, name != NULL ? name : "function", text != NULL ? text : "",
                              json_is_true(json_object_get(s, "is_error")));
             json_decref(pending);
@@ -1109,9 +1129,8 @@ agent__run(struct agent_run *r)
     if (l.deadline < util_now_ms() + 1000)
         l.deadline = util_now_ms() + l.plan.timeout_ms; /* queued for long: count from now */
     steps = input_steps(json_object_get(r->req, "input"));
-    json_array_foreach(steps, i, s)
-    {
-        if (step_whole(r, json_incref(s), &e) < 0)
+    json_array_foreach(steps, i, s) {
+        if (step_whole(r, json_incref(s), NULL, &e) < 0)
             break;
     }
     agent__flush(r);
@@ -1141,17 +1160,16 @@ agent__run(struct agent_run *r)
         json_t *b = builtin_tools();
         size_t k;
         json_t *t;
-        json_array_foreach(b, k,
-                           t) if (tool_allowed(&l, json_string_value(json_object_get(t, "name"))))
-            json_array_append(l.tools, t);
+        json_array_foreach(b, k, t)
+            if (tool_allowed(&l, json_string_value(json_object_get(t, "name"))))
+                json_array_append(l.tools, t);
         json_decref(b);
     }
     json_array_extend(l.tools, l.plan.client_tools);
     {
         size_t k;
         json_t *cfg;
-        json_array_foreach(l.plan.mcp, k, cfg)
-        {
+        json_array_foreach(l.plan.mcp, k, cfg) {
             if (l.nmcp == sizeof(l.mcp) / sizeof(l.mcp[0])) {
                 add_error(&l, "paddock/mcp", "more than %zu mcp_server tools", l.nmcp);
                 l.end = "failed";
@@ -1209,14 +1227,26 @@ finish:
                  l.turns > 0 ? (double)r->model_ns / 1000.0 / (double)l.turns : 0.0);
         snprintf(step, sizeof(step), "%.1f",
                  l.betweens > 0 ? (double)l.between_ns / 1000.0 / (double)l.betweens : 0.0);
-        const char *kv[] = { "id",    r->it.id, "status",           l.end, "environment_id",
-                             r->it.env_id, "turns", turns, "loop_us_per_turn", over,
-                             "model_us_per_turn", model, "loop_us_per_step", step };
+        const char *kv[] = { "id",
+                             r->it.id,
+                             "status",
+                             l.end,
+                             "environment_id",
+                             r->it.env_id,
+                             "turns",
+                             turns,
+                             "loop_us_per_turn",
+                             over,
+                             "model_us_per_turn",
+                             model,
+                             "loop_us_per_step",
+                             step };
         log_fields(LOG_LEVEL_INFO, "interaction ended", kv, 14);
     }
     for (size_t k = 0; k < l.nmcp; k++)
         agent__mcp_free(l.mcp[k]);
     agent__plan_free(&l.plan);
+    json_decref(l.usage);
     json_decref(l.history);
     json_decref(l.errors);
     json_decref(l.tools);

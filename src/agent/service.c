@@ -103,12 +103,10 @@ check_mcp(json_t *t, const char *f, struct err **errp)
         return err_field(errp, f, "name must be letters, digits, _ - . (at most 64)");
     if (h != NULL && !json_is_null(h) && !json_is_object(h))
         return err_field(errp, f, "headers must be an object of strings");
-    json_object_foreach(
-        h, k,
-        v) if (!json_is_string(v) || strpbrk(k, " :\r\n") != NULL ||
-               strpbrk(json_string_value(v), "\r\n") !=
-                   NULL) return err_field(errp, f,
-                                          "headers must be an object of strings (no line breaks)");
+    json_object_foreach(h, k, v)
+        if (!json_is_string(v) || strpbrk(k, " :\r\n") != NULL ||
+            strpbrk(json_string_value(v), "\r\n") != NULL)
+            return err_field(errp, f, "headers must be an object of strings (no line breaks)");
     v = json_object_get(t, "allowed_tools");
     if (v != NULL && !json_is_null(v) && !json_is_array(v))
         return err_field(errp, f, "allowed_tools must be a list of {mode, tools}");
@@ -125,8 +123,7 @@ check_tools(json_t *tools, const char *field, json_t *client, json_t *mcp, struc
         return 0;
     if (!json_is_array(tools))
         return err_field(errp, field, "must be a list");
-    json_array_foreach(tools, i, t)
-    {
+    json_array_foreach(tools, i, t) {
         const char *type = json_string_value(json_object_get(t, "type"));
         char f[64];
         snprintf(f, sizeof(f), "%s[%zu]", field, i);
@@ -342,11 +339,11 @@ agent__plan(struct store *s, const char *project, const char *default_model, jso
             err_field(errp, "agent_config.allowed_tools", "must be a list of tool names");
             goto fail;
         }
-        json_array_foreach(v, i, x) if (!json_is_string(x))
-        {
-            err_field(errp, "agent_config.allowed_tools", "must be a list of tool names");
-            goto fail;
-        }
+        json_array_foreach(v, i, x)
+            if (!json_is_string(x)) {
+                err_field(errp, "agent_config.allowed_tools", "must be a list of tool names");
+                goto fail;
+            }
         p->allowed_tools = v;
     }
     p->env_spec = json_object_get(req, "environment");
@@ -396,8 +393,7 @@ check_input(json_t *input, bool *has_results, struct err **errp)
         return err_field(errp, "input",
                          "must be a string, a Content, or a non-empty list of Content "
                          "or steps");
-    json_array_foreach(input, i, x)
-    {
+    json_array_foreach(input, i, x) {
         const char *type = json_string_value(json_object_get(x, "type"));
         char f[48];
         snprintf(f, sizeof(f), "input[%zu]", i);
@@ -406,8 +402,9 @@ check_input(json_t *input, bool *has_results, struct err **errp)
             json_t *c;
             if (!json_is_array(json_object_get(x, "content")))
                 return err_field(errp, f, "user_input needs a content list");
-            json_array_foreach(json_object_get(x, "content"), k,
-                               c) if (check_content(c, f, errp) < 0) return -1;
+            json_array_foreach(json_object_get(x, "content"), k, c)
+                if (check_content(c, f, errp) < 0)
+                    return -1;
         } else if (type != NULL && strcmp(type, "function_result") == 0) {
             json_t *res = json_object_get(x, "result");
             if (!json_is_string(json_object_get(x, "call_id")))
@@ -420,6 +417,50 @@ check_input(json_t *input, bool *has_results, struct err **errp)
         }
     }
     return 0;
+}
+
+/* The function_result steps of input answer exactly the calls waiting in history. */
+static int
+check_results(json_t *input, const char *history, struct err **errp)
+{
+    json_t *h = history != NULL ? json_loads(history, 0, NULL) : NULL;
+    json_t *pending = agent__pending_calls(json_is_array(h) ? h : NULL);
+    size_t i, k;
+    json_t *x, *c;
+    int rc = 0;
+
+    json_array_foreach(input, i, x) {
+        const char *id = json_string_value(json_object_get(x, "call_id"));
+        bool found = false;
+        if (strcmp(json_string_value(json_object_get(x, "type")), "function_result") != 0)
+            continue;
+        json_array_foreach(pending, k, c)
+            if (strcmp(json_string_value(json_object_get(c, "id")), id) == 0)
+                found = true;
+        if (!found) {
+            char f[48];
+            cleanup_free char *eid = log_escape(id, strlen(id), 64);
+            snprintf(f, sizeof(f), "input[%zu].call_id", i);
+            rc = err_field(errp, f, "'%s' is not a call waiting for a result", eid);
+            goto out;
+        }
+    }
+    json_array_foreach(pending, k, c) {
+        bool answered = false;
+        json_array_foreach(input, i, x)
+            if (json_equal(json_object_get(x, "call_id"), json_object_get(c, "id")))
+                answered = true;
+        if (!answered) {
+            rc = err_field(errp, "input", "no function_result for call %s (%s)",
+                           json_string_value(json_object_get(c, "id")),
+                           json_string_value(json_object_get(c, "name")));
+            goto out;
+        }
+    }
+out:
+    json_decref(pending);
+    json_decref(h);
+    return rc;
 }
 
 /* Everything about a create body that can be known before it runs. */
@@ -462,19 +503,25 @@ check_create(const struct agent_options *o, struct env_ctx *ctx, struct store *s
         return -1;
     it->stored = !json_is_false(st);
     if (prev != NULL && !json_is_null(prev)) {
-        struct store_interaction p;
+        struct store_interaction p = { 0 };
         const char *pid = json_string_value(prev);
         if (pid == NULL)
             return err_field(errp, "previous_interaction_id", "must be a string");
         if (store_interaction_get(s, pid, &p, NULL) < 0 || strcmp(p.project, project) != 0) {
+            cleanup_free char *epid = log_escape(pid, strlen(pid), 64);
             store_interaction_clear(&p);
             return err_set(errp, ERR_NOT_FOUND, 0, "previous_interaction_id: no interaction '%s'",
-                           pid);
+                           epid);
         }
         if (!agent_status_final(p.status)) {
             store_interaction_clear(&p);
             return err_set(errp, ERR_CONFLICT, 0,
                            "previous_interaction_id: interaction %s is still %s", pid, p.status);
+        }
+        if (has_results && strcmp(p.status, "requires_action") == 0 &&
+            check_results(json_object_get(body, "input"), p.history, errp) < 0) {
+            store_interaction_clear(&p);
+            return -1;
         }
         if (has_results && strcmp(p.status, "requires_action") != 0) {
             store_interaction_clear(&p);
@@ -564,7 +611,7 @@ int
 agent_interaction_json(struct store *s, const char *project, const char *id, bool include_input,
                        json_t **out, struct err **errp)
 {
-    struct store_interaction it;
+    struct store_interaction it = { 0 };
     json_t *req, *j, *steps;
     char **v = NULL;
     size_t n = 0;
@@ -943,7 +990,7 @@ recover(struct agent_service *svc, struct store *s, struct err **errp)
     if (store_interaction_ids(s, "in_progress", &ids, &n, errp) < 0)
         return -1;
     for (size_t i = 0; i < n; i++) {
-        struct store_interaction it;
+        struct store_interaction it = { 0 };
         int pid = 0;
         unsigned long long start = 0;
         bool alive = false;
@@ -962,7 +1009,7 @@ recover(struct agent_service *svc, struct store *s, struct err **errp)
         return -1;
     pthread_mutex_lock(&svc->mu);
     for (size_t i = 0; i < n; i++) {
-        struct store_interaction it;
+        struct store_interaction it = { 0 };
         if (store_interaction_get(s, ids[i], &it, NULL) == 0) {
             count_of(svc, it.project, it.key_name)->n++;
             store_interaction_clear(&it);
@@ -1087,7 +1134,7 @@ store_new(const struct agent_options *o, struct env_ctx *ctx, struct store *s,
           const struct agent_caller *who, json_t *body, const char *idem_key, char *id_out,
           bool *existing, struct err **errp)
 {
-    struct store_interaction it;
+    struct store_interaction it = { 0 };
     struct agent_run r;
     json_t *req;
     int rc;
@@ -1174,7 +1221,7 @@ int
 agent_cancel(struct agent_service *svc, struct store *s, const char *project, const char *id,
              struct err **errp)
 {
-    struct store_interaction it;
+    struct store_interaction it = { 0 };
     bool found = false;
 
     if (store_interaction_get(s, id, &it, errp) < 0)
@@ -1211,7 +1258,7 @@ agent_cancel(struct agent_service *svc, struct store *s, const char *project, co
                 break;
             }
         if (found) {
-            struct store_interaction q;
+            struct store_interaction q = { 0 };
             if (store_interaction_get(s, id, &q, NULL) == 0) {
                 count_of(svc, q.project, q.key_name)->n--;
                 store_interaction_clear(&q);
@@ -1242,7 +1289,7 @@ int
 agent_delete(struct agent_service *svc, struct store *s, const char *project, const char *id,
              struct err **errp)
 {
-    struct store_interaction it;
+    struct store_interaction it = { 0 };
 
     if (store_interaction_get(s, id, &it, errp) < 0)
         return -1;
@@ -1295,8 +1342,7 @@ agent_def_check(struct store *s, const char *project, json_t *body, json_t **out
     const char *id = json_string_value(json_object_get(body, "id"));
     char gen[40];
 
-    json_object_foreach(body, k, v)
-    {
+    json_object_foreach(body, k, v) {
         size_t i;
         for (i = 0; keys[i] != NULL && strcmp(keys[i], k) != 0; i++)
             ;

@@ -64,7 +64,7 @@ static void
 sse_fill(struct sse *x)
 {
     struct store *s = env_store(x->ctx);
-    struct store_interaction it;
+    struct store_interaction it = { 0 };
     struct store_event *v = NULL;
     size_t n = 0;
     bool final;
@@ -184,7 +184,7 @@ reply_interaction(struct api_req *r, struct env_ctx *ctx, const char *id, bool i
 static const char *
 status_of(struct env_ctx *ctx, const char *id, char *buf, size_t len)
 {
-    struct store_interaction it;
+    struct store_interaction it = { 0 };
 
     if (store_interaction_get(env_store(ctx), id, &it, NULL) < 0)
         return NULL;
