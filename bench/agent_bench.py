@@ -15,7 +15,7 @@
      interaction).
 
 Usage: bench/agent_bench.py [--paddock build/paddock] [--interactions N] [--concurrent C]
-                            [--workers W]
+                            [--workers W] [--batches B]
 It makes its own data directory under /tmp and tears it down at the end.
 """
 
@@ -192,6 +192,7 @@ def main():
     ap.add_argument("--interactions", type=int, default=200)
     ap.add_argument("--concurrent", type=int, default=100)
     ap.add_argument("--workers", type=int, default=16)
+    ap.add_argument("--batches", type=int, default=3)
     a = ap.parse_args()
     data = tempfile.mkdtemp(prefix="paddock-agent-bench-")
     fake = Fake()
@@ -210,14 +211,15 @@ def main():
               f"p50 {statistics.median(per_turn):.3f} ms, p99 {pct(per_turn, 99):.3f} ms")
         rss0 = srv.rss_mib()
         res = []
-        for batch in (1, 2, 3):
+        for batch in range(1, a.batches + 1):
             done, failed, secs = concurrent(srv, fake, envs, a.concurrent)
             time.sleep(1)
             res.append((done, failed, secs, srv.rss_mib()))
             print(f"batch {batch}: {a.concurrent} concurrent interactions on {a.workers} "
                   f"workers: {done} completed, {failed} not, in {secs:.1f} s; server RSS "
                   f"{res[-1][3]:.1f} MiB (before the first batch {rss0:.1f} MiB)")
-        print(f"RSS growth from batch 1 to batch 3: {res[2][3] - res[0][3]:+.1f} MiB")
+        print(f"RSS growth from batch 1 to batch {a.batches}: {res[-1][3] - res[0][3]:+.1f} MiB "
+              f"over {(a.batches - 1) * a.concurrent} interactions")
     finally:
         if srv is not None:
             srv.stop()
