@@ -1,6 +1,9 @@
 /*
- * The transport of model calls: one libcurl easy handle per request, driven through a multi
- * handle so that the cancel flag is looked at every POLL_MS even while the upstream is silent.
+ * The transport of model calls: libcurl, driven through a multi handle so that the cancel flag
+ * is looked at every POLL_MS even while the upstream is silent. Each thread keeps its multi
+ * and easy handle between calls, so the connection to a model server is kept alive: a loop
+ * makes many calls to one upstream, and a new TLS handshake with a hosted API costs more than
+ * a local model's answer.
  * No redirect is followed (the key goes to the configured host only), no proxy from the
  * environment is used, HTTP/1.1 only, and the body is capped at max_response.
  */
@@ -132,11 +135,54 @@ headers_make(const struct model_http_req *r)
     return h;
 }
 
+/* This thread's handles, kept for its next call. */
+struct handles {
+    CURLM *multi;
+    CURL *easy;
+};
+
+static pthread_key_t handles_key;
+static pthread_once_t handles_once = PTHREAD_ONCE_INIT;
+
+static void
+handles_free(void *p)
+{
+    struct handles *h = p;
+
+    curl_easy_cleanup(h->easy);
+    curl_multi_cleanup(h->multi);
+    free(h);
+}
+
+static void
+handles_init(void)
+{
+    ASSERT(pthread_key_create(&handles_key, handles_free) == 0);
+}
+
+static struct handles *
+handles(void)
+{
+    struct handles *h;
+
+    pthread_once(&handles_once, handles_init);
+    h = pthread_getspecific(handles_key);
+    if (h == NULL) {
+        h = xcalloc(1, sizeof(*h));
+        h->multi = curl_multi_init();
+        h->easy = curl_easy_init();
+        ASSERT(h->multi != NULL && h->easy != NULL);
+        pthread_setspecific(handles_key, h);
+    } else {
+        curl_easy_reset(h->easy); /* options go; live connections stay in the multi's cache */
+    }
+    return h;
+}
+
 /* Runs the transfer, polling the cancel flag; the easy handle's result or -1 when cancelled. */
 static int
-perform(CURL *c, const volatile int *cancel, CURLcode *rc_out)
+perform(CURLM *mh, CURL *c, const volatile int *cancel, CURLcode *rc_out)
 {
-    CURLM *mh = curl_multi_init();
     int running = 1, ret = 0;
     CURLMsg *msg;
     int left;
@@ -160,7 +206,6 @@ perform(CURL *c, const volatile int *cancel, CURLcode *rc_out)
         if (msg->msg == CURLMSG_DONE && msg->easy_handle == c)
             *rc_out = msg->data.result;
     curl_multi_remove_handle(mh, c);
-    curl_multi_cleanup(mh);
     return ret;
 }
 
@@ -195,6 +240,7 @@ model__http_post(const struct model_http_req *r, struct model_http_resp *out, st
     struct curl_slist *h;
     cleanup_free char *shown = display_url(r->url);
     CURLcode rc;
+    struct handles *hs;
     CURL *c;
     int cancelled;
 
@@ -202,14 +248,19 @@ model__http_post(const struct model_http_req *r, struct model_http_resp *out, st
     pthread_once(&curl_once, curl_init);
     if (curl_init_rc != CURLE_OK)
         return err_set(errp, ERR_INTERNAL, 0, "libcurl: %s", curl_easy_strerror(curl_init_rc));
-    c = curl_easy_init();
-    ASSERT(c != NULL);
+    hs = handles();
+    c = hs->easy;
     buf_init(&x.body, r->max_response);
     h = headers_make(r);
     setup(c, r, h, &x, errbuf);
-    cancelled = perform(c, r->cancel, &rc);
+    cancelled = perform(hs->multi, c, r->cancel, &rc);
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &out->status);
-    curl_easy_cleanup(c);
+    /* Nothing of this call stays on the handle: not its headers (the key), not its buffers. */
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, NULL);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, NULL);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, NULL);
+    curl_easy_setopt(c, CURLOPT_HEADERDATA, NULL);
+    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, NULL);
     headers_free(h);
     if (cancelled < 0 || rc != CURLE_OK)
         buf_free(&x.body);
