@@ -652,16 +652,18 @@ agent_interaction_json(struct store *s, const char *project, const char *id, boo
 
 /* ---------------------------------------------------------------- service */
 
-struct job {
-    char id[40];
-    struct job *next;
-};
-
 struct keycount {
     char key[160];
     unsigned n;
     struct keycount *next;
 };
+
+struct job {
+    char id[40];
+    struct keycount *count; /* its key's count of queued + running, released when it ends */
+    struct job *next;
+};
+
 
 struct agent_service {
     struct agent_options o;
@@ -822,11 +824,12 @@ count_of(struct agent_service *svc, const char *project, const char *key)
 }
 
 static void
-enqueue_locked(struct agent_service *svc, const char *id)
+enqueue_locked(struct agent_service *svc, const char *id, struct keycount *count)
 {
     struct job *j = xcalloc(1, sizeof(*j));
 
     snprintf(j->id, sizeof(j->id), "%s", id);
+    j->count = count;
     if (svc->tail != NULL)
         svc->tail->next = j;
     else
@@ -926,11 +929,12 @@ worker(void *arg)
         } else {
             if (strcmp(r.it.status, "queued") == 0)
                 agent__run(&r);
-            pthread_mutex_lock(&svc->mu);
-            count_of(svc, r.it.project, r.it.key_name)->n--;
-            pthread_mutex_unlock(&svc->mu);
             run_close(&r);
         }
+        pthread_mutex_lock(&svc->mu);
+        if (j->count != NULL)
+            j->count->n--;
+        pthread_mutex_unlock(&svc->mu);
         pthread_mutex_lock(&svc->mu);
         for (struct agent_run **p = &svc->running; *p != NULL; p = &(*p)->next)
             if (*p == &r) {
@@ -1010,11 +1014,13 @@ recover(struct agent_service *svc, struct store *s, struct err **errp)
     pthread_mutex_lock(&svc->mu);
     for (size_t i = 0; i < n; i++) {
         struct store_interaction it = { 0 };
+        struct keycount *c = NULL;
         if (store_interaction_get(s, ids[i], &it, NULL) == 0) {
-            count_of(svc, it.project, it.key_name)->n++;
+            c = count_of(svc, it.project, it.key_name);
+            c->n++;
             store_interaction_clear(&it);
         }
-        enqueue_locked(svc, ids[i]);
+        enqueue_locked(svc, ids[i], c);
     }
     pthread_mutex_unlock(&svc->mu);
     free(ids);
@@ -1212,7 +1218,7 @@ agent_create(struct agent_service *svc, struct env_ctx *ctx, const struct agent_
         return *existing ? 0 : -1;
     }
     pthread_mutex_lock(&svc->mu);
-    enqueue_locked(svc, id_out);
+    enqueue_locked(svc, id_out, c);
     pthread_mutex_unlock(&svc->mu);
     return 0;
 }
@@ -1253,17 +1259,12 @@ agent_cancel(struct agent_service *svc, struct store *s, const char *project, co
                     for (struct job *k = svc->head; k != NULL; k = k->next)
                         svc->tail = k;
                 }
+                if (j->count != NULL)
+                    j->count->n--;
                 free(j);
                 found = true;
                 break;
             }
-        if (found) {
-            struct store_interaction q = { 0 };
-            if (store_interaction_get(s, id, &q, NULL) == 0) {
-                count_of(svc, q.project, q.key_name)->n--;
-                store_interaction_clear(&q);
-            }
-        }
         pthread_mutex_unlock(&svc->mu);
         if (found)
             return end_unrun(s, id, "cancelled", NULL, errp);
