@@ -6,7 +6,10 @@
 #ifndef PADDOCK_API_H
 #define PADDOCK_API_H
 
+#include <stdbool.h>
 #include <stdint.h>
+
+#include <jansson.h>
 
 #include "common/common.h"
 #include "env/env.h"
@@ -27,16 +30,32 @@ struct api_config {
     size_t n_egress_allow;
     const char *egress_upstream_ca; /* extra CA for intercepted upstreams */
     size_t warm_pool;               /* sandboxes kept started for creates to claim; 0: none */
+    /* interactions (docs/AGENTS.md) */
+    const char *default_model;  /* --model / PADDOCK_MODEL */
+    unsigned workers;           /* concurrent runs */
+    unsigned per_key_max;       /* queued + running interactions per key */
+    int64_t retention_ms;       /* stored interactions */
+    const char *prices_file;    /* the operator's price table; NULL: built-in only */
 };
 
 /** Serves until SIGINT or SIGTERM. Must be called before the process starts any thread. */
 int api_serve(const struct api_config *cfg, struct err **errp);
 
+/**
+ * Resolves an interaction's environment as the environments API describes one (an agent_env_fn
+ * of agent/): "remote" or NULL makes a new one, an id resumes that one, an Environment object
+ * is created. arg is the server's struct api_config, or NULL outside a server (then
+ * skill_registry sources are refused).
+ */
+int api_env_resolve(const void *arg, struct env_ctx *ctx, const char *project, json_t *spec,
+                    bool check_only, char *env_id, struct err **errp);
+
 /* ------------------------------------------------------------------ keys */
 
 /** Scopes a key may carry. */
 #define API_SCOPES                                                                                  \
-    "environments.read environments.write credentials.read credentials.write"
+    "environments.read environments.write credentials.read credentials.write interactions.read "  \
+    "interactions.write agents.read agents.write"
 
 /**
  * Makes a key: checks name, project and scopes (a bare "environments" means both of its

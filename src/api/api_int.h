@@ -105,6 +105,15 @@ bool api_egress_override(const char *host, struct sockaddr_storage *out);
 const char *api_egress_upstream_ca(void);
 
 /* oauth.c */
+/**
+ * Applies the proxy's outbound rules to a libcurl easy handle about to fetch url: names
+ * resolve with --egress-resolve, every address is vetted before connect, no redirect, the
+ * system CAs plus --egress-upstream-ca. Returns the state to release after the transfer.
+ */
+void *api_outbound_prepare(void *curl, const char *url);
+/** What refused an address (NULL: nothing). */
+const char *api_outbound_why(void *state);
+void api_outbound_release(void *state);
 /** An access token for the oauth2 credential (cached until a minute before it expires). */
 int api_oauth_token(const char *project, const char *id, json_t *config, json_t *secret,
                     char **token, struct err **errp);
@@ -117,7 +126,18 @@ int api_cred_secret(const char *data_dir, struct store *s, const char *project, 
                     struct store_cred *meta, json_t **config, json_t **secret,
                     struct err **errp);
 
+/* routes_agent.c */
+struct agent_service;
+/** The pool interactions run on (set once at start). */
+void api_set_agents(struct agent_service *svc);
+enum MHD_Result api_route_agents(struct api_req *r);
+
 /* routes_env.c */
+/** Creates (or with check_only, validates) an environment from its JSON config. */
+int api_env_create_json(const struct api_config *cfg, struct env_ctx *ctx, const char *project,
+                        json_t *body, bool inline_form, bool check_only, struct store_env *out,
+                        struct err **errp);
+
 json_t *api_egress_json(const struct store_egress *x);
 enum MHD_Result api_route_environments(struct api_req *r);
 enum MHD_Result api_route_files_download(struct api_req *r);

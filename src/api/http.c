@@ -26,6 +26,7 @@
 
 #include <openssl/evp.h>
 
+#include "agent/agent.h"
 #include "api_int.h"
 
 /* ------------------------------------------------------------ context pool */
@@ -495,6 +496,9 @@ dispatch(struct api_req *r)
         return api_route_credentials(r);
     if (r->nsegs == 2 && strcmp(r->segs[0], "files") == 0)
         return api_route_files_download(r);
+    if (r->nsegs >= 1 &&
+        (strcmp(r->segs[0], "interactions") == 0 || strcmp(r->segs[0], "agents") == 0))
+        return api_route_agents(r);
     return api_reply_status(r, 404, "NOT_FOUND", "no such route: %s %s", r->method,
                             r->nsegs > 0 ? r->segs[0] : "/");
 }
@@ -976,6 +980,42 @@ recover(const struct api_config *cfg, struct err **errp)
     return 0;
 }
 
+static struct agent_service *agents;
+static struct model_config model_cfg;
+
+/* The worker pool of interactions, after recovery of the sandboxes they run in. */
+static int
+start_agents(const struct api_config *cfg, struct err **errp)
+{
+    struct agent_options o;
+
+    model_config_from_env(&model_cfg);
+    if (cfg->prices_file != NULL && model_prices_load(cfg->prices_file, errp) < 0)
+        return -1;
+    if (cfg->default_model != NULL) {
+        struct model_ref m;
+        if (model_parse(cfg->default_model, &m, errp) < 0)
+            return err_wrap(errp, "--model");
+    }
+    memset(&o, 0, sizeof(o));
+    o.data_dir = cfg->data_dir;
+    o.storage_size = cfg->storage_size;
+    o.workers = cfg->workers;
+    o.per_key_max = cfg->per_key_max;
+    o.default_model = cfg->default_model;
+    o.model = &model_cfg;
+    o.retention_ms = cfg->retention_ms;
+    o.resolve_env = api_env_resolve;
+    o.resolve_arg = cfg;
+    o.outbound_prepare = api_outbound_prepare;
+    o.outbound_why = api_outbound_why;
+    o.outbound_release = api_outbound_release;
+    if (agent_service_start(&o, &agents, errp) < 0)
+        return -1;
+    api_set_agents(agents);
+    return 0;
+}
+
 int
 api_serve(const struct api_config *cfg, struct err **errp)
 {
@@ -1044,7 +1084,8 @@ api_serve(const struct api_config *cfg, struct err **errp)
         }
     }
     /* After recovery: the refiller's first pass removes pooled sandboxes that died. */
-    if (env_pool_start(cfg->data_dir, cfg->storage_size, cfg->warm_pool, errp) < 0) {
+    if (start_agents(cfg, errp) < 0 ||
+        env_pool_start(cfg->data_dir, cfg->storage_size, cfg->warm_pool, errp) < 0) {
         MHD_stop_daemon(srv.daemon);
         egress_stop(egress);
         return -1;
@@ -1073,13 +1114,21 @@ api_serve(const struct api_config *cfg, struct err **errp)
             } else {
                 env_janitor(jctx, &cfg->lc);
                 egress_reconcile(jctx);
+                agent_housekeep(agents, env_store(jctx));
             }
             next_janitor = util_now_ms() + 1000;
         }
     }
     log_info("shutting down; sandboxes keep running");
+    /* Runs end first (recorded failed: the server stopped), so that requests waiting on them
+     * answer and streams close before the HTTP server waits for its connections. */
+    agent_service_stop(agents);
     MHD_stop_daemon(srv.daemon);
     env_pool_stop();
+    api_set_agents(NULL);
+    agent_service_free(agents);
+    agents = NULL;
+    model_config_clear(&model_cfg);
     env_set_start_hook(NULL, NULL);
     egress_stop(egress);
     egress = NULL;
@@ -1149,10 +1198,13 @@ api_key_create(struct store *s, const char *name, const char *project,
                        "project '%s': use 1-63 letters, digits, '-', '_' or '.'", project);
     if (n_scopes == 0)
         return err_set(errp, ERR_INVALID, 0,
-                       "a key needs at least one --scope (one of: environments, credentials, %s)", API_SCOPES);
+                       "a key needs at least one --scope (one of: environments, credentials, "
+                       "interactions, agents, %s)",
+                       API_SCOPES);
     buf_init(&sc, 255);
     for (size_t i = 0; i < n_scopes; i++) {
-        if (strcmp(scopes[i], "environments") == 0 || strcmp(scopes[i], "credentials") == 0) {
+        if (strcmp(scopes[i], "environments") == 0 || strcmp(scopes[i], "credentials") == 0 ||
+            strcmp(scopes[i], "interactions") == 0 || strcmp(scopes[i], "agents") == 0) {
             cleanup_free char *rd = xasprintf("%s.read", scopes[i]);
             cleanup_free char *wr = xasprintf("%s.write", scopes[i]);
             add_scope(&sc, rd);
@@ -1161,7 +1213,9 @@ api_key_create(struct store *s, const char *name, const char *project,
             add_scope(&sc, scopes[i]);
         } else {
             buf_free(&sc);
-            return err_set(errp, ERR_INVALID, 0, "unknown scope '%s' (known: environments, credentials, %s)",
+            return err_set(errp, ERR_INVALID, 0,
+                           "unknown scope '%s' (known: environments, credentials, interactions, "
+                           "agents, %s)",
                            scopes[i], API_SCOPES);
         }
     }

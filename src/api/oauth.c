@@ -62,20 +62,79 @@ collect(char *data, size_t size, size_t n, void *arg)
     return size * n;
 }
 
+/* The proxy's rules for a request the daemon makes itself. */
+struct outbound {
+    const char *why; /* what refused an address, NULL: nothing */
+    struct curl_slist *resolve;
+};
+
 /* Vets the address libcurl is about to connect to, as the proxy would. */
 static curl_socket_t
 open_vetted(void *arg, curlsocktype purpose, struct curl_sockaddr *a)
 {
-    const char **why = arg;
+    struct outbound *o = arg;
     const char *w;
 
     (void)purpose;
     w = api_egress_vet(&a->addr);
     if (w != NULL) {
-        *why = w;
+        o->why = w;
         return CURL_SOCKET_BAD;
     }
     return socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+}
+
+void *
+api_outbound_prepare(void *curl, const char *url)
+{
+    CURL *c = curl;
+    struct outbound *o = xcalloc(1, sizeof(*o));
+    CURLU *u = curl_url();
+    char *host = NULL, *port = NULL;
+    struct sockaddr_storage ss;
+
+    /* The operator's --egress-resolve applies here too. */
+    if (u != NULL && curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
+        curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK &&
+        curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) == CURLUE_OK &&
+        api_egress_override(host, &ss)) {
+        char ip[INET6_ADDRSTRLEN], line[400];
+        const void *a = ss.ss_family == AF_INET
+                            ? (const void *)&((struct sockaddr_in *)&ss)->sin_addr
+                            : (const void *)&((struct sockaddr_in6 *)&ss)->sin6_addr;
+        inet_ntop(ss.ss_family, a, ip, sizeof(ip));
+        snprintf(line, sizeof(line), "%s:%s:%s%s%s", host, port,
+                 ss.ss_family == AF_INET6 ? "[" : "", ip, ss.ss_family == AF_INET6 ? "]" : "");
+        o->resolve = curl_slist_append(NULL, line);
+    }
+    curl_free(host);
+    curl_free(port);
+    curl_url_cleanup(u);
+    curl_easy_setopt(c, CURLOPT_OPENSOCKETFUNCTION, open_vetted);
+    curl_easy_setopt(c, CURLOPT_OPENSOCKETDATA, o);
+    curl_easy_setopt(c, CURLOPT_RESOLVE, o->resolve);
+    curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
+    curl_easy_setopt(c, CURLOPT_CAPATH, "/etc/ssl/certs");
+    if (api_egress_upstream_ca() != NULL)
+        curl_easy_setopt(c, CURLOPT_CAINFO, api_egress_upstream_ca());
+    return o;
+}
+
+const char *
+api_outbound_why(void *state)
+{
+    return state != NULL ? ((struct outbound *)state)->why : NULL;
+}
+
+void
+api_outbound_release(void *state)
+{
+    struct outbound *o = state;
+
+    if (o == NULL)
+        return;
+    curl_slist_free_all(o->resolve);
+    free(o);
 }
 
 static char *
@@ -98,7 +157,7 @@ fetch_token(json_t *config, json_t *secret, char **token, int64_t *expires_ms, s
     const char *rt = json_string_value(json_object_get(secret, "refresh_token"));
     json_t *scopes = json_object_get(config, "scopes");
     CURL *c = curl_easy_init();
-    struct curl_slist *resolve = NULL;
+    void *state = NULL;
     struct buf body, form;
     const char *why = NULL;
     long status = 0;
@@ -133,29 +192,6 @@ fetch_token(json_t *config, json_t *secret, char **token, int64_t *expires_ms, s
         }
         buf_free(&sc);
     }
-    {
-        /* The operator's --egress-resolve applies here too. */
-        CURLU *u = curl_url();
-        char *host = NULL, *port = NULL;
-        struct sockaddr_storage ss;
-        if (u != NULL && curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
-            curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK &&
-            curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) == CURLUE_OK &&
-            api_egress_override(host, &ss)) {
-            char ip[INET6_ADDRSTRLEN], line[400];
-            const void *a = ss.ss_family == AF_INET
-                                ? (const void *)&((struct sockaddr_in *)&ss)->sin_addr
-                                : (const void *)&((struct sockaddr_in6 *)&ss)->sin6_addr;
-            inet_ntop(ss.ss_family, a, ip, sizeof(ip));
-            snprintf(line, sizeof(line), "%s:%s:%s%s%s", host, port,
-                     ss.ss_family == AF_INET6 ? "[" : "", ip,
-                     ss.ss_family == AF_INET6 ? "]" : "");
-            resolve = curl_slist_append(NULL, line);
-        }
-        curl_free(host);
-        curl_free(port);
-        curl_url_cleanup(u);
-    }
     curl_easy_setopt(c, CURLOPT_URL, url);
     curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "https,http");
     curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
@@ -164,14 +200,10 @@ fetch_token(json_t *config, json_t *secret, char **token, int64_t *expires_ms, s
     curl_easy_setopt(c, CURLOPT_POSTFIELDS, form.data);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &body);
-    curl_easy_setopt(c, CURLOPT_OPENSOCKETFUNCTION, open_vetted);
-    curl_easy_setopt(c, CURLOPT_OPENSOCKETDATA, &why);
-    curl_easy_setopt(c, CURLOPT_RESOLVE, resolve);
-    curl_easy_setopt(c, CURLOPT_CAPATH, "/etc/ssl/certs");
-    if (api_egress_upstream_ca() != NULL)
-        curl_easy_setopt(c, CURLOPT_CAINFO, api_egress_upstream_ca());
     curl_easy_setopt(c, CURLOPT_NOPROXY, "*");
+    state = api_outbound_prepare(c, url);
     rc = curl_easy_perform(c);
+    why = api_outbound_why(state);
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
     explicit_bzero(form.data, form.len);
     buf_free(&form);
@@ -204,7 +236,7 @@ out:
     if (body.data != NULL)
         explicit_bzero(body.data, body.len);
     buf_free(&body);
-    curl_slist_free_all(resolve);
+    api_outbound_release(state);
     curl_easy_cleanup(c);
     return ret;
 }

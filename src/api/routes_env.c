@@ -19,24 +19,6 @@
 
 /* ------------------------------------------------------------- validation */
 
-/* Fails with the field's name; returns -1 for `return bad(...)`. */
-static int
-bad(struct err **errp, const char *field, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-
-static int
-bad(struct err **errp, const char *field, const char *fmt, ...)
-{
-    va_list ap;
-    char *msg = NULL;
-
-    va_start(ap, fmt);
-    if (vasprintf(&msg, fmt, ap) < 0)
-        msg = NULL;
-    va_end(ap);
-    err_set(errp, ERR_INVALID, 0, "%s: %s", field, msg != NULL ? msg : "invalid");
-    free(msg);
-    return -1;
-}
 
 /* Only the listed keys may appear in obj. */
 static int
@@ -52,7 +34,7 @@ closed_object(json_t *obj, const char *field, const char *const *keys, struct er
             known = known || strcmp(k, keys[i]) == 0;
         if (!known) {
             cleanup_free char *ek = log_escape(k, strlen(k), 64);
-            return *field ? bad(errp, field, "unknown field '%s'", ek)
+            return *field ? err_field(errp, field, "unknown field '%s'", ek)
                           : err_set(errp, ERR_INVALID, 0, "unknown field '%s'", ek);
         }
     }
@@ -66,9 +48,9 @@ check_target(const char *t, const char *field, char **out, struct err **errp)
     struct buf b;
 
     if (t[0] != '/')
-        return bad(errp, field, "must be an absolute path below / (got '%s')", t);
+        return err_field(errp, field, "must be an absolute path below / (got '%s')", t);
     if (strlen(t) > 4000)
-        return bad(errp, field, "longer than 4000 bytes");
+        return err_field(errp, field, "longer than 4000 bytes");
     buf_init(&b, 4096);
     for (const char *p = t; *p != '\0';) {
         size_t n;
@@ -79,7 +61,7 @@ check_target(const char *t, const char *field, char **out, struct err **errp)
             break;
         if ((n == 2 && p[0] == '.' && p[1] == '.') || (n == 1 && p[0] == '.')) {
             buf_free(&b);
-            return bad(errp, field, "must not contain '.' or '..' components");
+            return err_field(errp, field, "must not contain '.' or '..' components");
         }
         buf_append(&b, "/", 1, NULL);
         buf_append(&b, p, n, NULL);
@@ -87,7 +69,7 @@ check_target(const char *t, const char *field, char **out, struct err **errp)
     }
     if (b.len == 0) {
         buf_free(&b);
-        return bad(errp, field, "must be a path below /, not / itself");
+        return err_field(errp, field, "must be a path below /, not / itself");
     }
     *out = buf_steal(&b, NULL);
     return 0;
@@ -116,38 +98,40 @@ check_network(json_t *net, struct err **errp)
 
     if (json_is_string(net)) {
         if (strcmp(json_string_value(net), "disabled") != 0)
-            return bad(errp, "network", "must be \"disabled\" or an object with an allowlist");
+            return err_field(errp, "network",
+                             "must be \"disabled\" or an object with an allowlist");
         return 0;
     }
     if (!json_is_object(net))
-        return bad(errp, "network", "must be \"disabled\" or an object with an allowlist");
+        return err_field(errp, "network", "must be \"disabled\" or an object with an allowlist");
     if (closed_object(net, "network", keys, errp) < 0)
         return -1;
     al = json_object_get(net, "allowlist");
     if (al == NULL || (json_is_string(al) && strcmp(json_string_value(al), "disabled") == 0))
         return 0;
     if (!json_is_array(al))
-        return bad(errp, "network.allowlist", "must be a list of {domain} entries or \"disabled\"");
+        return err_field(errp, "network.allowlist",
+                         "must be a list of {domain} entries or \"disabled\"");
     if (json_array_size(al) > ALLOWLIST_MAX)
-        return bad(errp, "network.allowlist", "more than %d entries", ALLOWLIST_MAX);
+        return err_field(errp, "network.allowlist", "more than %d entries", ALLOWLIST_MAX);
     json_array_foreach(al, i, e) {
         char field[64];
         json_t *d, *tr;
         snprintf(field, sizeof(field), "network.allowlist[%zu]", i);
         if (!json_is_object(e))
-            return bad(errp, field, "must be an object");
+            return err_field(errp, field, "must be an object");
         if (closed_object(e, field, entry_keys, errp) < 0)
             return -1;
         d = json_object_get(e, "domain");
         if (!json_is_string(d) || json_string_length(d) == 0 || json_string_length(d) > 253 ||
             strpbrk(json_string_value(d), " \t\r\n/@") != NULL)
-            return bad(errp, field, "domain must be a host name, \"*.suffix\" or \"*\"");
+            return err_field(errp, field, "domain must be a host name, \"*.suffix\" or \"*\"");
         tr = json_object_get(e, "transform");
         if (tr != NULL && !json_is_object(tr) && !json_is_array(tr))
-            return bad(errp, field, "transform must be a map of headers or a list of maps");
+            return err_field(errp, field, "transform must be a map of headers or a list of maps");
         if (json_object_get(e, "credential") != NULL &&
             !json_is_string(json_object_get(e, "credential")))
-            return bad(errp, field, "credential must be a credential id");
+            return err_field(errp, field, "credential must be a credential id");
     }
     return 0;
 }
@@ -160,33 +144,41 @@ check_env_vars(json_t *env, struct err **errp)
     json_t *v;
 
     if (!json_is_object(env))
-        return bad(errp, "env", "must be a map of variable names to values");
+        return err_field(errp, "env", "must be a map of variable names to values");
     if (json_object_size(env) > ENV_VARS_MAX)
-        return bad(errp, "env", "more than %d variables", ENV_VARS_MAX);
+        return err_field(errp, "env", "more than %d variables", ENV_VARS_MAX);
     json_object_foreach(env, k, v) {
         cleanup_free char *field = NULL;
         cleanup_free char *ek = log_escape(k, strlen(k), 64);
         field = xasprintf("env.%s", ek);
         if (!valid_var_name(k))
-            return bad(errp, field, "not a valid variable name");
+            return err_field(errp, field, "not a valid variable name");
         if (json_is_string(v)) {
             if (json_string_length(v) > ENV_VALUE_MAX ||
                 strlen(json_string_value(v)) != json_string_length(v))
-                return bad(errp, field, "value longer than %u bytes or holding NUL", ENV_VALUE_MAX);
+                return err_field(errp, field, "value longer than %u bytes or holding NUL",
+                                 ENV_VALUE_MAX);
         } else if (json_is_object(v)) {
             json_t *val = json_object_get(v, "value"), *cred = json_object_get(v, "credential");
             if (closed_object(v, field, keys, errp) < 0)
                 return -1;
             if ((val != NULL && !json_is_string(val)) || (cred != NULL && !json_is_string(cred)))
-                return bad(errp, field, "value and credential must be strings");
+                return err_field(errp, field, "value and credential must be strings");
             if (val == NULL && cred == NULL)
-                return bad(errp, field, "needs a value or a credential");
+                return err_field(errp, field, "needs a value or a credential");
         } else {
-            return bad(errp, field, "must be a string or {value, credential}");
+            return err_field(errp, field, "must be a string or {value, credential}");
         }
     }
     return 0;
 }
+
+/* What decoding an environment config needs to know. */
+struct env_decode {
+    const struct api_config *cfg; /* NULL: no server (skill_registry sources refused) */
+    struct store *store;
+    const char *project;
+};
 
 /* A create request, validated and decoded; everything owned. */
 struct create_req {
@@ -217,8 +209,8 @@ create_req_free(struct create_req *c)
 }
 
 static int
-check_source(struct api_req *r, struct create_req *c, json_t *src, size_t i, size_t *inline_total,
-             json_t *echo, struct err **errp)
+check_source(const struct env_decode *r, struct create_req *c, json_t *src, size_t i,
+             size_t *inline_total, json_t *echo, struct err **errp)
 {
     static const char *const keys[] = {"type", "source", "target", "content", "encoding", NULL};
     char field[32];
@@ -228,18 +220,19 @@ check_source(struct api_req *r, struct create_req *c, json_t *src, size_t i, siz
 
     snprintf(field, sizeof(field), "sources[%zu]", i);
     if (!json_is_object(src))
-        return bad(errp, field, "must be an object");
+        return err_field(errp, field, "must be an object");
     if (closed_object(src, field, keys, errp) < 0)
         return -1;
     if (!json_is_string(t))
-        return bad(errp, field, "type is required: inline, repository, gcs or skill_registry");
+        return err_field(errp, field,
+                         "type is required: inline, repository, gcs or skill_registry");
     type = json_string_value(t);
     source = json_string_value(json_object_get(src, "source"));
     target_raw = json_string_value(json_object_get(src, "target"));
     if (json_object_get(src, "source") != NULL && source == NULL)
-        return bad(errp, field, "source must be a string");
+        return err_field(errp, field, "source must be a string");
     if (json_object_get(src, "target") != NULL && target_raw == NULL)
-        return bad(errp, field, "target must be a string");
+        return err_field(errp, field, "target must be a string");
     if (target_raw != NULL) {
         char tf[48];
         snprintf(tf, sizeof(tf), "%s.target", field);
@@ -254,17 +247,17 @@ check_source(struct api_req *r, struct create_req *c, json_t *src, size_t i, siz
         size_t len;
 
         if (target == NULL)
-            return bad(errp, field, "an inline source needs a target");
+            return err_field(errp, field, "an inline source needs a target");
         if (!json_is_string(content))
-            return bad(errp, field, "an inline source needs content (a string)");
+            return err_field(errp, field, "an inline source needs content (a string)");
         if (json_object_get(src, "encoding") != NULL &&
             (enc == NULL || (strcmp(enc, "base64") != 0 && strcmp(enc, "utf-8") != 0 &&
                              strcmp(enc, "text") != 0)))
-            return bad(errp, field, "encoding must be \"base64\" (or absent for text)");
+            return err_field(errp, field, "encoding must be \"base64\" (or absent for text)");
         if (enc != NULL && strcmp(enc, "base64") == 0) {
             if (api_b64_decode(json_string_value(content), json_string_length(content), &data,
                                &len) < 0)
-                return bad(errp, field, "content is not valid base64");
+                return err_field(errp, field, "content is not valid base64");
         } else {
             len = json_string_length(content);
             data = xmalloc(len + 1);
@@ -272,27 +265,29 @@ check_source(struct api_req *r, struct create_req *c, json_t *src, size_t i, siz
         }
         keep(c, data);
         if (len > API_INLINE_FILE_MAX)
-            return bad(errp, field, "inline content is %zu bytes; the limit is %u (1 MiB) a file",
-                       len, API_INLINE_FILE_MAX);
+            return err_field(errp, field,
+                             "inline content is %zu bytes; the limit is %u (1 MiB) a file", len,
+                             API_INLINE_FILE_MAX);
         *inline_total += len;
         if (*inline_total > API_INLINE_TOTAL_MAX)
-            return bad(errp, field, "inline sources exceed %u bytes (2 MiB) in all",
+            return err_field(errp, field, "inline sources exceed %u bytes (2 MiB) in all",
                        API_INLINE_TOTAL_MAX);
         c->files[c->opts.n_files++] = (struct env_file){target, data, len};
     } else if (strcmp(type, "skill_registry") == 0) {
-        const char *dir = r->srv->cfg->skills_dir;
+        const char *dir = r->cfg != NULL ? r->cfg->skills_dir : NULL;
         char *host, *tgt;
         struct stat st;
 
         if (source == NULL || source[0] == '\0')
-            return bad(errp, field, "a skill_registry source needs source (the skill's name)");
+            return err_field(errp, field,
+                             "a skill_registry source needs source (the skill's name)");
         if (dir == NULL)
-            return bad(errp, field, "this server has no skills directory (--skills-dir)");
+            return err_field(errp, field, "this server has no skills directory (--skills-dir)");
         if (source[0] == '/' || strstr(source, "..") != NULL || strlen(source) > 255)
-            return bad(errp, field, "source must be a skill name below the skills directory");
+            return err_field(errp, field, "source must be a skill name below the skills directory");
         host = keep(c, xasprintf("%s/%s", dir, source));
         if (lstat(host, &st) < 0 || !S_ISDIR(st.st_mode))
-            return bad(errp, field, "no skill '%s' in the skills directory", source);
+            return err_field(errp, field, "no skill '%s' in the skills directory", source);
         if (target == NULL) {
             const char *base = strrchr(source, '/');
             tgt = keep(c, xasprintf("/.agent/skills/%s", base != NULL ? base + 1 : source));
@@ -307,10 +302,11 @@ check_source(struct api_req *r, struct create_req *c, json_t *src, size_t i, siz
                                       strncmp(source, "http://", 7) == 0);
         if (source == NULL || source[0] == '\0' || strlen(source) > 2048 ||
             strpbrk(source, " \t\r\n\\") != NULL)
-            return bad(errp, field, "source must be a %s", git ? "repository URL or host/org/repo"
-                                                             : "gs://bucket/prefix or https URL");
+            return err_field(errp, field, "source must be a %s",
+                             git ? "repository URL or host/org/repo"
+                                 : "gs://bucket/prefix or https URL");
         if (c->net_disabled)
-            return bad(errp, field, "a %s source needs the network, and this environment's "
+            return err_field(errp, field, "a %s source needs the network, and this environment's "
                        "network is disabled", type);
         memset(f, 0, sizeof(*f));
         if (git) {
@@ -324,8 +320,9 @@ check_source(struct api_req *r, struct create_req *c, json_t *src, size_t i, siz
                      strchr(source, ':') == NULL)
                 f->url = keep(c, xasprintf("https://%s", source)); /* github.com/org/repo */
             else
-                return bad(errp, field, "source must be an http(s) URL or host/org/repo (other "
-                           "git transports are not allowed)");
+                return err_field(errp, field,
+                                 "source must be an http(s) URL or host/org/repo (other "
+                                 "git transports are not allowed)");
             if (target == NULL) {
                 const char *base = strrchr(source, '/');
                 cleanup_free char *name = xstrdup(base != NULL ? base + 1 : source);
@@ -333,7 +330,7 @@ check_source(struct api_req *r, struct create_req *c, json_t *src, size_t i, siz
                 if (nl > 4 && strcmp(name + nl - 4, ".git") == 0)
                     name[nl - 4] = '\0';
                 if (name[0] == '\0' || name[0] == '.')
-                    return bad(errp, field, "give a target: no name to take from the URL");
+                    return err_field(errp, field, "give a target: no name to take from the URL");
                 target = keep(c, xasprintf("/workspace/%s", name));
             }
         } else {
@@ -345,16 +342,16 @@ check_source(struct api_req *r, struct create_req *c, json_t *src, size_t i, siz
                 f->kind = ENV_FETCH_URL;
                 f->url = keep(c, xstrdup(source));
             } else {
-                return bad(errp, field, "source must be gs://bucket/prefix or an https URL");
+                return err_field(errp, field, "source must be gs://bucket/prefix or an https URL");
             }
             if (target == NULL)
-                return bad(errp, field, "a gcs source needs a target");
+                return err_field(errp, field, "a gcs source needs a target");
         }
         f->target = target;
         c->opts.n_fetches++;
     } else {
         cleanup_free char *et = log_escape(type, strlen(type), 64);
-        return bad(errp, field, "unknown source type '%s' (inline, repository, gcs, "
+        return err_field(errp, field, "unknown source type '%s' (inline, repository, gcs, "
                    "skill_registry)", et);
     }
     {
@@ -371,9 +368,11 @@ check_source(struct api_req *r, struct create_req *c, json_t *src, size_t i, siz
 }
 
 static int
-decode_create(struct api_req *r, json_t *body, struct create_req *c, struct err **errp)
+decode_create(const struct env_decode *r, json_t *body, bool inline_form, struct create_req *c,
+              struct err **errp)
 {
     static const char *const keys[] = {"sources", "network", "env", "from_environment", NULL};
+    static const char *const inline_keys[] = {"type", "sources", "network", "env", NULL};
     json_t *sources = json_object_get(body, "sources");
     json_t *net = json_object_get(body, "network");
     json_t *env = json_object_get(body, "env");
@@ -384,12 +383,17 @@ decode_create(struct api_req *r, json_t *body, struct create_req *c, struct err 
 
     c->config = json_object();
     json_object_set_new(c->config, "sources", echo);
-    if (closed_object(body, "", keys, errp) < 0)
+    if (closed_object(body, "", inline_form ? inline_keys : keys, errp) < 0)
         return -1;
+    if (inline_form) {
+        const char *type = json_string_value(json_object_get(body, "type"));
+        if (type != NULL && strcmp(type, "remote") != 0)
+            return err_field(errp, "type", "must be \"remote\"");
+    }
     if (sources != NULL && !json_is_array(sources) && !json_is_null(sources))
-        return bad(errp, "sources", "must be a list");
+        return err_field(errp, "sources", "must be a list");
     if (json_array_size(sources) > SOURCES_MAX)
-        return bad(errp, "sources", "more than %d sources", SOURCES_MAX);
+        return err_field(errp, "sources", "more than %d sources", SOURCES_MAX);
     c->net_disabled = json_is_string(net) ||
                       (json_is_object(net) && json_is_string(json_object_get(net, "allowlist")));
     json_array_foreach(sources, i, s)
@@ -416,7 +420,7 @@ decode_create(struct api_req *r, json_t *body, struct create_req *c, struct err 
             char p[64];
             if (cred == NULL)
                 continue;
-            if (store_cred_get(env_store(api_ctx(r, NULL)), r->auth.project, cred, &meta,
+            if (store_cred_get(r->store, r->project, cred, &meta,
                                NULL) < 0) {
                 json_decref(ph);
                 cleanup_free char *ek = log_escape(k, strlen(k), 64);
@@ -438,12 +442,12 @@ decode_create(struct api_req *r, json_t *body, struct create_req *c, struct err 
     if (from != NULL && !json_is_null(from)) {
         const char *id;
         if (!json_is_string(from))
-            return bad(errp, "from_environment", "must be \"environments/ID\" or an id");
+            return err_field(errp, "from_environment", "must be \"environments/ID\" or an id");
         id = api_strip_prefix(json_string_value(from), "environments/");
         if (!util_id_valid("env_", id))
             return err_set(errp, ERR_NOT_FOUND, 0, "from_environment: no environment '%s'", id);
         if (json_array_size(sources) > 0)
-            return bad(errp, "sources", "must be empty when from_environment is given");
+            return err_field(errp, "sources", "must be empty when from_environment is given");
         snprintf(c->from, sizeof(c->from), "%s", id);
         c->opts.from = c->from;
         json_object_set_new(c->config, "from_environment", json_sprintf("environments/%s", id));
@@ -451,7 +455,7 @@ decode_create(struct api_req *r, json_t *body, struct create_req *c, struct err 
     c->opts.files = c->files;
     c->opts.dirs = c->dirs;
     c->opts.fetches = c->fetches;
-    c->opts.project = r->auth.project;
+    c->opts.project = r->project;
     {
         struct egress_policy *pol;
         if (egress_policy_compile(net, &pol, errp) < 0)
@@ -522,19 +526,95 @@ env_json(struct env_ctx *ctx, const struct store_env *e)
 
 /* ------------------------------------------------------------ environments */
 
+int
+api_env_create_json(const struct api_config *cfg, struct env_ctx *ctx, const char *project,
+                    json_t *body, bool inline_form, bool check_only, struct store_env *out,
+                    struct err **errp)
+{
+    struct create_req c;
+    struct env_decode d = {cfg, env_store(ctx), project};
+    cleanup_free char *config = NULL;
+    bool recount;
+
+    memset(&c, 0, sizeof(c));
+    if (!json_is_object(body))
+        return err_set(errp, ERR_INVALID, 0, "an environment config must be a JSON object");
+    if (decode_create(&d, body, inline_form, &c, errp) < 0) {
+        create_req_free(&c);
+        return -1;
+    }
+    if (check_only) {
+        create_req_free(&c);
+        return 0;
+    }
+    config = json_dumps(c.config, JSON_COMPACT);
+    c.opts.config = config;
+    /* A copy or sources change the file count; a bare environment's is known to the janitor
+     * soon enough, and counting costs a round trip into the sandbox. */
+    recount = c.opts.from != NULL || c.opts.n_files > 0 || c.opts.n_dirs > 0 ||
+              c.opts.n_fetches > 0;
+    if (env_create(ctx, &c.opts, out, errp) < 0) {
+        create_req_free(&c);
+        return -1;
+    }
+    create_req_free(&c);
+    {
+        const char *kv[] = {"id", out->id, "project", out->project};
+        log_fields(LOG_LEVEL_INFO, "environment created", kv, 4);
+    }
+    if (recount) {
+        env_count(ctx, out->id, NULL);
+        env_get(ctx, out->id, out, NULL);
+    }
+    return 0;
+}
+
+int
+api_env_resolve(const void *arg, struct env_ctx *ctx, const char *project, json_t *spec,
+                bool check_only, char *env_id, struct err **errp)
+{
+    const struct api_config *cfg = arg;
+    struct store_env e;
+
+    if (spec == NULL || (json_is_string(spec) && strcmp(json_string_value(spec), "remote") == 0)) {
+        json_t *empty = json_object();
+        int rc = api_env_create_json(cfg, ctx, project, empty, true, check_only, &e, errp);
+        json_decref(empty);
+        if (rc == 0 && !check_only)
+            snprintf(env_id, 40, "%s", e.id);
+        return rc;
+    }
+    if (json_is_string(spec)) {
+        const char *id = api_strip_prefix(json_string_value(spec), "environments/");
+        cleanup_free char *dir = NULL;
+        if (!util_id_valid("env_", id) || env_get_owned(ctx, project, id, &e, NULL) < 0 ||
+            e.state == STORE_ENV_EXPIRED) {
+            cleanup_free char *eid = log_escape(id, strlen(id), 64);
+            return err_set(errp, ERR_NOT_FOUND, 0, "no environment '%s'", eid);
+        }
+        if (check_only)
+            return 0;
+        if (env_use_owned(ctx, project, id, &dir, errp) < 0)
+            return -1;
+        snprintf(env_id, 40, "%s", id);
+        return 0;
+    }
+    if (api_env_create_json(cfg, ctx, project, spec, true, check_only, &e, errp) < 0)
+        return -1;
+    if (!check_only)
+        snprintf(env_id, 40, "%s", e.id);
+    return 0;
+}
+
 static enum MHD_Result
 create_env(struct api_req *r, struct env_ctx *ctx)
 {
-    struct create_req c;
     struct store_env e;
     struct err *er = NULL;
     json_t *body;
     json_error_t jerr;
-    cleanup_free char *config = NULL;
-    enum MHD_Result res;
-    bool recount;
+    int rc;
 
-    memset(&c, 0, sizeof(c));
     if (r->body.len == 0) {
         body = json_object();
     } else {
@@ -548,33 +628,11 @@ create_env(struct api_req *r, struct env_ctx *ctx)
         json_decref(body);
         return api_reply_status(r, 400, "INVALID_ARGUMENT", "request body must be a JSON object");
     }
-    if (decode_create(r, body, &c, &er) < 0) {
-        json_decref(body);
-        create_req_free(&c);
-        return api_reply_err(r, er);
-    }
+    rc = api_env_create_json(r->srv->cfg, ctx, r->auth.project, body, false, false, &e, &er);
     json_decref(body);
-    config = json_dumps(c.config, JSON_COMPACT);
-    c.opts.config = config;
-    /* A copy or sources change the file count; a bare environment's is known to the janitor
-     * soon enough, and counting costs a round trip into the sandbox. */
-    recount = c.opts.from != NULL || c.opts.n_files > 0 || c.opts.n_dirs > 0 ||
-              c.opts.n_fetches > 0;
-    if (env_create(ctx, &c.opts, &e, &er) < 0) {
-        create_req_free(&c);
+    if (rc < 0)
         return api_reply_err(r, er);
-    }
-    create_req_free(&c);
-    {
-        const char *kv[] = {"id", e.id, "project", e.project, "key", r->auth.name};
-        log_fields(LOG_LEVEL_INFO, "environment created", kv, 6);
-    }
-    if (recount) {
-        env_count(ctx, e.id, NULL);
-        env_get(ctx, e.id, &e, NULL);
-    }
-    res = api_reply_json(r, 200, env_json(ctx, &e));
-    return res;
+    return api_reply_json(r, 200, env_json(ctx, &e));
 }
 
 /* Page tokens are opaque to clients: base64 of "created_ms:id". */

@@ -13,6 +13,9 @@ static const char usage_text[] =
     "usage: paddock [--data-dir DIR] [--log-level LEVEL] [--log-format text|json] COMMAND ...\n"
     "\n"
     "commands:\n"
+    "  run [--env ID] [--agent A] [--model M] [--max-steps N] [--timeout S] [--json] \"TASK\"\n"
+    "                             run an agent on TASK in a sandbox (needs a model: --model or\n"
+    "                             $PADDOCK_MODEL, and that provider's key, e.g. $GEMINI_API_KEY)\n"
     "  demo                       create an environment, run a command in it, show the result\n"
     "  env create [--network disabled|open] [--memory BYTES] [--cpus N] [--pids N]\n"
     "             [--disk BYTES] [--json]\n"
@@ -31,6 +34,7 @@ static const char usage_text[] =
     "        [--header-timeout DUR] [--log-format text|json] [--log-level LEVEL]\n"
     "        [--egress-resolve NAME=IP]... [--egress-allow-cidr CIDR]... [--egress-upstream-ca F]\n"
     "        [--warm-pool N]      (keep N sandboxes started for creates to claim; default 2)\n"
+    "        [--model M] [--workers N] [--max-per-key N] [--retention DUR] [--prices FILE]\n"
     "                             serve the HTTP API (docs/API.md) and the egress proxy\n"
     "  keys create --name NAME [--project P] --scope S [--scope S]...\n"
     "  keys ls [--json] | keys revoke NAME\n"
@@ -82,6 +86,7 @@ static const struct {
     {"system", cli__system},
     {"serve", cli__serve},
     {"keys", cli__keys},
+    {"run", cli__run},
 };
 
 static int

@@ -646,6 +646,23 @@ cli__demo(const struct cli_global *g, int argc, char **argv)
     (void)argv;
     if (argc != 1)
         return cli__usage("demo takes no arguments");
+    if (getenv("PADDOCK_MODEL") != NULL && getenv("PADDOCK_MODEL")[0] != '\0') {
+        /* paddock's main job: an agent at work in a sandbox. */
+        static char task[] =
+            "Find out which Linux distribution, kernel and Python version this sandbox has, "
+            "write them as a short Markdown table to /workspace/report.md, show the file, and "
+            "say in one sentence what you did.";
+        char *av[] = {(char *)(uintptr_t) "run", task, NULL};
+        printf("running an agent on %s: %s\n", getenv("PADDOCK_MODEL"), task);
+        fflush(stdout);
+        return cli__run(g, 2, av);
+    }
+    printf("No model is set, so this shows the sandbox alone. To see an agent at work in it, "
+           "set PADDOCK_MODEL and its key, e.g.\n"
+           "  PADDOCK_MODEL=gemini-2.5-flash GEMINI_API_KEY=... ./dev run\n"
+           "  PADDOCK_MODEL=openai:NAME OPENAI_BASE_URL=http://127.0.0.1:8081/v1 ./dev run   "
+           "(llama.cpp, Ollama, vLLM)\n"
+           "  PADDOCK_MODEL=anthropic:NAME ANTHROPIC_API_KEY=... ./dev run\n\n");
     if ((r = cli__open(g, &ctx)) != 0)
         return r;
     t0 = util_mono_ns();

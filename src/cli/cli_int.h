@@ -25,6 +25,7 @@ int cli__env(const struct cli_global *g, int argc, char **argv);
 int cli__demo(const struct cli_global *g, int argc, char **argv);
 int cli__system(const struct cli_global *g, int argc, char **argv);
 int cli__serve(const struct cli_global *g, int argc, char **argv);
+int cli__run(const struct cli_global *g, int argc, char **argv);
 int cli__keys(const struct cli_global *g, int argc, char **argv);
 
 #endif

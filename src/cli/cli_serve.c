@@ -99,10 +99,19 @@ cli__serve(const struct cli_global *g, int argc, char **argv)
         {"egress-upstream-ca", required_argument, NULL, 'C'},
         {"log-format", required_argument, NULL, 'F'},
         {"log-level", required_argument, NULL, 'V'},
-        {"warm-pool", required_argument, NULL, 'W'},
+        {"warm-pool", required_argument, NULL, 'w'},
+        {"model", required_argument, NULL, 'M'},
+        {"workers", required_argument, NULL, 'W'},
+        {"max-per-key", required_argument, NULL, 'K'},
+        {"retention", required_argument, NULL, 'r'},
+        {"prices", required_argument, NULL, 'p'},
         {NULL, 0, NULL, 0},
     };
     enum log_format format = g->format;
+    const char *workers = env_or("PADDOCK_WORKERS", "8");
+    const char *perkey = env_or("PADDOCK_MAX_PER_KEY", "64");
+    const char *retention = env_or("PADDOCK_RETENTION", "55d");
+    uint64_t u;
     enum log_level level = g->level_given ? common_log_level : LOG_LEVEL_INFO;
     struct strlist resolve = {0}, allow = {0};
     struct api_config cfg;
@@ -121,6 +130,8 @@ cli__serve(const struct cli_global *g, int argc, char **argv)
     cfg.listen = env_or("PADDOCK_LISTEN", "127.0.0.1:8080");
     cfg.skills_dir = env_or("PADDOCK_SKILLS_DIR", NULL);
     cfg.public_url = env_or("PADDOCK_PUBLIC_URL", NULL);
+    cfg.default_model = env_or("PADDOCK_MODEL", NULL);
+    cfg.prices_file = env_or("PADDOCK_PRICES", NULL);
     optind = 1;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
@@ -157,8 +168,23 @@ cli__serve(const struct cli_global *g, int argc, char **argv)
         case 'C':
             cfg.egress_upstream_ca = optarg;
             break;
-        case 'W':
+        case 'w':
             warm = optarg;
+            break;
+        case 'M':
+            cfg.default_model = optarg;
+            break;
+        case 'W':
+            workers = optarg;
+            break;
+        case 'K':
+            perkey = optarg;
+            break;
+        case 'r':
+            retention = optarg;
+            break;
+        case 'p':
+            cfg.prices_file = optarg;
             break;
         case 'F':
             if (strcmp(optarg, "json") != 0 && strcmp(optarg, "text") != 0) {
@@ -206,21 +232,35 @@ cli__serve(const struct cli_global *g, int argc, char **argv)
         parse_duration("--offline-after", offline, &cfg.lc.offline_ms, &e) < 0 ||
         parse_duration("--expire-after", expire, &cfg.lc.expire_ms, &e) < 0 ||
         parse_duration("--header-timeout", htimeout, &cfg.header_timeout_ms, &e) < 0 ||
+        parse_duration("--retention", retention, &cfg.retention_ms, &e) < 0 ||
         util_parse_size(maxup, &cfg.max_upload, &e) < 0) {
         strlist_free(&resolve);
         strlist_free(&allow);
         return cli__fail(e);
     }
-    {
-        char *end = NULL;
-        long v = strtol(warm, &end, 10);
-        if (end == warm || *end != '\0' || v < 0 || v > 64) {
-            strlist_free(&resolve);
-            strlist_free(&allow);
-            return cli__usage("--warm-pool must be a number from 0 to 64, not '%s'", warm);
-        }
-        cfg.warm_pool = (size_t)v;
+    if (util_parse_u64(warm, 64, &u, &e) < 0) {
+        strlist_free(&resolve);
+        strlist_free(&allow);
+        err_free(e);
+        return cli__usage("--warm-pool must be an integer from 0 to 64, not '%s'", warm);
     }
+    cfg.warm_pool = (size_t)u;
+    if (util_parse_u64(workers, 1024, &u, &e) < 0 || u == 0) {
+        strlist_free(&resolve);
+        strlist_free(&allow);
+        if (e != NULL)
+            err_free(e);
+        return cli__usage("--workers must be an integer from 1 to 1024");
+    }
+    cfg.workers = (unsigned)u;
+    if (util_parse_u64(perkey, 1000000, &u, &e) < 0 || u == 0) {
+        strlist_free(&resolve);
+        strlist_free(&allow);
+        if (e != NULL)
+            err_free(e);
+        return cli__usage("--max-per-key must be an integer from 1 to 1000000");
+    }
+    cfg.per_key_max = (unsigned)u;
     cfg.lc.count_ms = 2000;
     log_init(NULL, level, format);
     c = api_serve(&cfg, &e);

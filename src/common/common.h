@@ -44,6 +44,10 @@ struct err {
 int err_set(struct err **errp, enum err_code code, int errnum, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
+/** ERR_INVALID "field: message": bad input, naming what was wrong. Returns -1. */
+int err_field(struct err **errp, const char *field, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 /** Prefixes "context: " to the message of *errp. Returns -1. A no-op when *errp is unset. */
 int err_wrap(struct err **errp, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
@@ -223,6 +227,8 @@ void util_format_size(uint64_t bytes, char *out, size_t outlen);
 
 /** Milliseconds since the Unix epoch. */
 int64_t util_now_ms(void);
+/** Start time of a process (field 22 of /proc/PID/stat); 0 when it is gone or a zombie. */
+uint64_t util_proc_start_time(pid_t pid);
 /** Monotonic nanoseconds. */
 int64_t util_mono_ns(void);
 /** Formats ms since the epoch as RFC 3339 UTC with milliseconds into out (>= 32 bytes). */

@@ -61,6 +61,23 @@ err_set(struct err **errp, enum err_code code, int errnum, const char *fmt, ...)
 }
 
 int
+err_field(struct err **errp, const char *field, const char *fmt, ...)
+{
+    va_list ap;
+    char *msg = NULL;
+
+    if (errp == NULL)
+        return -1;
+    va_start(ap, fmt);
+    if (vasprintf(&msg, fmt, ap) < 0)
+        common_assert_fail("vasprintf", __FILE__, __LINE__);
+    va_end(ap);
+    err_set(errp, ERR_INVALID, 0, "%s: %s", field, msg);
+    free(msg);
+    return -1;
+}
+
+int
 err_wrap(struct err **errp, const char *fmt, ...)
 {
     va_list ap;

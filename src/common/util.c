@@ -316,3 +316,26 @@ util_hexval(char c)
         return c - 'A' + 10;
     return -1;
 }
+
+uint64_t
+util_proc_start_time(pid_t pid)
+{
+    char path[64];
+    cleanup_free char *stat = NULL;
+    const char *p;
+    unsigned long long start = 0;
+
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    if (util_read_file_at(AT_FDCWD, path, 4096, &stat, NULL, NULL) < 0)
+        return 0;
+    /* The command name may contain spaces and parentheses: fields start after the last ')'. */
+    p = strrchr(stat, ')');
+    if (p == NULL || p[1] != ' ' || p[2] == 'Z' || p[2] == 'X')
+        return 0; /* a zombie is as dead as a missing process */
+    /* field 3 is the state; start time is field 22, i.e. the 20th after ')'. */
+    for (int field = 2; field < 22 && p != NULL; field++)
+        p = strchr(p + 1, ' ');
+    if (p == NULL || sscanf(p + 1, "%llu", &start) != 1)
+        return 0;
+    return start;
+}

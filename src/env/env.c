@@ -146,6 +146,13 @@ reconcile(struct env_ctx *c, struct store_env *e, struct err **errp)
             return 0; /* its creator is still at work */
         if (lock < 0)
             return -1;
+        /* The row read before the lock may be stale: a creator that finished in between
+         * has released the lock over a running environment, which must be left alone. */
+        if (store_env_get(c->store, e->id, e, errp) < 0)
+            return -1;
+        if (e->state != STORE_ENV_CREATING)
+            return 0;
+        init = init_of(e);
         if (env__ensure_storage(c, NULL) == 0)
             sandbox_volume_destroy(c->envs_dir, e->id, NULL);
         sandbox_stop(e->id, &init, NULL);

@@ -16,6 +16,8 @@
  * format is the one being spoken, the native message is sent back verbatim (Gemini's
  * thoughtSignature, Anthropic's thinking signatures and any unknown parts survive); otherwise
  * it is rebuilt from the neutral fields. Consecutive tool messages form one result turn.
+ * A call whose arguments were not a JSON object has "args_text" (as received) and
+ * "args_error" instead of "args"; a rebuild sends {} for it.
  *
  * Tools are a JSON array of {"name", "description", "parameters": JSON Schema object}.
  */
@@ -101,7 +103,9 @@ void model_turn_clear(struct model_turn *t);
 
 struct model_request {
     const struct model_ref *model;
-    const char *system;     /* NULL: none */
+    /* The system instruction; NULL: none. (Not "system": common/banned.h poisons that
+       identifier, so a member of that name cannot even be declared after common.h.) */
+    const char *system_instruction;
     json_t *messages;       /* borrowed; the conversation */
     json_t *tools;          /* borrowed; may be NULL or empty */
     json_t *generation;     /* borrowed; the interaction's generation_config (temperature,

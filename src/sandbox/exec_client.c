@@ -120,10 +120,15 @@ sandbox_exec(const char *env_dir, const struct sandbox_exec_opts *o,
         };
         struct proto_frame f;
 
-        if (poll(p, 2, -1) < 0) {
+        if (poll(p, 2, o->cancel != NULL ? 100 : -1) < 0) {
             if (errno == EINTR)
                 continue;
             rc = err_set(errp, ERR_IO, errno, "poll");
+            break;
+        }
+        if (o->cancel != NULL && *o->cancel) {
+            /* Closing the connection makes init kill the command's whole tree. */
+            rc = err_set(errp, ERR_CONFLICT, 0, "cancelled");
             break;
         }
         rc = -1;

@@ -153,6 +153,7 @@ struct sandbox_exec_opts {
     int stdin_fd;            /* -1: the command's stdin is empty */
     sandbox_output_cb *on_output;
     void *arg;
+    const volatile int *cancel; /* NULL, or nonzero ends the exec (the tree is killed) */
 };
 
 struct sandbox_exec_result {

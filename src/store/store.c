@@ -19,6 +19,11 @@ enum {
     Q_KEY_BY_HASH,
     Q_ENV_TOUCH,
     Q_EGRESS_INSERT,
+    Q_EVENT_INSERT,
+    Q_EVENTS_AFTER,
+    Q_STEP_PUT,
+    Q_INTERACTION_GET,
+    Q_INTERACTION_UPDATE,
     Q_MAX,
 };
 
@@ -128,7 +133,56 @@ static const char *const migrations[] = {
     " updated_ms INTEGER NOT NULL,"
     " PRIMARY KEY (project, id)"
     ") STRICT;",
+    /* 5: agents, interactions, their steps and events (the SSE log), idempotency keys */
+    "CREATE TABLE agents ("
+    " project TEXT NOT NULL,"
+    " id TEXT NOT NULL,"
+    " body TEXT NOT NULL,"
+    " created_ms INTEGER NOT NULL,"
+    " updated_ms INTEGER NOT NULL,"
+    " PRIMARY KEY (project, id)"
+    ") STRICT;"
+    "CREATE TABLE interactions ("
+    " id TEXT PRIMARY KEY,"
+    " project TEXT NOT NULL,"
+    " key_name TEXT NOT NULL,"
+    " status TEXT NOT NULL,"
+    " env_id TEXT NOT NULL,"
+    " previous_id TEXT NOT NULL,"
+    " request TEXT NOT NULL,"
+    " history TEXT,"
+    " usage TEXT,"
+    " errors TEXT,"
+    " stored INTEGER NOT NULL,"
+    " created_ms INTEGER NOT NULL,"
+    " updated_ms INTEGER NOT NULL,"
+    " runner TEXT NOT NULL DEFAULT ''"
+    ") STRICT;"
+    "CREATE INDEX interactions_by_status ON interactions (status, created_ms);"
+    "CREATE INDEX interactions_by_time ON interactions (updated_ms);"
+    "CREATE TABLE interaction_steps ("
+    " interaction_id TEXT NOT NULL REFERENCES interactions (id) ON DELETE CASCADE,"
+    " idx INTEGER NOT NULL,"
+    " step TEXT NOT NULL,"
+    " PRIMARY KEY (interaction_id, idx)"
+    ") STRICT, WITHOUT ROWID;"
+    "CREATE TABLE interaction_events ("
+    " interaction_id TEXT NOT NULL REFERENCES interactions (id) ON DELETE CASCADE,"
+    " seq INTEGER NOT NULL,"
+    " data TEXT NOT NULL,"
+    " PRIMARY KEY (interaction_id, seq)"
+    ") STRICT, WITHOUT ROWID;"
+    "CREATE TABLE idempotency ("
+    " project TEXT NOT NULL,"
+    " key TEXT NOT NULL,"
+    " interaction_id TEXT NOT NULL,"
+    " created_ms INTEGER NOT NULL,"
+    " PRIMARY KEY (project, key)"
+    ") STRICT;",
 };
+
+_Static_assert(sizeof(migrations) / sizeof(migrations[0]) == STORE_SCHEMA_VERSION,
+               "STORE_SCHEMA_VERSION counts the migrations");
 
 static int
 db_err(struct store *s, struct err **errp, const char *what)
@@ -1021,5 +1075,528 @@ store_cred_delete(struct store *s, const char *project, const char *id, struct e
         return db_err(s, errp, "delete credential");
     if (sqlite3_changes(s->db) == 0)
         return err_set(errp, ERR_NOT_FOUND, 0, "credential %s not found", id);
+    return 0;
+}
+
+/* ----------------------------------------------------------------- agents */
+
+static char *
+col_dup(sqlite3_stmt *st, int col)
+{
+    const unsigned char *t = sqlite3_column_text(st, col);
+
+    return t != NULL ? xstrdup((const char *)t) : NULL;
+}
+
+void
+store_agent_clear(struct store_agent *a)
+{
+    if (a == NULL)
+        return;
+    free(a->body);
+    a->body = NULL;
+}
+
+#define AGENT_COLS "project, id, body, created_ms, updated_ms"
+
+static void
+row_to_agent(sqlite3_stmt *st, struct store_agent *a)
+{
+    memset(a, 0, sizeof(*a));
+    copy_text(a->project, sizeof(a->project), st, 0);
+    copy_text(a->id, sizeof(a->id), st, 1);
+    a->body = col_dup(st, 2);
+    if (a->body == NULL)
+        a->body = xstrdup("{}");
+    a->created_ms = sqlite3_column_int64(st, 3);
+    a->updated_ms = sqlite3_column_int64(st, 4);
+}
+
+int
+store_agent_insert(struct store *s, const struct store_agent *a, struct err **errp)
+{
+    cleanup_stmt sqlite3_stmt *st = NULL;
+
+    if (sqlite3_prepare_v2(s->db, "INSERT INTO agents (" AGENT_COLS ") VALUES (?,?,?,?,?)", -1,
+                           &st, NULL) != SQLITE_OK)
+        return db_err(s, errp, "store agent");
+    sqlite3_bind_text(st, 1, a->project, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, a->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, a->body, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, a->created_ms);
+    sqlite3_bind_int64(st, 5, a->updated_ms);
+    if (sqlite3_step(st) != SQLITE_DONE) {
+        if ((sqlite3_errcode(s->db) & 0xff) == SQLITE_CONSTRAINT)
+            return err_set(errp, ERR_CONFLICT, 0, "agent %s already exists", a->id);
+        return db_err(s, errp, "store agent");
+    }
+    return 0;
+}
+
+int
+store_agent_get(struct store *s, const char *project, const char *id, struct store_agent *out,
+                struct err **errp)
+{
+    cleanup_stmt sqlite3_stmt *st = NULL;
+    int rc;
+
+    if (sqlite3_prepare_v2(s->db, "SELECT " AGENT_COLS " FROM agents WHERE project = ? AND id = ?",
+                           -1, &st, NULL) != SQLITE_OK)
+        return db_err(s, errp, "get agent");
+    sqlite3_bind_text(st, 1, project, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE)
+        return err_set(errp, ERR_NOT_FOUND, 0, "agent %s not found", id);
+    if (rc != SQLITE_ROW)
+        return db_err(s, errp, "get agent");
+    row_to_agent(st, out);
+    return 0;
+}
+
+int
+store_agent_page(struct store *s, const char *project, const char *after_id, size_t limit,
+                 struct store_agent **out, size_t *n_out, struct err **errp)
+{
+    cleanup_stmt sqlite3_stmt *st = NULL;
+    struct store_agent *v = xcalloc(limit ? limit : 1, sizeof(*v));
+    size_t n = 0;
+    int rc = SQLITE_DONE;
+
+    if (sqlite3_prepare_v2(s->db,
+                           "SELECT " AGENT_COLS " FROM agents WHERE project = ? AND id > ?"
+                           " ORDER BY id LIMIT ?",
+                           -1, &st, NULL) != SQLITE_OK) {
+        free(v);
+        return db_err(s, errp, "list agents");
+    }
+    sqlite3_bind_text(st, 1, project, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, after_id != NULL ? after_id : "", -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, (int64_t)limit);
+    while (n < limit && (rc = sqlite3_step(st)) == SQLITE_ROW)
+        row_to_agent(st, &v[n++]);
+    if (n < limit && rc != SQLITE_DONE) {
+        for (size_t i = 0; i < n; i++)
+            store_agent_clear(&v[i]);
+        free(v);
+        return db_err(s, errp, "list agents");
+    }
+    *out = v;
+    *n_out = n;
+    return 0;
+}
+
+int
+store_agent_delete(struct store *s, const char *project, const char *id, struct err **errp)
+{
+    cleanup_stmt sqlite3_stmt *st = NULL;
+
+    if (sqlite3_prepare_v2(s->db, "DELETE FROM agents WHERE project = ? AND id = ?", -1, &st,
+                           NULL) != SQLITE_OK)
+        return db_err(s, errp, "delete agent");
+    sqlite3_bind_text(st, 1, project, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        return db_err(s, errp, "delete agent");
+    if (sqlite3_changes(s->db) == 0)
+        return err_set(errp, ERR_NOT_FOUND, 0, "agent %s not found", id);
+    return 0;
+}
+
+/* ----------------------------------------------------------- interactions */
+
+#define INTERACTION_COLS                                                                            \
+    "id, project, key_name, status, env_id, previous_id, request, history, usage, errors,"        \
+    " stored, created_ms, updated_ms, runner"
+
+void
+store_interaction_clear(struct store_interaction *it)
+{
+    if (it == NULL)
+        return;
+    free(it->request);
+    free(it->history);
+    free(it->usage);
+    free(it->errors);
+    it->request = it->history = it->usage = it->errors = NULL;
+}
+
+static void
+bind_text_or_null(sqlite3_stmt *st, int col, const char *v)
+{
+    if (v != NULL)
+        sqlite3_bind_text(st, col, v, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, col);
+}
+
+int
+store_begin(struct store *s, struct err **errp)
+{
+    return exec_sql(s, "BEGIN IMMEDIATE", errp);
+}
+
+int
+store_commit(struct store *s, struct err **errp)
+{
+    if (exec_sql(s, "COMMIT", errp) < 0) {
+        exec_sql(s, "ROLLBACK", NULL);
+        return -1;
+    }
+    return 0;
+}
+
+int
+store_tx(struct store *s, int (*fn)(struct store *s, void *arg, struct err **errp), void *arg,
+         struct err **errp)
+{
+    if (exec_sql(s, "BEGIN IMMEDIATE", errp) < 0)
+        return -1;
+    if (fn(s, arg, errp) < 0) {
+        exec_sql(s, "ROLLBACK", NULL);
+        return -1;
+    }
+    if (exec_sql(s, "COMMIT", errp) < 0) {
+        exec_sql(s, "ROLLBACK", NULL);
+        return -1;
+    }
+    return 0;
+}
+
+struct insert_args {
+    const struct store_interaction *it;
+    const char *idem_key;
+    int64_t not_before_ms;
+    char *existing;
+};
+
+static int
+insert_tx(struct store *s, void *arg, struct err **errp)
+{
+    struct insert_args *a = arg;
+    const struct store_interaction *it = a->it;
+    cleanup_stmt sqlite3_stmt *st = NULL;
+
+    if (a->idem_key != NULL) {
+        cleanup_stmt sqlite3_stmt *q = NULL;
+        int rc;
+        if (sqlite3_prepare_v2(s->db,
+                               "SELECT i.interaction_id FROM idempotency i JOIN interactions x"
+                               " ON x.id = i.interaction_id WHERE i.project = ? AND i.key = ?"
+                               " AND i.created_ms >= ?",
+                               -1, &q, NULL) != SQLITE_OK)
+            return db_err(s, errp, "idempotency key");
+        sqlite3_bind_text(q, 1, it->project, -1, SQLITE_STATIC);
+        sqlite3_bind_text(q, 2, a->idem_key, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(q, 3, a->not_before_ms);
+        rc = sqlite3_step(q);
+        if (rc == SQLITE_ROW) {
+            copy_text(a->existing, 40, q, 0);
+            return err_set(errp, ERR_CONFLICT, 0, "idempotency key already used by %s",
+                           a->existing);
+        }
+        if (rc != SQLITE_DONE)
+            return db_err(s, errp, "idempotency key");
+    }
+    if (sqlite3_prepare_v2(s->db,
+                           "INSERT INTO interactions (" INTERACTION_COLS
+                           ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                           -1, &st, NULL) != SQLITE_OK)
+        return db_err(s, errp, "store interaction");
+    sqlite3_bind_text(st, 1, it->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, it->project, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, it->key_name, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, it->status, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, it->env_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 6, it->previous_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 7, it->request != NULL ? it->request : "{}", -1, SQLITE_STATIC);
+    bind_text_or_null(st, 8, it->history);
+    bind_text_or_null(st, 9, it->usage);
+    bind_text_or_null(st, 10, it->errors);
+    sqlite3_bind_int(st, 11, it->stored ? 1 : 0);
+    sqlite3_bind_int64(st, 12, it->created_ms);
+    sqlite3_bind_int64(st, 13, it->updated_ms);
+    sqlite3_bind_text(st, 14, it->runner, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        return db_err(s, errp, "store interaction");
+    if (a->idem_key != NULL) {
+        cleanup_stmt sqlite3_stmt *k = NULL;
+        if (sqlite3_prepare_v2(s->db,
+                               "INSERT OR REPLACE INTO idempotency (project, key, interaction_id,"
+                               " created_ms) VALUES (?,?,?,?)",
+                               -1, &k, NULL) != SQLITE_OK)
+            return db_err(s, errp, "idempotency key");
+        sqlite3_bind_text(k, 1, it->project, -1, SQLITE_STATIC);
+        sqlite3_bind_text(k, 2, a->idem_key, -1, SQLITE_STATIC);
+        sqlite3_bind_text(k, 3, it->id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(k, 4, it->created_ms);
+        if (sqlite3_step(k) != SQLITE_DONE)
+            return db_err(s, errp, "idempotency key");
+    }
+    return 0;
+}
+
+int
+store_interaction_insert(struct store *s, const struct store_interaction *it,
+                         const char *idem_key, int64_t not_before_ms, char *existing,
+                         struct err **errp)
+{
+    struct insert_args a = {it, idem_key, not_before_ms, existing};
+
+    return store_tx(s, insert_tx, &a, errp);
+}
+
+static void
+row_to_interaction(sqlite3_stmt *st, struct store_interaction *it)
+{
+    memset(it, 0, sizeof(*it));
+    copy_text(it->id, sizeof(it->id), st, 0);
+    copy_text(it->project, sizeof(it->project), st, 1);
+    copy_text(it->key_name, sizeof(it->key_name), st, 2);
+    copy_text(it->status, sizeof(it->status), st, 3);
+    copy_text(it->env_id, sizeof(it->env_id), st, 4);
+    copy_text(it->previous_id, sizeof(it->previous_id), st, 5);
+    it->request = col_dup(st, 6);
+    it->history = col_dup(st, 7);
+    it->usage = col_dup(st, 8);
+    it->errors = col_dup(st, 9);
+    it->stored = sqlite3_column_int(st, 10) != 0;
+    it->created_ms = sqlite3_column_int64(st, 11);
+    it->updated_ms = sqlite3_column_int64(st, 12);
+    copy_text(it->runner, sizeof(it->runner), st, 13);
+}
+
+int
+store_interaction_get(struct store *s, const char *id, struct store_interaction *out,
+                      struct err **errp)
+{
+    cleanup_reset sqlite3_stmt *st = cached(
+        s, Q_INTERACTION_GET, "SELECT " INTERACTION_COLS " FROM interactions WHERE id = ?");
+    int rc;
+
+    if (st == NULL)
+        return db_err(s, errp, "get interaction");
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE)
+        return err_set(errp, ERR_NOT_FOUND, 0, "interaction %s not found", id);
+    if (rc != SQLITE_ROW)
+        return db_err(s, errp, "get interaction");
+    row_to_interaction(st, out);
+    return 0;
+}
+
+int
+store_interaction_update(struct store *s, const struct store_interaction *it, struct err **errp)
+{
+    cleanup_reset sqlite3_stmt *st =
+        cached(s, Q_INTERACTION_UPDATE,
+               "UPDATE interactions SET status = ?, env_id = ?, history = ?, usage = ?,"
+               " errors = ?, updated_ms = ?, runner = ? WHERE id = ?");
+
+    if (st == NULL)
+        return db_err(s, errp, "update interaction");
+    sqlite3_bind_text(st, 1, it->status, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, it->env_id, -1, SQLITE_STATIC);
+    bind_text_or_null(st, 3, it->history);
+    bind_text_or_null(st, 4, it->usage);
+    bind_text_or_null(st, 5, it->errors);
+    sqlite3_bind_int64(st, 6, it->updated_ms);
+    sqlite3_bind_text(st, 7, it->runner, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 8, it->id, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        return db_err(s, errp, "update interaction");
+    if (sqlite3_changes(s->db) == 0)
+        return err_set(errp, ERR_NOT_FOUND, 0, "interaction %s not found", it->id);
+    return 0;
+}
+
+int
+store_interaction_delete(struct store *s, const char *id, struct err **errp)
+{
+    cleanup_stmt sqlite3_stmt *st = NULL;
+
+    if (sqlite3_prepare_v2(s->db, "DELETE FROM interactions WHERE id = ?", -1, &st, NULL) !=
+        SQLITE_OK)
+        return db_err(s, errp, "delete interaction");
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        return db_err(s, errp, "delete interaction");
+    if (sqlite3_changes(s->db) == 0)
+        return err_set(errp, ERR_NOT_FOUND, 0, "interaction %s not found", id);
+    return 0;
+}
+
+int
+store_interaction_ids(struct store *s, const char *status, char (**out)[40], size_t *n_out,
+                      struct err **errp)
+{
+    cleanup_stmt sqlite3_stmt *st = NULL;
+    char (*v)[40] = NULL;
+    size_t n = 0, cap = 0;
+    int rc;
+
+    if (sqlite3_prepare_v2(s->db,
+                           "SELECT id FROM interactions WHERE status = ? ORDER BY created_ms, id",
+                           -1, &st, NULL) != SQLITE_OK)
+        return db_err(s, errp, "list interactions");
+    sqlite3_bind_text(st, 1, status, -1, SQLITE_STATIC);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (n == cap) {
+            cap = cap ? 2 * cap : 16;
+            v = xrealloc(v, cap * sizeof(*v));
+        }
+        copy_text(v[n++], 40, st, 0);
+    }
+    if (rc != SQLITE_DONE) {
+        free(v);
+        return db_err(s, errp, "list interactions");
+    }
+    *out = v;
+    *n_out = n;
+    return 0;
+}
+
+int
+store_interaction_purge(struct store *s, int64_t before_ms, size_t *n_out, struct err **errp)
+{
+    cleanup_stmt sqlite3_stmt *st = NULL;
+
+    if (sqlite3_prepare_v2(s->db,
+                           "DELETE FROM interactions WHERE updated_ms < ? AND status NOT IN"
+                           " ('queued', 'in_progress')",
+                           -1, &st, NULL) != SQLITE_OK)
+        return db_err(s, errp, "purge interactions");
+    sqlite3_bind_int64(st, 1, before_ms);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        return db_err(s, errp, "purge interactions");
+    if (n_out != NULL)
+        *n_out = (size_t)sqlite3_changes(s->db);
+    return 0;
+}
+
+int
+store_step_put(struct store *s, const char *iid, int64_t idx, const char *step,
+               struct err **errp)
+{
+    cleanup_reset sqlite3_stmt *st =
+        cached(s, Q_STEP_PUT,
+               "INSERT OR REPLACE INTO interaction_steps (interaction_id, idx, step)"
+               " VALUES (?,?,?)");
+
+    if (st == NULL)
+        return db_err(s, errp, "store step");
+    sqlite3_bind_text(st, 1, iid, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, idx);
+    sqlite3_bind_text(st, 3, step, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        return db_err(s, errp, "store step");
+    return 0;
+}
+
+int
+store_steps(struct store *s, const char *iid, char ***out, size_t *n_out, struct err **errp)
+{
+    cleanup_stmt sqlite3_stmt *st = NULL;
+    char **v = NULL;
+    size_t n = 0, cap = 0;
+    int rc;
+
+    if (sqlite3_prepare_v2(s->db,
+                           "SELECT step FROM interaction_steps WHERE interaction_id = ?"
+                           " ORDER BY idx",
+                           -1, &st, NULL) != SQLITE_OK)
+        return db_err(s, errp, "read steps");
+    sqlite3_bind_text(st, 1, iid, -1, SQLITE_STATIC);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (n == cap) {
+            cap = cap ? 2 * cap : 16;
+            v = xrealloc(v, cap * sizeof(*v));
+        }
+        v[n] = col_dup(st, 0);
+        if (v[n] == NULL)
+            v[n] = xstrdup("{}");
+        n++;
+    }
+    if (rc != SQLITE_DONE) {
+        for (size_t i = 0; i < n; i++)
+            free(v[i]);
+        free(v);
+        return db_err(s, errp, "read steps");
+    }
+    *out = v;
+    *n_out = n;
+    return 0;
+}
+
+int
+store_event_insert(struct store *s, const char *iid, int64_t seq, const char *data,
+                   struct err **errp)
+{
+    cleanup_reset sqlite3_stmt *st = cached(
+        s, Q_EVENT_INSERT,
+        "INSERT INTO interaction_events (interaction_id, seq, data) VALUES (?,?,?)");
+
+    if (st == NULL)
+        return db_err(s, errp, "store event");
+    sqlite3_bind_text(st, 1, iid, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, seq);
+    sqlite3_bind_text(st, 3, data, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        return db_err(s, errp, "store event");
+    return 0;
+}
+
+int
+store_events_after(struct store *s, const char *iid, int64_t after, size_t limit,
+                   struct store_event **out, size_t *n_out, struct err **errp)
+{
+    cleanup_reset sqlite3_stmt *st = cached(s, Q_EVENTS_AFTER,
+                                            "SELECT seq, data FROM interaction_events WHERE"
+                                            " interaction_id = ? AND seq > ? ORDER BY seq"
+                                            " LIMIT ?");
+    struct store_event *v = xcalloc(limit ? limit : 1, sizeof(*v));
+    size_t n = 0;
+    int rc = SQLITE_DONE;
+
+    if (st == NULL) {
+        free(v);
+        return db_err(s, errp, "read events");
+    }
+    sqlite3_bind_text(st, 1, iid, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, after);
+    sqlite3_bind_int64(st, 3, (int64_t)limit);
+    while (n < limit && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        v[n].seq = sqlite3_column_int64(st, 0);
+        v[n].data = col_dup(st, 1);
+        if (v[n].data == NULL)
+            v[n].data = xstrdup("{}");
+        n++;
+    }
+    if (n < limit && rc != SQLITE_DONE) {
+        for (size_t i = 0; i < n; i++)
+            free(v[i].data);
+        free(v);
+        return db_err(s, errp, "read events");
+    }
+    *out = v;
+    *n_out = n;
+    return 0;
+}
+
+int
+store_event_last(struct store *s, const char *iid, int64_t *out, struct err **errp)
+{
+    cleanup_stmt sqlite3_stmt *st = NULL;
+
+    if (sqlite3_prepare_v2(s->db,
+                           "SELECT COALESCE(MAX(seq), 0) FROM interaction_events WHERE"
+                           " interaction_id = ?",
+                           -1, &st, NULL) != SQLITE_OK)
+        return db_err(s, errp, "read events");
+    sqlite3_bind_text(st, 1, iid, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_ROW)
+        return db_err(s, errp, "read events");
+    *out = sqlite3_column_int64(st, 0);
     return 0;
 }

@@ -14,6 +14,9 @@
 
 struct store;
 
+/** The schema version this paddock writes (PRAGMA user_version): one per migration. */
+#define STORE_SCHEMA_VERSION 5
+
 enum store_env_state {
     STORE_ENV_CREATING = 0, /* row exists, the sandbox is being set up */
     STORE_ENV_RUNNING,      /* an init was started; liveness is checked by env/ */
@@ -201,5 +204,101 @@ int store_cred_delete(struct store *s, const char *project, const char *id, stru
 /** The environment's records after id after_id, oldest first. *out is owned. */
 int store_egress_page(struct store *s, const char *env_id, int64_t after_id, size_t limit,
                       struct store_egress **out, size_t *n_out, struct err **errp);
+
+/* ----------------------------------------------------------------- agents */
+
+/** A stored agent: its resource body as JSON text. */
+struct store_agent {
+    char project[64];
+    char id[128];
+    char *body; /* owned */
+    int64_t created_ms;
+    int64_t updated_ms;
+};
+
+void store_agent_clear(struct store_agent *a);
+/** ERR_CONFLICT when the id exists in the project. */
+int store_agent_insert(struct store *s, const struct store_agent *a, struct err **errp);
+int store_agent_get(struct store *s, const char *project, const char *id, struct store_agent *out,
+                    struct err **errp);
+/** A project's agents after after_id, in id order. *out owned (clear each, then free). */
+int store_agent_page(struct store *s, const char *project, const char *after_id, size_t limit,
+                     struct store_agent **out, size_t *n_out, struct err **errp);
+int store_agent_delete(struct store *s, const char *project, const char *id, struct err **errp);
+
+/* ----------------------------------------------------------- interactions */
+
+/** An interaction row; JSON members are text, owned, NULL when absent. */
+struct store_interaction {
+    char id[40];
+    char project[64];
+    char key_name[64];
+    char status[24];
+    char env_id[40];      /* "" until an environment is resolved */
+    char previous_id[40]; /* "" when none */
+    char *request;        /* the create body as accepted */
+    char *history;        /* the conversation after the run (model/ neutral form) */
+    char *usage;          /* Usage object */
+    char *errors;         /* errors array */
+    bool stored;          /* store: false rows go when their answer is delivered */
+    char runner[48];      /* "PID:START" of the process running it, "" when none */
+    int64_t created_ms;
+    int64_t updated_ms;
+};
+
+void store_interaction_clear(struct store_interaction *it);
+
+/**
+ * Inserts a new interaction. With an idempotency key (NULL: none), a key of the same project
+ * seen after not_before_ms makes it ERR_CONFLICT and copies that interaction's id into
+ * existing (40 bytes); an older record of the key is replaced.
+ */
+int store_interaction_insert(struct store *s, const struct store_interaction *it,
+                             const char *idem_key, int64_t not_before_ms, char *existing,
+                             struct err **errp);
+int store_interaction_get(struct store *s, const char *id, struct store_interaction *out,
+                          struct err **errp);
+/** Writes status, env_id, history, usage, errors, updated_ms and runner. */
+int store_interaction_update(struct store *s, const struct store_interaction *it,
+                             struct err **errp);
+/** Deletes an interaction with its steps and events. ERR_NOT_FOUND when missing. */
+int store_interaction_delete(struct store *s, const char *id, struct err **errp);
+/** Ids of the interactions in one status, oldest first. *out owned (char[40] each). */
+int store_interaction_ids(struct store *s, const char *status, char (**out)[40], size_t *n_out,
+                          struct err **errp);
+/** Deletes interactions not updated since before_ms; *n_out how many (may be NULL). */
+int store_interaction_purge(struct store *s, int64_t before_ms, size_t *n_out, struct err **errp);
+
+/** Inserts or replaces step idx of an interaction. */
+int store_step_put(struct store *s, const char *iid, int64_t idx, const char *step,
+                   struct err **errp);
+/** Every step, in order, as JSON text. *out owned (free each, then the array). */
+int store_steps(struct store *s, const char *iid, char ***out, size_t *n_out, struct err **errp);
+
+/** Appends event seq (the caller numbers them, from 1). */
+int store_event_insert(struct store *s, const char *iid, int64_t seq, const char *data,
+                       struct err **errp);
+
+struct store_event {
+    int64_t seq;
+    char *data; /* owned */
+};
+
+/** Up to limit events after seq, in order. *out owned (free each data, then the array). */
+int store_events_after(struct store *s, const char *iid, int64_t after, size_t limit,
+                       struct store_event **out, size_t *n_out, struct err **errp);
+/** The highest event seq of an interaction, 0 when none. */
+int store_event_last(struct store *s, const char *iid, int64_t *out, struct err **errp);
+
+/**
+ * An explicit write transaction for a burst of writes (BEGIN IMMEDIATE … COMMIT): one WAL
+ * commit instead of one per statement. Never hold one across anything slow.
+ */
+int store_begin(struct store *s, struct err **errp);
+int store_commit(struct store *s, struct err **errp);
+
+/** Runs fn inside one write transaction (BEGIN IMMEDIATE … COMMIT, rolled back on error). */
+int store_tx(struct store *s, int (*fn)(struct store *s, void *arg, struct err **errp), void *arg,
+             struct err **errp);
 
 #endif

@@ -127,3 +127,38 @@ def test_env_vars_reach_commands(api):
     assert secret.startswith("paddock-credential-") and "s3cr3t" not in r.text
     r = api.pd.ok("env", "exec", eid, "-e", "N=8", "-c", 'echo "$N"')
     assert r.text == "8\n"
+
+
+def test_listing_never_takes_a_finishing_create_for_a_dead_one(api):
+    """A list reconciles rows it finds "creating" whose creator has gone. A creator that
+    finishes between the list's read and its lock attempt must not have its environment
+    removed under it (CI once lost an environment's files exactly so). The window is the time
+    the list spends on the rows before the new one, so the list is made long first: on the
+    unfixed code every run lost several of the 30."""
+    import concurrent.futures
+    import threading
+
+    ids = [api.http.create()["id"] for _ in range(30)]
+    stop = threading.Event()
+
+    def lister():
+        n = 0
+        while not stop.is_set():
+            r = api.http.get("/v1beta/environments?page_size=100")
+            assert r.status == 200, r
+            n += 1
+        return n
+
+    with concurrent.futures.ThreadPoolExecutor(2) as ex:
+        listers = [ex.submit(lister) for _ in range(2)]
+        try:
+            fresh = [api.http.create()["id"] for _ in range(30)]
+        finally:
+            stop.set()
+        assert all(f.result() > 0 for f in listers)
+    api.pd.ids.update(ids + fresh)
+    lost = [eid for eid in fresh if api.http.get(f"/v1beta/environments/{eid}").status != 200]
+    assert not lost, f"environments removed while their create finished: {lost}"
+    for eid in fresh:
+        assert state(api, eid)["state"] == "running", eid
+        assert api.pd.ok("env", "exec", eid, "-c", "echo alive").text == "alive\n", eid

@@ -4,5 +4,6 @@
 
 int test_store_run(void);
 int test_store_api_run(void);
+int test_store_agent_run(void);
 
 #endif

@@ -10,5 +10,6 @@ main(void)
 
     failed += test_store_run();
     failed += test_store_api_run();
+    failed += test_store_agent_run();
     return failed == 0 ? 0 : 1;
 }

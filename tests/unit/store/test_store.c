@@ -136,7 +136,7 @@ test_open_creates(void **state)
     struct err *e = NULL;
 
     assert_int_equal(access(f->db, F_OK), 0);
-    assert_int_equal(schema_version(f->db), 4);
+    assert_int_equal(schema_version(f->db), STORE_SCHEMA_VERSION);
     ASSERT_NO_ERR(store_env_list(f->s, &v, &n, &e), &e);
     assert_int_equal(n, 0);
     free(v);
@@ -452,9 +452,9 @@ test_reopen_persists(void **state)
     for (int round = 0; round < 2; round++) {
         store_close(f->s);
         f->s = NULL;
-        assert_int_equal(schema_version(f->db), 4);
+        assert_int_equal(schema_version(f->db), STORE_SCHEMA_VERSION);
         ASSERT_NO_ERR(store_open(f->db, &f->s, &e), &e);
-        assert_int_equal(schema_version(f->db), 4);
+        assert_int_equal(schema_version(f->db), STORE_SCHEMA_VERSION);
         ASSERT_NO_ERR(store_env_get(f->s, "env_p1", &out, &e), &e);
         assert_env_equal(&out, &a);
         ASSERT_NO_ERR(store_env_get(f->s, "env_p2", &out, &e), &e);

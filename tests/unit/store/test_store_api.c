@@ -965,7 +965,7 @@ test_migrate_v1(void **state)
     assert_int_equal(schema_version(f->db), 1);
 
     ASSERT_NO_ERR(store_open(f->db, &f->s, &e), &e);
-    assert_int_equal(schema_version(f->db), 4);
+    assert_int_equal(schema_version(f->db), STORE_SCHEMA_VERSION);
 
     /* The old row is intact and belongs to the default project. */
     ASSERT_NO_ERR(store_env_get(f->s, "env_old", &out, &e), &e);
@@ -1011,7 +1011,7 @@ test_migrate_v1(void **state)
     store_close(f->s);
     f->s = NULL;
     ASSERT_NO_ERR(store_open(f->db, &f->s, &e), &e);
-    assert_int_equal(schema_version(f->db), 4);
+    assert_int_equal(schema_version(f->db), STORE_SCHEMA_VERSION);
     ASSERT_NO_ERR(store_env_get(f->s, "env_old", &out, &e), &e);
     assert_int_equal(out.file_count, 2);
     assert_string_equal(out.project, "default");
@@ -1038,7 +1038,7 @@ test_migrate_v1_failure_keeps_v1(void **state)
     /* Once the obstacle is gone, the upgrade goes through with the row intact. */
     raw_exec(f->db, "DROP TABLE uploads;");
     ASSERT_NO_ERR(store_open(f->db, &f->s, &e), &e);
-    assert_int_equal(schema_version(f->db), 4);
+    assert_int_equal(schema_version(f->db), STORE_SCHEMA_VERSION);
     ASSERT_NO_ERR(store_env_get(f->s, "env_keep", &out, &e), &e);
     assert_string_equal(out.project, "default");
     assert_int_equal(out.uid_slot, 3);

@@ -1,0 +1,162 @@
+"""mcp_server tools (issue 5): paddock connects to an MCP server over streamable HTTP, shows its
+tools to the model, calls them, records mcp_server_tool_call / _result steps; the server's
+headers go to its own URL only (no redirect followed), and its address passes the egress
+proxy's rules (loopback is refused unless the operator allows it).
+
+Upstreams: tests/fakes/fake_model.py (OpenAI format) and tests/fakes/mcp_server.py, both on
+127.0.0.1.
+"""
+
+import json
+import re
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from apiserver import ApiServer, finish
+
+FAKES = Path(__file__).resolve().parents[1] / "fakes"
+AGENT = "antigravity-preview-05-2026"
+
+
+class Proc:
+    def __init__(self, *argv):
+        self.p = subprocess.Popen(["/usr/bin/python3", *argv], stdout=subprocess.PIPE, text=True)
+        m = re.search(r"http://127\.0\.0\.1:(\d+)", self.p.stdout.readline())
+        assert m, "fake did not start"
+        self.url = f"http://127.0.0.1:{m.group(1)}"
+
+    def call(self, method, path, body=None):
+        req = urllib.request.Request(self.url + path, method=method,
+                                     data=json.dumps(body).encode() if body is not None else None,
+                                     headers={"content-type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            data = r.read()
+        return json.loads(data) if data else None
+
+    def stop(self):
+        self.p.kill()
+        self.p.wait()
+
+
+@pytest.fixture
+def model():
+    f = Proc(str(FAKES / "fake_model.py"), "--port", "0")
+    yield f
+    f.stop()
+
+
+def serve(pd, model, allow=True):
+    env = dict(pd.env, OPENAI_BASE_URL=model.url + "/v1")
+    args = ["--model", "openai:fake"] + (["--egress-allow-cidr", "127.0.0.0/8"] if allow else [])
+    s = ApiServer(pd, args=args, env=env)
+    s.start()
+    key = s.make_key("mcp", scopes=("interactions", "environments"))
+    return s, s.http(key)
+
+
+def run(http, body):
+    r = http.post("/v1beta/interactions", json_body=body, timeout=120)
+    assert r.status == 200, r
+    return r.json()
+
+
+def mcp_tool(url, **kw):
+    return dict({"type": "mcp_server", "name": "fakemcp", "url": url,
+                 "headers": {"Authorization": "Bearer mcp-secret-123"}}, **kw)
+
+
+@pytest.mark.parametrize("sse", [False, True], ids=["json", "sse"])
+def test_mcp_tools_are_listed_called_and_recorded(pd, model, sse):
+    mcp = Proc(str(FAKES / "mcp_server.py"), "--port", "0", *(["--sse"] if sse else []))
+    s, http = serve(pd, model)
+    try:
+        model.call("POST", "/_script", [
+            {"calls": [{"name": "add", "args": {"a": 2, "b": 40}}]},
+            {"text": "the sum is 42"}])
+        it = run(http, {"agent": AGENT, "input": "add 2 and 40",
+                        "environment": {"type": "remote", "network": "disabled"},
+                        "tools": [mcp_tool(mcp.url + "/",
+                                           allowed_tools=[{"mode": "auto",
+                                                           "tools": ["echo", "add"]}])]})
+        assert it["status"] == "completed", it
+        kinds = [st["type"] for st in it["steps"]]
+        assert kinds == ["user_input", "mcp_server_tool_call", "mcp_server_tool_result",
+                         "model_output"], kinds
+        call, res = it["steps"][1], it["steps"][2]
+        assert call["name"] == "add" and call["server_name"] == "fakemcp"
+        assert call["arguments"] == {"a": 2, "b": 40}
+        assert res["call_id"] == call["id"] and res["result"] == "42"
+        reqs = model.call("GET", "/_requests")
+        # The model saw the server's tools (allowed_tools hid secret_tool) and the result.
+        tools = [t["function"]["name"] for t in reqs[0]["body"]["tools"]]
+        assert "echo" in tools and "add" in tools and "secret_tool" not in tools
+        tool_msgs = [m for m in reqs[1]["body"]["messages"] if m["role"] == "tool"]
+        assert tool_msgs and tool_msgs[-1]["content"] == "42"
+        # The MCP server got the configured header, a session, and the call.
+        seen = mcp.call("GET", "/_requests")
+        methods = [r["body"].get("method") for r in seen]
+        assert methods[:3] == ["initialize", "notifications/initialized", "tools/list"]
+        assert "tools/call" in methods
+        assert all(r["headers"].get("authorization") == "Bearer mcp-secret-123" for r in seen)
+        assert seen[-1]["headers"].get("mcp-session-id") == "sess-42"
+        # The header never reached the model.
+        assert "mcp-secret-123" not in json.dumps(reqs)
+    finally:
+        finish(s)
+        mcp.stop()
+
+
+def test_mcp_headers_never_follow_a_redirect(pd, model):
+    other = Proc(str(FAKES / "mcp_server.py"), "--port", "0")
+    mcp = Proc(str(FAKES / "mcp_server.py"), "--port", "0", "--redirect-to", other.url + "/")
+    s, http = serve(pd, model)
+    try:
+        it = run(http, {"agent": AGENT, "input": "hi",
+                        "environment": {"type": "remote", "network": "disabled"},
+                        "tools": [mcp_tool(mcp.url + "/")]})
+        assert it["status"] == "failed", it
+        assert any("fakemcp" in e["message"] and "307" in e["message"]
+                   for e in it.get("errors", [])), it
+        assert len(mcp.call("GET", "/_requests")) == 1
+        assert other.call("GET", "/_requests") == []  # nothing, so no header, went there
+        assert model.call("GET", "/_requests") == []  # the run stopped before the model
+    finally:
+        finish(s)
+        mcp.stop()
+        other.stop()
+
+
+def test_mcp_server_on_loopback_is_refused_unless_allowed(pd, model):
+    mcp = Proc(str(FAKES / "mcp_server.py"), "--port", "0")
+    s, http = serve(pd, model, allow=False)
+    try:
+        it = run(http, {"agent": AGENT, "input": "hi",
+                        "environment": {"type": "remote", "network": "disabled"},
+                        "tools": [mcp_tool(mcp.url + "/")]})
+        assert it["status"] == "failed", it
+        msg = " ".join(e["message"] for e in it.get("errors", []))
+        assert "fakemcp" in msg and "loopback" in msg, it
+        assert mcp.call("GET", "/_requests") == []
+    finally:
+        finish(s)
+        mcp.stop()
+
+
+@pytest.mark.parametrize("tool,why", [
+    ({"type": "mcp_server", "url": "ftp://x/"}, "http(s) url"),
+    ({"type": "mcp_server", "url": "http://x/", "headers": {"a": "b\r\nc: d"}}, "line breaks"),
+    ({"type": "mcp_server", "url": "http://x/", "headers": ["a"]}, "headers"),
+    ({"type": "google_search"}, "not supported"),
+])
+def test_bad_tools_are_refused_at_create(pd, model, tool, why):
+    s, http = serve(pd, model)
+    try:
+        r = http.post("/v1beta/interactions",
+                      json_body={"agent": AGENT, "input": "hi", "tools": [tool]})
+        assert r.status == 400, r
+        assert why in r.json()["error"]["message"], r
+    finally:
+        finish(s)

@@ -1,0 +1,359 @@
+/*
+ * Tests for the answer side of src/model/: canned responses of each format decoded into a
+ * struct model_turn — text, thoughts, signatures, calls (made-up ids, arguments that are not
+ * JSON or not an object), finish reasons, usage — and the answers that are errors (Gemini's
+ * blocked prompt, no candidates, no choices).
+ */
+#include "model_test.h"
+
+#include "suites.h"
+
+/* Decodes resp (a template) as spec's format with id_base; the turn must be cleared. */
+static int
+decode(const char *spec, const char *resp, size_t id_base, struct model_turn *t, struct err **errp)
+{
+    struct model_ref m;
+    json_t *r = jl(resp);
+    int rc;
+
+    ASSERT_NO_ERR(model_parse(spec, &m, errp), errp);
+    memset(t, 0, sizeof(*t));
+    rc = model__wire(m.format)->decode(&m, r, id_base, t, errp);
+    json_decref(r);
+    return rc;
+}
+
+static const char gemini_resp[] =
+    "{'candidates':[{'content':{'role':'model','parts':["
+    "   {'text':'Plan: ','thought':true},{'text':'look','thought':true},"
+    "   {'text':'I will '},{'text':'list.'},"
+    "   {'functionCall':{'name':'bash','args':{'command':'ls'}},'thoughtSignature':'SIG1'},"
+    "   {'functionCall':{'name':'file_system','id':'fc-9'},'thoughtSignature':'SIG2'},"
+    "   {'executableCode':{'code':'1'}}]},"
+    "  'finishReason':'STOP','index':0}],"
+    " 'usageMetadata':{'promptTokenCount':100,'candidatesTokenCount':20,"
+    "   'thoughtsTokenCount':30,'cachedContentTokenCount':60,'totalTokenCount':150},"
+    " 'modelVersion':'gemini-2.5-pro'}";
+
+static void
+test_gemini_decode(void **state)
+{
+    struct model_turn t;
+    struct err *e = NULL;
+    (void)state;
+
+    ASSERT_NO_ERR(decode("gemini-2.5-pro", gemini_resp, 2, &t, &e), &e);
+    assert_string_equal(t.text, "I will list.");
+    assert_string_equal(t.thought, "Plan: look");
+    assert_string_equal(t.thought_signature, "SIG1");
+    assert_int_equal(t.ncalls, 2);
+    /* No id from Gemini: made up, after the two calls already in the conversation. */
+    assert_string_equal(t.calls[0].id, "call_3");
+    assert_string_equal(t.calls[0].name, "bash");
+    ASSERT_JSON_EQ(t.calls[0].args, "{'command':'ls'}");
+    assert_string_equal(t.calls[0].args_text, "{\"command\":\"ls\"}");
+    assert_null(t.calls[0].args_error);
+    assert_string_equal(t.calls[1].id, "fc-9");
+    ASSERT_JSON_EQ(t.calls[1].args, "{}");
+    assert_int_equal(t.finish, MODEL_FINISH_TOOLS);
+    assert_string_equal(t.finish_reason, "STOP");
+    assert_int_equal(t.usage.input, 100);
+    assert_int_equal(t.usage.output, 20);
+    assert_int_equal(t.usage.thought, 30);
+    assert_int_equal(t.usage.cached, 60);
+    assert_int_equal(t.usage.total, 150);
+    /* The content object is kept verbatim: signatures and the unknown part survive. */
+    ASSERT_JSON_EQ(t.message, "{'role':'assistant','text':'I will list.','thought':'Plan: look',"
+                              " 'calls':[{'id':'call_3','name':'bash','args':{'command':'ls'}},"
+                              "          {'id':'fc-9','name':'file_system','args':{}}],"
+                              " 'native':{'format':'gemini','message':{'role':'model','parts':["
+                              "   {'text':'Plan: ','thought':true},{'text':'look','thought':true},"
+                              "   {'text':'I will '},{'text':'list.'},"
+                              "   {'functionCall':{'name':'bash','args':{'command':'ls'}},"
+                              "    'thoughtSignature':'SIG1'},"
+                              "   {'functionCall':{'name':'file_system','id':'fc-9'},"
+                              "    'thoughtSignature':'SIG2'},"
+                              "   {'executableCode':{'code':'1'}}]}}}");
+    model_turn_clear(&t);
+    assert_null(t.message);
+}
+
+static void
+test_gemini_finish_and_errors(void **state)
+{
+    static const struct {
+        const char *resp;
+        int finish; /* -1: an error */
+        int code;
+        const char *why;
+    } cases[] = {
+        { "{'candidates':[{'content':{'parts':[{'text':'x'}]},'finishReason':'MAX_TOKENS'}]}",
+          MODEL_FINISH_LENGTH, 0, NULL },
+        { "{'candidates':[{'finishReason':'SAFETY'}]}", MODEL_FINISH_OTHER, 0, NULL },
+        { "{'candidates':[{'content':{'parts':[{'text':'x'}]}}]}", MODEL_FINISH_STOP, 0, NULL },
+        { "{'promptFeedback':{'blockReason':'PROHIBITED_CONTENT'}}", -1, ERR_INVALID,
+          "blocked (blockReason PROHIBITED_CONTENT)" },
+        { "{'candidates':[],'promptFeedback':{'blockReason':'SAFETY',"
+          "'blockReasonMessage':'no'}}",
+          -1, ERR_INVALID, "SAFETY): no" },
+        { "{'usageMetadata':{}}", -1, ERR_UPSTREAM, "no candidates" },
+        { "[1]", -1, ERR_UPSTREAM, "not a JSON object" },
+    };
+    (void)state;
+
+    for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+        struct model_turn t;
+        struct err *e = NULL;
+        int rc = decode("gemini-x", cases[i].resp, 0, &t, &e);
+        if (cases[i].finish < 0) {
+            assert_int_equal(rc, -1);
+            ASSERT_ERR_CONTAINS(&e, cases[i].code, cases[i].why);
+        } else {
+            ASSERT_NO_ERR(rc, &e);
+            assert_int_equal(t.finish, cases[i].finish);
+            assert_non_null(t.message);
+        }
+        model_turn_clear(&t);
+    }
+}
+
+static const char openai_resp[] =
+    "{'id':'chatcmpl-1','object':'chat.completion','choices':[{'index':0,"
+    "  'message':{'role':'assistant','content':null,'reasoning_content':'Think.',"
+    "   'tool_calls':["
+    "    {'id':'call_abc','type':'function','function':{'name':'bash',"
+    "      'arguments':'{`command`: `ls -l`}'}},"
+    "    {'type':'function','function':{'name':'bash','arguments':'{`command`: '}},"
+    "    {'type':'function','function':{'name':'bash','arguments':'[1,2]'}},"
+    "    {'type':'function','function':{'name':'bash','arguments':{'command':'pwd'}}},"
+    "    {'type':'function','function':{'name':'noargs','arguments':''}}]},"
+    "  'finish_reason':'tool_calls'}],"
+    " 'usage':{'prompt_tokens':50,'completion_tokens':40,'total_tokens':90,"
+    "   'prompt_tokens_details':{'cached_tokens':10},"
+    "   'completion_tokens_details':{'reasoning_tokens':15}}}";
+
+static void
+test_openai_decode(void **state)
+{
+    struct model_turn t;
+    struct err *e = NULL;
+    (void)state;
+
+    ASSERT_NO_ERR(decode("openai:x", openai_resp, 0, &t, &e), &e);
+    assert_null(t.text);
+    assert_string_equal(t.thought, "Think.");
+    assert_int_equal(t.ncalls, 5);
+    assert_string_equal(t.calls[0].id, "call_abc");
+    ASSERT_JSON_EQ(t.calls[0].args, "{'command':'ls -l'}");
+    assert_string_equal(t.calls[0].args_text, "{\"command\": \"ls -l\"}");
+    /* Missing ids are made up from the position in the conversation. */
+    assert_string_equal(t.calls[1].id, "call_2");
+    assert_null(t.calls[1].args);
+    assert_string_equal(t.calls[1].args_text, "{\"command\": ");
+    assert_non_null(t.calls[1].args_error);
+    assert_non_null(strstr(t.calls[1].args_error, "not valid JSON"));
+    assert_null(t.calls[2].args);
+    assert_string_equal(t.calls[2].args_error, "the arguments are a JSON array, not an object");
+    /* An object instead of a string (some local servers). */
+    ASSERT_JSON_EQ(t.calls[3].args, "{'command':'pwd'}");
+    ASSERT_JSON_EQ(t.calls[4].args, "{}");
+    assert_int_equal(t.finish, MODEL_FINISH_TOOLS);
+    assert_int_equal(t.usage.input, 50);
+    assert_int_equal(t.usage.output, 25);
+    assert_int_equal(t.usage.thought, 15);
+    assert_int_equal(t.usage.cached, 10);
+    assert_int_equal(t.usage.total, 90);
+    /* The neutral call keeps what the loop needs to tell the model about the bad call. */
+    {
+        json_t *c = json_array_get(json_object_get(t.message, "calls"), 1);
+        assert_string_equal(json_string_value(json_object_get(c, "id")), "call_2");
+        assert_string_equal(json_string_value(json_object_get(c, "args_text")), "{\"command\": ");
+        assert_string_equal(json_string_value(json_object_get(c, "args_error")),
+                            t.calls[1].args_error);
+        assert_null(json_object_get(c, "args"));
+    }
+    model_turn_clear(&t);
+}
+
+static void
+test_openai_tolerance(void **state)
+{
+    static const struct {
+        const char *resp;
+        const char *text;
+        int finish; /* -1: an error */
+        const char *why;
+    } cases[] = {
+        /* No usage, content as parts, reasoning under Ollama's name. */
+        { "{'choices':[{'message':{'content':[{'type':'text','text':'a'},{'text':'b'}]},"
+          "'finish_reason':'stop'}]}",
+          "ab", MODEL_FINISH_STOP, NULL },
+        { "{'choices':[{'message':{'role':'assistant','content':'cut'},"
+          "'finish_reason':'length'}]}",
+          "cut", MODEL_FINISH_LENGTH, NULL },
+        { "{'choices':[{'message':{'content':'x'},'finish_reason':'content_filter'}]}", "x",
+          MODEL_FINISH_OTHER, NULL },
+        /* llama-server may say stop with tool calls. */
+        { "{'choices':[{'message':{'tool_calls':[{'function':{'name':'a','arguments':'{}'}}]},"
+          "'finish_reason':'stop'}]}",
+          NULL, MODEL_FINISH_TOOLS, NULL },
+        { "{'choices':[]}", NULL, -1, "no choices[0].message" },
+        { "{'error':{'message':'model not loaded'}}", NULL, -1, "model not loaded" },
+    };
+    (void)state;
+
+    for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+        struct model_turn t;
+        struct err *e = NULL;
+        int rc = decode("openai:x", cases[i].resp, 0, &t, &e);
+        if (cases[i].finish < 0) {
+            assert_int_equal(rc, -1);
+            ASSERT_ERR_CONTAINS(&e, ERR_UPSTREAM, cases[i].why);
+            model_turn_clear(&t);
+            continue;
+        }
+        ASSERT_NO_ERR(rc, &e);
+        if (cases[i].text != NULL)
+            assert_string_equal(t.text, cases[i].text);
+        else
+            assert_null(t.text);
+        assert_int_equal(t.finish, cases[i].finish);
+        assert_int_equal(t.usage.total, 0);
+        model_turn_clear(&t);
+    }
+    {
+        struct model_turn t;
+        struct err *e = NULL;
+        ASSERT_NO_ERR(decode("openai:x",
+                             "{'choices':[{'message':{'content':'x','reasoning':'r'}}]}", 0, &t,
+                             &e),
+                      &e);
+        assert_string_equal(t.thought, "r");
+        model_turn_clear(&t);
+    }
+}
+
+static const char anthropic_resp[] =
+    "{'id':'msg_1','type':'message','role':'assistant','model':'claude-x',"
+    " 'content':["
+    "  {'type':'thinking','thinking':'Let me see.','signature':'SIGA'},"
+    "  {'type':'redacted_thinking','data':'xyz'},"
+    "  {'type':'text','text':'Listing.'},"
+    "  {'type':'tool_use','id':'toolu_01','name':'bash','input':{'command':'ls'}},"
+    "  {'type':'tool_use','id':'toolu_02','name':'bash','input':'oops'}],"
+    " 'stop_reason':'tool_use','stop_sequence':null,"
+    " 'usage':{'input_tokens':10,'output_tokens':30,'cache_read_input_tokens':200,"
+    "   'cache_creation_input_tokens':5}}";
+
+static void
+test_anthropic_decode(void **state)
+{
+    struct model_turn t;
+    struct err *e = NULL;
+    (void)state;
+
+    ASSERT_NO_ERR(decode("anthropic:claude-x", anthropic_resp, 0, &t, &e), &e);
+    assert_string_equal(t.text, "Listing.");
+    assert_string_equal(t.thought, "Let me see.");
+    assert_string_equal(t.thought_signature, "SIGA");
+    assert_int_equal(t.ncalls, 2);
+    assert_string_equal(t.calls[0].id, "toolu_01");
+    ASSERT_JSON_EQ(t.calls[0].args, "{'command':'ls'}");
+    assert_null(t.calls[1].args);
+    assert_string_equal(t.calls[1].args_error, "the arguments are a JSON string, not an object");
+    assert_int_equal(t.finish, MODEL_FINISH_TOOLS);
+    assert_string_equal(t.finish_reason, "tool_use");
+    /* Input counts cache reads and creations. */
+    assert_int_equal(t.usage.input, 215);
+    assert_int_equal(t.usage.cached, 200);
+    assert_int_equal(t.usage.output, 30);
+    assert_int_equal(t.usage.thought, 0);
+    assert_int_equal(t.usage.total, 245);
+    ASSERT_JSON_EQ(json_object_get(t.message, "native"),
+                   "{'format':'anthropic','message':{'role':'assistant','content':["
+                   "  {'type':'thinking','thinking':'Let me see.','signature':'SIGA'},"
+                   "  {'type':'redacted_thinking','data':'xyz'},"
+                   "  {'type':'text','text':'Listing.'},"
+                   "  {'type':'tool_use','id':'toolu_01','name':'bash','input':{'command':'ls'}},"
+                   "  {'type':'tool_use','id':'toolu_02','name':'bash','input':'oops'}]}}");
+    model_turn_clear(&t);
+}
+
+static void
+test_anthropic_finish_and_errors(void **state)
+{
+    static const struct {
+        const char *resp;
+        int finish; /* -1: an error */
+        const char *why;
+    } cases[] = {
+        { "{'content':[{'type':'text','text':'x'}],'stop_reason':'end_turn'}", MODEL_FINISH_STOP,
+          NULL },
+        { "{'content':[],'stop_reason':'max_tokens'}", MODEL_FINISH_LENGTH, NULL },
+        { "{'content':[],'stop_reason':'refusal'}", MODEL_FINISH_OTHER, NULL },
+        { "{'content':[],'stop_reason':'pause_turn'}", MODEL_FINISH_OTHER, NULL },
+        { "{'type':'error','error':{'type':'overloaded_error','message':'Overloaded'}}", -1,
+          "no content: Overloaded" },
+    };
+    (void)state;
+
+    for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+        struct model_turn t;
+        struct err *e = NULL;
+        int rc = decode("anthropic:x", cases[i].resp, 0, &t, &e);
+        if (cases[i].finish < 0) {
+            assert_int_equal(rc, -1);
+            ASSERT_ERR_CONTAINS(&e, ERR_UPSTREAM, cases[i].why);
+        } else {
+            ASSERT_NO_ERR(rc, &e);
+            assert_int_equal(t.finish, cases[i].finish);
+        }
+        model_turn_clear(&t);
+    }
+}
+
+/* A decoded turn appended to the conversation is replayed verbatim in its own format: the
+ * round trip that keeps signatures alive. */
+static void
+test_turn_round_trip(void **state)
+{
+    static const struct {
+        const char *spec, *resp, *path; /* path: where the replayed turn sits */
+    } cases[] = {
+        { "gemini-x", gemini_resp, "contents" },
+        { "anthropic:x", anthropic_resp, "messages" },
+    };
+    (void)state;
+
+    for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+        struct model_turn t;
+        struct err *e = NULL;
+        struct model_ref m;
+        json_t *conv = jl("[{'role':'user','text':'go'}]"), *body;
+        struct model_request req = { .model = &m, .messages = conv };
+        struct model_enc enc = { .req = &req };
+
+        ASSERT_NO_ERR(decode(cases[i].spec, cases[i].resp, 0, &t, &e), &e);
+        json_array_append(conv, t.message);
+        ASSERT_NO_ERR(model_parse(cases[i].spec, &m, &e), &e);
+        body = model__wire(m.format)->encode(&enc, &e);
+        assert_non_null(body);
+        assert_true(json_equal(json_array_get(json_object_get(body, cases[i].path), 1),
+                               json_object_get(json_object_get(t.message, "native"), "message")));
+        json_decref(body);
+        json_decref(conv);
+        model_turn_clear(&t);
+    }
+}
+
+int
+test_decode_run(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_gemini_decode),    cmocka_unit_test(test_gemini_finish_and_errors),
+        cmocka_unit_test(test_openai_decode),    cmocka_unit_test(test_openai_tolerance),
+        cmocka_unit_test(test_anthropic_decode), cmocka_unit_test(test_anthropic_finish_and_errors),
+        cmocka_unit_test(test_turn_round_trip),
+    };
+    return cmocka_run_group_tests_name("decode", tests, NULL, NULL);
+}
