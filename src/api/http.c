@@ -1084,8 +1084,9 @@ api_serve(const struct api_config *cfg, struct err **errp)
         }
     }
     /* After recovery: the refiller's first pass removes pooled sandboxes that died. */
-    if (start_agents(cfg, errp) < 0 ||
-        env_pool_start(cfg->data_dir, cfg->storage_size, cfg->warm_pool, errp) < 0) {
+    if (env_pool_start(cfg->data_dir, cfg->storage_size, cfg->warm_pool, errp) < 0 ||
+        start_agents(cfg, errp) < 0) {
+        env_pool_stop();
         MHD_stop_daemon(srv.daemon);
         egress_stop(egress);
         return -1;

@@ -152,7 +152,7 @@ reconcile(struct env_ctx *c, struct store_env *e, struct err **errp)
             return -1;
         if (e->state != STORE_ENV_CREATING)
             return 0;
-        init = init_of(e);
+        init = env__init_of(e);
         if (env__ensure_storage(c, NULL) == 0)
             sandbox_volume_destroy(c->envs_dir, e->id, NULL);
         sandbox_stop(e->id, &init, NULL);

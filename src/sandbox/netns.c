@@ -65,7 +65,7 @@ sandbox_netns_listen(const struct sandbox_init *init, uint16_t port, struct err 
         return err_set(errp, ERR_INTERNAL, errno, "open a network namespace");
     /* The pid could have been reused between the check and the open: check again with the
      * namespace in hand. */
-    if (sandbox__proc_start_time(init->pid) != init->start)
+    if (util_proc_start_time(init->pid) != init->start)
         return err_set(errp, ERR_CONFLICT, 0, "sandbox init is gone");
     if (setns(ns, CLONE_NEWNET) < 0)
         return err_set(errp, ERR_INTERNAL, errno, "enter the sandbox's network namespace");

@@ -167,7 +167,4 @@ void sandbox__names_free(char **names, size_t n);
 /** The error class of an errno met by a file operation inside the sandbox. */
 enum err_code sandbox__errno_code(int e);
 
-/** Reads field 22 (start time) of /proc/PID/stat; 0 when the process is gone or a zombie. */
-uint64_t sandbox__proc_start_time(pid_t pid);
-
 #endif

@@ -71,35 +71,12 @@ err_from_msg(const struct spawn_msg *m, struct err **errp)
     return err_set(errp, (enum err_code)m->code, 0, "%s", text);
 }
 
-uint64_t
-sandbox__proc_start_time(pid_t pid)
-{
-    char path[64];
-    cleanup_free char *stat = NULL;
-    const char *p;
-    unsigned long long start = 0;
-
-    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-    if (util_read_file_at(AT_FDCWD, path, 4096, &stat, NULL, NULL) < 0)
-        return 0;
-    /* The command name may contain spaces and parentheses: fields start after the last ')'. */
-    p = strrchr(stat, ')');
-    if (p == NULL || p[1] != ' ' || p[2] == 'Z' || p[2] == 'X')
-        return 0; /* a zombie is as dead as a missing process */
-    /* field 3 is the state; start time is field 22, i.e. the 20th after ')'. */
-    for (int field = 2; field < 22 && p != NULL; field++)
-        p = strchr(p + 1, ' ');
-    if (p == NULL || sscanf(p + 1, "%llu", &start) != 1)
-        return 0;
-    return start;
-}
-
 bool
 sandbox_alive(const struct sandbox_init *init)
 {
     if (init->pid <= 0)
         return false;
-    return sandbox__proc_start_time(init->pid) == init->start && init->start != 0;
+    return util_proc_start_time(init->pid) == init->start && init->start != 0;
 }
 
 /* ------------------------------------------------------------------ child */
@@ -478,7 +455,7 @@ launcher_main(const struct sandbox_spec *spec, const struct cgroup_ops *cg,
     memset(&m, 0, sizeof(m));
     m.ok = 1;
     m.pid = child;
-    m.start = sandbox__proc_start_time(child);
+    m.start = util_proc_start_time(child);
     (void)!write(report_fd, &m, sizeof(m));
     _exit(0);
 
@@ -586,7 +563,7 @@ sandbox_stop(const char *id, const struct sandbox_init *init, struct err **errp)
     if (init->pid > 0) {
         pidfd = (int)syscall(SYS_pidfd_open, init->pid, 0);
         /* Check identity after opening the pidfd, so the pid cannot be reused in between. */
-        if (pidfd >= 0 && sandbox__proc_start_time(init->pid) == init->start) {
+        if (pidfd >= 0 && util_proc_start_time(init->pid) == init->start) {
             struct pollfd p = {pidfd, POLLIN, 0};
             /* Killing pid 1 of the namespace kills every process in it. */
             syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);

@@ -84,8 +84,8 @@ test_start_time_self(void **state)
     uint64_t a, b;
     (void)state;
 
-    a = sandbox__proc_start_time(getpid());
-    b = sandbox__proc_start_time(getpid());
+    a = util_proc_start_time(getpid());
+    b = util_proc_start_time(getpid());
     assert_true(a > 0);
     assert_int_equal(a, b); /* an identity: it never changes */
 }
@@ -94,23 +94,23 @@ static void
 test_start_time_child(void **state)
 {
     struct waiter w = start_waiter(NULL);
-    uint64_t self = sandbox__proc_start_time(getpid());
+    uint64_t self = util_proc_start_time(getpid());
     uint64_t child, zombie;
     (void)state;
 
     wait_ack(&w);
-    child = sandbox__proc_start_time(w.pid);
+    child = util_proc_start_time(w.pid);
     assert_true(child > 0);
     assert_true(child >= self); /* clock ticks since boot: the child started later */
 
     /* A zombie is dead: if nobody reaps a killed init, it must not count as running. */
     stop_waiter_keep_zombie(&w);
-    zombie = sandbox__proc_start_time(w.pid);
+    zombie = util_proc_start_time(w.pid);
     assert_int_equal(zombie, 0);
 
     /* Once reaped, the process is gone: 0. */
     reap_waiter(&w);
-    assert_int_equal(sandbox__proc_start_time(w.pid), 0);
+    assert_int_equal(util_proc_start_time(w.pid), 0);
 }
 
 static void
@@ -125,11 +125,11 @@ test_start_time_odd_comm(void **state)
         uint64_t before, after;
 
         wait_ack(&w);
-        before = sandbox__proc_start_time(w.pid);
+        before = util_proc_start_time(w.pid);
         assert_true(before > 0);
         assert_int_equal(write(w.ctl, "g", 1), 1);
         wait_ack(&w); /* renamed */
-        after = sandbox__proc_start_time(w.pid);
+        after = util_proc_start_time(w.pid);
         if (after != before)
             fail_msg("comm \"%s\": start time %ju, was %ju", names[i], (uintmax_t)after,
                      (uintmax_t)before);
@@ -144,7 +144,7 @@ test_start_time_no_process(void **state)
     (void)state;
 
     for (size_t i = 0; i < ARRAY_LEN(pids); i++)
-        assert_int_equal(sandbox__proc_start_time(pids[i]), 0);
+        assert_int_equal(util_proc_start_time(pids[i]), 0);
 }
 
 struct alive_case {
@@ -158,13 +158,13 @@ static void
 test_alive(void **state)
 {
     struct waiter w = start_waiter(NULL);
-    uint64_t self_start = sandbox__proc_start_time(getpid());
+    uint64_t self_start = util_proc_start_time(getpid());
     uint64_t child_start;
     struct sandbox_init init;
     (void)state;
 
     wait_ack(&w);
-    child_start = sandbox__proc_start_time(w.pid);
+    child_start = util_proc_start_time(w.pid);
     assert_true(self_start > 0 && child_start > 0);
 
     {
