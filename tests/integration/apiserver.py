@@ -189,6 +189,11 @@ class Http:
 
     def list_all(self, page_size=None, v="v1beta"):
         """Follows next_page_token to the end; returns every environment, in order."""
+        return self.pages("environments", page_size, v)[0]
+
+    def pages(self, collection, page_size=None, v="v1beta"):
+        """Follows next_page_token through /{v}/{collection} to the end: (every item in
+        order, the number of pages). Each page holds at most page_size items."""
         out, token, pages = [], None, 0
         while True:
             q = {}
@@ -196,19 +201,19 @@ class Http:
                 q["page_size"] = page_size
             if token:
                 q["page_token"] = token
-            path = f"/{v}/environments" + (("?" + urllib.parse.urlencode(q)) if q else "")
+            path = f"/{v}/{collection}" + (("?" + urllib.parse.urlencode(q)) if q else "")
             r = self.get(path)
             assert r.status == 200, r
             body = r.json()
-            envs = body.get("environments", [])
+            items = body.get(collection, [])
             if page_size:
-                assert len(envs) <= page_size, r
-            out += envs
+                assert len(items) <= page_size, r
+            out += items
             token = body.get("next_page_token")
             pages += 1
             assert pages < 10000, "pagination does not end"
             if not token:
-                return out
+                return out, pages
 
     def ids(self):
         return [e["id"] for e in self.list_all()]

@@ -32,24 +32,29 @@ def _node():
     return node
 
 
-def test_sdk_conformance(api):
+def run_node_suite(script, env, timeout):
+    """Runs `node --test SCRIPT` in tests/sdk and fails unless it ran at least ten tests and all
+    passed (node:test exits 0 with no tests at all). Returns its output."""
     node = _node()
-    other = api.server.make_key("other-project", scopes=("environments",), project="other")
-    env = dict(os.environ, PADDOCK_URL=api.server.url, PADDOCK_KEY=api.key,
-               PADDOCK_KEY_OTHER=other, NO_COLOR="1")
-    timeout = 300 * pdk.SLOWDOWN
     try:
-        p = subprocess.run([node, "--test", "--test-reporter=spec", "conformance.mjs"],
-                           cwd=SDK_DIR, env=env, stdin=subprocess.DEVNULL,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
+        p = subprocess.run([node, "--test", "--test-reporter=spec", script],
+                           cwd=SDK_DIR, env=dict(os.environ, NO_COLOR="1", **env),
+                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, timeout=timeout)
     except subprocess.TimeoutExpired as e:
-        pytest.fail(f"node --test did not finish within {timeout}s:\n"
+        pytest.fail(f"node --test {script} did not finish within {timeout}s:\n"
                     f"{(e.stdout or b'').decode('utf-8', 'replace')[-20000:]}")
     out = p.stdout.decode("utf-8", "replace")
-    assert p.returncode == 0, f"SDK conformance failed (rc={p.returncode}):\n{out[-30000:]}"
-    # node:test exits 0 with no tests at all; make sure they ran.
+    assert p.returncode == 0, f"{script} failed (rc={p.returncode}):\n{out[-30000:]}"
     counts = dict(re.findall(r"(?m)^\S* ?(tests|pass|fail|skipped|todo|cancelled) (\d+)$", out))
     assert int(counts.get("tests", 0)) >= 10 and counts.get("pass") == counts.get("tests"), \
-        f"not every SDK test ran and passed: {counts}\n{out[-5000:]}"
+        f"not every test of {script} ran and passed: {counts}\n{out[-5000:]}"
+    return out
+
+
+def test_sdk_conformance(api):
+    other = api.server.make_key("other-project", scopes=("environments",), project="other")
+    run_node_suite("conformance.mjs", {"PADDOCK_URL": api.server.url, "PADDOCK_KEY": api.key,
+                                       "PADDOCK_KEY_OTHER": other}, 300 * pdk.SLOWDOWN)
     # The key never reaches the server's log.
     assert not [l for l in api.server.log_lines() if api.key in l or other in l]

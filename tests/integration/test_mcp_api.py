@@ -160,3 +160,49 @@ def test_bad_tools_are_refused_at_create(pd, model, tool, why):
         assert why in r.json()["error"]["message"], r
     finally:
         finish(s)
+
+
+def test_mcp_headers_go_to_their_own_server_only(pd, model):
+    """Two servers in one run: the header configured for one reaches it on every request,
+    never the other server and never the model."""
+    docs = Proc(str(FAKES / "mcp_server.py"), "--port", "0")
+    other = Proc(str(FAKES / "mcp_server.py"), "--port", "0")
+    s, http = serve(pd, model)
+    try:
+        model.call("POST", "/_script", [{"calls": [{"name": "echo", "args": {"text": "hi"}}]},
+                                        {"text": "done"}])
+        it = run(http, {"agent": AGENT, "input": "echo hi",
+                        "environment": {"type": "remote", "network": "disabled"},
+                        "tools": [mcp_tool(docs.url + "/", name="docs",
+                                           headers={"X-Docs-Secret": "s3cret-docs-only"},
+                                           allowed_tools=[{"mode": "auto", "tools": ["echo"]}]),
+                                  mcp_tool(other.url + "/", name="other", headers={},
+                                           allowed_tools=[{"mode": "auto", "tools": ["add"]}])]})
+        assert it["status"] == "completed", it
+        call = [st for st in it["steps"] if st["type"] == "mcp_server_tool_call"]
+        assert call and call[0]["server_name"] == "docs", it["steps"]
+        seen_docs, seen_other = docs.call("GET", "/_requests"), other.call("GET", "/_requests")
+        assert seen_docs and seen_other  # both were initialized and listed
+        assert all(r["headers"].get("x-docs-secret") == "s3cret-docs-only" for r in seen_docs)
+        assert not [r for r in seen_other if "x-docs-secret" in r["headers"]], seen_other
+        assert "s3cret-docs-only" not in json.dumps(model.call("GET", "/_requests"))
+    finally:
+        finish(s)
+        docs.stop()
+        other.stop()
+
+
+def test_mcp_server_down_fails_the_run_and_names_it(pd, model):
+    dead = Proc(str(FAKES / "mcp_server.py"), "--port", "0")
+    url = dead.url
+    dead.stop()
+    s, http = serve(pd, model)
+    try:
+        it = run(http, {"agent": AGENT, "input": "hi",
+                        "environment": {"type": "remote", "network": "disabled"},
+                        "tools": [mcp_tool(url + "/", name="deadmcp")]})
+        assert it["status"] == "failed", it
+        assert any("deadmcp" in e["message"] for e in it.get("errors", [])), it
+        assert model.call("GET", "/_requests") == []  # the run stopped before the model
+    finally:
+        finish(s)

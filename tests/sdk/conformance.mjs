@@ -19,6 +19,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import { GoogleGenAI } from '@google/genai';
+import { rejectsWith } from './lib.mjs';
 
 const BASE = process.env.PADDOCK_URL;
 const KEY = process.env.PADDOCK_KEY;
@@ -51,23 +52,6 @@ const S = {
   small: 'small upload\n',
   listIds: [],
 };
-
-async function rejectsWith(promise, status, msgPart) {
-  let err = null;
-  try {
-    await promise;
-  } catch (e) {
-    err = e;
-  }
-  assert.ok(err, `expected an error with status ${status}, the call succeeded`);
-  const st = err.status ?? err.statusCode ?? err.code;
-  assert.equal(st, status, `expected status ${status}, got ${st}: ${err.message}`);
-  if (msgPart) {
-    const text = `${err.message} ${err.body ?? ''}`;
-    assert.ok(text.includes(msgPart), `error should mention ${msgPart}: ${text}`);
-  }
-  return err;
-}
 
 function checkEnvironment(e) {
   assert.match(e.id, ID_RE);
