@@ -864,7 +864,21 @@ api_egress_upstream_ca(void)
     return srv_cfg != NULL ? srv_cfg->egress_upstream_ca : NULL;
 }
 
-/* Every running environment with a network has a listener, and only those. */
+/* Whether the row of id says it should have a listener. */
+static bool
+wants_listener(const struct store_env *e)
+{
+    /* A creating environment has its listener already (attached at its start). */
+    return (e->state == STORE_ENV_RUNNING || e->state == STORE_ENV_CREATING) &&
+           strcmp(e->network, "disabled") != 0;
+}
+
+/*
+ * Every running environment with a network has a listener, and only those. The listeners are
+ * taken before the rows: a create (or a warm-pool claim, microseconds long) that attaches
+ * after the rows were read is then not in the set at all, rather than in the set and missing
+ * from the rows. A listener whose row the list does not show is looked up again before it goes.
+ */
 static void
 egress_reconcile(struct env_ctx *ctx)
 {
@@ -875,26 +889,29 @@ egress_reconcile(struct env_ctx *ctx)
 
     if (egress == NULL)
         return;
+    na = egress_attached(egress, &ids);
     if (env_list(ctx, &v, &n, &er) < 0) {
         log_warnx("egress: %s", er->msg);
         err_free(er);
-        return;
+        n = 0;
+        goto out;
     }
     for (size_t i = 0; i < n; i++)
         if (v[i].state == STORE_ENV_RUNNING)
             attach_egress(ctx, &v[i]);
-    na = egress_attached(egress, &ids);
     for (size_t k = 0; k < na; k++) {
-        bool running = false;
-        /* A creating environment has its listener already (attached at its start). */
-        for (size_t i = 0; i < n && !running; i++)
-            running = strcmp(v[i].id, ids[k]) == 0 &&
-                      (v[i].state == STORE_ENV_RUNNING || v[i].state == STORE_ENV_CREATING) &&
-                      strcmp(v[i].network, "disabled") != 0;
-        if (!running)
+        bool keep = false;
+        struct store_env now;
+        for (size_t i = 0; i < n && !keep; i++)
+            keep = strcmp(v[i].id, ids[k]) == 0 && wants_listener(&v[i]);
+        if (!keep && store_env_get(env_store(ctx), ids[k], &now, NULL) == 0)
+            keep = wants_listener(&now);
+        if (!keep)
             egress_detach(egress, ids[k]);
-        free(ids[k]);
     }
+out:
+    for (size_t k = 0; k < na; k++)
+        free(ids[k]);
     free(ids);
 }
 
