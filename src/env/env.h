@@ -211,9 +211,11 @@ bool env_pool_full(void);
 
 /**
  * One pass of the refiller with ctx: removes pooled sandboxes whose init died and starts new
- * ones until size are ready. *made (may be NULL) receives how many were started.
+ * ones until size are ready, at most max_new of them in this pass (so that a caller can stop
+ * between starts). *made (may be NULL) receives how many were started.
  */
-int env_pool_fill(struct env_ctx *ctx, size_t size, size_t *made, struct err **errp);
+int env_pool_fill(struct env_ctx *ctx, size_t size, size_t max_new, size_t *made,
+                  struct err **errp);
 
 /** Stops every environment, removes the pooled ones and unmounts the data directory's storage. */
 int env_teardown(struct env_ctx *ctx, struct err **errp);

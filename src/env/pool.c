@@ -27,18 +27,43 @@
 
 #include "env_int.h"
 
-/* Removes the pooled sandbox e, whose lock the caller holds: init, cgroups, volume, row. */
 static void
-remove_locked(struct env_ctx *c, const struct store_env *e)
+unlink_lock(struct env_ctx *c, const char *id)
+{
+    cleanup_free char *lockpath = xasprintf("%s/%s", c->locks_dir, id);
+
+    unlink(lockpath);
+}
+
+/*
+ * Removes the pooled sandbox e, whose lock the caller holds: its processes (by cgroup, so an
+ * init the row never recorded goes too), cgroups, volume, then the row. When the sandbox or
+ * its volume cannot be removed, the row stays (and with it the uid range, which no new
+ * sandbox may get while processes of the old one may live) for the next pass to retry.
+ */
+static int
+remove_locked(struct env_ctx *c, const struct store_env *e, struct err **errp)
 {
     struct sandbox_init init = env__init_of(e);
-    cleanup_free char *lockpath = xasprintf("%s/%s", c->locks_dir, e->id);
 
-    sandbox_stop(e->id, &init, NULL);
-    if (env__ensure_storage(c, NULL) == 0)
-        sandbox_volume_destroy(c->envs_dir, e->id, NULL);
-    store_env_delete(c->store, e->id, NULL);
-    unlink(lockpath);
+    if (sandbox_stop(e->id, &init, errp) < 0 || env__ensure_storage(c, errp) < 0 ||
+        sandbox_volume_destroy(c->envs_dir, e->id, errp) < 0 ||
+        store_env_delete(c->store, e->id, errp) < 0)
+        return err_wrap(errp, "remove pooled sandbox %s", e->id);
+    unlink_lock(c, e->id);
+    return 0;
+}
+
+/* remove_locked() for the passes that go on: a failure is logged and retried next time. */
+static void
+discard_locked(struct env_ctx *c, const struct store_env *e)
+{
+    struct err *er = NULL;
+
+    if (remove_locked(c, e, &er) < 0) {
+        log_warnx("warm pool: %s (kept for the next pass)", er->msg);
+        err_free(er);
+    }
 }
 
 /*
@@ -50,9 +75,18 @@ lock_pooled(struct env_ctx *c, const char *id, struct store_env *e, struct err *
 {
     cleanup_close int lock = env__lock(c, id, false, errp);
 
+    struct err *er = NULL;
+
     if (lock < 0)
         return lock;
-    if (store_env_get(c->store, id, e, NULL) < 0 || e->state != STORE_ENV_POOLED)
+    if (store_env_get(c->store, id, e, &er) < 0) {
+        /* Removed since the list was read: the lock file taken just now is litter. */
+        if (er->code == ERR_NOT_FOUND)
+            unlink_lock(c, id);
+        err_free(er);
+        return -2;
+    }
+    if (e->state != STORE_ENV_POOLED)
         return -2;
     return steal_fd(&lock);
 }
@@ -95,7 +129,7 @@ env__pool_claim(struct env_ctx *c, struct store_env *want, const char *config, i
             continue;
         init = env__init_of(&e);
         if (!sandbox_alive(&init)) {
-            remove_locked(c, &e);
+            discard_locked(c, &e);
             continue;
         }
         if (claim_locked(c, &e, want, config, &er) < 0) {
@@ -106,7 +140,7 @@ env__pool_claim(struct env_ctx *c, struct store_env *want, const char *config, i
             err_free(er);
             er = NULL;
             if (!gone)
-                remove_locked(c, &e);
+                discard_locked(c, &e);
             continue;
         }
         *lock_out = steal_fd(&lock);
@@ -138,19 +172,23 @@ make_one(struct env_ctx *c, struct err **errp)
     /* Locked from before the row exists until it runs: claimers skip it, and a crash in
      * between leaves a row with a free lock and no init, which the next pass removes. */
     lock = env__lock(c, e.id, true, errp);
-    if (lock < 0 || env__ensure_storage(c, errp) < 0 ||
-        store_env_insert(c->store, &e, "{}", SANDBOX_ID_SLOTS, errp) < 0)
+    if (lock < 0)
         return -1;
+    if (env__ensure_storage(c, errp) < 0 ||
+        store_env_insert(c->store, &e, "{}", SANDBOX_ID_SLOTS, errp) < 0) {
+        unlink_lock(c, e.id); /* no row: the lock file would be left behind every retry */
+        return -1;
+    }
     if (sandbox_volume_create(c->envs_dir, e.id, env_host_id(&e), e.disk_bytes, errp) < 0 ||
         env__start_locked(c, &e, STORE_ENV_POOLED, errp) < 0) {
-        remove_locked(c, &e);
+        discard_locked(c, &e);
         return -1;
     }
     return 0;
 }
 
 int
-env_pool_fill(struct env_ctx *c, size_t size, size_t *made, struct err **errp)
+env_pool_fill(struct env_ctx *c, size_t size, size_t max_new, size_t *made, struct err **errp)
 {
     cleanup_free struct store_env *v = NULL;
     size_t n = 0, ready = 0;
@@ -174,9 +212,9 @@ env_pool_fill(struct env_ctx *c, size_t size, size_t *made, struct err **errp)
         if (sandbox_alive(&init))
             ready++;
         else
-            remove_locked(c, &e);
+            discard_locked(c, &e);
     }
-    for (; ready < size; ready++) {
+    for (size_t k = 0; ready < size && k < max_new; ready++, k++) {
         if (make_one(c, errp) < 0)
             return err_wrap(errp, "warm pool");
         if (made != NULL)
@@ -199,8 +237,9 @@ env__pool_drain(struct env_ctx *c, struct err **errp)
 
         if (lock < 0)
             return -1;
-        if (store_env_get(c->store, v[i].id, &e, NULL) == 0 && e.state == STORE_ENV_POOLED)
-            remove_locked(c, &e);
+        if (store_env_get(c->store, v[i].id, &e, NULL) == 0 && e.state == STORE_ENV_POOLED &&
+            remove_locked(c, &e, errp) < 0)
+            return -1;
     }
     return 0;
 }
@@ -227,7 +266,7 @@ static pthread_mutex_t refiller_mu = PTHREAD_MUTEX_INITIALIZER;
 static void
 deadline_in(struct timespec *ts, int64_t ms)
 {
-    clock_gettime(CLOCK_REALTIME, ts);
+    clock_gettime(CLOCK_MONOTONIC, ts);
     ts->tv_sec += ms / 1000;
     ts->tv_nsec += (ms % 1000) * 1000000;
     if (ts->tv_nsec >= 1000000000) {
@@ -286,7 +325,8 @@ refiller_main(void *arg)
         /* After a failure (no uid range left, storage full), wait for the next tick rather
          * than retrying at once. */
         wait_ms = 1000;
-        if (env_pool_fill(ctx, r->size, &made, &e) < 0) {
+        /* One start per pass: a stop waits for one sandbox start at most. */
+        if (env_pool_fill(ctx, r->size, 1, &made, &e) < 0) {
             failed = true;
             log_warnx("%s: %s", __func__, e->msg);
             err_free(e);
@@ -311,7 +351,14 @@ env_pool_start(const char *data_dir, uint64_t storage_size, size_t size, struct 
         return 0;
     r = xcalloc(1, sizeof(*r));
     pthread_mutex_init(&r->mu, NULL);
-    pthread_cond_init(&r->cv, NULL);
+    {
+        /* Timed waits on the monotonic clock: a step of the wall clock never stalls a pass. */
+        pthread_condattr_t ca;
+        pthread_condattr_init(&ca);
+        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+        pthread_cond_init(&r->cv, &ca);
+        pthread_condattr_destroy(&ca);
+    }
     r->size = size;
     r->data_dir = xstrdup(data_dir);
     r->storage_size = storage_size;
