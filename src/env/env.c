@@ -929,9 +929,12 @@ age(struct env_ctx *c, struct store_env *e, const struct env_lifecycle *lc, int6
     struct err *er = NULL;
     cleanup_close int lock = -1;
 
+    /* Each decision is taken again on the row read under the lock: a use in between (a
+     * start, then a stop) has moved last_used on. */
     if (idle_for >= lc->expire_ms) {
         lock = lock_and_load(c, e->id, e, &er);
         if (lock >= 0 && e->state != STORE_ENV_RUNNING && e->state != STORE_ENV_EXPIRED &&
+            util_now_ms() - e->last_used_ms >= lc->expire_ms &&
             sandbox_volume_destroy(c->envs_dir, e->id, &er) == 0 &&
             store_env_set_state(c->store, e->id, STORE_ENV_EXPIRED, 0, 0, &er) == 0 &&
             store_env_set_counts(c->store, e->id, 0, 0, util_now_ms(), &er) == 0)
@@ -939,6 +942,7 @@ age(struct env_ctx *c, struct store_env *e, const struct env_lifecycle *lc, int6
     } else if (e->state == STORE_ENV_STOPPED && idle_for >= lc->offline_ms) {
         lock = lock_and_load(c, e->id, e, &er);
         if (lock >= 0 && e->state == STORE_ENV_STOPPED &&
+            util_now_ms() - e->last_used_ms >= lc->offline_ms &&
             store_env_set_state(c->store, e->id, STORE_ENV_OFFLINE, 0, 0, &er) == 0)
             log_info("environment %s offline", e->id);
     }
@@ -960,6 +964,21 @@ uploads_gc(struct env_ctx *c, int64_t max_age_ms)
     for (size_t i = 0; i < n; i++)
         if (now - v[i].created_ms > max_age_ms)
             env_upload_abort(c, v[i].id);
+}
+
+/* Looks again just before an idle stop: the count above can take a while, and a command
+ * started meanwhile must not be killed by it. */
+static bool
+still_idle(struct env_ctx *c, const char *id, const struct env_lifecycle *lc)
+{
+    struct store_env e;
+    struct sandbox_init init;
+
+    if (store_env_get(c->store, id, &e, NULL) < 0 || e.state != STORE_ENV_RUNNING ||
+        util_now_ms() - e.last_used_ms < lc->idle_ms)
+        return false;
+    init = env__init_of(&e);
+    return !sandbox_busy(&init);
 }
 
 void
@@ -997,7 +1016,7 @@ env_janitor(struct env_ctx *c, const struct env_lifecycle *lc)
             err_free(er);
             er = NULL;
         }
-        if (idle_for >= lc->idle_ms) {
+        if (idle_for >= lc->idle_ms && still_idle(c, e->id, lc)) {
             if (env_stop(c, e->id, &er) < 0) {
                 log_warnx("janitor: idle %s: %s", e->id, er->msg);
                 err_free(er);
