@@ -229,6 +229,11 @@ void util_format_size(uint64_t bytes, char *out, size_t outlen);
 int64_t util_now_ms(void);
 /** Start time of a process (field 22 of /proc/PID/stat); 0 when it is gone or a zombie. */
 uint64_t util_proc_start_time(pid_t pid);
+/**
+ * The running program's GNU build id (.note.gnu.build-id) in hex, or "unknown" when the
+ * linker left none: tells one build of paddock from another.
+ */
+const char *util_build_id(void);
 /** Monotonic nanoseconds. */
 int64_t util_mono_ns(void);
 /** Formats ms since the epoch as RFC 3339 UTC with milliseconds into out (>= 32 bytes). */

@@ -1,5 +1,8 @@
 /* Ids, sizes, time and small fd helpers. */
+#include <elf.h>
 #include <errno.h>
+#include <link.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -338,4 +341,48 @@ util_proc_start_time(pid_t pid)
     if (p == NULL || sscanf(p + 1, "%llu", &start) != 1)
         return 0;
     return start;
+}
+
+static char build_id[2 * 64 + 1] = "unknown";
+static pthread_once_t build_id_once = PTHREAD_ONCE_INIT;
+
+/* The first object dl_iterate_phdr() reports is the program itself. */
+static int
+find_build_id(struct dl_phdr_info *info, size_t size, void *arg)
+{
+    (void)size;
+    (void)arg;
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        const char *p = (const char *)(info->dlpi_addr + ph->p_vaddr), *end = p + ph->p_memsz;
+        if (ph->p_type != PT_NOTE)
+            continue;
+        while (p + sizeof(ElfW(Nhdr)) <= end) {
+            const ElfW(Nhdr) *nh = (const ElfW(Nhdr) *)p;
+            const unsigned char *desc =
+                (const unsigned char *)p + sizeof(*nh) + ((nh->n_namesz + 3) & ~3u);
+            if (nh->n_type == NT_GNU_BUILD_ID && nh->n_namesz == 4 &&
+                memcmp(p + sizeof(*nh), "GNU", 4) == 0 && nh->n_descsz <= 64 &&
+                (const char *)desc + nh->n_descsz <= end) {
+                for (size_t k = 0; k < nh->n_descsz; k++)
+                    snprintf(build_id + 2 * k, 3, "%02x", desc[k]);
+                return 1;
+            }
+            p = (const char *)desc + ((nh->n_descsz + 3) & ~3u);
+        }
+    }
+    return 1;
+}
+
+static void
+read_build_id(void)
+{
+    dl_iterate_phdr(find_build_id, NULL);
+}
+
+const char *
+util_build_id(void)
+{
+    pthread_once(&build_id_once, read_build_id);
+    return build_id;
 }

@@ -25,6 +25,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 #include "env_int.h"
 
 static void
@@ -64,6 +66,27 @@ discard_locked(struct env_ctx *c, const struct store_env *e)
         log_warnx("warm pool: %s (kept for the next pass)", er->msg);
         err_free(er);
     }
+}
+
+/*
+ * Whether the pooled row id was started by this build of paddock. A sandbox carries the
+ * seccomp filter, mounts and init of the binary that started it: after an upgrade, the
+ * sandboxes the old binary pooled are removed rather than handed to a user.
+ */
+static bool
+same_build(struct env_ctx *c, const char *id)
+{
+    cleanup_free char *config = NULL;
+    json_t *j;
+    bool same;
+
+    if (store_env_config(c->store, id, &config, NULL) < 0)
+        return false;
+    j = json_loads(config, 0, NULL);
+    same = j != NULL &&
+           strcmp(json_string_value(json_object_get(j, "_pool_build")) ?: "", util_build_id()) == 0;
+    json_decref(j);
+    return same;
 }
 
 /*
@@ -128,7 +151,7 @@ env__pool_claim(struct env_ctx *c, struct store_env *want, const char *config, i
         if (lock < 0)
             continue;
         init = env__init_of(&e);
-        if (!sandbox_alive(&init)) {
+        if (!sandbox_alive(&init) || !same_build(c, e.id)) {
             discard_locked(c, &e);
             continue;
         }
@@ -155,6 +178,7 @@ make_one(struct env_ctx *c, struct err **errp)
 {
     struct store_env e;
     cleanup_close int lock = -1;
+    cleanup_free char *config = NULL;
     int64_t now = util_now_ms();
 
     memset(&e, 0, sizeof(e));
@@ -174,8 +198,9 @@ make_one(struct env_ctx *c, struct err **errp)
     lock = env__lock(c, e.id, true, errp);
     if (lock < 0)
         return -1;
+    config = xasprintf("{\"_pool_build\": \"%s\"}", util_build_id());
     if (env__ensure_storage(c, errp) < 0 ||
-        store_env_insert(c->store, &e, "{}", SANDBOX_ID_SLOTS, errp) < 0) {
+        store_env_insert(c->store, &e, config, SANDBOX_ID_SLOTS, errp) < 0) {
         unlink_lock(c, e.id); /* no row: the lock file would be left behind every retry */
         return -1;
     }
@@ -209,7 +234,7 @@ env_pool_fill(struct env_ctx *c, size_t size, size_t max_new, size_t *made, stru
         if (lock < 0)
             continue;
         init = env__init_of(&e);
-        if (sandbox_alive(&init))
+        if (sandbox_alive(&init) && same_build(c, e.id))
             ready++;
         else
             discard_locked(c, &e);

@@ -6,6 +6,7 @@ the limits it asked for (cgroup files on the host, the disk cap from inside); th
 `system teardown` removes it; a pooled sandbox whose init died is removed, never shown; with the
 pool off, creates start new sandboxes."""
 
+import json
 import os
 import signal
 import sqlite3
@@ -179,3 +180,38 @@ def test_pool_disabled(pd):
     r = pd.run("serve", "--warm-pool", "lots")
     assert r.rc != 0
     pdk.one_line_error(r, "--warm-pool")
+
+
+def test_a_pool_of_another_build_is_never_handed_out(pd):
+    """A sandbox carries the seccomp filter, mounts and init of the binary that started it.
+    Pooled rows are stamped with the build id of that binary; a server or CLI of another
+    build (here: a stamp rewritten as after an upgrade) removes them instead of claiming."""
+    s = serve(pd, args=["--warm-pool", "2"])
+    try:
+        pool = live_pool(pd, 2)
+    finally:
+        finish(s)
+    db = sqlite3.connect(str(pd.data / "paddock.db"), timeout=10)
+    try:
+        stamps = [json.loads(c)["_pool_build"] for (c,) in
+                  db.execute("SELECT config FROM environments WHERE state = ?", (POOLED,))]
+        assert len(stamps) == 2 and all(len(x) >= 16 for x in stamps), stamps
+        with db:
+            db.execute("UPDATE environments SET config = ? WHERE state = ?",
+                       ('{"_pool_build": "0123456789abcdef-old"}', POOLED))
+    finally:
+        db.close()
+    # The CLI (same build as the server) takes none of them: it starts a new sandbox, and the
+    # old build's pooled sandboxes are gone, processes and all.
+    e = pd.create()
+    assert e.id not in pool, e.id
+    for env_id, pid in pool.items():
+        assert pdk.wait_until(lambda: not pdk.pid_alive(pid), 10), f"{env_id} still runs"
+    assert not set(pooled(pd)) & set(pool), pooled(pd)
+    # A server of this build refills with its own.
+    s = serve(pd, args=["--warm-pool", "2"])
+    try:
+        fresh = live_pool(pd, 2)
+        assert not set(fresh) & set(pool)
+    finally:
+        finish(s)

@@ -710,6 +710,30 @@ test_mkdir_p_empty(void **state)
     assert_int_equal(WEXITSTATUS(st), 0);
 }
 
+/* util_build_id() reads the same note readelf shows for this very executable. */
+static void
+test_build_id(void **state)
+{
+    char cmd[64], line[256], want[160] = "";
+    FILE *f;
+
+    (void)state;
+    snprintf(cmd, sizeof(cmd), "readelf -n /proc/%d/exe 2>/dev/null", (int)getpid());
+    f = popen(cmd, "r");
+    assert_non_null(f);
+    while (fgets(line, sizeof(line), f) != NULL)
+        if (sscanf(line, " Build ID: %159s", want) == 1)
+            break;
+    pclose(f);
+    if (want[0] == '\0') {
+        /* The linker made no note (or readelf is missing): then the answer is "unknown". */
+        assert_string_equal(util_build_id(), "unknown");
+        return;
+    }
+    assert_string_equal(util_build_id(), want);
+    assert_ptr_equal(util_build_id(), util_build_id()); /* read once */
+}
+
 int
 test_util_run(void)
 {
@@ -734,6 +758,7 @@ test_util_run(void)
         cmocka_unit_test_setup_teardown(test_write_file_at, tmp_setup, tmp_teardown),
         cmocka_unit_test_setup_teardown(test_mkdir_p, tmp_setup, tmp_teardown),
         cmocka_unit_test(test_mkdir_p_empty),
+        cmocka_unit_test(test_build_id),
     };
 
     return cmocka_run_group_tests_name("common/util", tests, NULL, NULL);
