@@ -301,7 +301,8 @@ class Got:
 
     def __repr__(self):
         return (f"<Got connect={self.connect!r} tls_err={self.tls_err!r} status={self.status} "
-                f"raw={self.raw[:700]!r}>")
+                f"raw={self.raw[:700]!r} read_err={self.d.get('read_err')!r} "
+                f"err={self.d.get('err')!r}>")
 
 
 def req(host, port, path="/", headers=(), method="GET", body=b""):
@@ -513,7 +514,10 @@ def test_sni_case_and_trailing_dot_are_the_same_name(tl):
     """The SNI is compared canonically: API.Test is api.test (not a refusal)."""
     g = tl.e.tls("api.test", tl.api.port, req("api.test", tl.api.port), sni="API.Test",
                  check_hostname=False)
-    assert g.status == 200, g
+    if g.status != 200:  # CI saw an empty answer here once in a while: say why
+        recs = tl.a.http.get(f"/v1beta/environments/{tl.e.id}/egress").json().get("records")
+        log = [l for l in tl.server.log_lines() if "egress" in l or "api.test" in l][-15:]
+        pytest.fail(f"{g!r}\nlast egress records: {recs[-3:] if recs else recs}\nlog: {log}")
     assert ("Authorization", f"Bearer {SECRET}") in g.headers()
 
 
@@ -1050,3 +1054,56 @@ def test_secrets_never_in_logs_or_data_files(tl):
             for s in SECRETS:
                 assert s.encode() not in data, f"secret {s!r} in {p}"
     assert scanned > 3, (scanned, skipped)
+
+
+COALESCED_CLIENT = r'''
+import socket, ssl, sys
+host, port, req = sys.argv[1], int(sys.argv[2]), bytes.fromhex(sys.argv[3])
+s = socket.create_connection(("127.0.0.1", 3128), timeout=10)
+s.sendall(("CONNECT %s:%d HTTP/1.1\r\nHost: %s:%d\r\n\r\n" % (host, port, host, port)).encode())
+buf = b""
+while b"\r\n\r\n" not in buf:
+    buf += s.recv(4096)
+ctx = ssl.create_default_context(cafile="/etc/paddock/ca.pem")
+inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+t = ctx.wrap_bio(inc, out, server_hostname=host)
+while True:
+    try:
+        t.do_handshake()
+        break
+    except ssl.SSLWantReadError:
+        if out.pending:
+            s.sendall(out.read())
+        d = s.recv(65536)
+        if not d:
+            sys.exit("eof in handshake")
+        inc.write(d)
+t.write(req)
+s.sendall(out.read())   # the client's Finished and the request in one segment
+resp = b""
+try:
+    while True:
+        try:
+            resp += t.read(65536)
+            continue
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLZeroReturnError:
+            break
+        d = s.recv(65536)
+        if not d:
+            break
+        inc.write(d)
+except socket.timeout:
+    print("TIMEOUT")
+print(resp[:40])
+'''
+
+
+def test_request_coalesced_with_the_handshake(tl):
+    """The client's last handshake flight and its request may arrive in one read."""
+    w = tl.e.write("/workspace/coal.py", COALESCED_CLIENT)
+    assert w.rc == 0, w
+    r = tl.e.exec("python3", "/workspace/coal.py", "api.test", str(tl.api.port),
+                  req("api.test", tl.api.port).hex(), timeout=60)
+    assert "TIMEOUT" not in r.text and "200" in r.text, r
