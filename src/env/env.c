@@ -18,6 +18,7 @@
 #include <jansson.h>
 
 #include "env_int.h"
+#include "node_proxy_cjs.h" /* generated from src/env/node-proxy.cjs */
 
 uint32_t
 env_host_id(const struct store_env *e)
@@ -299,10 +300,11 @@ struct seed {
     size_t len;
 };
 
+/* The trust files, then the files paddock itself carries (ENV_NODE_PROXY). */
 struct seeds {
-    struct seed v[2];
+    struct seed v[3];
     size_t n;
-    char *buf[2];
+    char *buf[3];
 };
 
 static int place_bytes(const char *dir, const char *path, const void *data, size_t len,
@@ -319,6 +321,9 @@ load_seeds(struct env_ctx *c, struct seeds *s)
         s->v[s->n] = (struct seed){seed_files[i][1], s->buf[s->n], len};
         s->n++;
     }
+    s->buf[s->n] = NULL;
+    s->v[s->n++] = (struct seed){&ENV_NODE_PROXY[1], (const char *)node_proxy_cjs,
+                                 node_proxy_cjs_len};
 }
 
 static void
@@ -341,7 +346,7 @@ seed_image(struct env_ctx *c)
     load_seeds(c, &s);
     for (size_t i = 0; i < s.n; i++)
         if (sandbox_image_put(c->image_host, s.v[i].path, s.v[i].data, s.v[i].len, &e) < 0) {
-            log_warnx("egress trust files: %s", e->msg);
+            log_warnx("base image files: %s", e->msg);
             err_free(e);
             e = NULL;
         }
@@ -857,6 +862,36 @@ env_config(struct env_ctx *c, const char *id, char **out, struct err **errp)
     return store_env_config(c->store, id, out, errp);
 }
 
+/*
+ * Node's built-in fetch ignores the proxy variables before Node 24: ENV_NODE_PROXY, loaded
+ * with --require, routes it through the proxy. Options the environment sets itself come
+ * after ours.
+ */
+static void
+node_options(char ***arr, size_t *n)
+{
+    static const char key[] = "NODE_OPTIONS=";
+    const char *theirs = "";
+    size_t at = *n;
+
+    for (size_t i = 0; i < *n; i++)
+        if (strncmp((*arr)[i], key, sizeof(key) - 1) == 0) {
+            theirs = (*arr)[i] + sizeof(key) - 1;
+            at = i;
+        }
+    {
+        char *v = xasprintf("%s--require %s%s%s", key, ENV_NODE_PROXY, *theirs ? " " : "", theirs);
+        if (at < *n) {
+            free((*arr)[at]);
+            (*arr)[at] = v;
+            return;
+        }
+        *arr = xrealloc(*arr, (*n + 2) * sizeof(**arr));
+        (*arr)[(*n)++] = v;
+        (*arr)[*n] = NULL;
+    }
+}
+
 int
 env_exec_vars(struct env_ctx *c, const char *id, char ***out, struct err **errp)
 {
@@ -904,6 +939,7 @@ env_exec_vars(struct env_ctx *c, const char *id, char ***out, struct err **errp)
                 arr[n++] = xasprintf("%s=%s", bundle_vars[i], ENV_CA_BUNDLE);
             arr[n++] = xasprintf("NODE_EXTRA_CA_CERTS=%s", ENV_CA_FILE);
             arr[n] = NULL;
+            node_options(&arr, &n);
         }
     }
     *out = arr;

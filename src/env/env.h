@@ -74,6 +74,8 @@ struct env_create_opts {
 /** The egress CA and the trust bundle (system CAs + it) inside every sandbox. */
 #define ENV_CA_FILE   "/etc/paddock/ca.pem"
 #define ENV_CA_BUNDLE "/etc/paddock/ca-bundle.pem"
+/* Makes node's built-in fetch use the proxy (src/env/node-proxy.cjs); in every base image. */
+#define ENV_NODE_PROXY "/etc/paddock/node-proxy.cjs"
 
 /**
  * Writes the installation's CA files into a running environment made before they existed

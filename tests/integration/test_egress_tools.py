@@ -115,16 +115,48 @@ def test_node_http_through_the_proxy(lab, tools):
     assert r.rc == 0 and r.text.strip() == "200 ref: refs/heads/main", r
 
 
-# docs/EGRESS.md says node uses the proxy unmodified via HTTP_PROXY; Node 20's built-in fetch
-# (undici) ignores HTTP_PROXY/HTTPS_PROXY, tries DNS itself, and fails (EAI_AGAIN). Nothing leaks
-# (no resolver, no route), but the documented compatibility does not hold.
-@pytest.mark.xfail(strict=True, reason="DOC: node's built-in fetch ignores HTTP_PROXY (Node 20); "
-                   "EGRESS.md claims node works unmodified")
+def node_fetch(url):
+    return (f"fetch('{url}').then(r=>r.text()).then(t=>console.log('OK',t.trim()))"
+            f".catch(e=>console.log('ERR',(e.cause&&e.cause.message)||e.message))")
+
+
 def test_node_fetch_unmodified(lab, tools):
-    p = tools.static.port
-    js = (f"fetch('http://allowed.test:{p}/repo.git/HEAD').then(r=>r.text())"
-          f".then(t=>console.log('OK',t.trim())).catch(e=>console.log('ERR',e.cause&&e.cause.code))")
-    r = tools.env.exec("node", "-e", js, timeout=60)
+    """Node's built-in fetch ignores HTTP(S)_PROXY before Node 24; every exec in a networked
+    environment loads /etc/paddock/node-proxy.cjs (NODE_OPTIONS), which sends it through the
+    proxy: CONNECT, then TLS end to end for https. A denial reaches the caller with the proxy's
+    reason."""
+    p, t = tools.static.port, tools.tls.port
+    r = tools.env.exec("node", "-e", node_fetch(f"http://allowed.test:{p}/repo.git/HEAD"),
+                       timeout=60)
     if r.rc == 127:
         pytest.skip("no node in the sandbox")
     assert r.text.strip() == "OK ref: refs/heads/main", r
+    n = tools.tls.count()
+    before = len(lab.records(tools.env.id))
+    r = tools.env.sh("NODE_EXTRA_CA_CERTS=/workspace/ca.pem node -e \""
+                     + node_fetch(f"https://allowed.test:{t}/node") + "\"", timeout=60)
+    assert r.rc == 0 and r.text.startswith("OK "), r
+    assert json.loads(r.text[3:])["line"] == "GET /node HTTP/1.1", r
+    assert tools.tls.count() == n + 1
+    rec = lab.wait_records(tools.env.id, before + 1)[before]
+    assert (rec["method"], rec["host"], rec["port"], rec["decision"]) == \
+        ("CONNECT", "allowed.test", t, "allow"), rec
+    r = tools.env.exec("node", "-e", node_fetch("https://denied.test/"), timeout=60)
+    assert r.text.startswith("ERR egress proxy refused denied.test:443: HTTP/1.1 403"), r
+    assert "denied.test" in r.text and "allowlist" in r.text.lower(), r
+    # An environment's own NODE_OPTIONS stay in force, after ours; without a network, none.
+    e = lab.env(allowlist=[f"allowed.test:{p}"],
+                body={"env": {"NODE_OPTIONS": "--max-old-space-size=77"}})
+    try:
+        r = e.exec("node", "-e", "console.log(process.env.NODE_OPTIONS)")
+        assert r.text.strip() == "--require /etc/paddock/node-proxy.cjs --max-old-space-size=77", r
+        r = e.exec("node", "-e", node_fetch(f"http://allowed.test:{p}/repo.git/HEAD"))
+        assert r.text.strip() == "OK ref: refs/heads/main", r
+    finally:
+        e.rm()
+    off = lab.env(network="disabled")
+    try:
+        r = off.exec("node", "-e", "console.log(String(process.env.NODE_OPTIONS))")
+        assert r.text.strip() == "undefined", r
+    finally:
+        off.rm()
