@@ -156,15 +156,18 @@ env__pool_claim(struct env_ctx *c, struct store_env *want, const char *config, i
             continue;
         }
         if (claim_locked(c, &e, want, config, &er) < 0) {
-            /* Unusable (limits refused): it leaves the pool; the caller starts a new one.
-             * A row that is no longer pooled (ERR_CONFLICT) is someone's: left alone. */
+            /* A row that is no longer pooled (ERR_CONFLICT) is someone's: left alone, and
+             * the next one is tried. Any other failure (limits refused, the database busy)
+             * may be the machine's rather than this sandbox's: this one leaves the pool,
+             * the others are not tried, and the caller starts a new sandbox. */
             bool gone = er->code == ERR_CONFLICT;
             log_debug("%s: %s: %s", __func__, e.id, er->msg);
             err_free(er);
             er = NULL;
-            if (!gone)
-                discard_locked(c, &e);
-            continue;
+            if (gone)
+                continue;
+            discard_locked(c, &e);
+            return 0;
         }
         *lock_out = steal_fd(&lock);
         return 1;
@@ -224,9 +227,16 @@ env_pool_fill(struct env_ctx *c, size_t size, size_t max_new, size_t *made, stru
         return -1;
     for (size_t i = 0; i < n; i++) {
         struct store_env e;
-        struct sandbox_init init;
-        cleanup_close int lock = lock_pooled(c, v[i].id, &e, NULL);
+        struct sandbox_init init = env__init_of(&v[i]);
+        cleanup_close int lock = -1;
 
+        /* A live one of this build is counted without its lock, which a claim racing this
+         * pass would otherwise find taken (and fall back to a cold start for). */
+        if (sandbox_alive(&init) && same_build(c, v[i].id)) {
+            ready++;
+            continue;
+        }
+        lock = lock_pooled(c, v[i].id, &e, NULL);
         if (lock == -2) {
             ready++; /* being made by another process, or being claimed */
             continue;
