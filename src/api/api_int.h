@@ -82,6 +82,12 @@ bool api_require(struct api_req *r, const char *scope, enum MHD_Result *res);
 /** The base URL clients reach this server at ("http://host:port"). Owned. */
 char *api_base_url(const struct api_req *r);
 struct env_ctx *api_ctx(struct api_req *r, struct err **errp);
+/**
+ * Gives a context back to the pool (or closes it). A request's own goes back when the request
+ * completes; a response that outlives its request (a stream whose free callback still reads
+ * the store) takes the context from the request and gives it back itself.
+ */
+void api_ctx_release(struct env_ctx *c);
 
 /* codec.c */
 int api_b64_decode(const char *in, size_t len, char **out, size_t *out_len);

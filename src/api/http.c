@@ -53,8 +53,8 @@ api_ctx(struct api_req *r, struct err **errp)
     return r->ctx;
 }
 
-static void
-ctx_put(struct env_ctx *c)
+void
+api_ctx_release(struct env_ctx *c)
 {
     if (c == NULL)
         return;
@@ -638,7 +638,7 @@ completed(void *cls, struct MHD_Connection *c, void **req_cls,
     free(r->raw_uri);
     buf_free(&r->body);
     err_free(r->up_err);
-    ctx_put(r->ctx);
+    api_ctx_release(r->ctx);
     free(r);
     *req_cls = NULL;
 }

@@ -143,6 +143,7 @@ sse_free(void *cls)
 
     if (x->drop_after && x->done)
         store_interaction_delete(env_store(x->ctx), x->id, NULL);
+    api_ctx_release(x->ctx);
     buf_free(&x->out);
     free(x);
 }
@@ -154,7 +155,14 @@ reply_sse(struct api_req *r, struct env_ctx *ctx, const char *id, int64_t after,
     struct MHD_Response *resp;
 
     x->r = r;
+    /* The stream owns the context from here: MHD frees the response (sse_free, which may
+     * still write to the store) after the request has completed, when a context still
+     * owned by the request would already be back in the pool and in another thread's hands
+     * (SQLite connections are opened without a mutex: two threads on one corrupted reads,
+     * "file is not a database", in CI). */
     x->ctx = ctx;
+    if (r->ctx == ctx)
+        r->ctx = NULL;
     snprintf(x->id, sizeof(x->id), "%s", id);
     snprintf(x->project, sizeof(x->project), "%s", r->auth.project);
     x->cursor = after;

@@ -1222,6 +1222,42 @@ def test_store_false_stream(mag, fake):
                           timeout=3), "a store: false interaction was kept"
 
 
+def test_streams_that_outlive_their_request_share_no_database_connection(mag, fake):
+    """A store: false stream deletes its interaction when MHD frees the response, which is
+    after the request completed. Its database connection must still be its own then: handed
+    back to the pool with the request, it was in another request's hands at the same time (CI
+    saw "file is not a database" on the requests that followed). Streams end one after another
+    while other requests poll; none may fail."""
+    import concurrent.futures
+    import threading
+
+    stop, bad = threading.Event(), []
+
+    def poll():
+        while not stop.is_set():
+            r = mag.http.get(f"/{V}/interactions/int_{'a' * 26}")  # key and row lookups
+            if r.status != 404:
+                bad.append(r)
+
+    fake.script([{"text": "ephemeral", "repeat": True}])
+    with concurrent.futures.ThreadPoolExecutor(2) as ex:
+        pollers = [ex.submit(poll) for _ in range(2)]
+        try:
+            for _ in range(25):
+                s = mag.stream({"model": "openai:fake", "input": "x", "store": False})
+                events = s.all()
+                check_stream(events, s.done)
+                iid = events[0]["interaction"]["id"]
+                r = mag.http.get(f"/{V}/interactions/{iid}")
+                assert r.status in (200, 404), r
+        finally:
+            stop.set()
+            for f in pollers:
+                f.result()
+    assert not bad, bad[:3]
+    fake.reset()
+
+
 def test_foreground_stream_disconnect_is_survived(mag, fake):
     """A client that drops a (non-background) stream: the server stays up and the interaction
     still reaches a final status (whichever the server chooses)."""
@@ -1273,7 +1309,8 @@ def test_concurrent_creates_with_one_idempotency_key(mag, fake):
         try:
             r = mag.post({"model": "openai:fake", "input": "x", "background": True},
                          headers={"Idempotency-Key": key})
-            ids.append((r.status, r.json().get("id")))
+            b = r.json()
+            ids.append((r.status, b.get("id") or (b.get("error") or {}).get("message")))
         except Exception as e:  # noqa: BLE001
             errs.append(e)
     ts = [threading.Thread(target=one) for _ in range(6)]
