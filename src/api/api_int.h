@@ -88,6 +88,9 @@ struct env_ctx *api_ctx(struct api_req *r, struct err **errp);
  * the store) takes the context from the request and gives it back itself.
  */
 void api_ctx_release(struct env_ctx *c);
+/** The page_size query parameter: dflt when absent, capped at API_PAGE_MAX; ERR_INVALID when
+ * it is not a non-negative integer. */
+int api_page_size(struct api_req *r, size_t dflt, size_t *out, struct err **errp);
 
 /* codec.c */
 int api_b64_decode(const char *in, size_t len, char **out, size_t *out_len);

@@ -518,17 +518,10 @@ list_creds(struct api_req *r, struct env_ctx *ctx)
     struct store_cred *v = NULL;
     size_t n = 0, limit = API_PAGE_DEFAULT;
     struct err *er = NULL;
-    const char *ps = api_query(r, "page_size");
     json_t *arr, *res;
-    uint64_t want;
 
-    if (ps != NULL && ps[0] != '\0') {
-        if (util_parse_u64(ps, UINT32_MAX, &want, NULL) < 0)
-            return api_reply_status(r, 400, "INVALID_ARGUMENT",
-                                    "page_size must be a non-negative integer");
-        if (want > 0)
-            limit = want > API_PAGE_MAX ? API_PAGE_MAX : (size_t)want;
-    }
+    if (api_page_size(r, API_PAGE_DEFAULT, &limit, &er) < 0)
+        return api_reply_err(r, er);
     if (store_cred_page(env_store(ctx), r->auth.project, tok, limit + 1, &v, &n, &er) < 0)
         return api_reply_err(r, er);
     arr = json_array();

@@ -658,8 +658,8 @@ decode_env_token(const char *tok, int64_t *created, char *id, size_t idlen)
     return 0;
 }
 
-static int
-page_size(struct api_req *r, size_t dflt, size_t *out, struct err **errp)
+int
+api_page_size(struct api_req *r, size_t dflt, size_t *out, struct err **errp)
 {
     const char *ps = api_query(r, "page_size");
     uint64_t v;
@@ -685,7 +685,7 @@ list_envs(struct api_req *r, struct env_ctx *ctx)
     struct err *er = NULL;
     json_t *arr, *res;
 
-    if (page_size(r, API_PAGE_DEFAULT, &limit, &er) < 0)
+    if (api_page_size(r, API_PAGE_DEFAULT, &limit, &er) < 0)
         return api_reply_err(r, er);
     if (tok != NULL && tok[0] != '\0' &&
         decode_env_token(tok, &after_created, after_id, sizeof(after_id)) < 0)
@@ -807,7 +807,7 @@ list_files(struct api_req *r, struct env_ctx *ctx, const char *dir, const char *
     json_t *res;
 
     (void)ctx;
-    if (er != NULL || page_size(r, API_FILES_DEFAULT, &a.limit, &er) < 0) {
+    if (er != NULL || api_page_size(r, API_FILES_DEFAULT, &a.limit, &er) < 0) {
         json_decref(a.arr);
         return api_reply_err(r, er);
     }
@@ -1124,7 +1124,7 @@ list_egress(struct api_req *r, struct env_ctx *ctx)
     json_t *arr, *res;
 
     if (env_get_owned(ctx, r->auth.project, env_id_of(r), &e, &er) < 0 ||
-        page_size(r, API_FILES_DEFAULT, &limit, &er) < 0)
+        api_page_size(r, API_FILES_DEFAULT, &limit, &er) < 0)
         return api_reply_err(r, er);
     if (tok != NULL && tok[0] != '\0') {
         uint64_t v64;
