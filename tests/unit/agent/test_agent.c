@@ -3,45 +3,9 @@
  * the head-and-tail cut of long output, and how a request and its stored agent resolve into
  * a plan (model, budgets, tools, base_agent chains), against a fresh store.
  */
-#include "../unit.h"
+#include "../store_fixture.h"
 
 #include "agent/agent_int.h"
-
-struct fixture {
-    char *dir;
-    struct store *s;
-};
-
-static int
-setup(void **state)
-{
-    struct fixture *f = xcalloc(1, sizeof(*f));
-    cleanup_free char *db = NULL;
-    struct err *e = NULL;
-
-    *state = f;
-    f->dir = unit_mkdtemp();
-    if (f->dir == NULL)
-        return -1;
-    db = xasprintf("%s/paddock.db", f->dir);
-    if (store_open(db, &f->s, &e) < 0) {
-        err_free(e);
-        return -1;
-    }
-    return 0;
-}
-
-static int
-teardown(void **state)
-{
-    struct fixture *f = *state;
-
-    store_close(f->s);
-    unit_rm_rf(f->dir);
-    free(f->dir);
-    free(f);
-    return 0;
-}
 
 static void
 test_utf8_repair(void **state)
@@ -117,7 +81,7 @@ req(const char *text)
 static void
 test_plan_defaults_and_model(void **state)
 {
-    struct fixture *f = *state;
+    struct store_fixture *f = *state;
     struct agent_plan p;
     struct err *e = NULL;
     json_t *r = req("{\"agent\":\"antigravity-preview-05-2026\",\"input\":\"x\"}");
@@ -139,7 +103,7 @@ test_plan_defaults_and_model(void **state)
 static void
 test_plan_budgets(void **state)
 {
-    struct fixture *f = *state;
+    struct store_fixture *f = *state;
     struct agent_plan p;
     struct err *e = NULL;
     json_t *r = req("{\"agent\":\"antigravity-preview-09-2026\",\"agent_config\":{\"type\":"
@@ -195,7 +159,7 @@ put_agent(struct store *s, const char *project, const char *id, const char *body
 static void
 test_plan_stored_agent_chain(void **state)
 {
-    struct fixture *f = *state;
+    struct store_fixture *f = *state;
     struct agent_plan p;
     struct err *e = NULL;
     json_t *r;
@@ -239,7 +203,7 @@ test_plan_stored_agent_chain(void **state)
 static void
 test_agent_def_check(void **state)
 {
-    struct fixture *f = *state;
+    struct store_fixture *f = *state;
     struct err *e = NULL;
     json_t *out = NULL;
     json_t *b = req("{\"description\":\"d\",\"agent_config\":{\"type\":\"antigravity\","
@@ -270,10 +234,10 @@ main(void)
         cmocka_unit_test(test_utf8_repair),
         cmocka_unit_test(test_clip),
         cmocka_unit_test(test_clip_keeps_characters_whole),
-        cmocka_unit_test_setup_teardown(test_plan_defaults_and_model, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_plan_budgets, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_plan_stored_agent_chain, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_agent_def_check, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_plan_defaults_and_model, store_fixture_setup, store_fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_plan_budgets, store_fixture_setup, store_fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_plan_stored_agent_chain, store_fixture_setup, store_fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_agent_def_check, store_fixture_setup, store_fixture_teardown),
     };
 
     return cmocka_run_group_tests_name("agent", tests, NULL, NULL);

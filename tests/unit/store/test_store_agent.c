@@ -3,46 +3,10 @@
  * steps and events, idempotency keys, recovery lists and retention. Each test runs against
  * a fresh database in a private temp directory.
  */
-#include "../unit.h"
+#include "../store_fixture.h"
 
 #include "store/store.h"
 #include "suites.h"
-
-struct fixture {
-    char *dir;
-    struct store *s;
-};
-
-static int
-setup(void **state)
-{
-    struct fixture *f = xcalloc(1, sizeof(*f));
-    cleanup_free char *db = NULL;
-    struct err *e = NULL;
-
-    *state = f;
-    f->dir = unit_mkdtemp();
-    if (f->dir == NULL)
-        return -1;
-    db = xasprintf("%s/paddock.db", f->dir);
-    if (store_open(db, &f->s, &e) < 0) {
-        err_free(e);
-        return -1;
-    }
-    return 0;
-}
-
-static int
-teardown(void **state)
-{
-    struct fixture *f = *state;
-
-    store_close(f->s);
-    unit_rm_rf(f->dir);
-    free(f->dir);
-    free(f);
-    return 0;
-}
 
 static void
 mk(struct store_interaction *it, const char *id, const char *project, int64_t t)
@@ -60,7 +24,7 @@ mk(struct store_interaction *it, const char *id, const char *project, int64_t t)
 static void
 test_interaction_round_trip(void **state)
 {
-    struct fixture *f = *state;
+    struct store_fixture *f = *state;
     struct store_interaction it, got;
     struct err *e = NULL;
     char existing[40] = "";
@@ -93,7 +57,7 @@ test_interaction_round_trip(void **state)
 static void
 test_idempotency_keys(void **state)
 {
-    struct fixture *f = *state;
+    struct store_fixture *f = *state;
     struct store_interaction a, b, c;
     struct err *e = NULL;
     char existing[40] = "";
@@ -125,7 +89,7 @@ test_idempotency_keys(void **state)
 static void
 test_steps_events_and_cascade(void **state)
 {
-    struct fixture *f = *state;
+    struct store_fixture *f = *state;
     struct store_interaction it;
     struct store_event *ev = NULL;
     struct err *e = NULL;
@@ -177,7 +141,7 @@ test_steps_events_and_cascade(void **state)
 static void
 test_recovery_lists_and_retention(void **state)
 {
-    struct fixture *f = *state;
+    struct store_fixture *f = *state;
     struct store_interaction it;
     struct err *e = NULL;
     char existing[40];
@@ -214,7 +178,7 @@ test_recovery_lists_and_retention(void **state)
 static void
 test_agents(void **state)
 {
-    struct fixture *f = *state;
+    struct store_fixture *f = *state;
     struct store_agent a = { 0 }, got, *v = NULL;
     struct err *e = NULL;
     size_t n = 0;
@@ -244,11 +208,11 @@ int
 test_store_agent_run(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_interaction_round_trip, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_idempotency_keys, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_steps_events_and_cascade, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_recovery_lists_and_retention, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_agents, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_interaction_round_trip, store_fixture_setup, store_fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_idempotency_keys, store_fixture_setup, store_fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_steps_events_and_cascade, store_fixture_setup, store_fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_recovery_lists_and_retention, store_fixture_setup, store_fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_agents, store_fixture_setup, store_fixture_teardown),
     };
 
     return cmocka_run_group_tests_name("store/agent", tests, NULL, NULL);
