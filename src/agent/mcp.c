@@ -62,6 +62,22 @@ on_header(char *data, size_t size, size_t n, void *arg)
     return len;
 }
 
+/* The event's data when it is the JSON-RPC message with that id, or NULL. */
+static json_t *
+event_answer(const struct buf *ev, int64_t id)
+{
+    json_t *j;
+
+    if (ev->len == 0)
+        return NULL;
+    j = json_loadb(ev->data, ev->len, 0, NULL);
+    if (json_is_integer(json_object_get(j, "id")) &&
+        json_integer_value(json_object_get(j, "id")) == id)
+        return j;
+    json_decref(j);
+    return NULL;
+}
+
 /* The JSON-RPC message with that id in an SSE body ("data:" lines, events split by blank
  * lines), or NULL. */
 static json_t *
@@ -78,14 +94,7 @@ from_sse(const char *body, size_t len, int64_t id)
         if (n > 0 && p[n - 1] == '\r')
             n--;
         if (n == 0) {
-            if (ev.len > 0) {
-                json_t *j = json_loadb(ev.data, ev.len, 0, NULL);
-                if (json_is_integer(json_object_get(j, "id")) &&
-                    json_integer_value(json_object_get(j, "id")) == id)
-                    found = j;
-                else
-                    json_decref(j);
-            }
+            found = event_answer(&ev, id);
             buf_free(&ev);
             buf_init(&ev, MCP_BODY_MAX);
         } else if (n >= 5 && strncmp(p, "data:", 5) == 0) {
@@ -99,14 +108,8 @@ from_sse(const char *body, size_t len, int64_t id)
         }
         p = nl != NULL ? nl + 1 : end;
     }
-    if (found == NULL && ev.len > 0) {
-        json_t *j = json_loadb(ev.data, ev.len, 0, NULL);
-        if (json_is_integer(json_object_get(j, "id")) &&
-            json_integer_value(json_object_get(j, "id")) == id)
-            found = j;
-        else
-            json_decref(j);
-    }
+    if (found == NULL)
+        found = event_answer(&ev, id); /* the last event needs no blank line after it */
     buf_free(&ev);
     return found;
 }
