@@ -29,6 +29,7 @@ struct api_config {
     const char *const *egress_allow; /* CIDRs */
     size_t n_egress_allow;
     const char *egress_upstream_ca; /* extra CA for intercepted upstreams */
+    int64_t egress_connect_timeout_ms; /* dial + upstream TLS handshake; then a 504 */
     size_t warm_pool;               /* sandboxes kept started for creates to claim; 0: none */
     /* interactions (docs/AGENTS.md) */
     const char *default_model;  /* --model / PADDOCK_MODEL */

@@ -33,6 +33,7 @@ static const char usage_text[] =
     "        [--offline-after DUR] [--expire-after DUR] [--max-upload BYTES]\n"
     "        [--header-timeout DUR] [--log-format text|json] [--log-level LEVEL]\n"
     "        [--egress-resolve NAME=IP]... [--egress-allow-cidr CIDR]... [--egress-upstream-ca F]\n"
+    "        [--egress-connect-timeout DUR]\n"
     "        [--warm-pool N]      (keep N sandboxes started for creates to claim; default 2)\n"
     "        [--model M] [--workers N] [--max-per-key N] [--retention DUR] [--prices FILE]\n"
     "                             serve the HTTP API (docs/API.md) and the egress proxy\n"

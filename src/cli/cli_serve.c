@@ -97,6 +97,7 @@ cli__serve(const struct cli_global *g, int argc, char **argv)
         {"egress-resolve", required_argument, NULL, 'R'},
         {"egress-allow-cidr", required_argument, NULL, 'A'},
         {"egress-upstream-ca", required_argument, NULL, 'C'},
+        {"egress-connect-timeout", required_argument, NULL, 'T'},
         {"log-format", required_argument, NULL, 'F'},
         {"log-level", required_argument, NULL, 'V'},
         {"warm-pool", required_argument, NULL, 'w'},
@@ -120,6 +121,7 @@ cli__serve(const struct cli_global *g, int argc, char **argv)
     const char *expire = env_or("PADDOCK_EXPIRE_AFTER", "7d");
     const char *maxup = env_or("PADDOCK_MAX_UPLOAD", "2G");
     const char *htimeout = env_or("PADDOCK_HEADER_TIMEOUT", "10s");
+    const char *ctimeout = env_or("PADDOCK_EGRESS_CONNECT_TIMEOUT", "10s");
     const char *warm = env_or("PADDOCK_WARM_POOL", "2");
     struct err *e = NULL;
     int c;
@@ -167,6 +169,9 @@ cli__serve(const struct cli_global *g, int argc, char **argv)
             break;
         case 'C':
             cfg.egress_upstream_ca = optarg;
+            break;
+        case 'T':
+            ctimeout = optarg;
             break;
         case 'w':
             warm = optarg;
@@ -232,11 +237,18 @@ cli__serve(const struct cli_global *g, int argc, char **argv)
         parse_duration("--offline-after", offline, &cfg.lc.offline_ms, &e) < 0 ||
         parse_duration("--expire-after", expire, &cfg.lc.expire_ms, &e) < 0 ||
         parse_duration("--header-timeout", htimeout, &cfg.header_timeout_ms, &e) < 0 ||
+        parse_duration("--egress-connect-timeout", ctimeout, &cfg.egress_connect_timeout_ms,
+                       &e) < 0 ||
         parse_duration("--retention", retention, &cfg.retention_ms, &e) < 0 ||
         util_parse_size(maxup, &cfg.max_upload, &e) < 0) {
         strlist_free(&resolve);
         strlist_free(&allow);
         return cli__fail(e);
+    }
+    if (cfg.egress_connect_timeout_ms < 100 || cfg.egress_connect_timeout_ms > 3600 * 1000) {
+        strlist_free(&resolve);
+        strlist_free(&allow);
+        return cli__usage("--egress-connect-timeout must be from 0.1s to 1h, not '%s'", ctimeout);
     }
     if (util_parse_u64(warm, 64, &u, &e) < 0) {
         strlist_free(&resolve);

@@ -162,6 +162,8 @@ struct egress_config {
     unsigned max_conns_per_env;    /* concurrent connections of one environment */
     int header_timeout_s;
     int idle_timeout_s;
+    int64_t connect_timeout_ms;    /* dial to a connected socket (and verified TLS when
+                                      intercepting); a stalled upstream gets a 504 */
     size_t max_header_bytes;
 };
 

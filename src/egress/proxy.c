@@ -845,6 +845,12 @@ start_relay(struct conn *c)
     bufferevent_setwatermark(c->cl, EV_WRITE, RELAY_HIGH / 4, 0);
     bufferevent_setwatermark(c->up, EV_WRITE, RELAY_HIGH / 4, 0);
     bufferevent_set_timeouts(c->cl, NULL, NULL);
+    {
+        /* From here the idle sweep governs reads; an upstream that takes nothing for this
+         * long while we have bytes for it is gone. */
+        struct timeval stall = {c->eg->cfg.header_timeout_s, 0};
+        bufferevent_set_timeouts(c->up, NULL, &stall);
+    }
     if (c->is_connect) {
         evbuffer_add_printf(bufferevent_get_output(c->cl),
                             "HTTP/1.1 200 Connection established\r\n\r\n");
@@ -877,6 +883,19 @@ connect_event(struct bufferevent *bev, short what, void *arg)
         start_relay(c);
         return;
     }
+    if (what & BEV_EVENT_TIMEOUT) {
+        /* Which step stalled: a socket still in SYN_SENT has no peer name. */
+        struct sockaddr_storage peer;
+        socklen_t plen = sizeof(peer);
+        evutil_socket_t fd = bufferevent_getfd(c->up);
+        bool connected = fd >= 0 && getpeername(fd, (struct sockaddr *)&peer, &plen) == 0;
+        bev_free(c->up);
+        c->up = NULL;
+        refuse(c, 504, "allow", "%s:%u did not answer within %g s (%s)", c->dest.host,
+               c->dest.port, (double)c->eg->cfg.connect_timeout_ms / 1000.0,
+               connected ? "TLS handshake" : "TCP connect");
+        return;
+    }
     {
         int e = EVUTIL_SOCKET_ERROR();
         unsigned long tls = c->mitm ? bufferevent_get_openssl_error(c->up) : 0;
@@ -889,8 +908,7 @@ connect_event(struct bufferevent *bev, short what, void *arg)
                    c->dest.host, c->dest.port, tbuf);
         } else {
             refuse(c, 502, "allow", "could not connect to %s:%u: %s", c->dest.host,
-                   c->dest.port, (what & BEV_EVENT_TIMEOUT) ? "timed out"
-                                                            : evutil_socket_error_to_string(e));
+                   c->dest.port, evutil_socket_error_to_string(e));
         }
     }
 }
@@ -1020,8 +1038,10 @@ dial(struct conn *c, const struct sockaddr *sa, socklen_t len)
     }
     bufferevent_setcb(c->up, NULL, NULL, connect_event, c);
     {
-        struct timeval tv = {c->eg->cfg.header_timeout_s, 0};
-        bufferevent_set_timeouts(c->up, NULL, &tv);
+        /* Both directions: a TLS handshake waits on reads, a TCP connect on a write. */
+        int64_t ms = c->eg->cfg.connect_timeout_ms;
+        struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+        bufferevent_set_timeouts(c->up, &tv, &tv);
     }
     if (bufferevent_socket_connect(c->up, (struct sockaddr *)&c->addr, (int)len) < 0) {
         bev_free(c->up);

@@ -34,6 +34,8 @@ from egresskit import (Conn, SandboxEnv, Upstream, conn_spec, echo_response, mak
                        parse_head)
 
 UP_IP = "127.0.0.2"
+# The proxy's --egress-connect-timeout here: generous for a loopback handshake, short for a test.
+CONNECT_TIMEOUT = 3 * SLOWDOWN
 SECRET = "tls-bearer-SECRET-9137"          # bearer_token "gh" (allowlist credential)
 SECRET_ENV = "tls-envvar-SECRET-2203"      # environment_variable "ek" (api.test only)
 SECRET_ENV2 = "tls-envvar2-SECRET-5521"    # environment_variable "ek2" (other.test only)
@@ -77,6 +79,19 @@ def make_leaf(ca_dir, name, sans):
 # ------------------------------------------------------------------ upstreams
 
 
+def accept_loop(sock, take):
+    """Accepts on sock in a thread of its own, handing each connection to take(), until the
+    socket is closed."""
+    def run():
+        while True:
+            try:
+                s, _ = sock.accept()
+            except OSError:
+                return
+            take(s)
+    threading.Thread(target=run, daemon=True).start()
+
+
 class TlsUp:
     """A TLS upstream on 127.0.0.2 that records every connection (egresskit.Conn) and answers a
     request with respond(raw) (default: the JSON echo of egresskit: request line, exact header
@@ -92,19 +107,14 @@ class TlsUp:
         self.sock.bind((UP_IP, 0))
         self.sock.listen(512)
         self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
+        accept_loop(self.sock, self._start)
 
-    def _accept(self):
-        while True:
-            try:
-                s, _ = self.sock.accept()
-            except OSError:
-                return
-            try:
-                threading.Thread(target=self._serve, args=(s,), daemon=True).start()
-            except RuntimeError as e:  # say so rather than die and leave a dead listener
-                print(f"TlsUp {self.port}: cannot start a thread: {e}", flush=True)
-                s.close()
+    def _start(self, s):
+        try:
+            threading.Thread(target=self._serve, args=(s,), daemon=True).start()
+        except RuntimeError as e:  # say so rather than die and leave a dead listener
+            print(f"TlsUp {self.port}: cannot start a thread: {e}", flush=True)
+            s.close()
 
     def _serve(self, s):
         c = Conn()
@@ -348,6 +358,34 @@ class TlsEnv(SandboxEnv):
         return self.tls_many([spec(host, port, request, **kw)])[0]
 
 
+class StalledUp:
+    """An upstream on 127.0.0.2 that never answers. accept=True: it takes the TCP connection
+    and never sends a byte (a TLS handshake stalls). accept=False: its accept queue is kept
+    full (listen backlog 0, two connections queued and never accepted), so a SYN gets no
+    answer and a TCP connect stalls."""
+
+    def __init__(self, accept):
+        self.held = []
+        self.sock = socket.socket()
+        self.sock.bind((UP_IP, 0))
+        self.port = self.sock.getsockname()[1]
+        if accept:
+            self.sock.listen(64)
+            accept_loop(self.sock, self.held.append)  # held open, never read or written
+            return
+        self.sock.listen(0)
+        for _ in range(2):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex((UP_IP, self.port))
+            self.held.append(s)
+
+    def close(self):
+        self.sock.close()
+        for s in self.held:
+            s.close()
+
+
 # ------------------------------------------------------------------ the lab
 
 
@@ -370,12 +408,15 @@ def tl(mpd, tmp_path_factory):
     t.wrong = TlsUp(make_leaf(ca, "wrong", ["someone-else.test"]))    # trusted CA, wrong name
     t.redir = TlsUp(good)
     t.plain = Upstream()                                              # plain HTTP
+    t.mute = StalledUp(accept=True)                                   # never handshakes
+    t.full = StalledUp(accept=False)                                  # never accepts
     t.git_head = make_git_repo(tmp / "git")
     t.git = GitUp(tmp / "git" / "srv", good)
     t.redir.respond = redirect_to(f"https://other.test:{t.other.port}/landing")
-    ups = [t.api, t.other, t.evil, t.many, t.rogue, t.wrong, t.redir, t.plain]
+    ups = [t.api, t.other, t.evil, t.many, t.rogue, t.wrong, t.redir, t.plain, t.mute, t.full]
     args = ["--log-level", "debug", "--egress-allow-cidr", f"{UP_IP}/32",
-            "--egress-upstream-ca", str(t.ca_pem)]
+            "--egress-upstream-ca", str(t.ca_pem),
+            "--egress-connect-timeout", f"{CONNECT_TIMEOUT}s"]
     for n in NAMES:
         args += ["--egress-resolve", f"{n}={UP_IP}"]
     t.server = ApiServer(mpd, args=args).start()
@@ -405,6 +446,9 @@ def tl(mpd, tmp_path_factory):
             {"domain": f"api.test:{t.redir.port}", "credential": "gh"},
             {"domain": f"*.many.test:{t.many.port}", "transform": {"X-Many": "1"}},
             {"domain": f"git.test:{t.git.port}", "credential": "gitb"},
+            {"domain": f"api.test:{t.mute.port}", "credential": "gh"},
+            {"domain": f"api.test:{t.full.port}", "credential": "gh"},
+            {"domain": f"other.test:{t.full.port}"},                 # a plain tunnel
         ]
         t.e = make_env(t, {"env": {"API_KEY": {"credential": "ek"},
                                    "OTHER_KEY": {"credential": "ek2"}},
@@ -753,6 +797,46 @@ def test_upstream_certificate_is_verified(tl, which):
     assert up.requests() == [], up.requests()
     recs = new_records(tl, tl.e.id, before, lambda x: "verif" in x["reason"])
     assert any("not verified" in x["reason"] for x in recs), recs
+
+
+# ------------------------------------------------------------------ stalled upstreams
+
+
+@pytest.mark.parametrize("which,step", [("mute", "TLS handshake"), ("full", "TCP connect")],
+                         ids=["handshake-stalls", "connect-stalls"])
+def test_stalled_intercepted_upstream_gets_a_504(tl, which, step):
+    """An intercepted upstream that accepts and never handshakes, or never accepts at all:
+    after --egress-connect-timeout the client gets a 504 naming the upstream and the step that
+    stalled (not silence until it gives up), and the record says the same."""
+    port = getattr(tl, which).port
+    before = len(records(tl, tl.e.id))
+    g = tl.e.tls("api.test", port, req("api.test", port, headers=[("X-Key", tl.ph)]),
+                 timeout=CONNECT_TIMEOUT + 15 * SLOWDOWN)
+    assert g.tls_err is None and g.status == 504, g
+    assert g.header("X-Paddock-Egress") == "allow", g
+    want = f"api.test:{port} did not answer within {CONNECT_TIMEOUT:g} s ({step})"
+    assert want in g.body.decode(), g
+    no_secret(g.raw)
+    recs = new_records(tl, tl.e.id, before, lambda x: "did not answer" in x["reason"])
+    assert any(want in x["reason"] and x["port"] == port for x in recs), recs
+
+
+def test_stalled_tunnel_upstream_gets_a_504(tl):
+    """A plain tunnel to an upstream that never accepts: the CONNECT is answered 504 after the
+    connect timeout, never 200 and never left hanging."""
+    port = tl.full.port
+    r = tl.e.raw(f"CONNECT other.test:{port} HTTP/1.1\r\nHost: other.test:{port}\r\n\r\n",
+                 timeout=CONNECT_TIMEOUT + 15)
+    assert r.status == 504, r
+    assert f"other.test:{port} did not answer within {CONNECT_TIMEOUT:g} s (TCP connect)" in \
+        r.body.decode(), r
+
+
+@pytest.mark.parametrize("bad", ["0", "50ms", "soon", "2h"])
+def test_connect_timeout_out_of_range_is_refused(pd, bad):
+    r = pd.run("serve", "--egress-connect-timeout", bad)
+    assert r.rc != 0
+    pdk.one_line_error(r, "--egress-connect-timeout")
 
 
 # ------------------------------------------------------------------ 25: many names
