@@ -6,8 +6,12 @@
  * host's disk never sees more than the image's size, a subvolume is created in about a
  * millisecond, and deleting one never walks (or follows) anything inside it.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <time.h>
 #include <linux/btrfs.h>
 #include <linux/loop.h>
 #include <linux/magic.h>
@@ -164,15 +168,70 @@ sandbox_storage_ensure(const char *dir, uint64_t size_if_new, struct err **errp)
     return 0;
 }
 
+/* True when /sys/block/<name>/loop/backing_file names image (the kernel may add " (deleted)"). */
+static bool
+loop_backs(const char *name, const char *image)
+{
+    cleanup_free char *path = xasprintf("/sys/block/%s/loop/backing_file", name);
+    cleanup_free char *text = NULL;
+    size_t n = strlen(image);
+    struct err *e = NULL;
+
+    if (util_read_file_at(AT_FDCWD, path, PATH_MAX + 64, &text, NULL, &e) < 0) {
+        err_free(e);
+        return false;
+    }
+    return strncmp(text, image, n) == 0 && (text[n] == '\n' || text[n] == ' ' || text[n] == '\0');
+}
+
+/* The loop device (a /sys/block name) whose backing file is image, or false. */
+static bool
+loop_of(const char *image, char *name, size_t len)
+{
+    DIR *d = opendir("/sys/block");
+    struct dirent *de;
+    bool found = false;
+
+    if (d == NULL)
+        return false;
+    while (!found && (de = readdir(d)) != NULL)
+        if (strncmp(de->d_name, "loop", 4) == 0 && loop_backs(de->d_name, image)) {
+            snprintf(name, len, "%s", de->d_name);
+            found = true;
+        }
+    closedir(d);
+    return found;
+}
+
 int
 sandbox_storage_unmount(const char *dir, struct err **errp)
 {
     cleanup_free char *envs = xasprintf("%s/envs", dir);
+    cleanup_free char *image = xasprintf("%s/storage.img", dir);
+    char real[PATH_MAX], loop[NAME_MAX + 1];
+    bool attached;
+    const struct timespec tick = {0, 5 * 1000 * 1000};
 
     if (!is_our_mount(envs, dir))
         return 0;
+    attached = realpath(image, real) != NULL && loop_of(real, loop, sizeof(loop));
     if (umount2(envs, 0) < 0 && umount2(envs, MNT_DETACH) < 0)
         return err_set(errp, ERR_IO, errno, "unmount %s", envs);
+    /*
+     * The loop device detaches itself when the file system's last mount goes: the host's,
+     * just now, and those of stopped sandboxes, whose mount namespaces the kernel may still
+     * be tearing down after their init died; then btrfs closes (seconds on a loaded machine).
+     * Teardown means nothing is left, so wait for it, within a bound.
+     */
+    for (int i = 0; attached && i < 2000; i++) {
+        if (!loop_backs(loop, real))
+            return 0;
+        nanosleep(&tick, NULL);
+    }
+    if (attached && loop_backs(loop, real))
+        return err_set(errp, ERR_TIMEOUT, EBUSY,
+                       "unmounted %s, but /dev/%s still holds %s after 10 s (a process "
+                       "still uses the file system)", envs, loop, real);
     return 0;
 }
 
