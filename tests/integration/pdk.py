@@ -294,6 +294,18 @@ def loop_devices_backed_by(prefix):
     return out
 
 
+def loop_holders(loops):
+    """The processes whose mount namespace still mounts one of loops (pid, comm, mount point)."""
+    held = []
+    for mi in glob.glob("/proc/[0-9]*/mountinfo"):
+        pid = mi.split("/")[2]
+        for line in read_text(mi).splitlines():
+            if any(f" /dev/{dev} " in line for dev, _ in loops):
+                held.append((pid, read_text(f"/proc/{pid}/comm").strip(), line.split()[4]))
+                break
+    return held[:10]
+
+
 def cgroup_dirs_for(env_id):
     pats = [f"/sys/fs/cgroup/*/paddock/{env_id}", f"/sys/fs/cgroup/paddock/{env_id}",
             f"/sys/fs/cgroup/*/*/paddock/{env_id}", f"/sys/fs/cgroup/*/paddock*/{env_id}*",
@@ -387,11 +399,12 @@ def force_cleanup(data_dir, ids, init_pids):
     for mp in mps:
         subprocess.run(["umount", "-l", mp], stderr=subprocess.DEVNULL)
     # The loop device detaches itself once the last user of the file system is gone, which may
-    # trail the unmount by a moment (a sandbox's mount namespace dying).
-    wait_until(lambda: not loop_devices_backed_by(data), 5)
+    # trail the unmount: a sandbox's mount namespace dying, then btrfs closing (seconds on a
+    # loaded machine). A device still there after 30 s is reported with whatever pins it.
+    wait_until(lambda: not loop_devices_backed_by(data), 30)
     loops = loop_devices_backed_by(data)
     if loops:
-        problems.append(f"loop devices left: {loops}")
+        problems.append(f"loop devices left: {loops}, mounted in: {loop_holders(loops)}")
     for dev, _ in loops:
         subprocess.run(["losetup", "-d", f"/dev/{dev}"], stderr=subprocess.DEVNULL)
     for env_id in sorted(ids):
