@@ -108,6 +108,38 @@ def echo_response(conn_raw):
             b"Content-Length: " + str(len(b)).encode() + b"\r\n\r\n" + b)
 
 
+class Acceptor:
+    """Accepts on a listening socket in a thread of its own and hands each connection to
+    take(), until stop(). stop() shuts the listener down first, which wakes the blocked
+    accept() (EINVAL), and joins the thread before closing the socket. Closing alone leaves
+    the thread in accept() with the socket's fd number, and a later listener that gets the
+    number (the next test module's upstream) loses connections to it: the full suite saw a
+    plain-HTTP upstream of an earlier module take the proxy's TLS connection to a later
+    module's upstream and sit on its ClientHello for 10 s."""
+
+    def __init__(self, sock, take):
+        self.sock, self.take = sock, take
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while True:
+            try:
+                s, _ = self.sock.accept()
+            except OSError:
+                return
+            self.take(s)
+
+    def stop(self):
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.thread.join(10 * SLOWDOWN)
+        assert not self.thread.is_alive(), f"accept thread of {self.sock} did not stop"
+        self.sock.close()
+
+
 class Upstream:
     """A threaded raw TCP server on (host, 0) that records every connection.
 
@@ -127,20 +159,13 @@ class Upstream:
         self.sock.bind((host, port))
         self.sock.listen(512)
         self.host, self.port = host, self.sock.getsockname()[1]
-        self.stopped = False
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
+        self.acceptor = Acceptor(self.sock, self._take)
 
-    def _accept(self):
-        while not self.stopped:
-            try:
-                s, _ = self.sock.accept()
-            except OSError:
-                return
-            c = Conn()
-            with self.lock:
-                self.conns.append(c)
-            threading.Thread(target=self._serve, args=(s, c), daemon=True).start()
+    def _take(self, s):
+        c = Conn()
+        with self.lock:
+            self.conns.append(c)
+        threading.Thread(target=self._serve, args=(s, c), daemon=True).start()
 
     def _serve(self, s, c):
         try:
@@ -205,11 +230,7 @@ class Upstream:
             self.conns = []
 
     def close(self):
-        self.stopped = True
-        try:
-            self.sock.close()
-        except OSError:
-            pass
+        self.acceptor.stop()
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
@@ -634,6 +655,6 @@ def lab(mpd):
             u.close()
 
 
-__all__ = ["lab", "Lab", "IsolatedLab", "Upstream", "StaticUpstream", "SandboxEnv", "Reply",
-           "conn_spec", "tunnel", "get_abs", "refused", "deny_body_ok", "make_ca",
+__all__ = ["lab", "Lab", "IsolatedLab", "Acceptor", "Upstream", "StaticUpstream", "SandboxEnv",
+           "Reply", "conn_spec", "tunnel", "get_abs", "refused", "deny_body_ok", "make_ca",
            "make_git_repo", "make_wheel_index", "PROXY", "UP_IP", "REFUSED_IP", "RESOLVE"]

@@ -331,20 +331,22 @@ class HostCatchAll:
         self.abstract = socket.socket(socket.AF_UNIX)
         self.abstract.bind(self.abstract_name)
         self.socks = [self.tcp4, self.tcp6, self.udp4, self.udp6, self.unix, self.abstract]
+        self.acceptors = []
         for s in (self.tcp4, self.tcp6, self.unix, self.abstract):
             s.listen(16)
-            threading.Thread(target=self._accept, args=(s,), daemon=True).start()
-        for s in (self.udp4, self.udp6):
-            threading.Thread(target=self._recv, args=(s,), daemon=True).start()
+            self.acceptors.append(Acceptor(s, lambda c, s=s: self._hit(s, c)))
+        self.readers = [threading.Thread(target=self._recv, args=(s,), daemon=True)
+                        for s in (self.udp4, self.udp6)]
+        for t in self.readers:
+            t.start()
 
-    def _accept(self, s):
-        while True:
-            try:
-                c, a = s.accept()
-            except OSError:
-                return
-            self.hits.append(("accept", s.family, a))
-            c.close()
+    def _hit(self, s, c):
+        try:
+            peer = c.getpeername()
+        except OSError:
+            peer = None
+        self.hits.append(("accept", s.family, peer))
+        c.close()
 
     def _recv(self, s):
         while True:
@@ -352,9 +354,22 @@ class HostCatchAll:
                 d, a = s.recvfrom(65536)
             except OSError:
                 return
+            if a is None:  # shut down by close()
+                return
             self.hits.append(("udp", s.family, a, d))
 
     def close(self):
+        # As Acceptor.stop() does for the listeners: wake the readers and wait for them, so
+        # no thread is left reading a closed socket's fd number that a later socket gets.
+        for acceptor in self.acceptors:
+            acceptor.stop()
+        for s in (self.udp4, self.udp6):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # ENOTCONN: an unconnected datagram socket still wakes its reader
+        for t in self.readers:
+            t.join(10)
         for s in self.socks:
             s.close()
         try:
