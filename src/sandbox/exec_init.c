@@ -104,6 +104,16 @@ build_env(json_t *user, struct err **errp)
     return v;
 }
 
+/* A handler serves many requests: everything a request allocates is freed. */
+static void
+exec_req_free(struct exec_req *r)
+{
+    free_strv(r->argv);
+    free_strv(r->envp);
+    free(r->cwd);
+}
+
+/* Fills *r (zeroed first, so exec_req_free() is safe whatever happens). */
 static int
 parse_req(json_t *req, struct exec_req *r, struct err **errp)
 {
@@ -145,15 +155,19 @@ parse_req(json_t *req, struct exec_req *r, struct err **errp)
  * to nothing but its own stack (signal dispositions and the fd table are its own copies).
  */
 static void __attribute__((noreturn))
-run_child(const struct exec_req *r, int in_fd, int out_fd, int err_fd, const sigset_t *mask)
+run_child(const struct exec_req *r, int in_fd, int out_fd, int err_fd)
 {
     const char *what = "chdir";
+    sigset_t none;
 
     setsid();
     if (dup2(in_fd, 0) < 0 || dup2(out_fd, 1) < 0 || dup2(err_fd, 2) < 0)
         _exit(126);
     syscall(SYS_close_range, 3, ~0U, 0);
-    sigprocmask(SIG_UNBLOCK, mask, NULL);
+    /* The handler blocks SIGCHLD (into its signalfd) and SIGUSR1 (init's request to leave,
+     * let through only between connections); the command starts with no signal blocked. */
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
     signal(SIGPIPE, SIG_DFL);
     prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0);
     if (chdir(r->cwd) == 0) {
@@ -433,6 +447,16 @@ send_result(struct relay *x, const struct exec_state *st, int64_t start_ns)
     return rc;
 }
 
+/* Answers a request that could not start its command; descriptors are left to the caller. */
+static int
+exec_fail(int conn, struct exec_req *r, struct err *e)
+{
+    sandbox__proto_send_error(conn, e);
+    err_free(e);
+    exec_req_free(r);
+    return 1;
+}
+
 int
 sandbox__handle_exec(int conn, json_t *req)
 {
@@ -446,6 +470,7 @@ sandbox__handle_exec(int conn, json_t *req)
     int sfd;
 
     if (parse_req(req, &r, &e) < 0) {
+        exec_req_free(&r);
         sandbox__proto_send_error(conn, e);
         err_free(e);
         return 1;
@@ -460,18 +485,16 @@ sandbox__handle_exec(int conn, json_t *req)
     if (sfd < 0 || pipe2(in, O_CLOEXEC) < 0 || pipe2(out, O_CLOEXEC) < 0 ||
         pipe2(errp_, O_CLOEXEC) < 0) {
         err_set(&e, ERR_LIMIT, errno, "exec: create pipes");
-        sandbox__proto_send_error(conn, e);
-        return 1;
+        return exec_fail(conn, &r, e);
     }
     /* vfork: no copy of the handler's page tables to make, and none to tear down at execve. */
     st.pid = vfork();
     if (st.pid < 0) {
         err_set(&e, ERR_LIMIT, errno, "exec: fork");
-        sandbox__proto_send_error(conn, e);
-        return 1;
+        return exec_fail(conn, &r, e);
     }
     if (st.pid == 0)
-        run_child(&r, in[0], out[1], errp_[1], &mask);
+        run_child(&r, in[0], out[1], errp_[1]);
     close(in[0]);
     close(out[1]);
     close(errp_[1]);
@@ -499,6 +522,9 @@ sandbox__handle_exec(int conn, json_t *req)
         x.conn_gone = true;
     close_and_reset(&x.fds[0]);
     drain(&x);
-    close(conn);
+    close(sfd);
+    buf_free(&x.in_pending);
+    sandbox__sendq_free(&x.q);
+    exec_req_free(&r);
     return 0;
 }
