@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -155,7 +156,7 @@ parse_req(json_t *req, struct exec_req *r, struct err **errp)
  * to nothing but its own stack (signal dispositions and the fd table are its own copies).
  */
 static void __attribute__((noreturn))
-run_child(const struct exec_req *r, int in_fd, int out_fd, int err_fd)
+run_child(const struct exec_req *r, int in_fd, int out_fd, int err_fd, const cpu_set_t *cpus)
 {
     const char *what = "chdir";
     sigset_t none;
@@ -170,6 +171,8 @@ run_child(const struct exec_req *r, int in_fd, int out_fd, int err_fd)
     sigprocmask(SIG_SETMASK, &none, NULL);
     signal(SIGPIPE, SIG_DFL);
     prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0);
+    if (cpus != NULL)
+        sched_setaffinity(0, sizeof(*cpus), cpus);
     if (chdir(r->cwd) == 0) {
         what = r->argv[0];
         execvpe(r->argv[0], r->argv, r->envp);
@@ -183,6 +186,26 @@ run_child(const struct exec_req *r, int in_fd, int out_fd, int err_fd)
         (void)!write(2, msg, (size_t)n < sizeof(msg) ? (size_t)n : sizeof(msg) - 1);
         _exit(e == ENOENT && what == r->argv[0] ? 127 : 126);
     }
+}
+
+/*
+ * Pins the handler to the CPU it runs on, saving its CPUs in *cpus; false if it could not.
+ * The vfork child inherits the pin: the handler sleeps until the child's execve, so this CPU
+ * is free for it, whereas the scheduler's placement of a new task often picks the other CPU,
+ * which means waking an idle virtual CPU (tens of microseconds) or queueing behind whatever
+ * runs there. Both sides restore the CPU set right after, the command before its execve.
+ */
+static bool
+pin_here(cpu_set_t *cpus)
+{
+    cpu_set_t one;
+    int cpu = sched_getcpu();
+
+    if (cpu < 0 || cpu >= CPU_SETSIZE || sched_getaffinity(0, sizeof(*cpus), cpus) < 0)
+        return false;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    return sched_setaffinity(0, sizeof(one), &one) == 0;
 }
 
 struct exec_state {
@@ -467,6 +490,8 @@ sandbox__handle_exec(int conn, json_t *req)
     int in[2], out[2], errp_[2];
     int64_t start_ns = util_mono_ns(), deadline = 0;
     sigset_t mask;
+    cpu_set_t cpus;
+    bool pinned;
     int sfd;
 
     if (parse_req(req, &r, &e) < 0) {
@@ -488,13 +513,16 @@ sandbox__handle_exec(int conn, json_t *req)
         return exec_fail(conn, &r, e);
     }
     /* vfork: no copy of the handler's page tables to make, and none to tear down at execve. */
+    pinned = pin_here(&cpus);
     st.pid = vfork();
+    if (pinned)
+        sched_setaffinity(0, sizeof(cpus), &cpus);
     if (st.pid < 0) {
         err_set(&e, ERR_LIMIT, errno, "exec: fork");
         return exec_fail(conn, &r, e);
     }
     if (st.pid == 0)
-        run_child(&r, in[0], out[1], errp_[1]);
+        run_child(&r, in[0], out[1], errp_[1], pinned ? &cpus : NULL);
     close(in[0]);
     close(out[1]);
     close(errp_[1]);

@@ -3,6 +3,7 @@ a handler that has served a request serves the next one instead of init forking 
 each time, yet no request sees anything a previous one left behind in it."""
 
 import concurrent.futures
+import os
 import re
 import time
 
@@ -102,4 +103,17 @@ def test_request_while_every_handler_is_busy(env):
         assert r.text == "alive\n", r
         assert took < 2 * pdk.SLOWDOWN, f"an exec beside two busy ones took {took:.1f}s"
         assert all(f.result().rc == 0 for f in long)
+
+
+def test_command_is_not_pinned_to_a_cpu(env):
+    """The handler pins itself around the vfork; the command gets every CPU it had."""
+    want = sorted(os.sched_getaffinity(0))
+    for _ in range(3):
+        r = env.exec("cat", "/proc/self/status")
+        listed = re.search(r"^Cpus_allowed_list:\s+(\S+)$", r.text, re.M).group(1)
+        cpus = set()
+        for part in listed.split(","):
+            lo, _, hi = part.partition("-")
+            cpus.update(range(int(lo), int(hi or lo) + 1))
+        assert sorted(cpus) == want, f"the command may run on {listed} only"
 
