@@ -427,26 +427,24 @@ relay_loop(struct relay *x, struct exec_state *st, int sfd, const struct exec_re
 }
 
 /*
- * After the result went out: read what the caller still sends (stdin the command never
- * read) until it closes, so closing here never resets the connection before the caller has
- * read the result; and keep draining the output of leftover background processes.
+ * After the result went out: keep draining the output of leftover background processes, so
+ * they never get SIGPIPE.
  */
 static void
 drain(struct relay *x)
 {
     char chunk[PROTO_CHUNK];
-    struct pollfd p[3];
-    int fds[3] = {x->fds[1], x->fds[2], x->conn_gone ? -1 : x->conn};
+    struct pollfd p[2];
 
-    while (fds[0] >= 0 || fds[1] >= 0 || fds[2] >= 0) {
-        for (int i = 0; i < 3; i++)
-            p[i] = (struct pollfd){fds[i], POLLIN, 0};
-        if (poll(p, 3, -1) < 0 && errno != EINTR)
+    while (x->fds[1] >= 0 || x->fds[2] >= 0) {
+        for (int i = 0; i < 2; i++)
+            p[i] = (struct pollfd){x->fds[1 + i], POLLIN, 0};
+        if (poll(p, 2, -1) < 0 && errno != EINTR)
             break;
-        for (int i = 0; i < 3; i++)
+        for (int i = 0; i < 2; i++)
             if (p[i].revents & (POLLIN | POLLHUP | POLLERR) &&
-                read(fds[i], chunk, sizeof(chunk)) <= 0)
-                close_and_reset(&fds[i]);
+                read(x->fds[1 + i], chunk, sizeof(chunk)) <= 0)
+                close_and_reset(&x->fds[1 + i]);
         while (waitpid(-1, NULL, WNOHANG) > 0)
             ;
     }
@@ -544,8 +542,14 @@ sandbox__handle_exec(int conn, json_t *req)
         if (poll(&p, 1, 1000) <= 0 || sandbox__sendq_flush(&x.q, conn, NULL) < 0)
             break;
     }
+    /*
+     * The caller is not waited for: stdin it still sends (that the command never read) is
+     * refused from here on, and what was sent stays readable for it on a unix socket even
+     * after the close, ahead of any error. So the handler is free as soon as the result is out,
+     * and the caller's close wakes nothing.
+     */
     if (!x.conn_gone && send_result(&x, &st, start_ns) == 0)
-        shutdown(conn, SHUT_WR);
+        shutdown(conn, SHUT_RDWR);
     else
         x.conn_gone = true;
     close_and_reset(&x.fds[0]);

@@ -38,9 +38,9 @@
 #define INIT_SPARE_GRACE_NS (5 * 1000000LL)
 /*
  * A connection that arrives while none waits gets a handler after at most this long: the one
- * that served the caller's previous request is usually about to come back (it goes back once
- * the caller has closed that connection, which a caller does right before its next connect),
- * and taking it is cheaper than the fork.
+ * that served the caller's previous request is usually about to come back (it goes back as soon
+ * as its result is out, and a caller connects again right after reading it), and taking it is
+ * cheaper than the fork.
  */
 #define INIT_CONN_GRACE_NS (1000000LL)
 

@@ -3,8 +3,11 @@ a handler that has served a request serves the next one instead of init forking 
 each time, yet no request sees anything a previous one left behind in it."""
 
 import concurrent.futures
+import json
 import os
 import re
+import socket
+import struct
 import time
 
 import pdk
@@ -117,3 +120,57 @@ def test_command_is_not_pinned_to_a_cpu(env):
             cpus.update(range(int(lo), int(hi or lo) + 1))
         assert sorted(cpus) == want, f"the command may run on {listed} only"
 
+
+# The control protocol (src/sandbox/sandbox_int.h): u32 type, u32 length, payload.
+PROTO_REQ, PROTO_STDIN, PROTO_STDOUT, PROTO_RESULT = 1, 2, 4, 9
+
+
+def raw_exec(env, argv):
+    """Sends an exec request on the environment's control socket as sandbox_exec() does, with
+    stdin left open, and reads its output and result; returns them with the socket, open."""
+    d = os.open(env.pd.data / "envs" / env.id, os.O_PATH | os.O_DIRECTORY)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(f"/proc/self/fd/{d}/ctl.sock")
+    finally:
+        os.close(d)
+    req = json.dumps({"op": "exec", "argv": argv, "env": [], "stdin": True,
+                      "timeout_ms": 10000, "max_output": 0}).encode()
+    s.sendall(struct.pack("=II", PROTO_REQ, len(req)) + req)
+    out = b""
+    while True:
+        hdr = s.recv(8, socket.MSG_WAITALL)
+        kind, n = struct.unpack("=II", hdr)
+        data = s.recv(n, socket.MSG_WAITALL) if n else b""
+        if kind == PROTO_STDOUT:
+            out += data
+        if kind == PROTO_RESULT:
+            return out, json.loads(data), s
+
+
+def test_handler_is_free_once_the_result_is_out(env):
+    """A caller that keeps its connection open after the result (and never closes the
+    command's stdin) holds no handler: the one that served it waits for the next request, and
+    what the caller sends after the result is refused rather than read forever."""
+    out, result, s = raw_exec(env, ["sh", "-c", "echo $PPID"])
+    try:
+        assert result["ok"] and result["exited"] and result["code"] == 0, result
+        handler = int(out)
+
+        def free():
+            """Waiting for a request, or serving this very one."""
+            r = env.sh(f"echo $PPID; cat /proc/{handler}/comm")
+            ppid, comm = r.text.split()
+            return int(ppid) == handler or comm == "paddock-spare"
+
+        assert pdk.wait_until(free, 5), "the handler is busy while the caller holds its connection"
+        s.settimeout(10)
+        try:
+            for _ in range(64):
+                s.sendall(struct.pack("=II", PROTO_STDIN, 4096) + b"x" * 4096)
+            refused = False
+        except (BrokenPipeError, ConnectionResetError):
+            refused = True
+        assert refused, "stdin sent after the result was still read"
+    finally:
+        s.close()
