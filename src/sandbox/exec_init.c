@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -104,6 +105,16 @@ build_env(json_t *user, struct err **errp)
     return v;
 }
 
+/* A handler serves many requests: everything a request allocates is freed. */
+static void
+exec_req_free(struct exec_req *r)
+{
+    free_strv(r->argv);
+    free_strv(r->envp);
+    free(r->cwd);
+}
+
+/* Fills *r (zeroed first, so exec_req_free() is safe whatever happens). */
 static int
 parse_req(json_t *req, struct exec_req *r, struct err **errp)
 {
@@ -145,17 +156,23 @@ parse_req(json_t *req, struct exec_req *r, struct err **errp)
  * to nothing but its own stack (signal dispositions and the fd table are its own copies).
  */
 static void __attribute__((noreturn))
-run_child(const struct exec_req *r, int in_fd, int out_fd, int err_fd, const sigset_t *mask)
+run_child(const struct exec_req *r, int in_fd, int out_fd, int err_fd, const cpu_set_t *cpus)
 {
     const char *what = "chdir";
+    sigset_t none;
 
     setsid();
     if (dup2(in_fd, 0) < 0 || dup2(out_fd, 1) < 0 || dup2(err_fd, 2) < 0)
         _exit(126);
     syscall(SYS_close_range, 3, ~0U, 0);
-    sigprocmask(SIG_UNBLOCK, mask, NULL);
+    /* The handler blocks SIGCHLD (into its signalfd) and SIGUSR1 (init's request to leave,
+     * let through only between connections); the command starts with no signal blocked. */
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
     signal(SIGPIPE, SIG_DFL);
     prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0);
+    if (cpus != NULL)
+        sched_setaffinity(0, sizeof(*cpus), cpus);
     if (chdir(r->cwd) == 0) {
         what = r->argv[0];
         execvpe(r->argv[0], r->argv, r->envp);
@@ -169,6 +186,26 @@ run_child(const struct exec_req *r, int in_fd, int out_fd, int err_fd, const sig
         (void)!write(2, msg, (size_t)n < sizeof(msg) ? (size_t)n : sizeof(msg) - 1);
         _exit(e == ENOENT && what == r->argv[0] ? 127 : 126);
     }
+}
+
+/*
+ * Pins the handler to the CPU it runs on, saving its CPUs in *cpus; false if it could not.
+ * The vfork child inherits the pin: the handler sleeps until the child's execve, so this CPU
+ * is free for it, whereas the scheduler's placement of a new task often picks the other CPU,
+ * which means waking an idle virtual CPU (tens of microseconds) or queueing behind whatever
+ * runs there. Both sides restore the CPU set right after, the command before its execve.
+ */
+static bool
+pin_here(cpu_set_t *cpus)
+{
+    cpu_set_t one;
+    int cpu = sched_getcpu();
+
+    if (cpu < 0 || cpu >= CPU_SETSIZE || sched_getaffinity(0, sizeof(*cpus), cpus) < 0)
+        return false;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    return sched_setaffinity(0, sizeof(one), &one) == 0;
 }
 
 struct exec_state {
@@ -390,26 +427,24 @@ relay_loop(struct relay *x, struct exec_state *st, int sfd, const struct exec_re
 }
 
 /*
- * After the result went out: read what the caller still sends (stdin the command never
- * read) until it closes, so closing here never resets the connection before the caller has
- * read the result; and keep draining the output of leftover background processes.
+ * After the result went out: keep draining the output of leftover background processes, so
+ * they never get SIGPIPE.
  */
 static void
 drain(struct relay *x)
 {
     char chunk[PROTO_CHUNK];
-    struct pollfd p[3];
-    int fds[3] = {x->fds[1], x->fds[2], x->conn_gone ? -1 : x->conn};
+    struct pollfd p[2];
 
-    while (fds[0] >= 0 || fds[1] >= 0 || fds[2] >= 0) {
-        for (int i = 0; i < 3; i++)
-            p[i] = (struct pollfd){fds[i], POLLIN, 0};
-        if (poll(p, 3, -1) < 0 && errno != EINTR)
+    while (x->fds[1] >= 0 || x->fds[2] >= 0) {
+        for (int i = 0; i < 2; i++)
+            p[i] = (struct pollfd){x->fds[1 + i], POLLIN, 0};
+        if (poll(p, 2, -1) < 0 && errno != EINTR)
             break;
-        for (int i = 0; i < 3; i++)
+        for (int i = 0; i < 2; i++)
             if (p[i].revents & (POLLIN | POLLHUP | POLLERR) &&
-                read(fds[i], chunk, sizeof(chunk)) <= 0)
-                close_and_reset(&fds[i]);
+                read(x->fds[1 + i], chunk, sizeof(chunk)) <= 0)
+                close_and_reset(&x->fds[1 + i]);
         while (waitpid(-1, NULL, WNOHANG) > 0)
             ;
     }
@@ -433,6 +468,16 @@ send_result(struct relay *x, const struct exec_state *st, int64_t start_ns)
     return rc;
 }
 
+/* Answers a request that could not start its command; descriptors are left to the caller. */
+static int
+exec_fail(int conn, struct exec_req *r, struct err *e)
+{
+    sandbox__proto_send_error(conn, e);
+    err_free(e);
+    exec_req_free(r);
+    return 1;
+}
+
 int
 sandbox__handle_exec(int conn, json_t *req)
 {
@@ -443,9 +488,12 @@ sandbox__handle_exec(int conn, json_t *req)
     int in[2], out[2], errp_[2];
     int64_t start_ns = util_mono_ns(), deadline = 0;
     sigset_t mask;
+    cpu_set_t cpus;
+    bool pinned;
     int sfd;
 
     if (parse_req(req, &r, &e) < 0) {
+        exec_req_free(&r);
         sandbox__proto_send_error(conn, e);
         err_free(e);
         return 1;
@@ -460,18 +508,19 @@ sandbox__handle_exec(int conn, json_t *req)
     if (sfd < 0 || pipe2(in, O_CLOEXEC) < 0 || pipe2(out, O_CLOEXEC) < 0 ||
         pipe2(errp_, O_CLOEXEC) < 0) {
         err_set(&e, ERR_LIMIT, errno, "exec: create pipes");
-        sandbox__proto_send_error(conn, e);
-        return 1;
+        return exec_fail(conn, &r, e);
     }
     /* vfork: no copy of the handler's page tables to make, and none to tear down at execve. */
+    pinned = pin_here(&cpus);
     st.pid = vfork();
+    if (pinned)
+        sched_setaffinity(0, sizeof(cpus), &cpus);
     if (st.pid < 0) {
         err_set(&e, ERR_LIMIT, errno, "exec: fork");
-        sandbox__proto_send_error(conn, e);
-        return 1;
+        return exec_fail(conn, &r, e);
     }
     if (st.pid == 0)
-        run_child(&r, in[0], out[1], errp_[1], &mask);
+        run_child(&r, in[0], out[1], errp_[1], pinned ? &cpus : NULL);
     close(in[0]);
     close(out[1]);
     close(errp_[1]);
@@ -493,12 +542,21 @@ sandbox__handle_exec(int conn, json_t *req)
         if (poll(&p, 1, 1000) <= 0 || sandbox__sendq_flush(&x.q, conn, NULL) < 0)
             break;
     }
+    /*
+     * The caller is not waited for: stdin it still sends (that the command never read) is
+     * refused from here on, and what was sent stays readable for it on a unix socket even
+     * after the close, ahead of any error. So the handler is free as soon as the result is out,
+     * and the caller's close wakes nothing.
+     */
     if (!x.conn_gone && send_result(&x, &st, start_ns) == 0)
-        shutdown(conn, SHUT_WR);
+        shutdown(conn, SHUT_RDWR);
     else
         x.conn_gone = true;
     close_and_reset(&x.fds[0]);
     drain(&x);
-    close(conn);
+    close(sfd);
+    buf_free(&x.in_pending);
+    sandbox__sendq_free(&x.q);
+    exec_req_free(&r);
     return 0;
 }

@@ -124,7 +124,7 @@ int sandbox__rootfs_setup(int skel_fd, int usr_fd, struct err **errp);
 
 /* ---------------------------------------------------------- init (init.c) */
 
-/** pid 1: reaps, accepts control connections, forks one handler per connection. */
+/** pid 1: reaps, and keeps handlers waiting for control connections (init.c). */
 void sandbox__init_main(int listen_fd) __attribute__((noreturn));
 
 /* ------------------------------------------------ handlers (exec.c, files.c) */
@@ -161,7 +161,8 @@ int sandbox__dir_names(DIR *d, const char *skip, size_t max, char ***names_out, 
                        struct err **errp);
 void sandbox__names_free(char **names, size_t n);
 
-/** The comm of init's idle spare handler (init.c); anything else under init is activity. */
+/** The comm of a handler waiting for a connection (init.c); anything else under init is
+ * activity. */
 #define SANDBOX_SPARE_NAME "paddock-spare"
 
 /** The error class of an errno met by a file operation inside the sandbox. */
