@@ -926,8 +926,7 @@ start_egress(const struct api_config *cfg, const struct sockaddr_in *self, struc
     ec.upstream_ca = cfg->egress_upstream_ca;
     ec.max_conns_per_env = 256;
     ec.header_timeout_s = 30;
-    ec.connect_timeout_ms = cfg->egress_connect_timeout_ms > 0 ? cfg->egress_connect_timeout_ms
-                                                                : 10000;
+    ec.connect_timeout_ms = cfg->egress_connect_timeout_ms;
     ec.idle_timeout_s = 600;
     ec.max_header_bytes = 32 * 1024;
     ec.allow = xcalloc(cfg->n_egress_allow + 1, sizeof(*ec.allow));

@@ -194,21 +194,6 @@ audit(struct conn *c)
 
 static void tunnel_free(struct tunnel *t);
 
-/*
- * Frees a bufferevent and empties this thread's OpenSSL error queue. Tearing down a TLS
- * bufferevent (a handshake that failed, a peer gone without close_notify) can leave errors on
- * the queue; the next SSL_get_error() of an unrelated connection on this thread would then
- * report them as its own and fail a healthy handshake ("unexpected eof while reading" on a
- * fresh upstream, which CI saw).
- */
-static void
-bev_free(struct bufferevent *b)
-{
-    if (b != NULL)
-        bufferevent_free(b);
-    ERR_clear_error();
-}
-
 static void
 conn_free(struct conn *c)
 {
@@ -217,9 +202,9 @@ conn_free(struct conn *c)
     if (c->dns != NULL)
         evdns_getaddrinfo_cancel(c->dns);
     if (c->cl != NULL)
-        bev_free(c->cl);
+        bufferevent_free(c->cl);
     if (c->up != NULL)
-        bev_free(c->up);
+        bufferevent_free(c->up);
     if (c->head_out != NULL)
         evbuffer_free(c->head_out);
     if (c->flush != NULL)
@@ -273,7 +258,7 @@ finish(struct conn *c)
         return;
     }
     if (c->up != NULL) {
-        bev_free(c->up);
+        bufferevent_free(c->up);
         c->up = NULL;
     }
     bufferevent_disable(c->cl, EV_READ);
@@ -427,7 +412,7 @@ relay_event(struct bufferevent *bev, short what, void *arg)
                 finish(c);
         } else if (c->mitm && c->st == C_HEAD) {
             /* The upstream closed an idle keep-alive connection: the next request dials. */
-            bev_free(c->up);
+            bufferevent_free(c->up);
             c->up = NULL;
             c->up_ready = false;
         } else {
@@ -443,14 +428,14 @@ relay_event(struct bufferevent *bev, short what, void *arg)
     }
     if (what & (BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT)) {
         if (!from_client && c->mitm && c->st == C_HEAD) {
-            bev_free(c->up);
+            bufferevent_free(c->up);
             c->up = NULL;
             c->up_ready = false;
             return;
         }
         if (from_client) {
             if (c->up != NULL) {
-                bev_free(c->up);
+                bufferevent_free(c->up);
                 c->up = NULL;
             }
             conn_free(c);
@@ -637,8 +622,8 @@ start_tunnel(struct conn *c)
         }
         c->bytes_up += early;
     }
-    bev_free(c->cl);
-    bev_free(c->up);
+    bufferevent_free(c->cl);
+    bufferevent_free(c->up);
     c->cl = c->up = NULL;
     c->t = t;
     c->st = C_RELAY;
@@ -889,7 +874,7 @@ connect_event(struct bufferevent *bev, short what, void *arg)
         socklen_t plen = sizeof(peer);
         evutil_socket_t fd = bufferevent_getfd(c->up);
         bool connected = fd >= 0 && getpeername(fd, (struct sockaddr *)&peer, &plen) == 0;
-        bev_free(c->up);
+        bufferevent_free(c->up);
         c->up = NULL;
         refuse(c, 504, "allow", "%s:%u did not answer within %g s (%s)", c->dest.host,
                c->dest.port, (double)c->eg->cfg.connect_timeout_ms / 1000.0,
@@ -900,7 +885,7 @@ connect_event(struct bufferevent *bev, short what, void *arg)
         int e = EVUTIL_SOCKET_ERROR();
         unsigned long tls = c->mitm ? bufferevent_get_openssl_error(c->up) : 0;
         char tbuf[200];
-        bev_free(c->up);
+        bufferevent_free(c->up);
         c->up = NULL;
         if (tls != 0) {
             ERR_error_string_n(tls, tbuf, sizeof(tbuf));
@@ -1015,14 +1000,12 @@ dial(struct conn *c, const struct sockaddr *sa, socklen_t len)
         return;
     }
     if (c->up != NULL) {
-        bev_free(c->up);
+        bufferevent_free(c->up);
         c->up = NULL;
     }
     c->st = C_CONNECT;
     if (c->mitm) {
-        SSL *ssl;
-        ERR_clear_error(); /* nothing stale for this handshake's SSL_get_error() to find */
-        ssl = egress_tls_connect_ssl(c->eg->tls, c->dest.host, c->dest.is_ip);
+        SSL *ssl = egress_tls_connect_ssl(c->eg->tls, c->dest.host, c->dest.is_ip);
         c->up = ssl == NULL ? NULL
                             : bufferevent_openssl_socket_new(c->eg->base, -1, ssl,
                                                              BUFFEREVENT_SSL_CONNECTING,
@@ -1044,7 +1027,7 @@ dial(struct conn *c, const struct sockaddr *sa, socklen_t len)
         bufferevent_set_timeouts(c->up, &tv, &tv);
     }
     if (bufferevent_socket_connect(c->up, (struct sockaddr *)&c->addr, (int)len) < 0) {
-        bev_free(c->up);
+        bufferevent_free(c->up);
         c->up = NULL;
         refuse(c, 502, "allow", "could not connect to %s:%u", c->dest.host, c->dest.port);
     }
@@ -1547,12 +1530,9 @@ sni_check(SSL *ssl, int *alert, void *arg)
 static void
 start_mitm(struct conn *c)
 {
-    SSL *ssl;
+    SSL *ssl = egress_tls_accept_ssl(c->eg->tls, c->dest.host, c->dest.is_ip);
     struct bufferevent *tls;
     struct timeval tv = {c->eg->cfg.header_timeout_s, 0};
-
-    ERR_clear_error(); /* as in dial(): nothing stale for this handshake */
-    ssl = egress_tls_accept_ssl(c->eg->tls, c->dest.host, c->dest.is_ip);
 
     if (ssl == NULL) {
         refuse(c, 502, "deny", "could not mint a certificate for %s", c->dest.host);

@@ -1182,10 +1182,9 @@ def test_request_coalesced_with_the_handshake(tl):
 
 @pytest.mark.parametrize("first", ["gone-without-close-notify", "refused-sni", "no-sni"])
 def test_a_torn_down_tls_connection_leaves_nothing_for_the_next(tl, first):
-    """Tearing down a TLS connection (an upstream gone without close_notify, a handshake the
-    proxy refused) can leave errors on the proxy thread's OpenSSL error queue; a fresh
-    intercepted connection right after must still succeed (CI once saw it fail with the
-    previous connection's "unexpected eof while reading")."""
+    """A TLS connection torn down badly (an upstream gone without close_notify, a handshake
+    the proxy refused) leaves nothing behind that fails the next one: a fresh intercepted
+    connection right after must succeed, five times over."""
     for _ in range(5):
         if first != "gone-without-close-notify":
             a = spec("api.test", tl.api.port, req("api.test", tl.api.port),
