@@ -25,8 +25,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+#include <linux/sockios.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -113,7 +116,7 @@ struct conn {
     bool mitm;                      /* TLS terminated here to set the rule's headers */
     struct sockaddr_storage addr;   /* the vetted upstream address */
     socklen_t addrlen;
-    struct tunnel *t;               /* a plain CONNECT tunnel, relayed with splice() */
+    struct tunnel *t;               /* a plain CONNECT tunnel, relayed by tunnel_move() */
     /* An intercepted tunnel keeps both connections across requests: the response is framed
      * (its length known from its head) so the next request can follow. */
     struct {
@@ -151,6 +154,7 @@ struct egress {
     struct conn conns;          /* list head, loop thread only */
     struct store *store;
     struct egress_tls *tls;
+    unsigned char *relay_buf; /* tunnels' copy buffer, loop thread only (TUNNEL_CHUNK) */
 };
 
 /* --------------------------------------------------------------- helpers */
@@ -254,7 +258,7 @@ finish(struct conn *c)
 
     c->st = C_DONE;
     if (c->t != NULL) {
-        conn_free(c); /* a tunnel has no queued bytes of ours: pipes are drained or dropped */
+        conn_free(c); /* a tunnel never holds bytes of its own */
         return;
     }
     if (c->up != NULL) {
@@ -446,13 +450,30 @@ relay_event(struct bufferevent *bev, short what, void *arg)
 }
 
 /*
- * A plain CONNECT tunnel moves bytes between the two sockets with splice() through a pipe for
- * each direction: no copy through the proxy's memory, and no 4 KiB reads (libevent 2.1's
- * evbuffer_read reads at most 4096 bytes at a time). Backpressure: while a pipe holds bytes
- * the far socket would not take, the near one is not read. An end that closes is passed on as
- * a half-close once its pipe is empty.
+ * A plain CONNECT tunnel copies bytes between the two sockets through one buffer the loop
+ * thread owns. Before each read it asks the far socket how much room it has (SO_SNDBUF less
+ * SIOCOUTQ) and reads no more than that, so what it reads is normally all sent at once. The
+ * rare rest (the kernel counts buffer overhead the estimate does not) is kept for that side
+ * alone, and its socket is not read again until the far one has taken it. A far socket
+ * without room is waited for, unread: the bytes stay in the near socket's receive buffer and
+ * TCP's window pushes back on the sender. So a slow end costs the proxy its sockets' kernel
+ * buffers, not memory of its own. An end that closes is passed on as a half-close; an error
+ * or a reset on one side is passed on as a reset, so a cut-off transfer never looks complete.
+ * Urgent data is kept in line (SO_OOBINLINE): the stream arrives byte for byte.
+ *
+ * Reading consumes as it goes. Peeking first (and consuming only what was sent) needs no rest
+ * buffer, but the kernel walks the receive queue from its head for every segment it peeks
+ * at, quadratic in the segments queued behind a stalled far end, which a sandbox can make
+ * small and many.
+ *
+ * Copying beat splice(2) here once the sandbox's loopback takes large segments (spawn.c):
+ * spliced data goes out as one 4 KiB page per fragment, which keeps segments small and makes
+ * the receiver's copy dearer. Through paddock (bench/egress_bench.py, medians of interleaved
+ * runs) splice gave 0.40x direct, copying 0.55x through a 1 MiB buffer and 0.66x through
+ * 256 KiB, which also cost the proxy the least CPU per byte (0.20 s/GB; bench/README.md).
  */
-#define TUNNEL_PIPE (1 << 20)
+#define TUNNEL_CHUNK (256u << 10) /* bytes per read */
+#define TUNNEL_BURST (4u << 20) /* bytes moved per wake-up before others get a turn */
 
 struct tunnel;
 
@@ -460,15 +481,17 @@ struct side {
     struct tunnel *t;
     int idx;
     int fd;
-    int pipe[2];      /* bytes read from fd, waiting for the other side */
-    size_t queued;    /* bytes in pipe */
-    bool eof;         /* fd sent its last byte */
-    struct event *rd; /* fd readable */
-    struct event *wr; /* the other side writable (to drain pipe) */
+    bool eof;            /* fd sent its last byte (and the close was passed on) */
+    bool blocked;        /* waiting for the other side to take more: rd off, wr on */
+    unsigned char *rest; /* read from fd, not yet taken by the other side */
+    size_t rest_off, rest_len;
+    struct event *rd;    /* fd readable */
+    struct event *wr;    /* the other side writable again */
 };
 
 struct tunnel {
     struct conn *c;
+    bool abort; /* ended by an error: reset both sockets rather than close them cleanly */
     struct side s[2]; /* [0] client, [1] upstream */
 };
 
@@ -482,106 +505,151 @@ tunnel_free(struct tunnel *t)
             event_free(t->s[i].rd);
         if (t->s[i].wr != NULL)
             event_free(t->s[i].wr);
-        if (t->s[i].fd >= 0)
+        if (t->s[i].fd >= 0) {
+            if (t->abort) {
+                struct linger lg = {1, 0}; /* close sends RST */
+                setsockopt(t->s[i].fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+            }
             close(t->s[i].fd);
-        for (int k = 0; k < 2; k++)
-            if (t->s[i].pipe[k] >= 0)
-                close(t->s[i].pipe[k]);
+        }
+        free(t->s[i].rest);
     }
     free(t);
 }
 
-/* Moves what side i's pipe holds to the other side; false when the tunnel must end. */
-static bool
-tunnel_drain(struct tunnel *t, int i)
+/* Sends up to len bytes to fd without blocking: how many went, 0 if none fit, -1 on error. */
+static ssize_t
+send_some(int fd, const unsigned char *p, size_t len)
 {
-    struct side *s = &t->s[i], *o = &t->s[1 - i];
+    ssize_t w;
 
-    while (s->queued > 0) {
-        ssize_t n = splice(s->pipe[0], NULL, o->fd, NULL, s->queued,
-                           SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && errno == EAGAIN) {
-            event_del(s->rd); /* backpressure: read no more until the far side drains */
-            event_add(s->wr, NULL);
-            return true;
-        }
-        if (n <= 0)
-            return false;
-        s->queued -= (size_t)n;
-    }
-    event_del(s->wr);
-    if (s->eof)
-        shutdown(o->fd, SHUT_WR); /* everything passed on: pass the close on too */
-    else
-        event_add(s->rd, NULL);
-    return true;
+    do
+        w = send(fd, p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+    while (w < 0 && errno == EINTR);
+    if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        return 0;
+    return w;
+}
+
+/* How much the socket fd would take now, by its send buffer's size and what it holds. */
+static size_t
+send_room(int fd)
+{
+    int sndbuf, outq;
+    socklen_t sl = sizeof(sndbuf);
+
+    if (getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, &sl) < 0 || ioctl(fd, SIOCOUTQ, &outq) < 0)
+        return TUNNEL_CHUNK; /* no estimate: a read's rest is kept all the same */
+    return sndbuf > outq ? (size_t)(sndbuf - outq) : 0;
 }
 
 static void
-tunnel_end(struct tunnel *t)
+side_block(struct side *s)
 {
+    if (!s->blocked) {
+        s->blocked = true;
+        event_del(s->rd);
+        event_add(s->wr, NULL);
+    }
+}
+
+static void
+tunnel_count(struct tunnel *t, int i, size_t n)
+{
+    if (i == 0)
+        t->c->bytes_up += n;
+    else
+        t->c->bytes_down += n;
+}
+
+/* Moves what side i's socket holds to the other side; false when the tunnel must end. */
+static bool
+tunnel_move(struct tunnel *t, int i)
+{
+    struct side *s = &t->s[i], *o = &t->s[1 - i];
+    struct egress *eg = t->c->eg;
+    size_t moved = 0;
+    ssize_t n, w;
+
+    if (s->rest_len > 0) {
+        if ((w = send_some(o->fd, s->rest + s->rest_off, s->rest_len)) < 0)
+            return false;
+        tunnel_count(t, i, (size_t)w);
+        s->rest_off += (size_t)w;
+        s->rest_len -= (size_t)w;
+        if (s->rest_len > 0)
+            return true; /* still blocked */
+        free(s->rest);
+        s->rest = NULL;
+        s->rest_off = 0;
+    }
+    if (eg->relay_buf == NULL)
+        eg->relay_buf = xmalloc(TUNNEL_CHUNK);
+    while (moved < TUNNEL_BURST) {
+        size_t room = send_room(o->fd);
+        if (room == 0) {
+            side_block(s); /* read nothing until the far side has room */
+            return true;
+        }
+        if (room > TUNNEL_CHUNK)
+            room = TUNNEL_CHUNK;
+        do
+            n = recv(s->fd, eg->relay_buf, room, MSG_DONTWAIT);
+        while (n < 0 && errno == EINTR);
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            break;
+        if (n < 0)
+            return false;
+        if (n == 0) {
+            s->eof = true;
+            event_del(s->rd);
+            shutdown(o->fd, SHUT_WR); /* everything passed on: pass the close on too */
+            break;
+        }
+        if ((w = send_some(o->fd, eg->relay_buf, (size_t)n)) < 0)
+            return false;
+        tunnel_count(t, i, (size_t)w);
+        moved += (size_t)w;
+        if (w < n) { /* keep the rest; read no more from here until it is taken */
+            s->rest_len = (size_t)(n - w);
+            s->rest = xmalloc(s->rest_len);
+            memcpy(s->rest, eg->relay_buf + w, s->rest_len);
+            side_block(s);
+            return true;
+        }
+        if ((size_t)n < room)
+            break; /* most likely all there was; level-triggered polling calls again if not */
+    }
+    if (s->blocked) {
+        s->blocked = false;
+        event_del(s->wr);
+        if (!s->eof)
+            event_add(s->rd, NULL);
+    }
+    return true;
+}
+
+/* Side i's socket is readable, or (blocked) the other side writable again. */
+static void
+tunnel_ready(evutil_socket_t fd, short what, void *arg)
+{
+    struct side *s = arg;
+    struct tunnel *t = s->t;
     struct conn *c = t->c;
 
+    (void)fd;
+    (void)what;
+    touch(c);
+    if (!tunnel_move(t, s->idx))
+        t->abort = true;
+    else if (!(t->s[0].eof && t->s[1].eof))
+        return;
     c->st = C_DONE;
     conn_free(c);
 }
 
-static void
-tunnel_readable(evutil_socket_t fd, short what, void *arg)
-{
-    struct side *s = arg;
-    struct tunnel *t = s->t;
-    int i = s->idx;
-
-    (void)what;
-    for (;;) {
-        ssize_t n = splice(fd, NULL, s->pipe[1], NULL, TUNNEL_PIPE - s->queued,
-                           SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && errno == EAGAIN)
-            break; /* nothing more now (or the pipe is full: drained below) */
-        if (n < 0) {
-            tunnel_end(t);
-            return;
-        }
-        if (n == 0) {
-            s->eof = true;
-            event_del(s->rd);
-            break;
-        }
-        s->queued += (size_t)n;
-        if (i == 0)
-            t->c->bytes_up += (uint64_t)n;
-        else
-            t->c->bytes_down += (uint64_t)n;
-        if (s->queued >= TUNNEL_PIPE)
-            break;
-    }
-    touch(t->c);
-    if (!tunnel_drain(t, i) || (t->s[0].eof && t->s[1].eof && t->s[0].queued == 0 &&
-                                t->s[1].queued == 0))
-        tunnel_end(t);
-}
-
-static void
-tunnel_writable(evutil_socket_t fd, short what, void *arg)
-{
-    struct side *s = arg;
-    struct tunnel *t = s->t;
-
-    (void)fd;
-    (void)what;
-    touch(t->c);
-    if (!tunnel_drain(t, s->idx) || (t->s[0].eof && t->s[1].eof && t->s[0].queued == 0 &&
-                                     t->s[1].queued == 0))
-        tunnel_end(t);
-}
-
 /*
- * Turns an allowed CONNECT into a spliced tunnel: answers 200, passes on what the client
+ * Turns an allowed CONNECT into a tunnel: answers 200, passes on what the client
  * sent behind its head, and takes the sockets over from their bufferevents.
  */
 static bool
@@ -595,19 +663,18 @@ start_tunnel(struct conn *c)
 
     for (int i = 0; i < 2; i++) {
         t->s[i].fd = fds[i];
-        t->s[i].pipe[0] = t->s[i].pipe[1] = -1;
         t->s[i].t = t;
         t->s[i].idx = i;
     }
     t->c = c;
-    if (fds[0] < 0 || fds[1] < 0 || pipe2(t->s[0].pipe, O_CLOEXEC | O_NONBLOCK) < 0 ||
-        pipe2(t->s[1].pipe, O_CLOEXEC | O_NONBLOCK) < 0) {
+    if (fds[0] < 0 || fds[1] < 0) {
         tunnel_free(t);
         return false;
     }
     for (int i = 0; i < 2; i++) {
-        fcntl(t->s[i].pipe[1], F_SETPIPE_SZ, TUNNEL_PIPE);
+        int one = 1;
         fcntl(fds[i], F_SETFL, fcntl(fds[i], F_GETFL) | O_NONBLOCK);
+        setsockopt(fds[i], SOL_SOCKET, SO_OOBINLINE, &one, sizeof(one));
     }
     /* The answer and the client's early bytes are tiny and the sockets fresh: they go now. */
     if (send(fds[0], ok, sizeof(ok) - 1, MSG_NOSIGNAL) != (ssize_t)(sizeof(ok) - 1)) {
@@ -629,9 +696,9 @@ start_tunnel(struct conn *c)
     c->st = C_RELAY;
     touch(c);
     for (int i = 0; i < 2; i++) {
-        t->s[i].rd = event_new(c->eg->base, fds[i], EV_READ | EV_PERSIST, tunnel_readable,
+        t->s[i].rd = event_new(c->eg->base, fds[i], EV_READ | EV_PERSIST, tunnel_ready,
                                &t->s[i]);
-        t->s[i].wr = event_new(c->eg->base, fds[1 - i], EV_WRITE | EV_PERSIST, tunnel_writable,
+        t->s[i].wr = event_new(c->eg->base, fds[1 - i], EV_WRITE | EV_PERSIST, tunnel_ready,
                                &t->s[i]);
         event_add(t->s[i].rd, NULL);
     }
@@ -1824,6 +1891,7 @@ egress_stop(struct egress *eg)
     event_base_free(eg->base);
     store_close(eg->store);
     egress_tls_free(eg->tls);
+    free(eg->relay_buf);
     free_cfg(eg);
     free(eg);
 }

@@ -62,6 +62,7 @@ class Conn:
 
     def __init__(self):
         self.raw = b""
+        self.eof = False  # the peer closed its sending side (not a timeout or an error)
         self.closed = threading.Event()
 
     def head(self):
@@ -173,12 +174,17 @@ class Upstream:
             if self.tls is not None:
                 s = self.tls.wrap_socket(s, server_side=True)
             if self.mode == "echo":
-                while True:
-                    d = s.recv(65536)
-                    if not d:
-                        break
-                    c.raw += d
-                    s.sendall(d)
+                got = bytearray()  # bytes += bytes would copy it all again per recv
+                try:
+                    while True:
+                        d = s.recv(65536)
+                        if not d:
+                            c.eof = True
+                            break
+                        got += d
+                        s.sendall(d)
+                finally:
+                    c.raw = bytes(got)
                 return
             while True:
                 p = parse_head(c.raw)
