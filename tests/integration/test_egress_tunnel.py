@@ -66,7 +66,9 @@ elif a["mode"] == "after_eof":
     time.sleep(0.3)
     s.close()
 elif a["mode"] == "reset":
-    # Read until the stream ends: a clean end (EOF) or a reset.
+    # Say go (the upstream waits for the tunnel), then read until the stream ends: a clean end
+    # (EOF) or a reset.
+    s.sendall(b"go")
     got, end = 0, "eof"
     try:
         while True:
@@ -183,6 +185,8 @@ def test_an_upstream_reset_reaches_the_client_as_a_reset(lab, client_env):  # no
     ls.listen(4)
 
     def serve(c):
+        c.settimeout(30 * SLOWDOWN)
+        c.recv(2)  # the client's "go": the tunnel is up
         c.sendall(b"x" * 100000)
         c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         c.close()  # RST
