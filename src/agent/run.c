@@ -261,7 +261,7 @@ run_bash(struct agent_run *r, const char *call_id, json_t *args, int64_t deadlin
     /* env_dir resumes an idle environment and records the activity. */
     if (env_dir(r, &dir, &e) < 0)
         goto fail;
-    if (r->vars == NULL && env_exec_vars(r->ctx, r->it.env_id, &r->vars, &e) < 0)
+    if (r->vars == NULL && env_exec_vars(r->ctx, r->it.env_id, r->it.id, &r->vars, &e) < 0)
         goto fail;
     vars = r->vars;
     memset(&o, 0, sizeof(o));

@@ -285,7 +285,7 @@ merge_vars(struct env_ctx *ctx, const char *id, struct exec_args *x, struct err 
 {
     char **vars = NULL;
 
-    if (env_exec_vars(ctx, id, &vars, errp) < 0)
+    if (env_exec_vars(ctx, id, NULL, &vars, errp) < 0)
         return -1;
     for (size_t i = 0; vars[i] != NULL; i++) {
         size_t kl = strcspn(vars[i], "=") + 1;
@@ -564,17 +564,21 @@ cmd_egress(const struct cli_global *g, int argc, char **argv)
         for (size_t i = 0; i < n; i++) {
             char t[40];
             util_format_time(v[i].ts_ms, t, sizeof(t));
-            if (json)
-                json_array_append_new(
-                    arr, json_pack("{s:s, s:s, s:i, s:s, s:s, s:s, s:I, s:I}", "time", t, "host",
-                                   v[i].host, "port", v[i].port, "method", v[i].method,
-                                   "decision", v[i].decision, "reason", v[i].reason, "bytes_up",
-                                   (json_int_t)v[i].bytes_up, "bytes_down",
-                                   (json_int_t)v[i].bytes_down));
-            else
-                printf("%s %-5s %-7s %s:%d up=%" PRIu64 " down=%" PRIu64 " %s\n", t,
+            if (json) {
+                json_t *j = json_pack("{s:s, s:s, s:i, s:s, s:s, s:s, s:I, s:I}", "time", t,
+                                      "host", v[i].host, "port", v[i].port, "method",
+                                      v[i].method, "decision", v[i].decision, "reason",
+                                      v[i].reason, "bytes_up", (json_int_t)v[i].bytes_up,
+                                      "bytes_down", (json_int_t)v[i].bytes_down);
+                if (v[i].interaction_id[0] != '\0')
+                    json_object_set_new(j, "interaction_id", json_string(v[i].interaction_id));
+                json_array_append_new(arr, j);
+            } else {
+                printf("%s %-5s %-7s %s:%d up=%" PRIu64 " down=%" PRIu64 "%s%s %s\n", t,
                        v[i].decision, v[i].method, v[i].host, v[i].port, v[i].bytes_up,
-                       v[i].bytes_down, v[i].reason);
+                       v[i].bytes_down, v[i].interaction_id[0] != '\0' ? " " : "",
+                       v[i].interaction_id, v[i].reason);
+            }
         }
         if (n < 1000)
             break;

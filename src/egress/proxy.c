@@ -41,8 +41,10 @@
 
 #include <event2/bufferevent_ssl.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
 
 #include "egress_int.h"
+#include "env/env.h"
 #include "store/store.h"
 
 #define RELAY_HIGH (1u << 20) /* stop reading a side while the other has this much queued */
@@ -100,6 +102,7 @@ struct conn {
     bool is_connect;
     bool cl_eof, up_eof;
     char method[16];
+    char interaction[40]; /* attributed by a verified tag in Proxy-Authorization, or "" */
     struct egress_dest dest;
     char *path;       /* origin-form target of a forwarded request */
     struct evbuffer *head_out; /* the forwarded request head */
@@ -155,6 +158,7 @@ struct egress {
     struct store *store;
     struct egress_tls *tls;
     unsigned char *relay_buf; /* tunnels' copy buffer, loop thread only (TUNNEL_CHUNK) */
+    char *data_dir;           /* for the attribution key (env_proxy_tag_ok()) */
 };
 
 /* --------------------------------------------------------------- helpers */
@@ -182,6 +186,7 @@ audit(struct conn *c)
         return;
     memset(&r, 0, sizeof(r));
     snprintf(r.env_id, sizeof(r.env_id), "%s", c->ls->id);
+    snprintf(r.interaction_id, sizeof(r.interaction_id), "%s", c->interaction);
     r.ts_ms = c->start_ms;
     snprintf(r.host, sizeof(r.host), "%s", c->dest.host);
     r.port = c->dest.port;
@@ -1281,6 +1286,43 @@ injected_header(const struct conn *c, const char *name, size_t n)
 }
 
 /*
+ * Attribution: an interaction's commands get a proxy URL whose user is the interaction and
+ * whose password is its tag for this environment (env_proxy_tag()), and clients send them as
+ * "Proxy-Authorization: Basic base64(user:password)". A verified pair names the interaction
+ * in the audit record; anything else (absent, malformed, another environment's tag) names
+ * none and changes nothing else: the proxy asks no one to authenticate. The header is never
+ * forwarded (dropped_header()).
+ */
+static void
+attribute(struct conn *c, const char *v)
+{
+    unsigned char dec[160];
+    size_t len = strlen(v), pad = 0;
+    char *user, *tag;
+    int n;
+
+    if (c->interaction[0] != '\0' || strncasecmp(v, "basic ", 6) != 0)
+        return;
+    for (v += 6, len -= 6; *v == ' '; v++, len--)
+        ;
+    while (len > 0 && (v[len - 1] == ' ' || v[len - 1] == '\t'))
+        len--;
+    if (len == 0 || len % 4 != 0 || len / 4 * 3 >= sizeof(dec))
+        return;
+    pad = (v[len - 1] == '=') + (len > 1 && v[len - 2] == '=');
+    n = EVP_DecodeBlock(dec, (const unsigned char *)v, (int)len);
+    if (n < 0 || (size_t)n < pad)
+        return;
+    dec[(size_t)n - pad] = '\0';
+    user = (char *)dec;
+    if (strlen(user) != (size_t)n - pad || (tag = strchr(user, ':')) == NULL)
+        return;
+    *tag++ = '\0';
+    if (strlen(user) < sizeof(c->interaction) && env_proxy_tag_ok(c->eg->data_dir, c->ls->id, user, tag))
+        snprintf(c->interaction, sizeof(c->interaction), "%s", user);
+}
+
+/*
  * Parses a request head (NUL-terminated, ending with the empty line). With inner false it is
  * a proxy request (CONNECT or absolute form) and the policy decides; with inner true it is the
  * request inside an intercepted tunnel (origin form), whose Host must name the tunnel's
@@ -1412,6 +1454,8 @@ parse_head(struct conn *c, char *head, bool inner)
             }
         if (nl == 10 && strncasecmp(line, "connection", 10) == 0 && strcasestr(v, "close") != NULL)
             c->req_close = true;
+        if (!inner && nl == 19 && strncasecmp(line, "proxy-authorization", 19) == 0)
+            attribute(c, v);
         if (nl == 17 && strncasecmp(line, "transfer-encoding", 17) == 0) {
             refuse(c, 400, "deny", "Transfer-Encoding in a request is not accepted here "
                                    "(send a Content-Length)");
@@ -1773,6 +1817,7 @@ push(struct egress *eg, struct cmd *cm)
 static void
 free_cfg(struct egress *eg)
 {
+    free(eg->data_dir);
     free(eg->cfg.allow);
     free(eg->cfg.resolve);
     free(eg->cfg.self);
@@ -1800,6 +1845,7 @@ egress_start(const struct egress_config *cfg, struct egress **out, struct err **
     if (cfg->n_self > 0)
         memcpy(eg->cfg.self, cfg->self, cfg->n_self * sizeof(*cfg->self));
     eg->cfg.data_dir = NULL;
+    eg->data_dir = xstrdup(cfg->data_dir);
     pthread_mutex_init(&eg->lock, NULL);
     eg->conns.next = eg->conns.prev = &eg->conns;
     eg->base = event_base_new();

@@ -7,6 +7,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/file.h>
@@ -16,6 +17,9 @@
 #include <unistd.h>
 
 #include <jansson.h>
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
 
 #include "env_int.h"
 #include "node_proxy_cjs.h" /* generated from src/env/node-proxy.cjs */
@@ -492,7 +496,7 @@ run_in(struct env_ctx *c, const char *id, const char *dir, const char *const *ar
                                   .stdin_fd = -1, .on_output = capture_out, .arg = &cap};
     int rc;
 
-    if (env_exec_vars(c, id, &vars, errp) < 0)
+    if (env_exec_vars(c, id, NULL, &vars, errp) < 0)
         return -1;
     o.env = (const char *const *)vars;
     buf_init(&cap.err, 4096);
@@ -892,8 +896,120 @@ node_options(char ***arr, size_t *n)
     }
 }
 
+/*
+ * The attribution key: DATA/egress-tag.key, 32 random bytes (0600), made by the first process
+ * that needs it, so the server, `paddock run` and a restarted server all agree on the tags.
+ * Made under a temporary name and linked into place, so two processes racing to make it end
+ * up with the one that won. Loaded once per process (one data directory each).
+ */
+#define TAG_KEY_LEN 32
+
+static pthread_mutex_t tag_lock = PTHREAD_MUTEX_INITIALIZER;
+static char *tag_dir;
+static unsigned char tag_key[TAG_KEY_LEN];
+static bool tag_key_ok;
+
+static int
+tag_key_read(const char *path, struct err **errp)
+{
+    cleanup_close int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    struct stat st;
+
+    if (fd < 0)
+        return err_set(errp, ERR_INTERNAL, errno, "open %s", path);
+    if (fstat(fd, &st) < 0 || st.st_size != TAG_KEY_LEN ||
+        util_read_exact(fd, tag_key, TAG_KEY_LEN) < 0)
+        return err_set(errp, ERR_INTERNAL, 0, "%s is not a %d-byte key", path, TAG_KEY_LEN);
+    return 0;
+}
+
+static int
+tag_key_make(const char *path, struct err **errp)
+{
+    unsigned char k[TAG_KEY_LEN];
+    cleanup_free char *tmp = xasprintf("%s.%d", path, (int)getpid());
+    int fd, rc = 0;
+
+    if (util_random(k, sizeof(k), errp) < 0)
+        return -1;
+    fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0)
+        return err_set(errp, ERR_INTERNAL, errno, "create %s", tmp);
+    if (util_write_all(fd, k, sizeof(k)) < 0 || fsync(fd) < 0)
+        rc = err_set(errp, ERR_INTERNAL, errno, "write %s", tmp);
+    close(fd);
+    explicit_bzero(k, sizeof(k));
+    if (rc == 0 && link(tmp, path) < 0 && errno != EEXIST) /* EEXIST: another made it first */
+        rc = err_set(errp, ERR_INTERNAL, errno, "link %s", path);
+    unlink(tmp);
+    return rc;
+}
+
+/* Loads the key of data_dir (once); false when there is none to be had. Under tag_lock. */
+static bool
+tag_key_load(const char *data_dir)
+{
+    cleanup_free char *path = NULL;
+    struct err *e = NULL;
+
+    if (tag_dir != NULL && strcmp(tag_dir, data_dir) == 0)
+        return tag_key_ok;
+    free(tag_dir);
+    tag_dir = xstrdup(data_dir);
+    path = xasprintf("%s/egress-tag.key", data_dir);
+    tag_key_ok = false;
+    if (tag_key_read(path, &e) < 0 && e->errnum == ENOENT) {
+        err_free(e);
+        e = NULL;
+        if (tag_key_make(path, &e) == 0)
+            (void)tag_key_read(path, &e);
+    }
+    if (e != NULL) {
+        log_warnx("egress attribution off: %s", e->msg);
+        err_free(e);
+        return false;
+    }
+    return tag_key_ok = true;
+}
+
+void
+env_proxy_tag(const char *data_dir, const char *env_id, const char *interaction_id,
+              char out[ENV_PROXY_TAG_LEN + 1])
+{
+    unsigned char mac[32];
+    size_t maclen = 0;
+    cleanup_free char *msg = xasprintf("%s\n%s", env_id, interaction_id);
+    bool ok;
+
+    out[0] = '\0';
+    pthread_mutex_lock(&tag_lock);
+    ok = tag_key_load(data_dir) &&
+         EVP_Q_mac(NULL, "HMAC", NULL, "SHA256", NULL, tag_key, sizeof(tag_key),
+                   (const unsigned char *)msg, strlen(msg), mac, sizeof(mac), &maclen) != NULL &&
+         maclen >= ENV_PROXY_TAG_LEN / 2;
+    pthread_mutex_unlock(&tag_lock);
+    if (!ok) {
+        ERR_clear_error(); /* nothing of this for the caller's next TLS call to trip on */
+        return;
+    }
+    for (size_t i = 0; i < ENV_PROXY_TAG_LEN / 2; i++)
+        snprintf(out + 2 * i, 3, "%02x", mac[i]);
+}
+
+bool
+env_proxy_tag_ok(const char *data_dir, const char *env_id, const char *interaction_id,
+                 const char *tag)
+{
+    char want[ENV_PROXY_TAG_LEN + 1];
+
+    env_proxy_tag(data_dir, env_id, interaction_id, want);
+    return want[0] != '\0' && strlen(tag) == ENV_PROXY_TAG_LEN &&
+           CRYPTO_memcmp(want, tag, ENV_PROXY_TAG_LEN) == 0;
+}
+
 int
-env_exec_vars(struct env_ctx *c, const char *id, char ***out, struct err **errp)
+env_exec_vars(struct env_ctx *c, const char *id, const char *interaction_id, char ***out,
+              struct err **errp)
 {
     cleanup_free char *config = NULL;
     json_t *cfg, *vars, *v;
@@ -929,8 +1045,23 @@ env_exec_vars(struct env_ctx *c, const char *id, char ***out, struct err **errp)
                                                       "CURL_CA_BUNDLE"};
             size_t extra = sizeof(names) / sizeof(names[0]) + 2;
             arr = xrealloc(arr, (n + extra + 1) * sizeof(*arr));
+            char tag[ENV_PROXY_TAG_LEN + 1] = "";
+            cleanup_free char *user = NULL;
+            /* Attribution, not access: the proxy never asks for these, and clients send them
+             * (curl, git, pip, python, npm, node fetch through node-proxy.cjs) unasked. */
+            if (interaction_id != NULL)
+                env_proxy_tag(c->data_dir, id, interaction_id, tag);
+            if (tag[0] != '\0')
+                user = xasprintf("%s:%s@", interaction_id, tag);
             for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
-                arr[n++] = xasprintf("%s=http://127.0.0.1:%d", names[i], ENV_PROXY_PORT);
+                arr[n++] = xasprintf("%s=http://%s127.0.0.1:%d", names[i], user ? user : "",
+                                     ENV_PROXY_PORT);
+            /* git lets libcurl pick the proxy's auth method, which waits for a 407 that never
+             * comes; with basic it sends the user and password unasked, as others do. */
+            if (user != NULL) {
+                arr = xrealloc(arr, (n + extra + 2) * sizeof(*arr));
+                arr[n++] = xstrdup("GIT_HTTP_PROXY_AUTHMETHOD=basic");
+            }
             arr[n++] = xstrdup("NO_PROXY=localhost,127.0.0.1,::1");
             arr[n++] = xstrdup("no_proxy=localhost,127.0.0.1,::1");
             arr = xrealloc(arr, (n + sizeof(bundle_vars) / sizeof(bundle_vars[0]) + 2) *

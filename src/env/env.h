@@ -143,11 +143,30 @@ int env_page(struct env_ctx *ctx, const char *project, int64_t after_created,
 int env_config(struct env_ctx *ctx, const char *id, char **out, struct err **errp);
 
 /**
- * The variables the environment's `env` setting gives every command, as "NAME=VALUE" strings
- * (NULL-terminated, owned: free each and the array). Variables that reference a credential
- * are left out until the egress proxy can inject them.
+ * The variables every command in the environment gets, as "NAME=VALUE" strings
+ * (NULL-terminated, owned: free each and the array): its `env` setting (a variable that
+ * references a credential holds the placeholder the egress proxy replaces) and, with a
+ * network, the proxy and its trust. With interaction_id (NULL: none), the proxy URL carries
+ * the interaction and its env_proxy_tag() as user and password, which clients send to the
+ * proxy (Proxy-Authorization: Basic), so the audit record names the interaction.
  */
-int env_exec_vars(struct env_ctx *ctx, const char *id, char ***out, struct err **errp);
+int env_exec_vars(struct env_ctx *ctx, const char *id, const char *interaction_id, char ***out,
+                  struct err **errp);
+
+#define ENV_PROXY_TAG_LEN 32
+
+/**
+ * The tag that binds interaction_id to environment env_id in a proxy URL: hex HMAC-SHA256 (128
+ * bits) under the installation's attribution key (DATA/egress-tag.key, made on first use), so
+ * a sandbox can neither make one up nor use another environment's. out gets ENV_PROXY_TAG_LEN
+ * characters and a NUL, or "" when there is no key (logged).
+ */
+void env_proxy_tag(const char *data_dir, const char *env_id, const char *interaction_id,
+                   char out[ENV_PROXY_TAG_LEN + 1]);
+
+/** True when tag is env_proxy_tag(data_dir, env_id, interaction_id) (constant-time compare). */
+bool env_proxy_tag_ok(const char *data_dir, const char *env_id, const char *interaction_id,
+                      const char *tag);
 
 /** Counts the environment's own files (when running) and stores the counts. */
 int env_count(struct env_ctx *ctx, const char *id, struct err **errp);

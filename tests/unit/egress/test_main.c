@@ -1,4 +1,5 @@
-/* unit_egress: runs every test group of src/egress/ that needs no proxy, no socket, no root. */
+/* unit_egress: runs every test group of src/egress/ that needs no proxy, no socket, no root
+ * (and the attribution tag of src/env/, which only the proxy checks). */
 #include "../unit.h"
 
 #include "suites.h"
@@ -11,5 +12,6 @@ main(void)
     failed += test_host_run();
     failed += test_policy_run();
     failed += test_addr_run();
+    failed += test_tag_run();
     return failed == 0 ? 0 : 1;
 }
