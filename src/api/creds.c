@@ -28,34 +28,8 @@ static int
 load_key(const char *data_dir, unsigned char key[KEY_LEN], struct err **errp)
 {
     cleanup_free char *path = xasprintf("%s/secret.key", data_dir);
-    char *buf = NULL;
-    size_t len = 0;
 
-    if (util_read_file_at(AT_FDCWD, path, 4096, &buf, &len, NULL) == 0 && len == KEY_LEN) {
-        memcpy(key, buf, KEY_LEN);
-        explicit_bzero(buf, len);
-        free(buf);
-        return 0;
-    }
-    if (buf != NULL) {
-        explicit_bzero(buf, len);
-        free(buf);
-        return err_set(errp, ERR_INTERNAL, 0, "%s is not a %d-byte key", path, KEY_LEN);
-    }
-    if (RAND_bytes(key, KEY_LEN) != 1)
-        return err_set(errp, ERR_INTERNAL, 0, "no randomness for the secret key");
-    {
-        cleanup_close int dfd = open(data_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        /* Made once: a concurrent maker's key wins (O_EXCL), and we read it back. */
-        cleanup_close int fd = dfd < 0 ? -1
-                                       : openat(dfd, "secret.key",
-                                                O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-        if (fd < 0 && errno == EEXIST)
-            return load_key(data_dir, key, errp);
-        if (fd < 0 || util_write_all(fd, key, KEY_LEN) < 0 || fsync(fd) < 0)
-            return err_set(errp, ERR_IO, errno, "write %s", path);
-    }
-    return 0;
+    return util_key_file(path, key, KEY_LEN, errp);
 }
 
 int

@@ -205,6 +205,14 @@ int util_hexval(char c);
 int util_random(void *buf, size_t n, struct err **errp);
 
 /**
+ * Loads the len-byte key at path into key, making it first (random, 0600) when there is none.
+ * Made under a temporary name and linked into place, so processes racing to make it all end up
+ * with the one that won, and none ever reads a half-written file. A file of another size is an
+ * error, never replaced.
+ */
+int util_key_file(const char *path, void *key, size_t len, struct err **errp);
+
+/**
  * Writes "<prefix>" followed by 26 lower-case base32 characters of 128 random bits into out,
  * which must hold strlen(prefix) + 27 bytes.
  */

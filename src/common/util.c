@@ -32,6 +32,57 @@ util_random(void *buf, size_t n, struct err **errp)
     return 0;
 }
 
+static int
+key_read(const char *path, void *key, size_t len, struct err **errp)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    struct stat st;
+    int rc = 0;
+
+    if (fd < 0)
+        return err_set(errp, ERR_IO, errno, "open %s", path);
+    if (fstat(fd, &st) < 0 || (size_t)st.st_size != len || util_read_exact(fd, key, len) < 0)
+        rc = err_set(errp, ERR_INTERNAL, 0, "%s is not a %zu-byte key", path, len);
+    close(fd);
+    return rc;
+}
+
+int
+util_key_file(const char *path, void *key, size_t len, struct err **errp)
+{
+    struct err *e = NULL;
+    char *tmp;
+    int fd, rc = 0;
+
+    if (key_read(path, key, len, &e) == 0)
+        return 0;
+    if (e->errnum != ENOENT) {
+        if (errp != NULL)
+            *errp = e;
+        else
+            err_free(e);
+        return -1;
+    }
+    err_free(e);
+    if (util_random(key, len, errp) < 0)
+        return -1;
+    tmp = xasprintf("%s.%d", path, (int)getpid());
+    fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0)
+        rc = err_set(errp, ERR_IO, errno, "create %s", tmp);
+    else {
+        if (util_write_all(fd, key, len) < 0 || fsync(fd) < 0)
+            rc = err_set(errp, ERR_IO, errno, "write %s", tmp);
+        close(fd);
+        if (rc == 0 && link(tmp, path) < 0 && errno != EEXIST) /* EEXIST: another won */
+            rc = err_set(errp, ERR_IO, errno, "link %s", path);
+        unlink(tmp);
+    }
+    free(tmp);
+    explicit_bzero(key, len);
+    return rc < 0 ? rc : key_read(path, key, len, errp);
+}
+
 static const char b32[] = "abcdefghijklmnopqrstuvwxyz234567";
 
 int

@@ -898,9 +898,8 @@ node_options(char ***arr, size_t *n)
 
 /*
  * The attribution key: DATA/egress-tag.key, 32 random bytes (0600), made by the first process
- * that needs it, so the server, `paddock run` and a restarted server all agree on the tags.
- * Made under a temporary name and linked into place, so two processes racing to make it end
- * up with the one that won. Loaded once per process (one data directory each).
+ * that needs it (util_key_file()), so the server, `paddock run` and a restarted server all
+ * agree on the tags. Loaded once per process (one data directory each).
  */
 #define TAG_KEY_LEN 32
 
@@ -908,42 +907,6 @@ static pthread_mutex_t tag_lock = PTHREAD_MUTEX_INITIALIZER;
 static char *tag_dir;
 static unsigned char tag_key[TAG_KEY_LEN];
 static bool tag_key_ok;
-
-static int
-tag_key_read(const char *path, struct err **errp)
-{
-    cleanup_close int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-    struct stat st;
-
-    if (fd < 0)
-        return err_set(errp, ERR_INTERNAL, errno, "open %s", path);
-    if (fstat(fd, &st) < 0 || st.st_size != TAG_KEY_LEN ||
-        util_read_exact(fd, tag_key, TAG_KEY_LEN) < 0)
-        return err_set(errp, ERR_INTERNAL, 0, "%s is not a %d-byte key", path, TAG_KEY_LEN);
-    return 0;
-}
-
-static int
-tag_key_make(const char *path, struct err **errp)
-{
-    unsigned char k[TAG_KEY_LEN];
-    cleanup_free char *tmp = xasprintf("%s.%d", path, (int)getpid());
-    int fd, rc = 0;
-
-    if (util_random(k, sizeof(k), errp) < 0)
-        return -1;
-    fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
-    if (fd < 0)
-        return err_set(errp, ERR_INTERNAL, errno, "create %s", tmp);
-    if (util_write_all(fd, k, sizeof(k)) < 0 || fsync(fd) < 0)
-        rc = err_set(errp, ERR_INTERNAL, errno, "write %s", tmp);
-    close(fd);
-    explicit_bzero(k, sizeof(k));
-    if (rc == 0 && link(tmp, path) < 0 && errno != EEXIST) /* EEXIST: another made it first */
-        rc = err_set(errp, ERR_INTERNAL, errno, "link %s", path);
-    unlink(tmp);
-    return rc;
-}
 
 /* Loads the key of data_dir (once); false when there is none to be had. Under tag_lock. */
 static bool
@@ -958,13 +921,7 @@ tag_key_load(const char *data_dir)
     tag_dir = xstrdup(data_dir);
     path = xasprintf("%s/egress-tag.key", data_dir);
     tag_key_ok = false;
-    if (tag_key_read(path, &e) < 0 && e->errnum == ENOENT) {
-        err_free(e);
-        e = NULL;
-        if (tag_key_make(path, &e) == 0)
-            (void)tag_key_read(path, &e);
-    }
-    if (e != NULL) {
+    if (util_key_file(path, tag_key, TAG_KEY_LEN, &e) < 0) {
         log_warnx("egress attribution off: %s", e->msg);
         err_free(e);
         return false;

@@ -1,5 +1,8 @@
 /* Tests for src/common/util.c: sizes, numbers, ids, time and the file helpers. */
 #include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "../unit.h"
 
@@ -734,6 +737,46 @@ test_build_id(void **state)
     assert_ptr_equal(util_build_id(), util_build_id()); /* read once */
 }
 
+static void
+test_key_file(void **state)
+{
+    char dir[] = "/tmp/paddock-key.XXXXXX", path[64], bad[64];
+    unsigned char k1[32], k2[32], k3[16];
+    struct stat st;
+    struct err *e = NULL;
+    int fd;
+
+    (void)state;
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof(path), "%s/k", dir);
+    assert_int_equal(util_key_file(path, k1, sizeof(k1), &e), 0);
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    assert_int_equal(st.st_size, 32);
+    /* Made once: the next caller reads the same key back. */
+    assert_int_equal(util_key_file(path, k2, sizeof(k2), &e), 0);
+    assert_memory_equal(k1, k2, sizeof(k1));
+    /* A file of another size is an error naming it, and stays as it was. */
+    assert_int_equal(util_key_file(path, k3, sizeof(k3), &e), -1);
+    assert_non_null(strstr(e->msg, "16-byte key"));
+    err_free(e);
+    e = NULL;
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_size, 32);
+    /* No temporary file is left behind. */
+    snprintf(bad, sizeof(bad), "%s/k.%d", dir, (int)getpid());
+    assert_int_equal(access(bad, F_OK), -1);
+    /* An empty file (a maker that died mid-write under the old scheme) is refused too. */
+    snprintf(bad, sizeof(bad), "%s/empty", dir);
+    fd = open(bad, O_WRONLY | O_CREAT, 0600);
+    close(fd);
+    assert_int_equal(util_key_file(bad, k1, sizeof(k1), &e), -1);
+    err_free(e);
+    unlink(bad);
+    unlink(path);
+    rmdir(dir);
+}
+
 int
 test_util_run(void)
 {
@@ -748,6 +791,7 @@ test_util_run(void)
         cmocka_unit_test(test_id_new_short_buffer_aborts),
         cmocka_unit_test(test_id_valid),
         cmocka_unit_test(test_random),
+        cmocka_unit_test(test_key_file),
         cmocka_unit_test(test_format_size),
         cmocka_unit_test(test_format_size_truncates),
         cmocka_unit_test(test_format_time),
