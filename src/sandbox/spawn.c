@@ -162,9 +162,8 @@ nl_put_u32(struct nlreq *r, unsigned short type, uint32_t v)
     r->nh.nlmsg_len = NLMSG_ALIGN(r->nh.nlmsg_len) + RTA_ALIGN(a->rta_len);
 }
 
-/* Sends one request and reads its answer into buf: its length, or -1 (also for an error
- * answer). */
-static ssize_t
+/* Sends one request and reads its one answer into buf; -1 when none came or it is an error. */
+static int
 nl_call(int s, struct nlreq *r, unsigned char *buf, size_t cap)
 {
     struct sockaddr_nl kernel = {.nl_family = AF_NETLINK};
@@ -181,7 +180,7 @@ nl_call(int s, struct nlreq *r, unsigned char *buf, size_t cap)
         return -1;
     if (h->nlmsg_type == NLMSG_ERROR && ((struct nlmsgerr *)NLMSG_DATA(h))->error != 0)
         return -1;
-    return n;
+    return 0;
 }
 
 static void
@@ -193,12 +192,11 @@ loopback_segments(void)
     struct nlreq r;
     uint32_t tso_max = 0;
     bool ipv4_big = false;
-    ssize_t n;
 
     if (s < 0)
         return;
     nl_req(&r, RTM_GETLINK, 0, 1);
-    if ((n = nl_call(s, &r, buf, sizeof(buf))) < 0 || h->nlmsg_type != RTM_NEWLINK)
+    if (nl_call(s, &r, buf, sizeof(buf)) < 0 || h->nlmsg_type != RTM_NEWLINK)
         return;
     int len = (int)IFLA_PAYLOAD(h);
     for (struct rtattr *a = IFLA_RTA(NLMSG_DATA(h)); RTA_OK(a, len); a = RTA_NEXT(a, len)) {

@@ -63,8 +63,7 @@ elif a["mode"] == "after_eof":
         resp += d
     out["resp"] = resp.decode("latin-1")
     s.sendall(b"still-talking-after-eof")
-    time.sleep(0.3)
-    s.close()
+    s.close()  # a FIN behind the bytes: the upstream reads them, then EOF
 elif a["mode"] == "reset":
     # Say go (the upstream waits for the tunnel), then read until the stream ends: a clean end
     # (EOF) or a reset.
