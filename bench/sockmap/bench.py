@@ -1,7 +1,10 @@
 #!/usr/bin/python3
 """Interleaved benchmark: direct vs relays, client in the sandbox netns ("ns:") and all in one
 netns ("one:"). Usage: bench.py ROUNDS BYTES [clients=c,py] [modes=rw,splice,sk,skp] [extra relay args]
-Env QUIET: max machine busy fraction before a round starts (default 0.08)."""
+Env QUIET: max machine busy fraction before a round starts (default 0.08).
+Env LO_SEG: the largest segment (GSO, IPv6 and IPv4) of the sandbox netns's lo, as paddock sets
+it (src/sandbox/spawn.c; e.g. 524280); HOST_LO_SEG the same for the host's lo, restored to 65536
+at the end. Unset: the kernel's default, 64 KiB."""
 import os, sys, time, subprocess, statistics, json, signal
 
 D = os.path.dirname(os.path.abspath(__file__))
@@ -87,9 +90,24 @@ def report(res, cpu, sysc, sirq, loads, fails, retries, configs, rounds_done):
 
 STAMP = int(time.time())
 
+def set_lo_seg(size, netns=None):
+    """RTM_NEWLINK on lo (ifindex 1): IFLA_GSO_MAX_SIZE (41) and IFLA_GSO_IPV4_MAX_SIZE (63)."""
+    import socket, struct
+    body = struct.pack("BxHiII", 0, 0, 1, 0, 0) + b"".join(struct.pack("HHI", 8, t, size)
+                                                          for t in (41, 63))
+    code = (f"import socket; s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0); "
+            f"s.bind((0, 0)); s.send({struct.pack('IHHII', 16 + len(body), 16, 5, 1, 0) + body!r}); "
+            f"r = s.recv(4096); import struct; e = struct.unpack('i', r[16:20])[0]; "
+            f"assert e == 0, f'setting lo segments: error {{e}}'")
+    subprocess.run((["ip", "netns", "exec", netns] if netns else []) + [sys.executable, "-c", code],
+                   check=True)
+
 def main():
     subprocess.run(["ip", "netns", "add", "sbx"], stderr=subprocess.DEVNULL)
     subprocess.run(["ip", "-n", "sbx", "link", "set", "lo", "up"])
+    set_lo_seg(int(os.environ.get("LO_SEG", "65536")), "sbx")  # the netns outlives a run
+    if os.environ.get("HOST_LO_SEG"):
+        set_lo_seg(int(os.environ["HOST_LO_SEG"]))
     src = start([f"{D}/src", "127.0.0.2", "9000", str(BYTES)])
     relays = {}
     port = 7100
@@ -154,3 +172,5 @@ try:
 finally:
     for p in procs:
         p.kill()
+    if os.environ.get("HOST_LO_SEG"):
+        set_lo_seg(65536)
