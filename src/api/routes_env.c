@@ -635,26 +635,31 @@ create_env(struct api_req *r, struct env_ctx *ctx)
     return api_reply_json(r, 200, env_json(ctx, &e));
 }
 
-/* Page tokens are opaque to clients: base64 of "created_ms:id". */
+/*
+ * Page tokens are opaque to clients: base64 of "created_ms:seq", the position of the last
+ * environment of the page in list order.
+ */
 static int
-decode_env_token(const char *tok, int64_t *created, char *id, size_t idlen)
+decode_env_token(const char *tok, int64_t *created, int64_t *seq)
 {
     cleanup_free char *raw = NULL;
     size_t len;
     char *colon;
+    uint64_t c, q;
 
-    if (api_b64_decode(tok, strlen(tok), &raw, &len) < 0 || len > 128)
+    if (api_b64_decode(tok, strlen(tok), &raw, &len) < 0 || len > 64)
         return -1;
-    raw[len] = '\0';
     raw = xrealloc(raw, len + 1);
+    raw[len] = '\0';
     colon = strchr(raw, ':');
-    if (colon == NULL || colon - raw > 20)
+    if (colon == NULL || strlen(raw) != len)
         return -1;
     *colon = '\0';
-    *created = strtoll(raw, NULL, 10);
-    if (!util_id_valid("env_", colon + 1))
+    if (util_parse_u64(raw, INT64_MAX, &c, NULL) < 0 ||
+        util_parse_u64(colon + 1, INT64_MAX, &q, NULL) < 0)
         return -1;
-    snprintf(id, idlen, "%s", colon + 1);
+    *created = (int64_t)c;
+    *seq = (int64_t)q;
     return 0;
 }
 
@@ -678,8 +683,7 @@ static enum MHD_Result
 list_envs(struct api_req *r, struct env_ctx *ctx)
 {
     const char *tok = api_query(r, "page_token");
-    int64_t after_created = 0;
-    char after_id[40] = "";
+    int64_t after_created = 0, after_seq = 0;
     cleanup_free struct store_env *v = NULL;
     size_t n = 0, limit;
     struct err *er = NULL;
@@ -687,18 +691,17 @@ list_envs(struct api_req *r, struct env_ctx *ctx)
 
     if (api_page_size(r, API_PAGE_DEFAULT, &limit, &er) < 0)
         return api_reply_err(r, er);
-    if (tok != NULL && tok[0] != '\0' &&
-        decode_env_token(tok, &after_created, after_id, sizeof(after_id)) < 0)
+    if (tok != NULL && tok[0] != '\0' && decode_env_token(tok, &after_created, &after_seq) < 0)
         return api_reply_status(r, 400, "INVALID_ARGUMENT", "page_token is not a valid token");
-    if (env_page(ctx, r->auth.project, after_created, after_id, limit + 1, &v, &n, &er) < 0)
+    if (env_page(ctx, r->auth.project, after_created, after_seq, limit + 1, &v, &n, &er) < 0)
         return api_reply_err(r, er);
     arr = json_array();
     for (size_t i = 0; i < n && i < limit; i++)
         json_array_append_new(arr, env_json(ctx, &v[i]));
     res = json_pack("{s:o}", "environments", arr);
     if (n > limit) {
-        cleanup_free char *raw = xasprintf("%lld:%s", (long long)v[limit - 1].created_ms,
-                                           v[limit - 1].id);
+        cleanup_free char *raw =
+            xasprintf("%lld:%lld", (long long)v[limit - 1].created_ms, (long long)v[limit - 1].seq);
         cleanup_free char *t = api_b64_encode(raw, strlen(raw));
         json_object_set_new(res, "next_page_token", json_string(t));
     }

@@ -849,13 +849,13 @@ env_use_owned(struct env_ctx *c, const char *project, const char *id, char **dir
 }
 
 int
-env_page(struct env_ctx *c, const char *project, int64_t after_created, const char *after_id,
+env_page(struct env_ctx *c, const char *project, int64_t after_created, int64_t after_seq,
          size_t limit, struct store_env **out, size_t *n_out, struct err **errp)
 {
     struct store_env *v = NULL;
     size_t n = 0;
 
-    if (store_env_page(c->store, project, after_created, after_id, limit, &v, &n, errp) < 0)
+    if (store_env_page(c->store, project, after_created, after_seq, limit, &v, &n, errp) < 0)
         return -1;
     return reconcile_rows(c, v, n, out, n_out, errp);
 }

@@ -134,10 +134,9 @@ int env_get_owned(struct env_ctx *ctx, const char *project, const char *id,
 int env_use_owned(struct env_ctx *ctx, const char *project, const char *id, char **dir_out,
                   struct err **errp);
 
-/** One page of the project's environments after (created_ms, id); reconciled. */
-int env_page(struct env_ctx *ctx, const char *project, int64_t after_created,
-             const char *after_id, size_t limit, struct store_env **out, size_t *n_out,
-             struct err **errp);
+/** One page of the project's environments after (created_ms, seq); reconciled. */
+int env_page(struct env_ctx *ctx, const char *project, int64_t after_created, int64_t after_seq,
+             size_t limit, struct store_env **out, size_t *n_out, struct err **errp);
 
 /** The stored configuration (JSON text) of an environment. *out is owned. */
 int env_config(struct env_ctx *ctx, const char *id, char **out, struct err **errp);

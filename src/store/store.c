@@ -179,7 +179,21 @@ static const char *const migrations[] = {
     " created_ms INTEGER NOT NULL,"
     " PRIMARY KEY (project, key)"
     ") STRICT;",
+    /*
+     * 6: seq, the order environments were created in, so equal creation times list in that
+     * order instead of by their random ids. NULL while pooled (5): a pooled row gets its seq
+     * when it is claimed. Existing rows are numbered in the order they listed in until now.
+     */
+    "ALTER TABLE environments ADD COLUMN seq INTEGER;"
+    "UPDATE environments SET seq = o.n FROM"
+    " (SELECT id, row_number() OVER (ORDER BY created_ms, id) AS n FROM environments"
+    "  WHERE state != 5) AS o WHERE environments.id = o.id;"
+    "CREATE UNIQUE INDEX environments_by_seq ON environments (seq);"
+    "DROP INDEX environments_by_project;"
+    "CREATE INDEX environments_by_project ON environments (project, created_ms, seq);",
 };
+
+_Static_assert(STORE_ENV_POOLED == 5, "migration 6 names the pooled state by its number");
 
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == STORE_SCHEMA_VERSION,
                "STORE_SCHEMA_VERSION counts the migrations");
@@ -226,6 +240,7 @@ migrate(struct store *s, struct err **errp)
         return -1;
     }
     version = sqlite3_column_int(st, 0);
+    sqlite3_reset(st); /* a statement still stepping locks the schema against DROP */
     if (version < 0 || (size_t)version > n) {
         exec_sql(s, "ROLLBACK", NULL);
         return err_set(errp, ERR_CONFLICT, 0,
@@ -326,10 +341,16 @@ store_env_state_name(enum store_env_state st)
     return "unknown";
 }
 
-#define ENV_COLS                                                                                    \
-    "id, state, network, image, memory_bytes, cpus_milli, pids, disk_bytes, uid_slot, init_pid,"   \
-    " init_start, created_ms, updated_ms, last_used_ms, project, file_count, size_bytes, counted_ms"
+/* The columns insert writes; ENV_COLS adds seq, which the store assigns itself. */
+#define ENV_SET_COLS                                                                             \
+    "id, state, network, image, memory_bytes, cpus_milli, pids, disk_bytes, uid_slot, init_pid," \
+    " init_start, created_ms, updated_ms, last_used_ms, project, file_count, size_bytes, "       \
+    "counted_ms"
+#define ENV_COLS ENV_SET_COLS ", seq"
 static const char env_cols[] = ENV_COLS;
+
+/* The next creation number; evaluated inside the statement that assigns it. */
+#define NEXT_SEQ "(SELECT COALESCE(MAX(seq), 0) + 1 FROM environments)"
 
 static void
 copy_text(char *dst, size_t dstlen, sqlite3_stmt *st, int col)
@@ -361,6 +382,7 @@ row_to_env(sqlite3_stmt *st, struct store_env *e)
     e->file_count = (uint64_t)sqlite3_column_int64(st, 15);
     e->size_bytes = (uint64_t)sqlite3_column_int64(st, 16);
     e->counted_ms = sqlite3_column_int64(st, 17);
+    e->seq = sqlite3_column_int64(st, 18);
 }
 
 /* Picks a random slot no row holds; runs inside the caller's write transaction. */
@@ -404,9 +426,11 @@ store_env_insert(struct store *s, struct store_env *env, const char *config, uin
                  struct err **errp)
 {
     cleanup_stmt sqlite3_stmt *st = NULL;
-    cleanup_free char *sql = xasprintf("INSERT INTO environments (%s, config) VALUES "
-                                       "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                                       env_cols);
+    cleanup_free char *sql = xasprintf(
+        "INSERT INTO environments (" ENV_SET_COLS ", config, seq) VALUES "
+        "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?, CASE WHEN ?2 = %d THEN NULL ELSE " NEXT_SEQ
+        " END) RETURNING seq",
+        (int)STORE_ENV_POOLED);
 
     if (exec_sql(s, "BEGIN IMMEDIATE", errp) < 0)
         return err_wrap(errp, "insert environment");
@@ -435,6 +459,11 @@ store_env_insert(struct store *s, struct store_env *env, const char *config, uin
     sqlite3_bind_int64(st, 17, (int64_t)env->size_bytes);
     sqlite3_bind_int64(st, 18, env->counted_ms);
     sqlite3_bind_text(st, 19, config != NULL ? config : "{}", -1, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_ROW) {
+        db_err(s, errp, "insert environment");
+        goto rollback;
+    }
+    env->seq = sqlite3_column_int64(st, 0);
     if (sqlite3_step(st) != SQLITE_DONE) {
         db_err(s, errp, "insert environment");
         goto rollback;
@@ -474,7 +503,7 @@ list_where(struct store *s, const char *where, struct store_env **out, size_t *n
 {
     cleanup_stmt sqlite3_stmt *st = NULL;
     cleanup_free char *sql =
-        xasprintf("SELECT %s FROM environments %s ORDER BY created_ms, id", env_cols, where);
+        xasprintf("SELECT %s FROM environments %s ORDER BY created_ms, seq, id", env_cols, where);
     cleanup_free struct store_env *v = NULL;
     size_t n = 0, cap = 0;
     int rc;
@@ -521,7 +550,7 @@ store_env_claim(struct store *s, const char *id, const struct store_env *want,
                            "UPDATE environments SET state = ?, network = ?, memory_bytes = ?,"
                            " cpus_milli = ?, pids = ?, disk_bytes = ?, created_ms = ?,"
                            " updated_ms = ?, last_used_ms = ?, project = ?, config = ?,"
-                           " file_count = 0, size_bytes = 0, counted_ms = 0"
+                           " file_count = 0, size_bytes = 0, counted_ms = 0, seq = " NEXT_SEQ
                            " WHERE id = ? AND state = ?",
                            -1, &st, NULL) != SQLITE_OK)
         return db_err(s, errp, "claim environment");
@@ -606,14 +635,13 @@ store_env_delete(struct store *s, const char *id, struct err **errp)
 }
 
 int
-store_env_page(struct store *s, const char *project, int64_t after_created,
-               const char *after_id, size_t limit, struct store_env **out, size_t *n_out,
-               struct err **errp)
+store_env_page(struct store *s, const char *project, int64_t after_created, int64_t after_seq,
+               size_t limit, struct store_env **out, size_t *n_out, struct err **errp)
 {
     cleanup_stmt sqlite3_stmt *st = NULL;
     cleanup_free char *sql = xasprintf("SELECT %s FROM environments WHERE project = ?"
-                                       " AND state != %d AND (created_ms, id) > (?, ?)"
-                                       " ORDER BY created_ms, id LIMIT ?",
+                                       " AND state != %d AND (created_ms, seq) > (?, ?)"
+                                       " ORDER BY created_ms, seq LIMIT ?",
                                        env_cols, (int)STORE_ENV_POOLED);
     cleanup_free struct store_env *v = xcalloc(limit ? limit : 1, sizeof(*v));
     size_t n = 0;
@@ -623,7 +651,7 @@ store_env_page(struct store *s, const char *project, int64_t after_created,
         return db_err(s, errp, "list environments");
     sqlite3_bind_text(st, 1, project, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, after_created);
-    sqlite3_bind_text(st, 3, after_id != NULL ? after_id : "", -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, after_seq);
     sqlite3_bind_int64(st, 4, (int64_t)limit);
     while (n < limit && (rc = sqlite3_step(st)) == SQLITE_ROW)
         row_to_env(st, &v[n++]);

@@ -15,7 +15,7 @@
 struct store;
 
 /** The schema version this paddock writes (PRAGMA user_version): one per migration. */
-#define STORE_SCHEMA_VERSION 5
+#define STORE_SCHEMA_VERSION 6
 
 enum store_env_state {
     STORE_ENV_CREATING = 0, /* row exists, the sandbox is being set up */
@@ -46,6 +46,7 @@ struct store_env {
     uint64_t file_count; /* the environment's own files, as last counted */
     uint64_t size_bytes;
     int64_t counted_ms; /* when they were counted, 0 never */
+    int64_t seq;        /* creation order, assigned by the store; 0 while pooled */
 };
 
 /**
@@ -62,19 +63,20 @@ const char *store_env_state_name(enum store_env_state st);
 
 /**
  * Inserts env (state, limits, times as given) and picks a uid slot below max_slots that no
- * other environment holds, chosen at random; the slot is written back to env->uid_slot.
+ * other environment holds, chosen at random; the slot is written back to env->uid_slot, and
+ * the creation number (env->seq, the next one; 0 for a pooled row) too.
  * ERR_CONFLICT when the id exists, ERR_LIMIT when every slot is taken.
  */
 int store_env_insert(struct store *s, struct store_env *env, const char *config,
                      uint32_t max_slots, struct err **errp);
 
 /**
- * One page of a project's environments in (created_ms, id) order, strictly after the given
- * position (0 and "" for the first page); pooled rows are never in it. *out is owned.
+ * One page of a project's environments in (created_ms, seq) order, strictly after the given
+ * position (0, 0 for the first page): oldest first, and equal times in the order they were
+ * created. Pooled rows are never in it. *out is owned.
  */
-int store_env_page(struct store *s, const char *project, int64_t after_created,
-                   const char *after_id, size_t limit, struct store_env **out, size_t *n_out,
-                   struct err **errp);
+int store_env_page(struct store *s, const char *project, int64_t after_created, int64_t after_seq,
+                   size_t limit, struct store_env **out, size_t *n_out, struct err **errp);
 
 /** The environment's stored configuration (JSON text). *out is owned. */
 int store_env_config(struct store *s, const char *id, char **out, struct err **errp);
@@ -87,8 +89,8 @@ int store_env_set_counts(struct store *s, const char *id, uint64_t files, uint64
 int store_env_get(struct store *s, const char *id, struct store_env *out, struct err **errp);
 
 /**
- * Lists every environment, oldest first, pooled ones included. *out is owned (free()); *n_out
- * its length.
+ * Lists every environment, oldest first (equal times in creation order), pooled ones included. *out
+ * is owned (free()); *n_out its length.
  */
 int store_env_list(struct store *s, struct store_env **out, size_t *n_out, struct err **errp);
 
@@ -98,7 +100,8 @@ int store_env_list_pooled(struct store *s, struct store_env **out, size_t *n_out
 
 /**
  * Claims the pooled environment id for its user, in one statement: state, network, limits,
- * times, project and config become want's (and config's). ERR_CONFLICT when the row is no
+ * times, project and config become want's (and config's), and it takes the next creation
+ * number. ERR_CONFLICT when the row is no
  * longer pooled (or gone).
  */
 int store_env_claim(struct store *s, const char *id, const struct store_env *want,

@@ -2,7 +2,9 @@
 documented error shape whose message names the field or the limit, and afterwards nothing was
 created or changed (the API's list, the CLI's view of the data dir and the files are as before)."""
 
+import base64
 import json
+import urllib.parse
 
 import pytest
 
@@ -184,6 +186,17 @@ def test_bad_list_query(same, query, needle):
     assert_names(r, needle)
     r = same.http.files(same.env, "workspace", query="recursive=true&" + query)
     assert_names(r, needle)
+
+
+@pytest.mark.parametrize("raw", [b"1600000000000:env_abcdefghijklmnopqrstuvwxyz",  # before seq
+                                 b"1:-1", b"-1:1", b"1:", b":1", b"1",
+                                 b"99999999999999999999:1", b"1:2:3", b"1:2\x00"])
+def test_forged_env_page_token(same, raw):
+    """A token the server did not write, or one from before environments were numbered, is
+    refused with its name, not read as some other position."""
+    tok = base64.b64encode(raw).decode()
+    r = same.http.get(f"/v1beta/environments?page_token={urllib.parse.quote(tok)}")
+    assert_names(r, "page_token")
 
 
 # ------------------------------------------------------------------ traversal in file paths

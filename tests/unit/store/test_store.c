@@ -246,12 +246,12 @@ static void
 test_list_order(void **state)
 {
     struct fixture *f = *state;
-    /* Oldest first; equal creation times fall back to the id. */
+    /* Oldest first; equal creation times in the order they were created, not by id. */
     struct store_env rows[] = {
         make_env("env_c", 300), make_env("env_a", 100), make_env("env_z", 200),
         make_env("env_b", 200), make_env("env_d", 50),
     };
-    static const char *const want[] = { "env_d", "env_a", "env_b", "env_z", "env_c" };
+    static const char *const want[] = { "env_d", "env_a", "env_z", "env_b", "env_c" };
     struct store_env *v = NULL;
     size_t n = 0;
     struct err *e = NULL;

@@ -162,7 +162,7 @@ test_page_project_order(void **state)
     insert_env(f->s, "env_b1", "beta", 150, NULL);
     insert_env(f->s, "env_a1", "alpha", 150, NULL);
 
-    ASSERT_NO_ERR(store_env_page(f->s, "alpha", 0, "", 100, &v, &n, &e), &e);
+    ASSERT_NO_ERR(store_env_page(f->s, "alpha", 0, 0, 100, &v, &n, &e), &e);
     assert_page(v, n, want_a, ARRAY_LEN(want_a));
     for (size_t i = 0; i < n; i++)
         assert_string_equal(v[i].project, "alpha");
@@ -170,11 +170,11 @@ test_page_project_order(void **state)
 
     /* A project with no rows, and one that differs only by case, are empty. */
     v = NULL;
-    ASSERT_NO_ERR(store_env_page(f->s, "gamma", 0, "", 100, &v, &n, &e), &e);
+    ASSERT_NO_ERR(store_env_page(f->s, "gamma", 0, 0, 100, &v, &n, &e), &e);
     assert_int_equal(n, 0);
     free(v);
     v = NULL;
-    ASSERT_NO_ERR(store_env_page(f->s, "ALPHA", 0, "", 100, &v, &n, &e), &e);
+    ASSERT_NO_ERR(store_env_page(f->s, "ALPHA", 0, 0, 100, &v, &n, &e), &e);
     assert_int_equal(n, 0);
     free(v);
 }
@@ -183,16 +183,16 @@ static void
 test_page_walk_ties(void **state)
 {
     struct fixture *f = *state;
-    /* Three rows share created_ms 200: the id breaks the tie, also across a page edge. */
-    static const char *const want[] = { "env_1", "env_2", "env_3", "env_4", "env_5", "env_6" };
-    static const char *const page1[] = { "env_1", "env_2" };
-    static const char *const page2[] = { "env_3", "env_4" };
+    /* Three rows share created_ms 200: the order they were created in breaks the tie (not
+     * their ids, which are random in paddock), also across a page edge. */
+    static const char *const want[] = { "env_1", "env_4", "env_2", "env_3", "env_5", "env_6" };
+    static const char *const page1[] = { "env_1", "env_4" };
+    static const char *const page2[] = { "env_2", "env_3" };
     static const char *const page3[] = { "env_5", "env_6" };
     static const char *const *const pages[] = { page1, page2, page3 };
     struct store_env *v = NULL;
     size_t n = 0;
-    int64_t after_created = 0;
-    char after_id[40] = "";
+    int64_t after_created = 0, after_seq = 0, seq_of_4 = 0;
     struct err *e = NULL;
 
     insert_env(f->s, "env_6", "p", 300, NULL);
@@ -202,35 +202,74 @@ test_page_walk_ties(void **state)
     insert_env(f->s, "env_3", "p", 200, NULL);
     insert_env(f->s, "env_5", "p", 250, NULL);
 
-    ASSERT_NO_ERR(store_env_page(f->s, "p", 0, "", 100, &v, &n, &e), &e);
+    ASSERT_NO_ERR(store_env_page(f->s, "p", 0, 0, 100, &v, &n, &e), &e);
     assert_page(v, n, want, ARRAY_LEN(want));
+    for (size_t i = 1; i < n; i++)
+        if (v[i].created_ms == v[i - 1].created_ms && v[i].seq <= v[i - 1].seq)
+            fail_msg("%s (seq %lld) after %s (seq %lld)", v[i].id, (long long)v[i].seq, v[i - 1].id,
+                     (long long)v[i - 1].seq);
+    seq_of_4 = v[1].seq;
     free(v);
 
     for (size_t p = 0; p < ARRAY_LEN(pages); p++) {
         v = NULL;
-        ASSERT_NO_ERR(store_env_page(f->s, "p", after_created, after_id, 2, &v, &n, &e), &e);
+        ASSERT_NO_ERR(store_env_page(f->s, "p", after_created, after_seq, 2, &v, &n, &e), &e);
         assert_page(v, n, pages[p], 2);
         after_created = v[n - 1].created_ms;
-        snprintf(after_id, sizeof(after_id), "%s", v[n - 1].id);
+        after_seq = v[n - 1].seq;
         free(v);
     }
     /* Past the last row: an empty page, not an error. */
     v = NULL;
-    ASSERT_NO_ERR(store_env_page(f->s, "p", after_created, after_id, 2, &v, &n, &e), &e);
+    ASSERT_NO_ERR(store_env_page(f->s, "p", after_created, after_seq, 2, &v, &n, &e), &e);
     assert_int_equal(n, 0);
     free(v);
 
-    /* The position is strictly exclusive: starting at env_3 gives env_4 first. */
+    /* The position is strictly exclusive: starting at env_4 gives env_2 first. */
     v = NULL;
-    ASSERT_NO_ERR(store_env_page(f->s, "p", 200, "env_3", 1, &v, &n, &e), &e);
+    ASSERT_NO_ERR(store_env_page(f->s, "p", 200, seq_of_4, 1, &v, &n, &e), &e);
     assert_int_equal(n, 1);
-    assert_string_equal(v[0].id, "env_4");
+    assert_string_equal(v[0].id, "env_2");
     free(v);
-    /* A position between rows (no such id) works too. */
+    /* A position no row holds (a deleted one) works too. */
+    ASSERT_NO_ERR(store_env_delete(f->s, "env_4", &e), &e);
     v = NULL;
-    ASSERT_NO_ERR(store_env_page(f->s, "p", 200, "env_2x", 10, &v, &n, &e), &e);
+    ASSERT_NO_ERR(store_env_page(f->s, "p", 200, seq_of_4, 10, &v, &n, &e), &e);
     assert_int_equal(n, 4);
-    assert_string_equal(v[0].id, "env_3");
+    assert_string_equal(v[0].id, "env_2");
+    free(v);
+}
+
+/* Creation numbers are assigned by the store, one up each time, and never to a pooled row
+ * until it is claimed, when it takes the next one: a claimed row lists after the rows
+ * created before its claim, though it was inserted earlier. */
+static void
+test_seq_creation_order(void **state)
+{
+    struct fixture *f = *state;
+    static const char *const want[] = { "env_first", "env_second", "env_warm" };
+    struct store_env warm = make_env("env_warm", "", 500), a = make_env("env_first", "p", 500),
+                     b = make_env("env_second", "p", 500), got, *v = NULL;
+    size_t n = 0;
+    struct err *e = NULL;
+
+    warm.state = STORE_ENV_POOLED;
+    ASSERT_NO_ERR(store_env_insert(f->s, &warm, NULL, 1000, &e), &e);
+    assert_int_equal(warm.seq, 0);
+    ASSERT_NO_ERR(store_env_get(f->s, "env_warm", &got, &e), &e);
+    assert_int_equal(got.seq, 0);
+    ASSERT_NO_ERR(store_env_insert(f->s, &a, NULL, 1000, &e), &e);
+    ASSERT_NO_ERR(store_env_insert(f->s, &b, NULL, 1000, &e), &e);
+    assert_true(a.seq > 0);
+    assert_int_equal(b.seq, a.seq + 1);
+
+    warm = make_env("env_warm", "p", 500);
+    warm.state = STORE_ENV_CREATING;
+    ASSERT_NO_ERR(store_env_claim(f->s, "env_warm", &warm, NULL, &e), &e);
+    ASSERT_NO_ERR(store_env_get(f->s, "env_warm", &got, &e), &e);
+    assert_int_equal(got.seq, b.seq + 1);
+    ASSERT_NO_ERR(store_env_page(f->s, "p", 0, 0, 10, &v, &n, &e), &e);
+    assert_page(v, n, want, ARRAY_LEN(want));
     free(v);
 }
 
@@ -241,8 +280,7 @@ test_page_stable_under_inserts(void **state)
     static const char *const rest[] = { "env_c", "env_d" };
     struct store_env *v = NULL;
     size_t n = 0;
-    int64_t after_created;
-    char after_id[40];
+    int64_t after_created, after_seq;
     struct err *e = NULL;
 
     insert_env(f->s, "env_a", "p", 10, NULL);
@@ -250,18 +288,18 @@ test_page_stable_under_inserts(void **state)
     insert_env(f->s, "env_c", "p", 30, NULL);
     insert_env(f->s, "env_d", "p", 40, NULL);
 
-    ASSERT_NO_ERR(store_env_page(f->s, "p", 0, "", 2, &v, &n, &e), &e);
+    ASSERT_NO_ERR(store_env_page(f->s, "p", 0, 0, 2, &v, &n, &e), &e);
     assert_int_equal(n, 2);
     after_created = v[1].created_ms;
-    snprintf(after_id, sizeof(after_id), "%s", v[1].id);
+    after_seq = v[1].seq;
     free(v);
 
     /* Rows added before the position, and a deleted row, do not shift the next page. */
     insert_env(f->s, "env_0", "p", 5, NULL);
-    insert_env(f->s, "env_bb", "p", 20, NULL); /* same time as env_b, sorts before env_c */
+    insert_env(f->s, "env_bb", "p", 20, NULL); /* same time as env_b, created after it */
     ASSERT_NO_ERR(store_env_delete(f->s, "env_a", &e), &e);
     v = NULL;
-    ASSERT_NO_ERR(store_env_page(f->s, "p", after_created, after_id, 10, &v, &n, &e), &e);
+    ASSERT_NO_ERR(store_env_page(f->s, "p", after_created, after_seq, 10, &v, &n, &e), &e);
     if (n != 3 || strcmp(v[0].id, "env_bb") != 0)
         fail_msg("after env_b want env_bb first (3 rows), got %zu rows", n);
     assert_page(v + 1, n - 1, rest, ARRAY_LEN(rest));
@@ -280,18 +318,18 @@ test_page_limits(void **state)
     insert_env(f->s, "env_y", "p", 2, NULL);
 
     /* limit 0: an empty page and an owned (freeable) array. */
-    ASSERT_NO_ERR(store_env_page(f->s, "p", 0, "", 0, &v, &n, &e), &e);
+    ASSERT_NO_ERR(store_env_page(f->s, "p", 0, 0, 0, &v, &n, &e), &e);
     assert_int_equal(n, 0);
     free(v);
     /* limit 1: exactly one. */
     v = NULL;
-    ASSERT_NO_ERR(store_env_page(f->s, "p", 0, "", 1, &v, &n, &e), &e);
+    ASSERT_NO_ERR(store_env_page(f->s, "p", 0, 0, 1, &v, &n, &e), &e);
     assert_int_equal(n, 1);
     assert_string_equal(v[0].id, "env_x");
     free(v);
-    /* A NULL after_id means the start, like "". */
+    /* A limit past the end: the rest. */
     v = NULL;
-    ASSERT_NO_ERR(store_env_page(f->s, "p", 0, NULL, 5, &v, &n, &e), &e);
+    ASSERT_NO_ERR(store_env_page(f->s, "p", 0, 0, 5, &v, &n, &e), &e);
     assert_int_equal(n, 2);
     free(v);
 }
@@ -316,12 +354,11 @@ test_page_many(void **state)
     /* Walking both projects page by page sees every row once, each page in order. */
     for (int proj = 0; proj < 2; proj++) {
         const char *project = proj == 0 ? "even" : "odd";
-        int64_t after_created = 0;
-        char after_id[40] = "";
+        int64_t after_created = 0, after_seq = 0;
         for (;;) {
             struct store_env *v = NULL;
             size_t n = 0;
-            ASSERT_NO_ERR(store_env_page(f->s, project, after_created, after_id, PAGE, &v, &n, &e),
+            ASSERT_NO_ERR(store_env_page(f->s, project, after_created, after_seq, PAGE, &v, &n, &e),
                           &e);
             assert_true(n <= PAGE);
             for (size_t i = 0; i < n; i++) {
@@ -332,11 +369,11 @@ test_page_many(void **state)
                 seen[idx] = true;
                 assert_string_equal(v[i].project, project);
                 if (v[i].created_ms < after_created ||
-                    (v[i].created_ms == after_created && strcmp(v[i].id, after_id) <= 0))
-                    fail_msg("%s is not after (%lld, %s)", v[i].id, (long long)after_created,
-                             after_id);
+                    (v[i].created_ms == after_created && v[i].seq <= after_seq))
+                    fail_msg("%s is not after (%lld, %lld)", v[i].id, (long long)after_created,
+                             (long long)after_seq);
                 after_created = v[i].created_ms;
-                snprintf(after_id, sizeof(after_id), "%s", v[i].id);
+                after_seq = v[i].seq;
                 total++;
             }
             free(v);
@@ -519,7 +556,7 @@ test_pool_claim(void **state)
     assert_int_equal(n, 1);
     assert_string_equal(v[0].id, "env_pool1");
     free(v);
-    ASSERT_NO_ERR(store_env_page(f->s, "default", 0, "", 10, &v, &n, &e), &e);
+    ASSERT_NO_ERR(store_env_page(f->s, "default", 0, 0, 10, &v, &n, &e), &e);
     assert_int_equal(n, 1);
     assert_string_equal(v[0].id, "env_user1");
     free(v);
@@ -549,7 +586,7 @@ test_pool_claim(void **state)
     ASSERT_NO_ERR(store_env_list_pooled(f->s, &v, &n, &e), &e);
     assert_int_equal(n, 0);
     free(v);
-    ASSERT_NO_ERR(store_env_page(f->s, "proj", 0, "", 10, &v, &n, &e), &e);
+    ASSERT_NO_ERR(store_env_page(f->s, "proj", 0, 0, 10, &v, &n, &e), &e);
     assert_int_equal(n, 1);
     free(v);
 
@@ -992,9 +1029,10 @@ test_migrate_v1(void **state)
     free(cfg);
 
     /* The new index, tables and columns work on the upgraded file. */
-    ASSERT_NO_ERR(store_env_page(f->s, "default", 0, "", 10, &v, &n, &e), &e);
+    ASSERT_NO_ERR(store_env_page(f->s, "default", 0, 0, 10, &v, &n, &e), &e);
     assert_int_equal(n, 1);
     assert_string_equal(v[0].id, "env_old");
+    assert_int_equal(v[0].seq, 1);
     free(v);
     ASSERT_NO_ERR(store_env_set_counts(f->s, "env_old", 2, 3, 4, &e), &e);
     fake_hash(40, h);
@@ -1005,6 +1043,7 @@ test_migrate_v1(void **state)
         struct store_env fresh = make_env("env_new", "", 7);
         ASSERT_NO_ERR(store_env_insert(f->s, &fresh, NULL, 16, &e), &e);
         assert_true(fresh.uid_slot != 7);
+        assert_int_equal(fresh.seq, 2);
     }
 
     /* Reopening does not migrate again. */
@@ -1044,6 +1083,49 @@ test_migrate_v1_failure_keeps_v1(void **state)
     assert_int_equal(out.uid_slot, 3);
 }
 
+/* Migration 6 numbers the rows a version-5 file holds in the order they listed in then
+ * (created_ms, then id), leaves pooled rows unnumbered, and later rows continue the count. */
+static void
+test_migrate_numbers_old_rows(void **state)
+{
+    struct fixture *f = *state;
+    static const char *const want[] = { "env_a", "env_m", "env_z", "env_c", "env_new" };
+    struct store_env out, *v = NULL, fresh = make_env("env_new", "default", 300);
+    size_t n = 0;
+    struct err *e = NULL;
+
+    ASSERT_NO_ERR(store_open(f->db, &f->s, &e), &e);
+    store_close(f->s);
+    f->s = NULL;
+    /* Back to version 5 as it was: no seq column, the old index. */
+    raw_exec(f->db, "DROP INDEX environments_by_seq;"
+                    "DROP INDEX environments_by_project;"
+                    "ALTER TABLE environments DROP COLUMN seq;"
+                    "CREATE INDEX environments_by_project ON environments"
+                    " (project, created_ms, id);"
+                    "PRAGMA user_version = 5;");
+    raw_exec(f->db, "INSERT INTO environments (id, state, network, image, memory_bytes,"
+                    " cpus_milli, pids, disk_bytes, uid_slot, created_ms, updated_ms,"
+                    " last_used_ms, project) VALUES"
+                    " ('env_c', 2, 'open', 'host', 1, 1, 1, 1, 1, 300, 300, 300, 'default'),"
+                    " ('env_z', 2, 'open', 'host', 1, 1, 1, 1, 2, 200, 200, 200, 'default'),"
+                    " ('env_pool', 5, 'open', 'host', 1, 1, 1, 1, 3, 150, 150, 150, 'default'),"
+                    " ('env_m', 2, 'open', 'host', 1, 1, 1, 1, 4, 200, 200, 200, 'default'),"
+                    " ('env_a', 2, 'open', 'host', 1, 1, 1, 1, 5, 100, 100, 100, 'default');");
+
+    ASSERT_NO_ERR(store_open(f->db, &f->s, &e), &e);
+    assert_int_equal(schema_version(f->db), STORE_SCHEMA_VERSION);
+    ASSERT_NO_ERR(store_env_get(f->s, "env_pool", &out, &e), &e);
+    assert_int_equal(out.seq, 0);
+    ASSERT_NO_ERR(store_env_insert(f->s, &fresh, NULL, 16, &e), &e);
+    assert_int_equal(fresh.seq, 5);
+    ASSERT_NO_ERR(store_env_page(f->s, "default", 0, 0, 10, &v, &n, &e), &e);
+    assert_page(v, n, want, ARRAY_LEN(want));
+    for (size_t i = 0; i + 1 < n; i++)
+        assert_int_equal(v[i].seq, (int64_t)i + 1);
+    free(v);
+}
+
 /* ------------------------------------------------------------------------ */
 
 int
@@ -1053,6 +1135,7 @@ test_store_api_run(void)
     static const struct CMUnitTest tests[] = {
         T(test_page_project_order),
         T(test_page_walk_ties),
+        T(test_seq_creation_order),
         T(test_page_stable_under_inserts),
         T(test_page_limits),
         T(test_page_many),
@@ -1073,6 +1156,7 @@ test_store_api_run(void)
         T(test_upload_list_many),
         cmocka_unit_test_setup_teardown(test_migrate_v1, setup_dir, teardown),
         cmocka_unit_test_setup_teardown(test_migrate_v1_failure_keeps_v1, setup_dir, teardown),
+        cmocka_unit_test_setup_teardown(test_migrate_numbers_old_rows, setup_dir, teardown),
     };
 #undef T
 
