@@ -123,6 +123,11 @@ void *api_outbound_prepare(void *curl, const char *url);
 /** What refused an address (NULL: nothing). */
 const char *api_outbound_why(void *state);
 void api_outbound_release(void *state);
+/**
+ * Whether url may be a token_url: https only, since the token request carries the client
+ * secret and the refresh token (RFC 6749 §2.3.1, §3.2 require TLS).
+ */
+bool api_oauth_url_ok(const char *url);
 /** An access token for the oauth2 credential (cached until a minute before it expires). */
 int api_oauth_token(const char *project, const char *id, json_t *config, json_t *secret,
                     char **token, struct err **errp);

@@ -223,9 +223,10 @@ check_field(const char *name, json_t *v, struct err **errp)
         strpbrk(json_string_value(v), "\r\n") != NULL)
         return err_set(errp, ERR_INVALID, 0,
                        "%s must be at most 16384 bytes, without CR, LF or NUL", name);
-    if (strcmp(name, "token_url") == 0 && strncmp(json_string_value(v), "https://", 8) != 0 &&
-        strncmp(json_string_value(v), "http://", 7) != 0)
-        return err_set(errp, ERR_INVALID, 0, "token_url must be an http(s) URL");
+    if (strcmp(name, "token_url") == 0 && !api_oauth_url_ok(json_string_value(v)))
+        return err_set(errp, ERR_INVALID, 0,
+                       "token_url must be an https:// URL: the token request carries the client "
+                       "secret");
     if (strcmp(name, "header_name") == 0) {
         const char *s = json_string_value(v);
         if (s[0] == '\0' || strlen(s) > 64 || strpbrk(s, " \t:()<>@,;\\\"/[]?={}") != NULL)

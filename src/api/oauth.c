@@ -10,6 +10,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <arpa/inet.h>
 #include <curl/curl.h>
@@ -147,6 +148,12 @@ form_value(CURL *c, const char *s)
     return out;
 }
 
+bool
+api_oauth_url_ok(const char *url)
+{
+    return strncasecmp(url, "https://", 8) == 0 && url[8] != '\0';
+}
+
 /* One token request. */
 static int
 fetch_token(json_t *config, json_t *secret, char **token, int64_t *expires_ms, struct err **errp)
@@ -169,6 +176,12 @@ fetch_token(json_t *config, json_t *secret, char **token, int64_t *expires_ms, s
         if (c != NULL)
             curl_easy_cleanup(c);
         return err_set(errp, ERR_INVALID, 0, "oauth2 credential is incomplete");
+    }
+    if (!api_oauth_url_ok(url)) { /* stored before token_url had to be https */
+        curl_easy_cleanup(c);
+        return err_set(errp, ERR_INVALID, 0,
+                       "oauth2 token_url %s is not https: the client secret is not sent in clear",
+                       url);
     }
     buf_init(&body, TOKEN_BODY_MAX);
     buf_init(&form, 64 * 1024);
@@ -193,7 +206,7 @@ fetch_token(json_t *config, json_t *secret, char **token, int64_t *expires_ms, s
         buf_free(&sc);
     }
     curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "https,http");
+    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "https");
     curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
     curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 15000L);
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);

@@ -124,6 +124,11 @@ def test_crud_and_secrets_are_write_only(capi):
                            "injection_location": "header", "trusted_domains": ["*.com"]},
                           "too broad"),
                          ({"type": "oauth2", "id": "x", "client_id": "c"}, "required"),
+                         ({"type": "oauth2", "id": "x", "client_id": "c", "client_secret": "s",
+                           "refresh_token": "r", "token_url": "http://idp.test/token"},
+                          "token_url must be an https:// URL"),
+                         ({"type": "oauth2", "id": "x", "client_id": "c", "client_secret": "s",
+                           "refresh_token": "r", "token_url": "https://"}, "token_url"),
                          ({"type": "bearer_token", "id": "../x", "token": "t"}, "id")]:
         r = c.post("/v1beta/credentials", json_body=body)
         assert r.status == 400 and needle in r.json()["error"]["message"], (body, r)
@@ -241,3 +246,39 @@ def test_missing_credential_fails_closed(capi, upstreams):
     assert out.rc != 0
     recs = capi.http.get(f"/v1beta/environments/{e}/egress").json()["records"]
     assert recs and recs[-1]["decision"] == "deny" and "nope" in recs[-1]["reason"], recs
+
+
+def test_oauth2_token_url_stored_as_http_is_never_asked(capi, upstreams):
+    """A token_url must be https. One stored before that rule (written into the database here)
+    is refused when the token is needed, with the reason, and nothing connects to it: the
+    client secret never goes out in clear."""
+    import socket
+    import sqlite3
+    plain = socket.socket()
+    plain.bind((HOST, 0))
+    plain.listen(8)
+    plain.settimeout(0.5)
+    try:
+        api_host = f"api.test:{port(upstreams['api'])}"
+        r = capi.creds.post("/v1beta/credentials", json_body={
+            "type": "oauth2", "id": "oa-old", "client_id": "cid", "client_secret": "CS-1",
+            "refresh_token": "RT-1", "token_url": "https://idp.test/token"})
+        assert r.status == 200, r
+        old = f"http://idp.test:{plain.getsockname()[1]}/token"
+        db = sqlite3.connect(capi.pd.data / "paddock.db", timeout=10)
+        with db:
+            n = db.execute("UPDATE credentials SET config = json_set(config, '$.token_url', ?)"
+                           " WHERE id = 'oa-old'", (old,)).rowcount
+        db.close()
+        assert n == 1
+        e = capi.http.create({"network": {"allowlist": [{"domain": api_host,
+                                                         "credential": "oa-old"}]}})["id"]
+        out = capi.pd.run("env", "exec", e, "-c", f"curl -sS -m 10 https://{api_host}/")
+        assert out.rc != 0, out
+        recs = capi.http.get(f"/v1beta/environments/{e}/egress").json()["records"]
+        assert recs and recs[-1]["decision"] == "deny" and "not https" in recs[-1]["reason"], \
+            recs
+        with pytest.raises(socket.timeout):
+            plain.accept()
+    finally:
+        plain.close()
