@@ -30,6 +30,8 @@ struct api_config {
     size_t n_egress_allow;
     const char *egress_upstream_ca; /* extra CA for intercepted upstreams */
     int64_t egress_connect_timeout_ms; /* dial + upstream TLS handshake; then a 504 */
+    int64_t egress_header_timeout_ms;  /* a client's whole request head; then closed */
+    int64_t egress_idle_timeout_ms;    /* a relay with no byte either way; then closed */
     size_t warm_pool;               /* sandboxes kept started for creates to claim; 0: none */
     /* interactions (docs/AGENTS.md) */
     const char *default_model;  /* --model / PADDOCK_MODEL */

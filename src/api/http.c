@@ -925,9 +925,9 @@ start_egress(const struct api_config *cfg, const struct sockaddr_in *self, struc
     ec.data_dir = cfg->data_dir;
     ec.upstream_ca = cfg->egress_upstream_ca;
     ec.max_conns_per_env = 256;
-    ec.header_timeout_s = 30;
+    ec.header_timeout_ms = cfg->egress_header_timeout_ms;
     ec.connect_timeout_ms = cfg->egress_connect_timeout_ms;
-    ec.idle_timeout_s = 600;
+    ec.idle_timeout_ms = cfg->egress_idle_timeout_ms;
     ec.max_header_bytes = 32 * 1024;
     ec.allow = xcalloc(cfg->n_egress_allow + 1, sizeof(*ec.allow));
     for (size_t i = 0; i < cfg->n_egress_allow && rc == 0; i++)

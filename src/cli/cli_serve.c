@@ -98,6 +98,8 @@ cli__serve(const struct cli_global *g, int argc, char **argv)
         {"egress-allow-cidr", required_argument, NULL, 'A'},
         {"egress-upstream-ca", required_argument, NULL, 'C'},
         {"egress-connect-timeout", required_argument, NULL, 'T'},
+        {"egress-header-timeout", required_argument, NULL, 'H'},
+        {"egress-idle-timeout", required_argument, NULL, 'I'},
         {"log-format", required_argument, NULL, 'F'},
         {"log-level", required_argument, NULL, 'V'},
         {"warm-pool", required_argument, NULL, 'w'},
@@ -122,6 +124,8 @@ cli__serve(const struct cli_global *g, int argc, char **argv)
     const char *maxup = env_or("PADDOCK_MAX_UPLOAD", "2G");
     const char *htimeout = env_or("PADDOCK_HEADER_TIMEOUT", "10s");
     const char *ctimeout = env_or("PADDOCK_EGRESS_CONNECT_TIMEOUT", "10s");
+    const char *ehtimeout = env_or("PADDOCK_EGRESS_HEADER_TIMEOUT", "30s");
+    const char *eitimeout = env_or("PADDOCK_EGRESS_IDLE_TIMEOUT", "10m");
     const char *warm = env_or("PADDOCK_WARM_POOL", "2");
     struct err *e = NULL;
     int c;
@@ -172,6 +176,12 @@ cli__serve(const struct cli_global *g, int argc, char **argv)
             break;
         case 'T':
             ctimeout = optarg;
+            break;
+        case 'H':
+            ehtimeout = optarg;
+            break;
+        case 'I':
+            eitimeout = optarg;
             break;
         case 'w':
             warm = optarg;
@@ -237,18 +247,36 @@ cli__serve(const struct cli_global *g, int argc, char **argv)
         parse_duration("--offline-after", offline, &cfg.lc.offline_ms, &e) < 0 ||
         parse_duration("--expire-after", expire, &cfg.lc.expire_ms, &e) < 0 ||
         parse_duration("--header-timeout", htimeout, &cfg.header_timeout_ms, &e) < 0 ||
-        parse_duration("--egress-connect-timeout", ctimeout, &cfg.egress_connect_timeout_ms,
-                       &e) < 0 ||
         parse_duration("--retention", retention, &cfg.retention_ms, &e) < 0 ||
         util_parse_size(maxup, &cfg.max_upload, &e) < 0) {
         strlist_free(&resolve);
         strlist_free(&allow);
         return cli__fail(e);
     }
-    if (cfg.egress_connect_timeout_ms < 100 || cfg.egress_connect_timeout_ms > 3600 * 1000) {
-        strlist_free(&resolve);
-        strlist_free(&allow);
-        return cli__usage("--egress-connect-timeout must be from 0.1s to 1h, not '%s'", ctimeout);
+    {
+        /* The egress proxy's timers, each within a range that keeps it meaningful. */
+        const struct {
+            const char *flag, *value, *range;
+            int64_t *ms, min_ms, max_ms;
+        } timers[] = {
+            {"--egress-connect-timeout", ctimeout, "0.1s to 1h", &cfg.egress_connect_timeout_ms,
+             100, 3600 * 1000},
+            {"--egress-header-timeout", ehtimeout, "1s to 1h", &cfg.egress_header_timeout_ms,
+             1000, 3600 * 1000},
+            {"--egress-idle-timeout", eitimeout, "1s to 7d", &cfg.egress_idle_timeout_ms, 1000,
+             7 * 86400 * 1000LL},
+        };
+        for (size_t i = 0; i < sizeof(timers) / sizeof(timers[0]); i++) {
+            int bad = parse_duration(timers[i].flag, timers[i].value, timers[i].ms, &e) < 0;
+            err_free(e);
+            e = NULL;
+            if (bad || *timers[i].ms < timers[i].min_ms || *timers[i].ms > timers[i].max_ms) {
+                strlist_free(&resolve);
+                strlist_free(&allow);
+                return cli__usage("%s must be from %s, not '%s'", timers[i].flag,
+                                  timers[i].range, timers[i].value);
+            }
+        }
     }
     if (util_parse_u64(warm, 64, &u, &e) < 0) {
         strlist_free(&resolve);

@@ -160,8 +160,8 @@ struct egress_config {
     const char *data_dir;          /* for the audit records and the CA */
     const char *upstream_ca;       /* an extra CA trusted for intercepted upstreams */
     unsigned max_conns_per_env;    /* concurrent connections of one environment */
-    int header_timeout_s;
-    int idle_timeout_s;
+    int64_t header_timeout_ms;     /* the whole request head, a deadline not an idle timer */
+    int64_t idle_timeout_ms;       /* a relay with no byte either way is closed */
     int64_t connect_timeout_ms;    /* dial to a connected socket (and verified TLS when
                                       intercepting); a stalled upstream gets a 504 */
     size_t max_header_bytes;

@@ -333,6 +333,14 @@ touch(struct conn *c)
     c->last_ms = util_now_ms();
 }
 
+static struct timeval
+ms_tv(int64_t ms)
+{
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+
+    return tv;
+}
+
 /*
  * Small writes go out at once: with Nagle, an intercepted response queued behind the TLS
  * session tickets waited for the client's delayed ACK (about 20 ms).
@@ -777,7 +785,7 @@ resp_head(struct conn *c, const char *head, int *status)
 static void
 resp_done(struct conn *c)
 {
-    struct timeval tv = {c->eg->cfg.header_timeout_s, 0};
+    struct timeval tv = ms_tv(c->eg->cfg.header_timeout_ms);
 
     if (c->resp.close_after || c->req_close || c->cl_eof) {
         finish(c);
@@ -905,7 +913,7 @@ start_relay(struct conn *c)
     {
         /* From here the idle sweep governs reads; an upstream that takes nothing for this
          * long while we have bytes for it is gone. */
-        struct timeval stall = {c->eg->cfg.header_timeout_s, 0};
+        struct timeval stall = ms_tv(c->eg->cfg.header_timeout_ms);
         bufferevent_set_timeouts(c->up, NULL, &stall);
     }
     if (c->is_connect) {
@@ -1094,8 +1102,7 @@ dial(struct conn *c, const struct sockaddr *sa, socklen_t len)
     bufferevent_setcb(c->up, NULL, NULL, connect_event, c);
     {
         /* Both directions: a TLS handshake waits on reads, a TCP connect on a write. */
-        int64_t ms = c->eg->cfg.connect_timeout_ms;
-        struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+        struct timeval tv = ms_tv(c->eg->cfg.connect_timeout_ms);
         bufferevent_set_timeouts(c->up, &tv, &tv);
     }
     if (bufferevent_socket_connect(c->up, (struct sockaddr *)&c->addr, (int)len) < 0) {
@@ -1643,7 +1650,7 @@ start_mitm(struct conn *c)
 {
     SSL *ssl = egress_tls_accept_ssl(c->eg->tls, c->dest.host, c->dest.is_ip);
     struct bufferevent *tls;
-    struct timeval tv = {c->eg->cfg.header_timeout_s, 0};
+    struct timeval tv = ms_tv(c->eg->cfg.header_timeout_ms);
 
     if (ssl == NULL) {
         refuse(c, 502, "deny", "could not mint a certificate for %s", c->dest.host);
@@ -1681,7 +1688,7 @@ accepted(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int 
     struct listener *ls = arg;
     struct egress *eg = ls->eg;
     struct conn *c = xcalloc(1, sizeof(*c));
-    struct timeval tv = {eg->cfg.header_timeout_s, 0};
+    struct timeval tv = ms_tv(eg->cfg.header_timeout_ms);
 
     (void)l;
     (void)sa;
@@ -1722,16 +1729,15 @@ sweep(evutil_socket_t fd, short what, void *arg)
     for (struct conn *c = eg->conns.next, *next; c != &eg->conns; c = next) {
         next = c->next;
         /* A deadline for the whole head, not an idle timer a byte a second would reset. */
-        if (c->st == C_HEAD && c->dns == NULL &&
-            now - c->head_ms > (int64_t)eg->cfg.header_timeout_s * 1000) {
-            snprintf(c->reason, sizeof(c->reason), "no complete request within %d s",
-                     eg->cfg.header_timeout_s);
+        if (c->st == C_HEAD && c->dns == NULL && now - c->head_ms > eg->cfg.header_timeout_ms) {
+            snprintf(c->reason, sizeof(c->reason), "no complete request within %g s",
+                     (double)eg->cfg.header_timeout_ms / 1000.0);
             conn_free(c);
             continue;
         }
-        if (c->st == C_RELAY && now - c->last_ms > (int64_t)eg->cfg.idle_timeout_s * 1000) {
-            snprintf(c->reason, sizeof(c->reason), "idle for %d s; closed",
-                     eg->cfg.idle_timeout_s);
+        if (c->st == C_RELAY && now - c->last_ms > eg->cfg.idle_timeout_ms) {
+            snprintf(c->reason, sizeof(c->reason), "idle for %g s; closed",
+                     (double)eg->cfg.idle_timeout_ms / 1000.0);
             finish(c);
         }
     }
