@@ -146,3 +146,24 @@ def test_a_malformed_claim_is_ignored_not_refused(setup, fake):  # noqa: F811
     recs = records(a, env_a, len(bad) + 1)
     assert [x["decision"] for x in recs] == ["allow"] * (len(bad) + 1), recs
     assert [x.get("interaction_id") for x in recs] == [None] * len(bad) + [iid], recs
+
+
+def test_paddock_run_is_attributed_by_the_running_server(setup, fake):  # noqa: F811
+    """`paddock run` is another process than the server whose proxy checks the tag: both read
+    the same key file (DATA/egress-tag.key), so an interaction run from the command line is
+    named in the audit like one run through the API."""
+    a, up = setup
+    env_a = make_env(a, up.port)
+    fake.reset()
+    fake.script([bash(f"curl -sS -o /dev/null http://allowed.test:{up.port}/cli && echo cli-ok"),
+                 {"text": "done"}])
+    env = dict(a.pd.env)
+    env.pop("PADDOCK_MODEL", None)
+    env.update(fake.env())
+    r = a.pd.run("run", "--model", "openai:fake", "--env", env_a, "go", env=env, timeout=120)
+    assert r.rc == 0, r
+    m = re.search(r"interaction (int_[0-9a-z]+) completed", r.errtext)
+    assert m, r
+    assert "cli-ok" in str(fake.requests()), fake.requests()
+    (rec,) = records(a, env_a, 1)
+    assert rec["method"] == "GET" and rec.get("interaction_id") == m.group(1), rec
