@@ -25,6 +25,10 @@
      The same client on the host straight to the upstream (no proxy) is the floor under both.
      Requests over 15 ms are counted: a bimodal tail there is Nagle's algorithm on the proxy's
      sockets meeting the client's delayed ACK (bench/README.md).
+  3. HTTPS download throughput from INSIDE a sandbox: one GET of --https-bulk-mib MiB per run,
+     TLS end to end through a plain tunnel against interception (the proxy decrypts and
+     encrypts every byte), interleaved, with the proxy's CPU per GB; the same client on the
+     host straight to the upstream is the floor.
 
 The upstreams (a TCP source that streams the byte count a client asks for, and a small HTTPS
 responder on pre-started threads with a test CA made by the openssl CLI) run in a process of
@@ -32,7 +36,7 @@ their own on 127.0.0.2; paddock serve gets --egress-allow-cidr 127.0.0.2/32, --e
 up.test=127.0.0.2 and --egress-upstream-ca with that CA.
 
 Usage: bench/egress_bench.py [--paddock build/paddock] [--bulk-mib MIB] [--runs N]
-                             [--requests N] [--blocks N]
+                             [--requests N] [--blocks N] [--https-bulk-mib MIB]
 Needs openssl and tinyproxy (apt-get install tinyproxy); uses haproxy when it is installed.
 Everything stays on loopback. It
 makes its own data directory and files under /tmp and removes them, stops what it started and
@@ -84,13 +88,9 @@ def dial(proxy, target, addr=None):
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return s
 
-def bulk(proxy, target, nbytes):
-    s = dial(proxy, target)
-    buf = bytearray(1 << 20)
-    t0 = time.perf_counter()
-    s.sendall(struct.pack("!Q", nbytes))
-    got = 0
-    while True:
+def read_rest(s, buf, t0, got, nbytes):
+    """Reads s through buf until nbytes in all (got so far), closes it; the time since t0."""
+    while got < nbytes:
         n = s.recv_into(buf)
         if n == 0:
             break
@@ -100,6 +100,13 @@ def bulk(proxy, target, nbytes):
     if got != nbytes:
         raise SystemExit("short read: %d of %d" % (got, nbytes))
     return {"bytes": got, "seconds": dt}
+
+def bulk(proxy, target, nbytes):
+    s = dial(proxy, target)
+    buf = bytearray(1 << 20)
+    t0 = time.perf_counter()
+    s.sendall(struct.pack("!Q", nbytes))
+    return read_rest(s, buf, t0, 0, nbytes)
 
 def read_response(ss, rest=b""):
     buf = rest
@@ -157,10 +164,32 @@ def https(proxy, target, cafile, n, keepalive, addr=None):
     total = time.perf_counter() - t_all
     return {"lat": lat, "total": total, "marked": marked, "issuers": sorted(issuers)}
 
+def https_bulk(proxy, target, cafile, nbytes, addr=None):
+    """One GET of nbytes over TLS; the time from the request to the last byte."""
+    host = target.rsplit(":", 1)[0]
+    ctx = ssl.create_default_context(cafile=cafile)
+    ss = ctx.wrap_socket(dial(proxy, target, addr), server_hostname=host)
+    buf = bytearray(1 << 20)
+    t0 = time.perf_counter()
+    ss.sendall(("GET /bulk/%d HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" %
+                (nbytes, target)).encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        n = ss.recv_into(buf)
+        if n == 0:
+            raise SystemExit("connection closed before a response: %r" % head[:300])
+        head += bytes(buf[:n])
+    first, _, body = head.partition(b"\r\n\r\n")
+    if not first.startswith(b"HTTP/1.1 200"):
+        raise SystemExit("bad response: %r" % first[:300])
+    return read_rest(ss, buf, t0, len(body), nbytes)
+
 a = sys.argv[1:]
 proxy = None if a[1] == "-" else a[1]
 if a[0] == "bulk":
     out = bulk(proxy, a[2], int(a[3]))
+elif a[0] == "https-bulk":
+    out = https_bulk(proxy, a[2], a[3], int(a[4]), a[5] if len(a) > 5 else None)
 else:
     out = https(proxy, a[2], a[3], int(a[4]), a[0] == "https-keepalive",
                 a[5] if len(a) > 5 else None)
@@ -232,6 +261,17 @@ def upstream_main(workdir, https_workers):
                         buf += d
                     head, buf = buf.split(b"\r\n\r\n", 1)
                     h = head.lower()
+                    if h.startswith(b"get /bulk/"):  # a download of the size asked for
+                        left = int(h.split()[1][6:])
+                        s.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream"
+                                  b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+                                  % left)
+                        chunk = memoryview(bytearray(1 << 20))
+                        while left > 0:
+                            k = min(left, len(chunk))
+                            s.sendall(chunk[:k])
+                            left -= k
+                        break
                     close = b"\r\nconnection: close" in h
                     saw = b"\r\nx-bench: 1" in h
                     s.sendall(RESP % (int(saw), b"Connection: close\r\n" if close else b""))
@@ -509,6 +549,8 @@ def main():
                     help="HTTPS requests per mode (one connection each)")
     ap.add_argument("--blocks", type=int, default=5,
                     help="the HTTPS requests are made in this many interleaved blocks")
+    ap.add_argument("--https-bulk-mib", type=int, default=256,
+                    help="MiB per HTTPS download (tunnel vs interception)")
     ap.add_argument("--https-workers", type=int, default=8)
     ap.add_argument("--upstream", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -626,6 +668,32 @@ def main():
         s.run_client(ieid, "https-keepalive", "127.0.0.1:3128", https_target, ica, "50")
         kai = s.run_client(ieid, "https-keepalive", "127.0.0.1:3128", https_target, ica,
                            str(per * a.blocks))
+
+        # ---- 3. HTTPS download throughput: TLS end to end through a tunnel, and through
+        # interception (the proxy decrypts and encrypts every byte), interleaved; the same
+        # client on the host straight to the upstream is the floor.
+        hbytes = a.https_bulk_mib << 20
+        dl_modes = {
+            "no proxy (host)": (None, lambda: host_client(
+                work, "https-bulk", "-", https_target, f"{work}/ca.pem", str(hbytes),
+                f"{UP_IP}:{https_port}")),
+            "tunnel": (CpuMeter(s.proc.pid), lambda: s.run_client(
+                plain, "https-bulk", "127.0.0.1:3128", https_target, "/bench/test-ca.pem",
+                str(hbytes))),
+            "intercepted": (CpuMeter(s.proc.pid), lambda: s.run_client(
+                mitm, "https-bulk", "127.0.0.1:3128", https_target, "/etc/paddock/ca.pem",
+                str(hbytes))),
+        }
+        for _, f in dl_modes.values():
+            f()
+        dl = {k: [] for k in dl_modes}
+        for _ in range(a.runs):
+            for k, (meter, f) in dl_modes.items():
+                if meter is None:
+                    dl[k].append(mbps(f()))
+                else:
+                    with meter:
+                        dl[k].append(mbps(f()))
     finally:
         if s is not None:
             s.stop()
@@ -687,6 +755,15 @@ def main():
           f"{kai['marked']}/{len(kil)}")
     kadded = med(kil) - med(kl)
     print(f"  interception adds {kadded:.3f} ms at p50 per keep-alive request")
+    print(f"\nHTTPS download, {a.https_bulk_mib} MiB per GET, median of {a.runs} interleaved "
+          f"rounds (the client decrypts in every row):")
+    for k, v in dl.items():
+        meter = dl_modes[k][0]
+        cpu = (f"   proxy CPU {meter.total / (a.runs * hbytes / 1e9):.2f} s/GB"
+               if meter is not None else "")
+        print(f"  {k:16s} {med(v):7.0f} MB/s   (min {min(v):.0f}, max {max(v):.0f}){cpu}")
+    print(f"  intercepted/tunnel {med(dl['intercepted']) / med(dl['tunnel']):.2f}   "
+          f"tunnel/no proxy {med(dl['tunnel']) / med(dl['no proxy (host)']):.2f}")
     print(f"\nTargets: tunnel >= 80% of direct: {'met' if pd / d >= 0.8 else 'NOT met'} "
           f"({pd / d:.0%});  interception adds <= 1 ms p50 (keep-alive requests): "
           f"{'met' if kadded <= 1.0 else 'NOT met'} ({kadded:.2f} ms; {added:.2f} ms with a new "
