@@ -852,12 +852,36 @@ int
 env_page(struct env_ctx *c, const char *project, int64_t after_created, int64_t after_seq,
          size_t limit, struct store_env **out, size_t *n_out, struct err **errp)
 {
-    struct store_env *v = NULL;
-    size_t n = 0;
+    struct store_env *page = xcalloc(limit ? limit : 1, sizeof(*page));
+    size_t have = 0;
 
-    if (store_env_page(c->store, project, after_created, after_seq, limit, &v, &n, errp) < 0)
-        return -1;
-    return reconcile_rows(c, v, n, out, n_out, errp);
+    /* Reconciling drops dead creates: read on from the last row read until the page is full
+     * or the store has no more, so a short page always means the end of the list. */
+    for (;;) {
+        struct store_env *v = NULL, *kept = NULL;
+        size_t n = 0, k = 0, want = limit - have;
+
+        if (store_env_page(c->store, project, after_created, after_seq, want, &v, &n, errp) < 0) {
+            free(page);
+            return -1;
+        }
+        if (n > 0) {
+            after_created = v[n - 1].created_ms;
+            after_seq = v[n - 1].seq;
+        }
+        if (reconcile_rows(c, v, n, &kept, &k, errp) < 0) {
+            free(page);
+            return -1;
+        }
+        memcpy(page + have, kept, k * sizeof(*kept));
+        have += k;
+        free(kept);
+        if (n < want || have == limit)
+            break;
+    }
+    *out = page;
+    *n_out = have;
+    return 0;
 }
 
 int

@@ -134,7 +134,10 @@ int env_get_owned(struct env_ctx *ctx, const char *project, const char *id,
 int env_use_owned(struct env_ctx *ctx, const char *project, const char *id, char **dir_out,
                   struct err **errp);
 
-/** One page of the project's environments after (created_ms, seq); reconciled. */
+/**
+ * Up to limit of the project's environments after (created_ms, seq), reconciled (dead creates
+ * dropped); fewer than limit only at the end of the list. *out is owned.
+ */
 int env_page(struct env_ctx *ctx, const char *project, int64_t after_created, int64_t after_seq,
              size_t limit, struct store_env **out, size_t *n_out, struct err **errp);
 

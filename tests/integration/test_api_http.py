@@ -212,6 +212,29 @@ def test_list_pagination_and_order(mapi):
     assert not set(mine) & set(h.ids())
 
 
+def test_a_dead_create_does_not_end_the_walk(mapi):
+    """A page drops environments whose create died half-way (a row left in "creating" with no
+    creator). The page is filled from the rows after it, so a short page still means the end
+    of the list and the walk misses nothing."""
+    import sqlite3
+    h = mapi.server.http(mapi.server.make_key("walker", project="walk"))
+    mine = [h.create({})["id"] for _ in range(3)]
+    mapi.pd.ids.update(mine)
+    dead = "env_" + "d" * 26
+    db = sqlite3.connect(mapi.pd.data / "paddock.db", timeout=10)
+    with db:  # the oldest row of the project, so it falls in the first page
+        db.execute("INSERT INTO environments (id, state, network, image, memory_bytes,"
+                   " cpus_milli, pids, disk_bytes, uid_slot, created_ms, updated_ms,"
+                   " last_used_ms, project, seq) VALUES (?, 0, 'disabled', 'host', 1, 1, 1, 1,"
+                   " 999999, 1, 1, 1, 'walk', (SELECT MAX(seq) + 1 FROM environments))",
+                   (dead,))
+    db.close()
+    assert [e["id"] for e in h.list_all(page_size=2)] == mine
+    assert h.get(f"/v1beta/environments/{dead}").status == 404
+    for i in mine:
+        assert h.delete(f"/v1beta/environments/{i}").status == 200
+
+
 def test_delete_removes_the_sandbox(mapi):
     h = mapi.http
     e = h.create({})
