@@ -46,7 +46,10 @@ struct store_env {
     uint64_t file_count; /* the environment's own files, as last counted */
     uint64_t size_bytes;
     int64_t counted_ms; /* when they were counted, 0 never */
-    int64_t seq;        /* creation order, assigned by the store; 0 while pooled */
+    /* Creation order, assigned by the store; 0 while pooled. One above the highest at the
+     * time, so the newest's number is taken again once it is deleted: it orders the rows
+     * that exist, it names nothing. */
+    int64_t seq;
 };
 
 /**
@@ -101,8 +104,8 @@ int store_env_list_pooled(struct store *s, struct store_env **out, size_t *n_out
 /**
  * Claims the pooled environment id for its user, in one statement: state, network, limits,
  * times, project and config become want's (and config's), and it takes the next creation
- * number. ERR_CONFLICT when the row is no
- * longer pooled (or gone).
+ * number (want->seq is not written back; read the row for it). ERR_CONFLICT when the row is
+ * no longer pooled (or gone).
  */
 int store_env_claim(struct store *s, const char *id, const struct store_env *want,
                     const char *config, struct err **errp);
