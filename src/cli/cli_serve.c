@@ -1,5 +1,6 @@
 /* paddock serve, and the keys that let clients in. */
 #include <getopt.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,13 +17,12 @@ parse_duration(const char *what, const char *s, int64_t *ms_out, struct err **er
     char *end = NULL;
     double v;
     double mult = 1000;
+    bool number;
 
     if (s == NULL || s[0] == '\0')
         return err_set(errp, ERR_INVALID, 0, "%s: empty duration", what);
     v = strtod(s, &end);
-    if (end == s || v < 0)
-        return err_set(errp, ERR_INVALID, 0, "%s: '%s' is not a duration (e.g. 90s, 15m, 7d)",
-                       what, s);
+    number = end != s && v >= 0;
     if (*end == 's')
         end++;
     else if (*end == 'm')
@@ -31,7 +31,8 @@ parse_duration(const char *what, const char *s, int64_t *ms_out, struct err **er
         mult = 3600e3, end++;
     else if (*end == 'd')
         mult = 86400e3, end++;
-    if (*end != '\0')
+    /* strtod takes "nan", "inf" and 1e300 too: none converts to an integer. */
+    if (!number || *end != '\0' || !isfinite(v) || v * mult > 9e18)
         return err_set(errp, ERR_INVALID, 0, "%s: '%s' is not a duration (e.g. 90s, 15m, 7d)",
                        what, s);
     *ms_out = (int64_t)(v * mult);

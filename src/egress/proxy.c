@@ -911,9 +911,9 @@ start_relay(struct conn *c)
     bufferevent_setwatermark(c->up, EV_WRITE, RELAY_HIGH / 4, 0);
     bufferevent_set_timeouts(c->cl, NULL, NULL);
     {
-        /* From here the idle sweep governs reads; an upstream that takes nothing for this
-         * long while we have bytes for it is gone. */
-        struct timeval stall = ms_tv(c->eg->cfg.header_timeout_ms);
+        /* From here the idle sweep governs reads; an upstream that takes none of the bytes
+         * waiting for it for as long as the idle timeout is gone, even while it sends. */
+        struct timeval stall = ms_tv(c->eg->cfg.idle_timeout_ms);
         bufferevent_set_timeouts(c->up, NULL, &stall);
     }
     if (c->is_connect) {

@@ -269,7 +269,10 @@ def test_idle_tunnel_is_closed_and_a_busy_one_is_not(quick):
                                       ("--egress-header-timeout", "2h"),
                                       ("--egress-idle-timeout", "0"),
                                       ("--egress-idle-timeout", "8d"),
-                                      ("--egress-idle-timeout", "soon")])
+                                      ("--egress-idle-timeout", "soon"),
+                                      ("--egress-idle-timeout", "nan"),
+                                      ("--egress-header-timeout", "inf"),
+                                      ("--egress-idle-timeout", "1e300")])
 def test_egress_timer_out_of_range_is_refused(pd, flag, bad):
     r = pd.run("serve", flag, bad)
     assert r.rc != 0
