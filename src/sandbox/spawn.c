@@ -48,10 +48,10 @@ struct spawn_msg {
 };
 
 /*
- * Capabilities kept inside the sandbox: docker's default set without CAP_NET_RAW, as
- * podman's default set is. Raw and packet sockets serve nothing in a network namespace whose
- * only way out is the proxy, and AF_PACKET has been the way in of kernel privilege
- * escalations from unprivileged user namespaces (CVE-2016-8655, CVE-2017-7308,
+ * Capabilities kept inside the sandbox: docker's default set without CAP_NET_RAW, which
+ * podman's default set leaves out too. Raw and packet sockets serve nothing in a network
+ * namespace whose only way out is the proxy, and AF_PACKET has been the way in of kernel
+ * privilege escalations from unprivileged user namespaces (CVE-2016-8655, CVE-2017-7308,
  * CVE-2020-14386).
  */
 static const int keep_caps[] = {
