@@ -141,6 +141,32 @@ class Acceptor:
         self.sock.close()
 
 
+def read_request(s, c):
+    """Reads one request from s into c.raw: its head and a Content-Length body. True when a
+    whole head arrived (the peer may have closed before its body did)."""
+    while True:
+        p = parse_head(c.raw)
+        if p is not None:
+            cl = [int(v) for n, v in p[1] if n.lower() == "content-length" and v.isdigit()]
+            if len(c.raw) >= p[2] + (cl[0] if cl else 0):
+                return True
+        d = s.recv(65536)
+        if not d:
+            return parse_head(c.raw) is not None
+        c.raw += d
+
+
+def record_rest(s, c, linger):
+    """Keeps reading s into c.raw until EOF or `linger` seconds of silence, so bytes a proxy
+    forwards after the request are recorded too."""
+    s.settimeout(linger)
+    while True:
+        d = s.recv(65536)
+        if not d:
+            return
+        c.raw += d
+
+
 class Upstream:
     """A threaded raw TCP server on (host, 0) that records every connection.
 
@@ -186,27 +212,11 @@ class Upstream:
                 finally:
                     c.raw = bytes(got)
                 return
-            while True:
-                p = parse_head(c.raw)
-                if p is not None:
-                    cl = [int(v) for n, v in p[1] if n.lower() == "content-length"
-                          and v.isdigit()]
-                    if len(c.raw) >= p[2] + (cl[0] if cl else 0):
-                        break
-                d = s.recv(65536)
-                if not d:
-                    break
-                c.raw += d
-            if parse_head(c.raw) is not None:
+            if read_request(s, c):
                 s.sendall(echo_response(c.raw))
             if self.tls is None:
                 s.shutdown(socket.SHUT_WR)
-                s.settimeout(self.linger)
-                while True:
-                    d = s.recv(65536)
-                    if not d:
-                        break
-                    c.raw += d
+                record_rest(s, c, self.linger)
         except (OSError, ssl.SSLError, ValueError):
             pass
         finally:
@@ -662,5 +672,6 @@ def lab(mpd):
 
 
 __all__ = ["lab", "Lab", "IsolatedLab", "Acceptor", "Upstream", "StaticUpstream", "SandboxEnv",
+           "read_request", "record_rest",
            "Reply", "conn_spec", "tunnel", "get_abs", "refused", "deny_body_ok", "make_ca",
            "make_git_repo", "make_wheel_index", "PROXY", "UP_IP", "REFUSED_IP", "RESOLVE"]

@@ -31,7 +31,7 @@ import pdk
 from pdk import SLOWDOWN
 from apiserver import Api, ApiServer, finish
 from egresskit import (Acceptor, Conn, SandboxEnv, Upstream, conn_spec, echo_response,
-                       make_git_repo, parse_head)
+                       make_git_repo, read_request, record_rest)
 
 UP_IP = "127.0.0.2"
 # The proxy's --egress-connect-timeout here: generous for a loopback handshake, short for a test.
@@ -115,25 +115,10 @@ class TlsUp:
                 with self.lock:
                     self.tls_failed += 1
                 return
-            while True:
-                p = parse_head(c.raw)
-                if p is not None:
-                    cl = [int(v) for n, v in p[1] if n.lower() == "content-length" and v.isdigit()]
-                    if len(c.raw) >= p[2] + (cl[0] if cl else 0):
-                        break
-                d = s.recv(65536)
-                if not d:
-                    break
-                c.raw += d
-            if parse_head(c.raw) is not None:
+            if read_request(s, c):
                 s.sendall(self.respond(c.raw))
-            # Keep reading: anything a proxy forwarded after the request is recorded too.
-            s.settimeout(self.linger)
-            while self.linger:
-                d = s.recv(65536)
-                if not d:
-                    break
-                c.raw += d
+            if self.linger:
+                record_rest(s, c, self.linger)
         except (OSError, ssl.SSLError, ValueError):
             pass
         finally:
