@@ -265,6 +265,10 @@ def test_oauth2_token_url_stored_as_http_is_never_asked(capi, upstreams):
             "refresh_token": "RT-1", "token_url": "https://idp.test/token"})
         assert r.status == 200, r
         old = f"http://idp.test:{plain.getsockname()[1]}/token"
+        # Through the API an http:// token_url is refused on update as on create.
+        r = capi.creds.request("PATCH", "/v1beta/credentials/oa-old?update_mask=token_url",
+                               json_body={"type": "oauth2", "token_url": old})
+        assert r.status == 400 and "https://" in r.json()["error"]["message"], r
         db = sqlite3.connect(capi.pd.data / "paddock.db", timeout=10)
         with db:
             n = db.execute("UPDATE credentials SET config = json_set(config, '$.token_url', ?)"
