@@ -117,7 +117,10 @@ void agent_wait(struct agent_service *svc, const char *id, int64_t after_seq, in
 int agent_interaction_json(struct store *s, const char *project, const char *id,
                            bool include_input, json_t **out, struct err **errp);
 
-/** Deletes interactions past the retention window (at most once an hour). */
+/**
+ * Deletes interactions and egress records past the retention window (at most once an hour):
+ * what paddock keeps about activity, it keeps for --retention.
+ */
 void agent_housekeep(struct agent_service *svc, struct store *s);
 
 /** True for the statuses after which nothing more happens until a new interaction. */

@@ -1032,6 +1032,7 @@ void
 agent_housekeep(struct agent_service *svc, struct store *s)
 {
     size_t purged = 0;
+    struct err *e = NULL;
     int64_t keep =
         svc->o.retention_ms > 0 ? svc->o.retention_ms : (int64_t)AGENT_RETENTION_DAYS * 86400000LL;
     int64_t now = util_now_ms();
@@ -1041,6 +1042,13 @@ agent_housekeep(struct agent_service *svc, struct store *s)
     svc->last_purge_ms = now;
     if (store_interaction_purge(s, now - keep, &purged, NULL) == 0 && purged > 0)
         log_info("purged %zu interactions past retention", purged);
+    purged = 0;
+    if (store_egress_purge(s, now - keep, 10000, &purged, &e) < 0) {
+        log_warnx("purge egress records: %s", e->msg);
+        err_free(e);
+    } else if (purged > 0) {
+        log_info("purged %zu egress records past retention", purged);
+    }
 }
 
 int

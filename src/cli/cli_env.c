@@ -528,13 +528,17 @@ cmd_rm_file(const struct cli_global *g, int argc, char **argv)
     return r < 0 ? cli__fail(e) : 0;
 }
 
-/* env egress ID [--json]: the proxy's decisions for one environment, oldest first. */
+/*
+ * env egress ID [--json]: the proxy's decisions for one environment, oldest first. A deleted
+ * environment's records are kept for --retention, and shown here too: the operator's account
+ * of what a sandbox did outlives the sandbox.
+ */
 static int
 cmd_egress(const struct cli_global *g, int argc, char **argv)
 {
     struct env_ctx *ctx = NULL;
     struct store_env env;
-    struct err *e = NULL;
+    struct err *e = NULL, *gone = NULL;
     bool json = argc == 3 && strcmp(argv[2], "--json") == 0;
     int64_t after = 0;
     json_t *arr = json ? json_array() : NULL;
@@ -549,17 +553,37 @@ cmd_egress(const struct cli_global *g, int argc, char **argv)
         return r;
     }
     if (env_get(ctx, argv[1], &env, &e) < 0) {
-        env_ctx_close(ctx);
-        json_decref(arr);
-        return cli__fail(e);
+        if (e->code != ERR_NOT_FOUND || !util_id_valid("env_", argv[1])) {
+            env_ctx_close(ctx);
+            json_decref(arr);
+            return cli__fail(e);
+        }
+        gone = e; /* reported if there are no records either */
+        e = NULL;
+        memset(&env, 0, sizeof(env));
+        snprintf(env.id, sizeof(env.id), "%s", argv[1]);
     }
     for (;;) {
         cleanup_free struct store_egress *v = NULL;
         size_t n = 0;
         if (store_egress_page(env_store(ctx), env.id, after, 1000, &v, &n, &e) < 0) {
+            err_free(gone);
             env_ctx_close(ctx);
             json_decref(arr);
             return cli__fail(e);
+        }
+        if (gone != NULL) {
+            if (n == 0) {
+                env_ctx_close(ctx);
+                json_decref(arr);
+                return cli__fail(gone);
+            }
+            fprintf(stderr,
+                    "paddock: environment %s no longer exists; its records are kept "
+                    "for --retention\n",
+                    env.id);
+            err_free(gone);
+            gone = NULL;
         }
         for (size_t i = 0; i < n; i++) {
             char t[40];

@@ -191,6 +191,8 @@ static const char *const migrations[] = {
     "CREATE UNIQUE INDEX environments_by_seq ON environments (seq);"
     "DROP INDEX environments_by_project;"
     "CREATE INDEX environments_by_project ON environments (project, created_ms, seq);",
+    /* 7: egress records are purged by age (the janitor, after --retention) */
+    "CREATE INDEX egress_log_by_time ON egress_log (ts_ms);",
 };
 
 _Static_assert(STORE_ENV_POOLED == 5, "migration 6 names the pooled state by its number");
@@ -925,6 +927,35 @@ store_egress_insert(struct store *s, const struct store_egress *r, struct err **
     sqlite3_bind_int64(st, 10, (int64_t)r->bytes_down);
     if (sqlite3_step(st) != SQLITE_DONE)
         return db_err(s, errp, "record egress");
+    return 0;
+}
+
+int
+store_egress_purge(struct store *s, int64_t before_ms, size_t batch, size_t *n_out,
+                   struct err **errp)
+{
+    cleanup_stmt sqlite3_stmt *st = NULL;
+    size_t total = 0;
+    int changed;
+
+    if (n_out != NULL)
+        *n_out = 0;
+    if (sqlite3_prepare_v2(s->db,
+                           "DELETE FROM egress_log WHERE id IN"
+                           " (SELECT id FROM egress_log WHERE ts_ms < ? LIMIT ?)",
+                           -1, &st, NULL) != SQLITE_OK)
+        return db_err(s, errp, "purge egress records");
+    do {
+        sqlite3_bind_int64(st, 1, before_ms);
+        sqlite3_bind_int64(st, 2, (int64_t)(batch ? batch : 1));
+        if (sqlite3_step(st) != SQLITE_DONE)
+            return db_err(s, errp, "purge egress records");
+        changed = sqlite3_changes(s->db);
+        sqlite3_reset(st);
+        total += (size_t)changed;
+        if (n_out != NULL)
+            *n_out = total;
+    } while ((size_t)changed == (batch ? batch : 1));
     return 0;
 }
 

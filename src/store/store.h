@@ -15,7 +15,7 @@
 struct store;
 
 /** The schema version this paddock writes (PRAGMA user_version): one per migration. */
-#define STORE_SCHEMA_VERSION 6
+#define STORE_SCHEMA_VERSION 7
 
 enum store_env_state {
     STORE_ENV_CREATING = 0, /* row exists, the sandbox is being set up */
@@ -207,6 +207,13 @@ int store_cred_get(struct store *s, const char *project, const char *id, struct 
 int store_cred_page(struct store *s, const char *project, const char *after_id, size_t limit,
                     struct store_cred **out, size_t *n_out, struct err **errp);
 int store_cred_delete(struct store *s, const char *project, const char *id, struct err **errp);
+/**
+ * Deletes the records from before before_ms, batch rows per statement so that the proxy's
+ * inserts wait for one batch at most; *n_out (may be NULL) counts them.
+ */
+int store_egress_purge(struct store *s, int64_t before_ms, size_t batch, size_t *n_out,
+                       struct err **errp);
+
 /** The environment's records after id after_id, oldest first. *out is owned. */
 int store_egress_page(struct store *s, const char *env_id, int64_t after_id, size_t limit,
                       struct store_egress **out, size_t *n_out, struct err **errp);

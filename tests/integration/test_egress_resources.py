@@ -330,6 +330,47 @@ def test_egress_after_kill9_and_restart(pd):
         up.close()
 
 
+def test_records_follow_retention_and_outlive_their_environment(pd):
+    """Egress records are kept for --retention (55 days by default) and purged by the janitor,
+    like stored interactions; deleting an environment keeps its records for the operator
+    (`paddock env egress ID`), while the API, whose environment is gone, answers 404."""
+    import sqlite3
+    up = Upstream()
+    lb = Lab(pd)
+    try:
+        e = lb.env(allowlist=[f"allowed.test:{up.port}"])
+        r = e.sh(f"curl -sS -m 10 http://allowed.test:{up.port}/fresh")
+        assert r.rc == 0, r
+        lb.wait_records(e.id, 1)
+        lb.server.kill()
+        old_ms = int(time.time() * 1000) - 100 * 86400 * 1000
+        db = sqlite3.connect(pd.data / "paddock.db", timeout=10)
+        with db:  # written 100 days ago, by this environment and by one long gone
+            for env_id in (e.id, "env_" + "g" * 26):
+                db.execute("INSERT INTO egress_log (env_id, ts_ms, host, port, method, decision,"
+                           " reason, bytes_up, bytes_down) VALUES (?, ?, 'old.test', 80, 'GET',"
+                           " 'allow', 'planted', 0, 0)", (env_id, old_ms))
+        db.close()
+        lb.server.start()
+        hosts = lambda: [x["host"] for x in lb.records(e.id)]  # noqa: E731
+        assert pdk.wait_until(lambda: hosts() == ["allowed.test"], 10), hosts()
+        assert any("purged 2 egress records past retention" in l for l in lb.server.lines), \
+            lb.server.lines[-20:]
+
+        assert lb.http.delete(f"/v1beta/environments/{e.id}").status == 200
+        assert lb.http.get(f"/v1beta/environments/{e.id}/egress").status == 404
+        r = pd.run("env", "egress", e.id, "--json", timeout=30)
+        assert r.rc == 0 and [x["host"] for x in r.json()] == ["allowed.test"], r
+        assert "no longer exists" in r.errtext, r
+        # An id with neither an environment nor records is still unknown.
+        nobody = "env_" + "z" * 26
+        r = pd.run("env", "egress", nobody, timeout=30)
+        assert r.rc != 0 and nobody in r.errtext, r
+    finally:
+        lb.close()
+        up.close()
+
+
 # ------------------------------------------------------------------ listener at create time
 
 # env_create starts the sandbox in state "creating" (the start hook attaches the listener then),
