@@ -118,8 +118,9 @@ int agent_interaction_json(struct store *s, const char *project, const char *id,
                            bool include_input, json_t **out, struct err **errp);
 
 /**
- * Deletes interactions and egress records past the retention window (at most once an hour):
- * what paddock keeps about activity, it keeps for --retention.
+ * Deletes interactions and egress records past the retention window: what paddock keeps about
+ * activity, it keeps for --retention. Called every second by the janitor; interactions go at
+ * most once an hour, egress records a batch per call until none past the window is left.
  */
 void agent_housekeep(struct agent_service *svc, struct store *s);
 

@@ -678,6 +678,8 @@ struct agent_service {
     unsigned nthreads;
     bool stopping;
     int64_t last_purge_ms; /* janitor thread only */
+    bool egress_behind;    /* janitor: egress records past retention remain to be deleted */
+    size_t egress_purged;  /* janitor: deleted so far in this round */
 };
 
 void
@@ -1028,6 +1030,14 @@ recover(struct agent_service *svc, struct store *s, struct err **errp)
     return 0;
 }
 
+/*
+ * Egress records go EGRESS_PURGE_BATCH per janitor tick (a second) until none is left past
+ * retention: the proxy's thread writes a record for every connection and waits while a delete
+ * holds the database, so a backlog (the first purge after an upgrade) is taken a small bite at
+ * a time, never in one long run of deletes.
+ */
+#define EGRESS_PURGE_BATCH 1000
+
 void
 agent_housekeep(struct agent_service *svc, struct store *s)
 {
@@ -1037,17 +1047,27 @@ agent_housekeep(struct agent_service *svc, struct store *s)
         svc->o.retention_ms > 0 ? svc->o.retention_ms : (int64_t)AGENT_RETENTION_DAYS * 86400000LL;
     int64_t now = util_now_ms();
 
-    if (svc->last_purge_ms != 0 && now - svc->last_purge_ms < 3600 * 1000)
+    if (svc->last_purge_ms == 0 || now - svc->last_purge_ms >= 3600 * 1000) {
+        svc->last_purge_ms = now;
+        if (store_interaction_purge(s, now - keep, &purged, NULL) == 0 && purged > 0)
+            log_info("purged %zu interactions past retention", purged);
+        svc->egress_behind = true;
+    }
+    if (!svc->egress_behind)
         return;
-    svc->last_purge_ms = now;
-    if (store_interaction_purge(s, now - keep, &purged, NULL) == 0 && purged > 0)
-        log_info("purged %zu interactions past retention", purged);
     purged = 0;
-    if (store_egress_purge(s, now - keep, 10000, &purged, &e) < 0) {
-        log_warnx("purge egress records: %s", e->msg);
+    if (store_egress_purge(s, now - keep, EGRESS_PURGE_BATCH, &purged, &e) < 0) {
+        log_warnx("janitor: purge egress records: %s", e->msg); /* again in an hour */
         err_free(e);
-    } else if (purged > 0) {
-        log_info("purged %zu egress records past retention", purged);
+        svc->egress_behind = false;
+        return;
+    }
+    svc->egress_purged += purged;
+    if (purged < EGRESS_PURGE_BATCH) {
+        if (svc->egress_purged > 0)
+            log_info("purged %zu egress records past retention", svc->egress_purged);
+        svc->egress_purged = 0;
+        svc->egress_behind = false;
     }
 }
 

@@ -931,31 +931,24 @@ store_egress_insert(struct store *s, const struct store_egress *r, struct err **
 }
 
 int
-store_egress_purge(struct store *s, int64_t before_ms, size_t batch, size_t *n_out,
+store_egress_purge(struct store *s, int64_t before_ms, size_t limit, size_t *n_out,
                    struct err **errp)
 {
     cleanup_stmt sqlite3_stmt *st = NULL;
-    size_t total = 0;
-    int changed;
 
     if (n_out != NULL)
         *n_out = 0;
     if (sqlite3_prepare_v2(s->db,
-                           "DELETE FROM egress_log WHERE id IN"
-                           " (SELECT id FROM egress_log WHERE ts_ms < ? LIMIT ?)",
+                           "DELETE FROM egress_log WHERE id IN (SELECT id FROM egress_log"
+                           " WHERE ts_ms < ? ORDER BY ts_ms LIMIT ?)",
                            -1, &st, NULL) != SQLITE_OK)
         return db_err(s, errp, "purge egress records");
-    do {
-        sqlite3_bind_int64(st, 1, before_ms);
-        sqlite3_bind_int64(st, 2, (int64_t)(batch ? batch : 1));
-        if (sqlite3_step(st) != SQLITE_DONE)
-            return db_err(s, errp, "purge egress records");
-        changed = sqlite3_changes(s->db);
-        sqlite3_reset(st);
-        total += (size_t)changed;
-        if (n_out != NULL)
-            *n_out = total;
-    } while ((size_t)changed == (batch ? batch : 1));
+    sqlite3_bind_int64(st, 1, before_ms);
+    sqlite3_bind_int64(st, 2, (int64_t)limit);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        return db_err(s, errp, "purge egress records");
+    if (n_out != NULL)
+        *n_out = (size_t)sqlite3_changes(s->db);
     return 0;
 }
 

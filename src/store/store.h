@@ -208,10 +208,10 @@ int store_cred_page(struct store *s, const char *project, const char *after_id, 
                     struct store_cred **out, size_t *n_out, struct err **errp);
 int store_cred_delete(struct store *s, const char *project, const char *id, struct err **errp);
 /**
- * Deletes the records from before before_ms, batch rows per statement so that the proxy's
- * inserts wait for one batch at most; *n_out (may be NULL) counts them.
+ * Deletes at most limit of the records from before before_ms, oldest first, in one statement:
+ * callers bound how long the proxy's inserts may wait. *n_out (may be NULL) counts them.
  */
-int store_egress_purge(struct store *s, int64_t before_ms, size_t batch, size_t *n_out,
+int store_egress_purge(struct store *s, int64_t before_ms, size_t limit, size_t *n_out,
                        struct err **errp);
 
 /** The environment's records after id after_id, oldest first. *out is owned. */

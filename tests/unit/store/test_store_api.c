@@ -980,39 +980,50 @@ insert_egress(struct store *s, const char *env_id, int64_t ts_ms)
     ASSERT_NO_ERR(store_egress_insert(s, &r, &e), &e);
 }
 
-/* Records older than the cut go, in batches, whatever their environment; younger ones stay
- * in their order. */
+/* Records older than the cut go, at most limit per call and oldest first, whatever their
+ * environment; one at the cut and younger ones stay, in their order. */
 static void
 test_egress_purge(void **state)
 {
     struct fixture *f = *state;
+    static const size_t rounds[] = {10, 10, 5, 0};
     struct store_egress *v = NULL;
     size_t n = 0, purged = 99;
     struct err *e = NULL;
 
-    /* 25 old records, interleaved with 5 young ones, across two environments. */
+    /* 25 old records (written newest first), interleaved with 5 young ones, across two
+     * environments, and one exactly at the cut. */
     for (int i = 0; i < 30; i++)
-        insert_egress(f->s, i % 2 ? "env_a" : "env_b", i % 6 == 5 ? 1000 + i : 100 + i);
-    ASSERT_NO_ERR(store_egress_purge(f->s, 1000, 10, &purged, &e), &e);
-    assert_int_equal(purged, 25); /* three statements: 10, 10 and 5 */
+        insert_egress(f->s, i % 2 ? "env_a" : "env_b", i % 6 == 5 ? 1001 + i : 900 - i);
+    insert_egress(f->s, "env_b", 1000);
+    for (size_t r = 0; r < sizeof(rounds) / sizeof(rounds[0]); r++) {
+        ASSERT_NO_ERR(store_egress_purge(f->s, 1000, 10, &purged, &e), &e);
+        if (purged != rounds[r])
+            fail_msg("round %zu purged %zu, want %zu", r, purged, rounds[r]);
+        /* Oldest first: after the first round, nothing older than the 16 youngest old. */
+        if (r == 0) {
+            ASSERT_NO_ERR(store_egress_page(f->s, "env_b", 0, 100, &v, &n, &e), &e);
+            for (size_t i = 0; i < n; i++)
+                if (v[i].ts_ms < 900 - 29 + 10)
+                    fail_msg("record at %lld outlived the 10 oldest purge",
+                             (long long)v[i].ts_ms);
+            free(v);
+            v = NULL;
+        }
+    }
     ASSERT_NO_ERR(store_egress_page(f->s, "env_a", 0, 100, &v, &n, &e), &e);
     assert_int_equal(n, 5);
     for (size_t i = 0; i < n; i++) {
-        assert_true(v[i].ts_ms >= 1000);
+        assert_true(v[i].ts_ms > 1000);
         if (i > 0)
             assert_true(v[i].id > v[i - 1].id);
     }
     free(v);
     v = NULL;
     ASSERT_NO_ERR(store_egress_page(f->s, "env_b", 0, 100, &v, &n, &e), &e);
-    assert_int_equal(n, 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(v[0].ts_ms, 1000);
     free(v);
-    /* Nothing older is left: a second purge deletes nothing, and an exact batch multiple
-     * ends too. */
-    ASSERT_NO_ERR(store_egress_purge(f->s, 1000, 10, &purged, &e), &e);
-    assert_int_equal(purged, 0);
-    ASSERT_NO_ERR(store_egress_purge(f->s, 5000, 5, &purged, &e), &e);
-    assert_int_equal(purged, 5);
 }
 
 /* -------------------------------------------------------------- migration */
