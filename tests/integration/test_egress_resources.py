@@ -272,8 +272,12 @@ def test_idle_tunnel_is_closed_and_a_busy_one_is_not(quick):
                                       ("--egress-idle-timeout", "soon"),
                                       ("--egress-idle-timeout", "nan"),
                                       ("--egress-header-timeout", "inf"),
-                                      ("--egress-idle-timeout", "1e300")])
-def test_egress_timer_out_of_range_is_refused(pd, flag, bad):
+                                      ("--egress-idle-timeout", "1e300"),
+                                      # durations without a range of their own
+                                      ("--retention", "nan"),
+                                      ("--expire-after", "inf"),
+                                      ("--idle-after", "1e300")])
+def test_serve_timer_out_of_range_is_refused(pd, flag, bad):
     r = pd.run("serve", flag, bad)
     assert r.rc != 0
     pdk.one_line_error(r, flag)
