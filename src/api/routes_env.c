@@ -1119,6 +1119,7 @@ static enum MHD_Result
 list_egress(struct api_req *r, struct env_ctx *ctx)
 {
     const char *tok = api_query(r, "page_token");
+    const char *iid = api_query(r, "interaction_id");
     cleanup_free struct store_egress *v = NULL;
     struct store_env e;
     struct err *er = NULL;
@@ -1129,13 +1130,18 @@ list_egress(struct api_req *r, struct env_ctx *ctx)
     if (env_get_owned(ctx, r->auth.project, env_id_of(r), &e, &er) < 0 ||
         api_page_size(r, API_FILES_DEFAULT, &limit, &er) < 0)
         return api_reply_err(r, er);
+    /* Only one interaction's records: "interactions/ID" is accepted as everywhere. */
+    iid = iid != NULL && iid[0] != '\0' ? api_strip_prefix(iid, "interactions/") : NULL;
+    if (iid != NULL && !util_id_valid("int_", iid))
+        return api_reply_status(r, 400, "INVALID_ARGUMENT",
+                                "interaction_id is not an interaction id");
     if (tok != NULL && tok[0] != '\0') {
         uint64_t v64;
         if (util_parse_u64(tok, INT64_MAX, &v64, NULL) < 0)
             return api_reply_status(r, 400, "INVALID_ARGUMENT", "page_token is not a valid token");
         after = (int64_t)v64;
     }
-    if (store_egress_page(env_store(ctx), e.id, after, limit + 1, &v, &n, &er) < 0)
+    if (store_egress_page(env_store(ctx), e.id, iid, after, limit + 1, &v, &n, &er) < 0)
         return api_reply_err(r, er);
     arr = json_array();
     for (size_t i = 0; i < n && i < limit; i++) {

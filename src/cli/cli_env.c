@@ -529,7 +529,8 @@ cmd_rm_file(const struct cli_global *g, int argc, char **argv)
 }
 
 /*
- * env egress ID [--json]: the proxy's decisions for one environment, oldest first. A deleted
+ * env egress ID [--interaction IID] [--json]: the proxy's decisions for one environment (or one
+ * interaction's in it), oldest first. A deleted
  * environment's records are kept for --retention, and shown here too: the operator's account
  * of what a sandbox did outlives the sandbox.
  */
@@ -539,15 +540,25 @@ cmd_egress(const struct cli_global *g, int argc, char **argv)
     struct env_ctx *ctx = NULL;
     struct store_env env;
     struct err *e = NULL, *gone = NULL;
-    bool json = argc == 3 && strcmp(argv[2], "--json") == 0;
+    bool json = false;
+    const char *iid = NULL;
     int64_t after = 0;
-    json_t *arr = json ? json_array() : NULL;
+    json_t *arr = NULL;
     int r;
 
-    if (argc < 2 || argc > 3 || (argc == 3 && !json) || argv[1][0] == '-') {
-        json_decref(arr);
-        return cli__usage("env egress ID [--json]");
+    for (int i = 2; i < argc; i++) {
+        if (strcmp(argv[i], "--json") == 0 && !json)
+            json = true;
+        else if (strcmp(argv[i], "--interaction") == 0 && iid == NULL && i + 1 < argc)
+            iid = argv[++i];
+        else
+            return cli__usage("env egress ID [--interaction IID] [--json]");
     }
+    if (argc < 2 || argv[1][0] == '-')
+        return cli__usage("env egress ID [--interaction IID] [--json]");
+    if (iid != NULL && !util_id_valid("int_", iid))
+        return cli__usage("--interaction: '%s' is not an interaction id", iid);
+    arr = json ? json_array() : NULL;
     if ((r = cli__open(g, &ctx)) != 0) {
         json_decref(arr);
         return r;
@@ -566,7 +577,7 @@ cmd_egress(const struct cli_global *g, int argc, char **argv)
     for (;;) {
         cleanup_free struct store_egress *v = NULL;
         size_t n = 0;
-        if (store_egress_page(env_store(ctx), env.id, after, 1000, &v, &n, &e) < 0) {
+        if (store_egress_page(env_store(ctx), env.id, iid, after, 1000, &v, &n, &e) < 0) {
             err_free(gone);
             env_ctx_close(ctx);
             json_decref(arr);

@@ -953,8 +953,8 @@ store_egress_purge(struct store *s, int64_t before_ms, size_t limit, size_t *n_o
 }
 
 int
-store_egress_page(struct store *s, const char *env_id, int64_t after_id, size_t limit,
-                  struct store_egress **out, size_t *n_out, struct err **errp)
+store_egress_page(struct store *s, const char *env_id, const char *interaction_id, int64_t after_id,
+                  size_t limit, struct store_egress **out, size_t *n_out, struct err **errp)
 {
     cleanup_stmt sqlite3_stmt *st = NULL;
     cleanup_free struct store_egress *v = xcalloc(limit ? limit : 1, sizeof(*v));
@@ -964,12 +964,15 @@ store_egress_page(struct store *s, const char *env_id, int64_t after_id, size_t 
     if (sqlite3_prepare_v2(s->db,
                            "SELECT id, env_id, interaction_id, ts_ms, host, port, method,"
                            " decision, reason, bytes_up, bytes_down FROM egress_log"
-                           " WHERE env_id = ? AND id > ? ORDER BY id LIMIT ?",
+                           " WHERE env_id = ?1 AND id > ?2 AND (?4 IS NULL OR interaction_id = ?4)"
+                           " ORDER BY id LIMIT ?3",
                            -1, &st, NULL) != SQLITE_OK)
         return db_err(s, errp, "list egress");
     sqlite3_bind_text(st, 1, env_id, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, after_id);
     sqlite3_bind_int64(st, 3, (int64_t)limit);
+    if (interaction_id != NULL)
+        sqlite3_bind_text(st, 4, interaction_id, -1, SQLITE_STATIC);
     while (n < limit && (rc = sqlite3_step(st)) == SQLITE_ROW) {
         struct store_egress *r = &v[n++];
         r->id = sqlite3_column_int64(st, 0);

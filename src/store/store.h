@@ -214,9 +214,13 @@ int store_cred_delete(struct store *s, const char *project, const char *id, stru
 int store_egress_purge(struct store *s, int64_t before_ms, size_t limit, size_t *n_out,
                        struct err **errp);
 
-/** The environment's records after id after_id, oldest first. *out is owned. */
-int store_egress_page(struct store *s, const char *env_id, int64_t after_id, size_t limit,
-                      struct store_egress **out, size_t *n_out, struct err **errp);
+/**
+ * The environment's records after id after_id, oldest first; only interaction_id's when it is
+ * not NULL. *out is owned.
+ */
+int store_egress_page(struct store *s, const char *env_id, const char *interaction_id,
+                      int64_t after_id, size_t limit, struct store_egress **out, size_t *n_out,
+                      struct err **errp);
 
 /* ----------------------------------------------------------------- agents */
 

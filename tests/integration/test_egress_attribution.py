@@ -106,6 +106,19 @@ def test_records_name_the_interaction_that_made_them(setup, fake):  # noqa: F811
     cli = a.pd.run("env", "egress", env_a, "--json", timeout=30)
     assert cli.rc == 0, cli
     assert [x.get("interaction_id") for x in cli.json()] == [g[2] for g in got], cli
+    # One interaction's records alone, through the API and the CLI.
+    mine = [x for x in recs if x.get("interaction_id") == iid_a]
+    for q in (iid_a, f"interactions/{iid_a}"):
+        r = a.http.get(f"/{V}/environments/{env_a}/egress?interaction_id={q}&page_size=100")
+        assert r.status == 200 and r.json()["records"] == mine, r
+    assert len(mine) < len(recs), recs  # the filter has something to leave out
+    r = a.http.get(f"/{V}/environments/{env_b}/egress?interaction_id={iid_a}")
+    assert r.status == 200 and r.json()["records"] == [], r
+    r = a.http.get(f"/{V}/environments/{env_a}/egress?interaction_id=int_nope")
+    assert r.status == 400 and "interaction_id" in r.json()["error"]["message"], r
+    cli = a.pd.run("env", "egress", env_a, "--interaction", iid_a, "--json", timeout=30)
+    assert cli.rc == 0 and len(cli.json()) == len(mine), cli
+    assert {x["interaction_id"] for x in cli.json()} == {iid_a}, cli
     assert records(a, env_b, 1) == [rec_b]  # nothing of A's went into B's log
     # The header was the proxy's only: no upstream saw it.
     up.wait_closed()

@@ -965,19 +965,58 @@ test_upload_list_many(void **state)
 /* ----------------------------------------------------------------- egress */
 
 static void
-insert_egress(struct store *s, const char *env_id, int64_t ts_ms)
+insert_egress_by(struct store *s, const char *env_id, const char *iid, int64_t ts_ms)
 {
     struct store_egress r;
     struct err *e = NULL;
 
     memset(&r, 0, sizeof(r));
     snprintf(r.env_id, sizeof(r.env_id), "%s", env_id);
+    snprintf(r.interaction_id, sizeof(r.interaction_id), "%s", iid);
     r.ts_ms = ts_ms;
     snprintf(r.host, sizeof(r.host), "h.test");
     r.port = 443;
     snprintf(r.method, sizeof(r.method), "CONNECT");
     snprintf(r.decision, sizeof(r.decision), "allow");
     ASSERT_NO_ERR(store_egress_insert(s, &r, &e), &e);
+}
+
+static void
+insert_egress(struct store *s, const char *env_id, int64_t ts_ms)
+{
+    insert_egress_by(s, env_id, "", ts_ms);
+}
+
+/* One interaction's records of an environment, in order and across pages; none of another
+ * environment's, even under the same interaction id. */
+static void
+test_egress_page_by_interaction(void **state)
+{
+    struct fixture *f = *state;
+    struct store_egress *v = NULL;
+    size_t n = 0;
+    int64_t after = 0;
+    struct err *e = NULL;
+
+    for (int i = 0; i < 9; i++)
+        insert_egress_by(f->s, "env_a", i % 3 == 0 ? "int_x" : i % 3 == 1 ? "" : "int_y", i);
+    insert_egress_by(f->s, "env_b", "int_x", 100);
+    ASSERT_NO_ERR(store_egress_page(f->s, "env_a", "int_x", 0, 2, &v, &n, &e), &e);
+    assert_int_equal(n, 2);
+    assert_int_equal(v[0].ts_ms, 0);
+    assert_int_equal(v[1].ts_ms, 3);
+    after = v[1].id;
+    free(v);
+    v = NULL;
+    ASSERT_NO_ERR(store_egress_page(f->s, "env_a", "int_x", after, 2, &v, &n, &e), &e);
+    assert_int_equal(n, 1);
+    assert_int_equal(v[0].ts_ms, 6);
+    assert_string_equal(v[0].env_id, "env_a");
+    free(v);
+    v = NULL;
+    ASSERT_NO_ERR(store_egress_page(f->s, "env_a", NULL, 0, 100, &v, &n, &e), &e);
+    assert_int_equal(n, 9);
+    free(v);
 }
 
 /* Records older than the cut go, at most limit per call and oldest first, whatever their
@@ -1002,7 +1041,7 @@ test_egress_purge(void **state)
             fail_msg("round %zu purged %zu, want %zu", r, purged, rounds[r]);
         /* Oldest first: after the first round, nothing older than the 16 youngest old. */
         if (r == 0) {
-            ASSERT_NO_ERR(store_egress_page(f->s, "env_b", 0, 100, &v, &n, &e), &e);
+            ASSERT_NO_ERR(store_egress_page(f->s, "env_b", NULL, 0, 100, &v, &n, &e), &e);
             for (size_t i = 0; i < n; i++)
                 if (v[i].ts_ms < 900 - 29 + 10)
                     fail_msg("record at %lld outlived the 10 oldest purge",
@@ -1011,7 +1050,7 @@ test_egress_purge(void **state)
             v = NULL;
         }
     }
-    ASSERT_NO_ERR(store_egress_page(f->s, "env_a", 0, 100, &v, &n, &e), &e);
+    ASSERT_NO_ERR(store_egress_page(f->s, "env_a", NULL, 0, 100, &v, &n, &e), &e);
     assert_int_equal(n, 5);
     for (size_t i = 0; i < n; i++) {
         assert_true(v[i].ts_ms > 1000);
@@ -1020,7 +1059,7 @@ test_egress_purge(void **state)
     }
     free(v);
     v = NULL;
-    ASSERT_NO_ERR(store_egress_page(f->s, "env_b", 0, 100, &v, &n, &e), &e);
+    ASSERT_NO_ERR(store_egress_page(f->s, "env_b", NULL, 0, 100, &v, &n, &e), &e);
     assert_int_equal(n, 1);
     assert_int_equal(v[0].ts_ms, 1000);
     free(v);
@@ -1201,6 +1240,7 @@ test_store_api_run(void)
         T(test_page_project_order),
         T(test_page_walk_ties),
         T(test_egress_purge),
+        T(test_egress_page_by_interaction),
         T(test_seq_creation_order),
         T(test_page_stable_under_inserts),
         T(test_page_limits),
