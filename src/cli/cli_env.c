@@ -529,10 +529,10 @@ cmd_rm_file(const struct cli_global *g, int argc, char **argv)
 }
 
 /*
- * env egress ID [--interaction IID] [--json]: the proxy's decisions for one environment (or one
- * interaction's in it), oldest first. A deleted
- * environment's records are kept for --retention, and shown here too: the operator's account
- * of what a sandbox did outlives the sandbox.
+ * env egress ID [--interaction IID] [--json]: the proxy's decisions for one environment (or
+ * one interaction's in it), oldest first. A deleted environment's records are kept for
+ * --retention, and shown here too: the operator's account of what a sandbox did outlives the
+ * sandbox.
  */
 static int
 cmd_egress(const struct cli_global *g, int argc, char **argv)
