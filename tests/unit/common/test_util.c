@@ -740,14 +740,14 @@ test_build_id(void **state)
 static void
 test_key_file(void **state)
 {
-    char dir[] = "/tmp/paddock-key.XXXXXX", path[64], bad[64];
+    char *dir = unit_mkdtemp(), path[256], bad[256];
     unsigned char k1[32], k2[32], k3[16];
     struct stat st;
     struct err *e = NULL;
     int fd;
 
     (void)state;
-    assert_non_null(mkdtemp(dir));
+    assert_non_null(dir);
     snprintf(path, sizeof(path), "%s/k", dir);
     assert_int_equal(util_key_file(path, k1, sizeof(k1), &e), 0);
     assert_int_equal(stat(path, &st), 0);
@@ -772,9 +772,8 @@ test_key_file(void **state)
     close(fd);
     assert_int_equal(util_key_file(bad, k1, sizeof(k1), &e), -1);
     err_free(e);
-    unlink(bad);
-    unlink(path);
-    rmdir(dir);
+    unit_rm_rf(dir);
+    free(dir);
 }
 
 int

@@ -20,28 +20,25 @@ static const char ENV_B[] = "env_bbbbbbbbbbbbbbbbbbbbbbbbbb";
 static const char INT_1[] = "int_11111111111111111111111111";
 static const char INT_2[] = "int_22222222222222222222222222";
 
-static char dir_a[] = "/tmp/paddock-tag-a.XXXXXX";
-static char dir_b[] = "/tmp/paddock-tag-b.XXXXXX";
+static char *dir_a, *dir_b;
 
 static int
 make_dirs(void **state)
 {
     (void)state;
-    return mkdtemp(dir_a) == NULL || mkdtemp(dir_b) == NULL ? -1 : 0;
+    dir_a = unit_mkdtemp();
+    dir_b = unit_mkdtemp();
+    return dir_a == NULL || dir_b == NULL ? -1 : 0;
 }
 
 static int
 remove_dirs(void **state)
 {
-    char p[128];
-
     (void)state;
-    snprintf(p, sizeof(p), "%s/egress-tag.key", dir_a);
-    unlink(p);
-    snprintf(p, sizeof(p), "%s/egress-tag.key", dir_b);
-    unlink(p);
-    rmdir(dir_a);
-    rmdir(dir_b);
+    unit_rm_rf(dir_a);
+    unit_rm_rf(dir_b);
+    free(dir_a);
+    free(dir_b);
     return 0;
 }
 
@@ -63,7 +60,7 @@ static void
 test_tag_key_file(void **state)
 {
     char a[ENV_PROXY_TAG_LEN + 1], b[ENV_PROXY_TAG_LEN + 1], again[ENV_PROXY_TAG_LEN + 1];
-    char path[128];
+    char path[512];
     struct stat st;
 
     (void)state;
