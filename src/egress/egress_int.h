@@ -2,6 +2,8 @@
 #ifndef PADDOCK_EGRESS_INT_H
 #define PADDOCK_EGRESS_INT_H
 
+#include <time.h>
+
 #include <openssl/ssl.h>
 
 #include "egress.h"
@@ -14,6 +16,9 @@ int egress_tls_new(const char *data_dir, const char *upstream_ca, struct egress_
 void egress_tls_free(struct egress_tls *t);
 /** The server side of an intercepted tunnel: presents a leaf for host. NULL on failure. */
 SSL *egress_tls_accept_ssl(struct egress_tls *t, const char *host, bool is_ip);
+/** The leaf certificate presented for host at time now (the cache's; do not free). NULL on
+ * failure. Exposed for tests, which move the clock. */
+X509 *egress_tls_leaf(struct egress_tls *t, const char *host, bool is_ip, time_t now);
 /** The client side towards the upstream: SNI, and the peer verified as host. */
 SSL *egress_tls_connect_ssl(struct egress_tls *t, const char *host, bool is_ip);
 /** The server context, for its SNI callback. */

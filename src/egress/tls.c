@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/err.h>
@@ -23,12 +24,17 @@
 #include "egress_int.h"
 
 #define LEAF_CACHE 256
+/* A leaf is valid from an hour before it was minted (clock skew) to a day after, and served from
+ * the cache for half a day, so a leaf handed out always has at least 12 hours left. */
+#define LEAF_VALID    (24 * 3600)
+#define LEAF_REUSE    (12 * 3600)
 #define SYSTEM_BUNDLE "/etc/ssl/certs/ca-certificates.crt"
 
 struct leaf {
     char host[256];
     X509 *cert;
     uint64_t used;
+    time_t minted;
 };
 
 struct egress_tls {
@@ -295,9 +301,13 @@ egress_tls_free(struct egress_tls *t)
     free(t);
 }
 
-/* A leaf for host, from the cache or newly minted (least recently used one evicted). */
-static X509 *
-leaf_for(struct egress_tls *t, const char *host, bool is_ip)
+/*
+ * A leaf for host at time now: from the cache while it has LEAF_REUSE left to run, else newly
+ * minted into host's slot or the least recently used one. The cache owns the certificate; an SSL
+ * that uses it holds its own reference, so replacing a slot never pulls one from a handshake.
+ */
+X509 *
+egress_tls_leaf(struct egress_tls *t, const char *host, bool is_ip, time_t now)
 {
     struct leaf *slot = &t->cache[0];
     X509 *x;
@@ -305,20 +315,30 @@ leaf_for(struct egress_tls *t, const char *host, bool is_ip)
     char san[300];
 
     for (size_t i = 0; i < LEAF_CACHE; i++) {
-        if (t->cache[i].cert != NULL && strcmp(t->cache[i].host, host) == 0) {
-            t->cache[i].used = ++t->tick;
-            return t->cache[i].cert;
+        struct leaf *l = &t->cache[i];
+        if (l->cert != NULL && strcmp(l->host, host) == 0) {
+            /* A clock set back past minting would make the leaf not yet valid: mint again. */
+            if (now >= l->minted && now - l->minted < LEAF_REUSE) {
+                l->used = ++t->tick;
+                return l->cert;
+            }
+            slot = l;
+            break;
         }
-        if (t->cache[i].used < slot->used)
-            slot = &t->cache[i];
+        if (l->used < slot->used)
+            slot = l;
     }
     x = X509_new();
     if (x == NULL)
         return NULL;
     X509_set_version(x, 2);
     random_serial(x);
-    X509_gmtime_adj(X509_getm_notBefore(x), -3600);
-    X509_gmtime_adj(X509_getm_notAfter(x), 24 * 3600);
+    if (X509_time_adj_ex(X509_getm_notBefore(x), 0, -3600, &now) == NULL ||
+        X509_time_adj_ex(X509_getm_notAfter(x), 0, LEAF_VALID, &now) == NULL) {
+        ERR_clear_error();
+        X509_free(x);
+        return NULL;
+    }
     X509_set_pubkey(x, t->leaf_key);
     name = X509_get_subject_name(x);
     X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)host, -1, -1, 0);
@@ -346,13 +366,14 @@ leaf_for(struct egress_tls *t, const char *host, bool is_ip)
     snprintf(slot->host, sizeof(slot->host), "%s", host);
     slot->cert = x;
     slot->used = ++t->tick;
+    slot->minted = now;
     return x;
 }
 
 SSL *
 egress_tls_accept_ssl(struct egress_tls *t, const char *host, bool is_ip)
 {
-    X509 *leaf = leaf_for(t, host, is_ip);
+    X509 *leaf = egress_tls_leaf(t, host, is_ip, time(NULL));
     SSL *ssl;
 
     if (leaf == NULL)

@@ -6,5 +6,6 @@ int test_host_run(void);
 int test_policy_run(void);
 int test_addr_run(void);
 int test_tag_run(void);
+int test_tls_run(void);
 
 #endif

@@ -13,5 +13,6 @@ main(void)
     failed += test_policy_run();
     failed += test_addr_run();
     failed += test_tag_run();
+    failed += test_tls_run();
     return failed == 0 ? 0 : 1;
 }
