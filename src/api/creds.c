@@ -219,18 +219,22 @@ check_field(const char *name, json_t *v, struct err **errp)
     }
     if (!json_is_string(v))
         return err_set(errp, ERR_INVALID, 0, "%s must be a string", name);
+    /* Every string of a credential may end up in a request head: no control characters. */
     if (strlen(json_string_value(v)) != json_string_length(v) || json_string_length(v) > 16384 ||
-        strpbrk(json_string_value(v), "\r\n") != NULL)
+        !egress_header_value_ok(json_string_value(v)))
         return err_set(errp, ERR_INVALID, 0,
-                       "%s must be at most 16384 bytes, without CR, LF or NUL", name);
+                       "%s must be at most 16384 bytes, without control characters (CR, LF, "
+                       "NUL...; tab is allowed)",
+                       name);
     if (strcmp(name, "token_url") == 0 && !api_oauth_url_ok(json_string_value(v)))
         return err_set(errp, ERR_INVALID, 0,
                        "token_url must be an https:// URL: the token request carries the client "
                        "secret");
     if (strcmp(name, "header_name") == 0) {
-        const char *s = json_string_value(v);
-        if (s[0] == '\0' || strlen(s) > 64 || strpbrk(s, " \t:()<>@,;\\\"/[]?={}") != NULL)
-            return err_set(errp, ERR_INVALID, 0, "header_name is not a header field name");
+        if (!egress_header_name_ok(json_string_value(v)))
+            return err_set(errp, ERR_INVALID, 0,
+                           "header_name is not a header field name (a token of at most 64 "
+                           "bytes)");
     }
     return 0;
 }

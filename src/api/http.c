@@ -739,7 +739,12 @@ resolve_credentials(struct env_ctx *ctx, const struct store_env *e, json_t *cfg,
             if (px == NULL)
                 px = "Bearer";
             v = xasprintf("%s%s%s", px, px[0] != '\0' ? " " : "", tok != NULL ? tok : "");
-            egress_rule_add_header(r, hn != NULL ? hn : "Authorization", v);
+            /* Checked when stored; one stored before a check was tightened is refused here. */
+            if (!egress_rule_add_header(r, hn != NULL ? hn : "Authorization", v))
+                snprintf(r->cred_error, sizeof(r->cred_error),
+                         "credential '%.40s' cannot stand in an HTTP header (a control "
+                         "character)",
+                         r->credential);
             explicit_bzero(v, strlen(v));
             free(v);
         } else if (strcmp(meta.type, "oauth2") == 0) {
@@ -750,7 +755,11 @@ resolve_credentials(struct env_ctx *ctx, const struct store_env *e, json_t *cfg,
                 err_free(er);
             } else {
                 char *v = xasprintf("Bearer %s", tok);
-                egress_rule_add_header(r, "Authorization", v);
+                if (!egress_rule_add_header(r, "Authorization", v))
+                    snprintf(r->cred_error, sizeof(r->cred_error),
+                             "credential '%.40s': its access token cannot stand in an HTTP "
+                             "header",
+                             r->credential);
                 explicit_bzero(v, strlen(v));
                 explicit_bzero(tok, strlen(tok));
                 free(v);
@@ -791,10 +800,13 @@ resolve_credentials(struct env_ctx *ctx, const struct store_env *e, json_t *cfg,
                 json_array_foreach(json_object_get(config, "trusted_domains"), i, d)
                     json_array_append_new(json_object_get(net, "allowlist"),
                                           json_pack("{s:O}", "domain", d));
-                if (egress_policy_compile(net, &domains, NULL) == 0)
-                    egress_policy_add_subst(
-                        pol, placeholder,
-                        json_string_value(json_object_get(secret, "value")) ?: "", domains);
+                if (egress_policy_compile(net, &domains, NULL) == 0 &&
+                    !egress_policy_add_subst(
+                        pol, placeholder, json_string_value(json_object_get(secret, "value")) ?: "",
+                        domains))
+                    log_warnx("egress: %s: credential %s: its value cannot stand in an HTTP "
+                              "header; %s keeps its placeholder",
+                              e->id, cred, k);
                 json_decref(net);
             }
             wipe_json(secret);

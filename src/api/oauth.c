@@ -235,6 +235,23 @@ fetch_token(json_t *config, json_t *secret, char **token, int64_t *expires_ms, s
         err_set(errp, ERR_UPSTREAM, 0, "oauth2 token endpoint %s sent no access_token", url);
         goto out;
     }
+    /* It goes into a request head: RFC 6749 allows printable ASCII only (VSCHAR). */
+    {
+        json_t *at = json_object_get(ans, "access_token");
+        const char *s = json_string_value(at);
+        bool ok = json_string_length(at) > 0 && json_string_length(at) <= 16384;
+        for (size_t i = 0; ok && i < json_string_length(at); i++)
+            ok = s[i] >= 0x20 && s[i] <= 0x7e;
+        if (!ok) {
+            explicit_bzero((char *)(uintptr_t)s, json_string_length(at));
+            json_decref(ans);
+            err_set(errp, ERR_UPSTREAM, 0,
+                    "oauth2 token endpoint %s sent an access_token that is not printable ASCII "
+                    "(1 to 16384 bytes); it cannot go into a request header",
+                    url);
+            goto out;
+        }
+    }
     *token = xstrdup(json_string_value(json_object_get(ans, "access_token")));
     {
         json_t *ex = json_object_get(ans, "expires_in");

@@ -115,12 +115,24 @@ uint64_t egress_policy_print(const struct egress_policy *p);
 /** A deep copy. */
 struct egress_policy *egress_policy_dup(const struct egress_policy *p);
 
-/** Adds a placeholder substitution (copies the strings; takes domains). */
-void egress_policy_add_subst(struct egress_policy *p, const char *placeholder, const char *value,
+/** True when s is an HTTP field name (a token) of at most 64 bytes. */
+bool egress_header_name_ok(const char *s);
+/** True when s may stand in an HTTP field value: no control character but tab (no CR, LF, DEL),
+ * so nothing put into a header can end it or start another. */
+bool egress_header_value_ok(const char *s);
+
+/**
+ * Adds a placeholder substitution (copies the strings; takes domains). False, and nothing added,
+ * when value could not stand in a header (egress_header_value_ok()).
+ */
+bool egress_policy_add_subst(struct egress_policy *p, const char *placeholder, const char *value,
                              struct egress_policy *domains);
 
-/** Adds a header to a rule (the server's credential injection); copies both strings. */
-void egress_rule_add_header(struct egress_rule *r, const char *name, const char *value);
+/**
+ * Adds a header to a rule (the server's credential injection); copies both strings. False, and
+ * nothing added, when name or value is not fit for a header.
+ */
+bool egress_rule_add_header(struct egress_rule *r, const char *name, const char *value);
 
 /**
  * Makes sure DATA/ca holds the installation's CA (ca.key 0600, ca.pem) and bundle.pem (the

@@ -195,8 +195,8 @@ egress_parse_authority(const char *in, uint16_t default_port, struct egress_dest
 
 #define HEADERS_PER_RULE 32
 
-static bool
-header_name_ok(const char *s)
+bool
+egress_header_name_ok(const char *s)
 {
     size_t n = strlen(s);
 
@@ -209,21 +209,33 @@ header_name_ok(const char *s)
     return true;
 }
 
-void
+bool
+egress_header_value_ok(const char *s)
+{
+    for (const unsigned char *p = (const unsigned char *)s; *p != '\0'; p++)
+        if ((*p < 0x20 && *p != '\t') || *p == 0x7f)
+            return false;
+    return true;
+}
+
+bool
 egress_rule_add_header(struct egress_rule *r, const char *name, const char *value)
 {
+    if (!egress_header_name_ok(name) || !egress_header_value_ok(value))
+        return false;
     /* Replace: one value per header name, the last one given wins. */
     for (size_t i = 0; i < r->n_headers; i++)
         if (strcasecmp(r->headers[i].name, name) == 0) {
             explicit_bzero(r->headers[i].value, strlen(r->headers[i].value));
             free(r->headers[i].value);
             r->headers[i].value = xstrdup(value);
-            return;
+            return true;
         }
     r->headers = xrealloc(r->headers, (r->n_headers + 1) * sizeof(*r->headers));
     r->headers[r->n_headers].name = xstrdup(name);
     r->headers[r->n_headers].value = xstrdup(value);
     r->n_headers++;
+    return true;
 }
 
 /* transform: {"Header": "value", ...} or a list of such maps. */
@@ -242,20 +254,21 @@ compile_transform(json_t *tr, size_t i, struct egress_rule *r, struct err **errp
                            "network.allowlist[%zu].transform must map header names to values", i);
         json_object_foreach(m, name, v) {
             const char *val = json_string_value(v);
-            if (!header_name_ok(name))
+            if (!egress_header_name_ok(name))
                 return err_set(errp, ERR_INVALID, 0,
                                "network.allowlist[%zu].transform: bad header name", i);
-            if (val == NULL || strpbrk(val, "\r\n") != NULL ||
+            if (val == NULL || !egress_header_value_ok(val) ||
                 strlen(val) != json_string_length(v) || json_string_length(v) > 8192)
                 return err_set(errp, ERR_INVALID, 0,
                                "network.allowlist[%zu].transform.%s: the value must be a string "
-                               "without CR, LF or NUL, at most 8192 bytes",
+                               "without control characters (CR, LF, NUL...; tab is allowed), "
+                               "at most 8192 bytes",
                                i, name);
             if (r->n_headers == HEADERS_PER_RULE)
                 return err_set(errp, ERR_INVALID, 0,
                                "network.allowlist[%zu].transform: more than %d headers", i,
                                HEADERS_PER_RULE);
-            egress_rule_add_header(r, name, val);
+            (void)egress_rule_add_header(r, name, val); /* checked above */
         }
     }
     r->intercept = true;
@@ -414,15 +427,20 @@ egress_policy_free(struct egress_policy *p)
     free(p);
 }
 
-void
+bool
 egress_policy_add_subst(struct egress_policy *p, const char *placeholder, const char *value,
                         struct egress_policy *domains)
 {
+    if (!egress_header_value_ok(value)) {
+        egress_policy_free(domains);
+        return false;
+    }
     p->subst = xrealloc(p->subst, (p->n_subst + 1) * sizeof(*p->subst));
     p->subst[p->n_subst].placeholder = xstrdup(placeholder);
     p->subst[p->n_subst].value = xstrdup(value);
     p->subst[p->n_subst].domains = domains;
     p->n_subst++;
+    return true;
 }
 
 struct egress_policy *
@@ -438,12 +456,12 @@ egress_policy_dup(const struct egress_policy *p)
         d->rules[i].headers = NULL;
         d->rules[i].n_headers = 0;
         for (size_t k = 0; k < p->rules[i].n_headers; k++)
-            egress_rule_add_header(&d->rules[i], p->rules[i].headers[k].name,
-                                   p->rules[i].headers[k].value);
+            (void)egress_rule_add_header(&d->rules[i], p->rules[i].headers[k].name,
+                                         p->rules[i].headers[k].value);
     }
     for (size_t i = 0; i < p->n_subst; i++)
-        egress_policy_add_subst(d, p->subst[i].placeholder, p->subst[i].value,
-                                egress_policy_dup(p->subst[i].domains));
+        (void)egress_policy_add_subst(d, p->subst[i].placeholder, p->subst[i].value,
+                                      egress_policy_dup(p->subst[i].domains));
     return d;
 }
 

@@ -18,6 +18,10 @@ from tlskit import HOST, echo_server, make_ca, make_cert, serve, tls_wrap
 
 SECRET_BEARER = "bearer-SECRET-4711"
 SECRET_ENV = "envvar-SECRET-0815"
+# Access tokens no header may carry, by the client_id that gets them from the test's IdP.
+BAD_TOKENS = {"crlf-header": "AT\r\nX-Injected: 1",
+              "crlf-request": "AT\r\n\r\nGET /admin HTTP/1.1", "ctl": "AT\u0001",
+              "non-ascii": "AT\u00e9", "empty": ""}
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +43,12 @@ def upstreams(tmp_path_factory):
             n = int(self.headers.get("Content-Length", 0))
             f = urllib.parse.parse_qs(self.rfile.read(n).decode())
             grants.append(f)
+            # client_id "cid" is the good client; a key of BAD_TOKENS gets that access token.
+            cid = f.get("client_id", [""])[0]
             ok = (f.get("grant_type") == ["refresh_token"] and f.get("refresh_token") == ["RT-1"]
-                  and f.get("client_secret") == ["CS-1"] and f.get("client_id") == ["cid"])
-            body = json.dumps({"access_token": f"AT-{len(grants)}", "expires_in": 65}
+                  and f.get("client_secret") == ["CS-1"] and (cid == "cid" or cid in BAD_TOKENS))
+            token = BAD_TOKENS.get(cid, f"AT-{len(grants)}")
+            body = json.dumps({"access_token": token, "expires_in": 65}
                               if ok else {"error": "invalid_grant"}).encode()
             self.send_response(200 if ok else 400)
             self.send_header("Content-Length", str(len(body)))
@@ -236,6 +243,29 @@ def test_oauth2_token_is_fetched_refreshed_and_vetted(capi, upstreams):
     recs = capi.http.get(f"/v1beta/environments/{e}/egress").json()["records"]
     assert any(x["decision"] == "deny" and "loopback" in x["reason"] for x in recs), \
         "\n".join([json.dumps(x) for x in recs[-3:]] + capi.server.lines[-25:])
+
+
+@pytest.mark.parametrize("client", sorted(BAD_TOKENS))
+def test_oauth2_token_that_cannot_be_a_header_is_refused(capi, upstreams, client):
+    """The token endpoint is outside paddock's control: an access token that could end the
+    Authorization header (or is not one at all) is refused, the request is denied with why, and
+    nothing of it reaches the upstream."""
+    api_host = f"api.test:{port(upstreams['api'])}"
+    idp = f"https://idp.test:{port(upstreams['idp'])}/token"
+    r = capi.creds.post("/v1beta/credentials", json_body={
+        "type": "oauth2", "id": "oa-bad", "client_id": client,
+        "client_secret": "CS-1", "refresh_token": "RT-1", "token_url": idp})
+    assert r.status == 200, r
+    e = capi.http.create({"network": {"allowlist": [{"domain": api_host,
+                                                     "credential": "oa-bad"}]}})["id"]
+    seen = len(upstreams["api"].seen)
+    out = capi.pd.run("env", "exec", e, "-c", f"curl -sS -m 10 https://{api_host}/")
+    assert out.rc != 0, out
+    assert upstreams["grants"][-1]["client_id"] == [client]
+    recs = capi.http.get(f"/v1beta/environments/{e}/egress").json()["records"]
+    assert recs and recs[-1]["decision"] == "deny" and "access_token" in recs[-1]["reason"], \
+        recs
+    assert len(upstreams["api"].seen) == seen
 
 
 def test_missing_credential_fails_closed(capi, upstreams):

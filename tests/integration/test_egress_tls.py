@@ -917,9 +917,10 @@ def test_redirect_is_passed_to_the_client_not_followed(tl):
 @pytest.mark.parametrize("transform", [
     {"X-A": "a\r\nX-Evil: 1"}, {"X-A": "a\nX-Evil: 1"}, {"X-A": "a\rb"}, {"X-A": "a\u0000b"},
     {"X-A: b": "v"}, {"X A": "v"}, {"": "v"}, {"X-A\r\nX-Evil": "v"}, {"X-A": 5},
-    [{"X-A": "ok"}, {"X-B": "x\r\n"}],
+    [{"X-A": "ok"}, {"X-B": "x\r\n"}], {"X-A": "a\u000bb"}, {"X-A": "a\u007fb"},
+    {"X-\u0001": "v"},
 ], ids=["crlf", "lf", "cr", "nul", "colon-name", "space-name", "empty-name", "crlf-name",
-        "number", "list-crlf"])
+        "number", "list-crlf", "vt", "del", "ctl-name"])
 def test_transform_with_cr_lf_is_refused_at_create(tl, transform):
     r = tl.a.http.create({"network": {"allowlist": [
         {"domain": f"api.test:{tl.api.port}", "transform": transform}]}}, ok=False)
@@ -934,10 +935,18 @@ def test_transform_with_cr_lf_is_refused_at_create(tl, transform):
     {"type": "bearer_token", "id": "crlf3", "token": "t", "header_name": "X\r\nEvil"},
     {"type": "environment_variable", "id": "crlf4", "value": "v\r\nX-Evil: 1",
      "injection_location": "header", "trusted_domains": ["api.test"]},
-], ids=["token", "prefix", "header-name", "env-value"])
+    {"type": "bearer_token", "id": "ctl1", "token": "t\u0001"},
+    {"type": "bearer_token", "id": "ctl2", "token": "t", "prefix": "Bearer\u007f"},
+    {"type": "bearer_token", "id": "ctl3", "token": "t", "header_name": "X-\u0001"},
+    {"type": "environment_variable", "id": "ctl4", "value": "v\u000b",
+     "injection_location": "header", "trusted_domains": ["api.test"]},
+], ids=["token", "prefix", "header-name", "env-value", "ctl-token", "del-prefix", "ctl-name",
+        "vt-env-value"])
 def test_credential_fields_with_cr_lf_are_refused(tl, body):
     r = tl.creds.post("/v1beta/credentials", json_body=body)
     assert r.status == 400, r
+    assert "control characters" in r.json()["error"]["message"] or \
+        "header_name" in r.json()["error"]["message"], r
 
 
 def test_injected_header_replaces_every_client_copy(tl):

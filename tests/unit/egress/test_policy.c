@@ -756,6 +756,52 @@ test_match_modes(void **state)
     egress_policy_free(empty);
 }
 
+/* What the server injects (a credential's header, a placeholder's value) is checked where it is
+ * added: nothing with a control character but tab gets into a rule. */
+static void
+test_injected_headers_checked(void **state)
+{
+    static const char *const bad_values[] = {
+        "a\r\nX-Evil: 1",
+        "a\nb",
+        "a\rb",
+        "a\x01",
+        "\x7f",
+        "a\x0b"
+        "b",
+        "a\x1b[0m",
+    };
+    static const char *const bad_names[] = { "", "X A", "X:A", "X\x01", "X\xc3\xa9", "(x)" };
+    struct egress_policy *p = NULL;
+    struct err *e = NULL;
+    json_t *j = load_json("{\"allowlist\": [{\"domain\": \"a.com\", \"credential\": \"c\"}]}");
+    struct egress_rule *r;
+    (void)state;
+
+    ASSERT_NO_ERR(egress_policy_compile(j, &p, &e), &e);
+    json_decref(j);
+    r = &p->rules[0];
+    for (size_t i = 0; i < ARRAY_LEN(bad_values); i++) {
+        assert_false(egress_header_value_ok(bad_values[i]));
+        assert_false(egress_rule_add_header(r, "Authorization", bad_values[i]));
+    }
+    for (size_t i = 0; i < ARRAY_LEN(bad_names); i++) {
+        assert_false(egress_header_name_ok(bad_names[i]));
+        assert_false(egress_rule_add_header(r, bad_names[i], "v"));
+    }
+    assert_int_equal(r->n_headers, 0);
+    /* Tab, spaces, printable and non-ASCII bytes stand in a field value. */
+    assert_true(egress_rule_add_header(r, "Authorization", "Bearer a\tb c~\xc3\xa9"));
+    assert_true(egress_rule_add_header(r, "authorization", "Bearer 2"));
+    assert_int_equal(r->n_headers, 1);
+    assert_string_equal(r->headers[0].value, "Bearer 2");
+    assert_false(egress_policy_add_subst(p, "ph-1", "v\r\n", NULL));
+    assert_int_equal(p->n_subst, 0);
+    assert_true(egress_policy_add_subst(p, "ph-1", "value", NULL));
+    assert_int_equal(p->n_subst, 1);
+    egress_policy_free(p);
+}
+
 int
 test_policy_run(void)
 {
@@ -774,6 +820,7 @@ test_policy_run(void)
         cmocka_unit_test(test_match_several_rules),
         cmocka_unit_test(test_match_reasons_distinct),
         cmocka_unit_test(test_match_modes),
+        cmocka_unit_test(test_injected_headers_checked),
     };
 
     return cmocka_run_group_tests_name("egress/policy", tests, NULL, NULL);
