@@ -708,6 +708,8 @@ egress_policy_print(const struct egress_policy *p)
         h = fnv(h, &r->kind, sizeof(r->kind));
         h = fnv(h, r->host, strlen(r->host) + 1);
         h = fnv(h, &r->port, sizeof(r->port));
+        h = fnv(h, &r->intercept, sizeof(r->intercept));
+        h = fnv(h, r->credential, strlen(r->credential) + 1);
         h = fnv(h, r->cred_error, strlen(r->cred_error) + 1);
         for (size_t k = 0; k < r->n_headers; k++) {
             h = fnv(h, r->headers[k].name, strlen(r->headers[k].name) + 1);
@@ -717,7 +719,10 @@ egress_policy_print(const struct egress_policy *p)
     for (size_t i = 0; i < p->n_subst; i++) {
         h = fnv(h, p->subst[i].placeholder, strlen(p->subst[i].placeholder) + 1);
         h = fnv(h, p->subst[i].value, strlen(p->subst[i].value) + 1);
-        h = fnv(h, &p->subst[i].domains->n, sizeof(p->subst[i].domains->n));
+        /* Where a placeholder is replaced is as much the policy as what it is replaced by:
+         * narrowing a credential's trusted_domains must reach running environments. */
+        uint64_t d = egress_policy_print(p->subst[i].domains);
+        h = fnv(h, &d, sizeof(d));
     }
     return h;
 }

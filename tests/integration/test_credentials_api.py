@@ -211,6 +211,20 @@ def test_placeholder_is_replaced_only_for_trusted_domains(capi, upstreams):
     # ... and the search would have found it (a canary written into a file).
     inside(capi, e, "echo canary-31337 > /tmp/canary")
     assert leaks(capi, e, "canary-31337") == ["/tmp/canary"]
+    # Moving the trust to other.test (as many domains as before) reaches the running
+    # environment: other.test gets the secret from then on, and api.test no longer does (it
+    # is not intercepted any more: the tunnel is untouched and the test CA not trusted inside).
+    r = capi.creds.request("PATCH", "/v1beta/credentials/k?update_mask=trusted_domains",
+                           json_body={"type": "environment_variable",
+                                      "trusted_domains": [other_host]})
+    assert r.status == 200, r
+    assert pdk.wait_until(lambda: json.loads(inside(
+        capi, e, f"curl -sS -m 10 -H \"X-Key: $API_KEY\" https://{other_host}/"))["X-Key"]
+        == SECRET_ENV, 10), "narrowed trusted_domains never reached the environment"
+    seen = len(upstreams["api"].seen)
+    capi.pd.run("env", "exec", e, "-c", f"curl -sS -m 10 -H \"X-Key: $API_KEY\" "
+                                        f"https://{api_host}/")
+    assert all(SECRET_ENV not in json.dumps(h) for h in upstreams["api"].seen[seen:])
 
 
 @pytest.mark.slow

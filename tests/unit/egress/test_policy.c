@@ -802,6 +802,63 @@ test_injected_headers_checked(void **state)
     egress_policy_free(p);
 }
 
+static struct egress_policy *
+compiled(const char *network)
+{
+    struct egress_policy *p = NULL;
+    struct err *e = NULL;
+    json_t *j = network != NULL ? load_json(network) : NULL; /* NULL: open */
+
+    ASSERT_NO_ERR(egress_policy_compile(j, &p, &e), &e);
+    json_decref(j);
+    return p;
+}
+
+/* The fingerprint decides whether a running environment's proxy gets a changed policy: every
+ * part of what is allowed and injected must move it. */
+static void
+test_fingerprint_covers_everything(void **state)
+{
+    static const char *const nets[] = {
+        "{\"allowlist\": [{\"domain\": \"a.com\"}]}",
+        "{\"allowlist\": [{\"domain\": \"b.com\"}]}",
+        "{\"allowlist\": [{\"domain\": \"a.com:8443\"}]}",
+        "{\"allowlist\": [{\"domain\": \"*.a.com\"}]}",
+        "{\"allowlist\": [{\"domain\": \"a.com\", \"credential\": \"c\"}]}",
+        "{\"allowlist\": [{\"domain\": \"a.com\", \"credential\": \"d\"}]}",
+        "{\"allowlist\": [{\"domain\": \"a.com\", \"transform\": {\"X-A\": \"1\"}}]}",
+        "{\"allowlist\": [{\"domain\": \"a.com\", \"transform\": {\"X-A\": \"2\"}}]}",
+        "{\"allowlist\": []}",
+        "\"disabled\"",
+    };
+    uint64_t prints[ARRAY_LEN(nets)];
+    struct egress_policy *x, *y;
+    (void)state;
+
+    for (size_t i = 0; i < ARRAY_LEN(nets); i++) {
+        struct egress_policy *p = compiled(nets[i]);
+        prints[i] = egress_policy_print(p);
+        egress_policy_free(p);
+        for (size_t k = 0; k < i; k++)
+            assert_true(prints[k] != prints[i]);
+    }
+    /* A placeholder's trusted domains, even when their number stays the same. */
+    x = compiled(NULL);
+    y = compiled(NULL);
+    assert_true(egress_policy_add_subst(
+        x, "ph", "v",
+        compiled("{\"allowlist\": [{\"domain\": \"a.com\"}, {\"domain\": \"b.com\"}]}")));
+    assert_true(egress_policy_add_subst(
+        y, "ph", "v",
+        compiled("{\"allowlist\": [{\"domain\": \"a.com\"}, {\"domain\": \"c.com\"}]}")));
+    assert_true(egress_policy_print(x) != egress_policy_print(y));
+    egress_policy_free(y);
+    y = egress_policy_dup(x);
+    assert_true(egress_policy_print(x) == egress_policy_print(y));
+    egress_policy_free(x);
+    egress_policy_free(y);
+}
+
 int
 test_policy_run(void)
 {
@@ -821,6 +878,7 @@ test_policy_run(void)
         cmocka_unit_test(test_match_reasons_distinct),
         cmocka_unit_test(test_match_modes),
         cmocka_unit_test(test_injected_headers_checked),
+        cmocka_unit_test(test_fingerprint_covers_everything),
     };
 
     return cmocka_run_group_tests_name("egress/policy", tests, NULL, NULL);
