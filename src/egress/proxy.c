@@ -113,8 +113,10 @@ struct conn {
     int64_t start_ms, last_ms;
     int64_t head_ms; /* when the head now awaited began (the connection, or the TLS tunnel) */
     struct evdns_getaddrinfo_request *dns;
-    struct event *flush; /* while a closing connection's last bytes drain */
-    int64_t flush_deadline;
+    struct event *flush;    /* while a closing connection's last bytes drain (TLS) */
+    int64_t flush_deadline; /* dropped unless the client reads something by then */
+    size_t flush_left;      /* bytes still queued for it when it last read */
+    unsigned flush_ms;      /* the TLS poll's interval: 2 ms, backing off while it is stalled */
     const struct egress_rule *rule; /* the rule that allowed it (NULL: open policy) */
     bool mitm;                      /* TLS terminated here to set the rule's headers */
     struct sockaddr_storage addr;   /* the vetted upstream address */
@@ -237,23 +239,67 @@ pending_out(struct conn *c)
            (under != NULL ? evbuffer_get_length(bufferevent_get_output(under)) : 0);
 }
 
-/* Closes once what is queued for the client has been written (or after 5 s regardless). */
+static struct timeval ms_tv(int64_t ms);
+
+/*
+ * A closing connection (C_DONE) is freed once what is queued for the client has been written, or
+ * when the client has read nothing of it for the idle timeout: one that stops reading must not
+ * hold its socket, its buffers and a place under the environment's cap forever. Called when the
+ * output drains, by the TLS poll, and by the sweep (a plain socket's stall calls nobody).
+ */
+static bool
+flush_check(struct conn *c)
+{
+    size_t left = pending_out(c);
+    int64_t now = util_now_ms();
+
+    if (left < c->flush_left) {
+        c->flush_left = left;
+        c->flush_deadline = now + c->eg->cfg.idle_timeout_ms;
+    }
+    if (left != 0 && now <= c->flush_deadline)
+        return false;
+    if (left != 0 && strlen(c->reason) + 40 < sizeof(c->reason))
+        snprintf(c->reason + strlen(c->reason), sizeof(c->reason) - strlen(c->reason),
+                 "%sthe client stopped reading", c->reason[0] != '\0' ? "; " : "");
+    conn_free(c);
+    return true;
+}
+
 static void
 close_after_flush(struct bufferevent *bev, void *arg)
 {
-    struct conn *c = arg;
-
     (void)bev;
-    if (pending_out(c) == 0 || util_now_ms() > c->flush_deadline)
-        conn_free(c);
+    flush_check(arg);
+}
+
+/* The client went away (or failed) while its last bytes were queued: nothing left to do. */
+static void
+flush_event(struct bufferevent *bev, short what, void *arg)
+{
+    (void)bev;
+    (void)what;
+    conn_free(arg);
 }
 
 static void
 flush_tick(evutil_socket_t fd, short what, void *arg)
 {
+    struct conn *c = arg;
+    size_t before = c->flush_left;
+    struct timeval tv;
+
     (void)fd;
     (void)what;
-    close_after_flush(NULL, arg);
+    if (flush_check(c))
+        return;
+    /* Poll again soon while it drains, less and less often while it does not. */
+    if (c->flush_left < before)
+        c->flush_ms = 2;
+    else if (c->flush_ms < 500)
+        c->flush_ms *= 2;
+    tv = ms_tv(c->flush_ms);
+    event_add(c->flush, &tv);
 }
 
 static void
@@ -271,16 +317,18 @@ finish(struct conn *c)
         c->up = NULL;
     }
     bufferevent_disable(c->cl, EV_READ);
-    if (pending_out(c) == 0) {
+    c->flush_left = pending_out(c);
+    if (c->flush_left == 0) {
         conn_free(c);
         return;
     }
-    c->flush_deadline = util_now_ms() + 5000;
-    bufferevent_setcb(c->cl, NULL, close_after_flush, NULL, c);
+    c->flush_deadline = util_now_ms() + c->eg->cfg.idle_timeout_ms;
+    bufferevent_setcb(c->cl, NULL, close_after_flush, flush_event, c);
     bufferevent_enable(c->cl, EV_WRITE);
     /* A TLS filter drains into its socket's own buffer, whose emptying calls nobody here. */
     if (bufferevent_get_underlying(c->cl) != NULL && c->flush == NULL) {
-        c->flush = event_new(c->eg->base, -1, EV_PERSIST, flush_tick, c);
+        c->flush_ms = 2;
+        c->flush = event_new(c->eg->base, -1, 0, flush_tick, c);
         event_add(c->flush, &tick);
     }
 }
@@ -1739,7 +1787,10 @@ sweep(evutil_socket_t fd, short what, void *arg)
             snprintf(c->reason, sizeof(c->reason), "idle for %g s; closed",
                      (double)eg->cfg.idle_timeout_ms / 1000.0);
             finish(c);
+            continue;
         }
+        if (c->st == C_DONE && c->flush == NULL)
+            (void)flush_check(c);
     }
 }
 

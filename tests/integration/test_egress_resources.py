@@ -265,6 +265,56 @@ def test_idle_tunnel_is_closed_and_a_busy_one_is_not(quick):
     assert len(idle) == 1 and idle[0]["decision"] == "allow", recs
 
 
+STALL_SCRIPT = r'''
+import os, socket, sys, time
+port = int(sys.argv[1]); hold = float(sys.argv[2])
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+s.connect(("127.0.0.1", 3128))
+body = b"x" * (256 << 20)
+s.sendall(b"POST http://allowed.test:%d/ HTTP/1.1\r\nHost: allowed.test:%d\r\n"
+          b"Content-Length: %d\r\n\r\n" % (port, port, len(body)))
+# Send until everything between here and the echo upstream is full, reading nothing back.
+s.settimeout(2)
+sent = 0
+try:
+    while sent < len(body):
+        sent += s.send(body[sent:sent + (1 << 20)])
+except socket.timeout:
+    pass
+print(sent, flush=True)
+# Hold the connection, reading nothing, until the test says stop (or for hold seconds).
+t0 = time.monotonic()
+while time.monotonic() - t0 < hold and not os.path.exists("/tmp/stop-stall"):
+    time.sleep(0.1)
+'''
+
+
+def test_client_that_stops_reading_is_let_go(quick):
+    """A forwarded exchange whose client stops reading: the proxy gives up on the connection
+    (its record is written) once the client has read nothing for the idle timeout, while the
+    client still holds it open. It used to keep such a connection, its buffers and its place
+    under the environment's cap until the server restarted."""
+    import threading
+    e = quick.env(allowlist=[f"allowed.test:{quick.echo.port}"])
+    hold = 6 * IDLE_S + 10
+    done = {}
+    t = threading.Thread(target=lambda: done.update(r=e.exec(
+        "python3", "-c", STALL_SCRIPT, str(quick.echo.port), str(hold), timeout=hold + 60)))
+    t.start()
+    try:
+        # Stalls after ~2 s; idle after IDLE_S; let go IDLE_S later; the sweep runs each second.
+        recs = pdk.wait_until(lambda: [x for x in quick.records(e.id)
+                                       if "stopped reading" in x["reason"]], 2 + 3 * IDLE_S + 5)
+        assert recs, quick.records(e.id)
+        assert "r" not in done, "the client had already closed: the test proved nothing"
+        assert recs[0]["method"] == "POST" and recs[0]["decision"] == "allow", recs
+    finally:
+        e.exec("touch", "/tmp/stop-stall")
+        t.join()
+    assert done["r"].rc == 0 and int(done["r"].text.split()[0]) > 0, done["r"]
+
+
 @pytest.mark.parametrize("flag,bad", [("--egress-header-timeout", "0.5s"),
                                       ("--egress-header-timeout", "2h"),
                                       ("--egress-idle-timeout", "0"),
