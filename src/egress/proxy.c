@@ -16,6 +16,7 @@
  * bodies and ambiguous framing are refused).
  */
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <fcntl.h>
@@ -460,6 +461,15 @@ relay_read(struct bufferevent *bev, void *arg)
         bufferevent_disable(bev, EV_READ);
 }
 
+/* An intercepted tunnel's idle upstream is gone or unusable: the next request dials anew. */
+static void
+drop_upstream(struct conn *c)
+{
+    bufferevent_free(c->up);
+    c->up = NULL;
+    c->up_ready = false;
+}
+
 static void
 relay_event(struct bufferevent *bev, short what, void *arg)
 {
@@ -477,9 +487,7 @@ relay_event(struct bufferevent *bev, short what, void *arg)
                 finish(c);
         } else if (c->mitm && c->st == C_HEAD) {
             /* The upstream closed an idle keep-alive connection: the next request dials. */
-            bufferevent_free(c->up);
-            c->up = NULL;
-            c->up_ready = false;
+            drop_upstream(c);
         } else {
             c->up_eof = true;
             if (c->mitm)
@@ -493,9 +501,7 @@ relay_event(struct bufferevent *bev, short what, void *arg)
     }
     if (what & (BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT)) {
         if (!from_client && c->mitm && c->st == C_HEAD) {
-            bufferevent_free(c->up);
-            c->up = NULL;
-            c->up_ready = false;
+            drop_upstream(c);
             return;
         }
         if (from_client) {
@@ -773,16 +779,50 @@ start_tunnel(struct conn *c)
 static void head_read(struct bufferevent *bev, void *arg);
 static void head_event(struct bufferevent *bev, short what, void *arg);
 
-/* Parses a response head (NUL-terminated) and decides how its body is framed. */
+/* Whether the comma-separated list v[0..n) holds tok (case-insensitive, whitespace around
+ * members ignored); *last_out (may be NULL) says whether it is the last member. */
+static bool
+list_has(const char *v, size_t n, const char *tok, bool *last_out)
+{
+    size_t tl = strlen(tok);
+    bool found = false, last = false;
+
+    while (n > 0) {
+        const char *comma = memchr(v, ',', n);
+        size_t m = comma != NULL ? (size_t)(comma - v) : n;
+        const char *a = v, *b = v + m;
+        while (a < b && (*a == ' ' || *a == '\t'))
+            a++;
+        while (b > a && (b[-1] == ' ' || b[-1] == '\t'))
+            b--;
+        last = (size_t)(b - a) == tl && strncasecmp(a, tok, tl) == 0;
+        found = found || last;
+        if (comma == NULL)
+            break;
+        v = comma + 1;
+        n -= m + 1;
+    }
+    if (last_out != NULL)
+        *last_out = last;
+    return found;
+}
+
+/*
+ * Parses a response head (NUL-terminated) and decides how its body is framed (RFC 9112 §6.3):
+ * chunked only when it is the last transfer coding; any Transfer-Encoding overrides a
+ * Content-Length and the connection closes after such a response; a Content-Length that is not
+ * one plain number, or a coding other than chunked last, makes the body run to the close.
+ */
 static void
 resp_head(struct conn *c, const char *head, int *status)
 {
     const char *line = strstr(head, "\r\n");
-    bool chunked = false, have_len = false, bad_len = false;
+    bool chunked = false, have_te = false, have_len = false, bad_len = false;
     uint64_t len = 0;
 
     *status = 0;
-    if (strncmp(head, "HTTP/1.", 7) != 0 || strlen(head) < 12)
+    if (strncmp(head, "HTTP/1.", 7) != 0 || strlen(head) < 12 || !isdigit((unsigned char)head[9]) ||
+        !isdigit((unsigned char)head[10]) || !isdigit((unsigned char)head[11]))
         c->resp.close_after = true;
     else {
         *status = (head[9] - '0') * 100 + (head[10] - '0') * 10 + (head[11] - '0');
@@ -792,41 +832,85 @@ resp_head(struct conn *c, const char *head, int *status)
     for (; line != NULL && line[2] != '\0'; line = strstr(line + 2, "\r\n")) {
         const char *h = line + 2, *colon = strchr(h, ':');
         const char *eol = strstr(h, "\r\n");
-        size_t nl;
-        char val[128];
+        const char *v;
+        size_t nl, vl;
         if (colon == NULL || eol == NULL || colon > eol)
             continue;
         nl = (size_t)(colon - h);
-        snprintf(val, sizeof(val), "%.*s", (int)(eol - colon - 1), colon + 1);
+        v = colon + 1;
+        vl = (size_t)(eol - v);
         if (nl == 14 && strncasecmp(h, "content-length", 14) == 0) {
-            uint64_t v = 0;
-            char *p = val;
-            while (*p == ' ' || *p == '\t')
-                p++;
-            if (have_len || util_parse_u64(p, UINT64_MAX / 2, &v, NULL) < 0)
+            char num[24];
+            uint64_t n = 0;
+            while (vl > 0 && (*v == ' ' || *v == '\t'))
+                v++, vl--;
+            while (vl > 0 && (v[vl - 1] == ' ' || v[vl - 1] == '\t'))
+                vl--;
+            while (vl > 1 && *v == '0') /* 1*DIGIT: leading zeros are digits too */
+                v++, vl--;
+            if (have_len || vl == 0 || vl >= sizeof(num))
                 bad_len = true;
+            else {
+                memcpy(num, v, vl);
+                num[vl] = '\0';
+                if (util_parse_u64(num, UINT64_MAX / 2, &n, NULL) < 0)
+                    bad_len = true;
+            }
             have_len = true;
-            len = v;
+            len = n;
         } else if (nl == 17 && strncasecmp(h, "transfer-encoding", 17) == 0) {
-            chunked = strcasestr(val, "chunked") != NULL;
-            if (!chunked)
-                c->resp.close_after = true; /* another coding: the body runs to the close */
+            bool last = false;
+            if (have_te) /* codings over several fields: keep it simple, read to the close */
+                chunked = false, bad_len = true;
+            else
+                list_has(v, vl, "chunked", &last), chunked = last;
+            have_te = true;
         } else if (nl == 10 && strncasecmp(h, "connection", 10) == 0 &&
-                   strcasestr(val, "close") != NULL) {
+                   list_has(v, vl, "close", NULL)) {
             c->resp.close_after = true;
         }
     }
+    if (have_te)
+        c->resp.close_after = true; /* with a Content-Length it was ambiguous; else unusual */
     if (c->resp.head_req || *status == 204 || *status == 304 || (*status >= 100 && *status < 200))
         c->resp.st = RS_DONE;
     else if (chunked)
         c->resp.st = RS_CHUNK_SIZE;
-    else if (have_len && !bad_len) {
+    else if (!have_te && have_len && !bad_len) {
         c->resp.st = len > 0 ? RS_LENGTH : RS_DONE;
         c->resp.left = len;
     } else {
-        c->resp.st = RS_CLOSE; /* no length: the body ends with the connection */
+        c->resp.st = RS_CLOSE; /* no usable length: the body ends with the connection */
         c->resp.close_after = true;
     }
+}
+
+/*
+ * A chunk-size line (RFC 9112 §7.1): hex digits, then optionally whitespace and a
+ * ";"-extension. False for anything else, and for sizes past 2^60 (no sign, no "0x", no
+ * leading space: each is a way two parsers disagree on where the body ends).
+ */
+static bool
+chunk_size(const char *line, uint64_t *size)
+{
+    uint64_t v = 0;
+    size_t i = 0;
+
+    for (; isxdigit((unsigned char)line[i]); i++) {
+        if (v >> 56 != 0)
+            return false;
+        v = v * 16 + (uint64_t)(isdigit((unsigned char)line[i])
+                                    ? line[i] - '0'
+                                    : (tolower((unsigned char)line[i]) - 'a' + 10));
+    }
+    if (i == 0)
+        return false;
+    while (line[i] == ' ' || line[i] == '\t')
+        i++;
+    if (line[i] != '\0' && line[i] != ';')
+        return false;
+    *size = v;
+    return true;
 }
 
 /* One response relayed: go on with the client's next request, or end. */
@@ -835,11 +919,17 @@ resp_done(struct conn *c)
 {
     struct timeval tv = ms_tv(c->eg->cfg.header_timeout_ms);
 
-    if (c->resp.close_after || c->req_close || c->cl_eof) {
+    /* A response that came before all of its request's body (an early 401, 413...) leaves the
+     * rest of that body on the way: what follows from the client is not a new request. */
+    if (c->resp.close_after || c->req_close || c->cl_eof || c->body_left > 0) {
         finish(c);
         return;
     }
     c->up_ready = true;
+    /* Bytes past the end of the response are no answer to anything: never keep them for the
+     * next request. */
+    if (evbuffer_get_length(bufferevent_get_input(c->up)) > 0)
+        drop_upstream(c);
     c->served++;
     c->st = C_HEAD;
     c->head_ms = util_now_ms();
@@ -861,6 +951,13 @@ resp_read(struct bufferevent *bev, void *arg)
     struct evbuffer *in = bufferevent_get_input(bev);
     struct evbuffer *out = bufferevent_get_output(c->cl);
 
+    if (c->resp.st == RS_DONE) {
+        /* Between responses the upstream has nothing to say; one that talks is dropped (and
+         * never buffered without bound). */
+        if (c->st == C_HEAD && c->up == bev)
+            drop_upstream(c);
+        return;
+    }
     touch(c);
     while (evbuffer_get_length(in) > 0 && c->resp.st != RS_DONE) {
         size_t avail = evbuffer_get_length(in);
@@ -903,19 +1000,23 @@ resp_read(struct bufferevent *bev, void *arg)
                 }
                 break;
             }
-            evbuffer_add_printf(out, "%s\r\n", line);
-            c->bytes_down += n + 2;
             if (c->resp.st == RS_TRAILER) {
+                evbuffer_add_printf(out, "%s\r\n", line);
+                c->bytes_down += n + 2;
                 if (n == 0)
                     c->resp.st = RS_DONE;
             } else {
-                char *endp;
-                unsigned long long size = strtoull(line, &endp, 16);
-                if (endp == line) {
+                uint64_t size;
+                if (!chunk_size(line, &size)) {
+                    /* Not passed on: the client's parser must not get to guess either. */
+                    snprintf(c->reason, sizeof(c->reason),
+                             "the upstream sent a malformed chunk size; closed");
                     free(line);
                     finish(c);
                     return;
                 }
+                evbuffer_add_printf(out, "%s\r\n", line);
+                c->bytes_down += n + 2;
                 if (size == 0) {
                     c->resp.st = RS_TRAILER;
                 } else {

@@ -156,6 +156,16 @@ def read_request(s, c):
         c.raw += d
 
 
+def read_head(s, c):
+    """Reads into c.raw until a whole request head is in (a body may follow). True when it is."""
+    while parse_head(c.raw) is None:
+        d = s.recv(65536)
+        if not d:
+            return False
+        c.raw += d
+    return True
+
+
 def record_rest(s, c, linger):
     """Keeps reading s into c.raw until EOF or `linger` seconds of silence, so bytes a proxy
     forwards after the request are recorded too."""

@@ -31,7 +31,7 @@ import pdk
 from pdk import SLOWDOWN
 from apiserver import Api, ApiServer, finish
 from egresskit import (Acceptor, Conn, SandboxEnv, Upstream, conn_spec, echo_response,
-                       make_git_repo, read_request, record_rest)
+                       make_git_repo, read_head, read_request, record_rest)
 
 UP_IP = "127.0.0.2"
 # The proxy's --egress-connect-timeout here: generous for a loopback handshake, short for a test.
@@ -87,6 +87,9 @@ class TlsUp:
 
     def __init__(self, ctx, respond=None, linger=0.5):
         self.ctx, self.respond, self.linger = ctx, respond or echo_response, linger
+        # respond may return a list of bytes to send and seconds to wait in between; early:
+        # answer as soon as the head is in, without waiting for a body.
+        self.early = False
         self.conns, self.tls_failed = [], 0
         self.lock = threading.Lock()
         self.sock = socket.socket()
@@ -115,8 +118,13 @@ class TlsUp:
                 with self.lock:
                     self.tls_failed += 1
                 return
-            if read_request(s, c):
-                s.sendall(self.respond(c.raw))
+            if (read_head(s, c) if self.early else read_request(s, c)):
+                out = self.respond(c.raw)
+                for part in out if isinstance(out, list) else [out]:
+                    if isinstance(part, float):
+                        time.sleep(part)
+                    else:
+                        s.sendall(part)
             if self.linger:
                 record_rest(s, c, self.linger)
         except (OSError, ssl.SSLError, ValueError):
@@ -189,7 +197,7 @@ class GitUp:
 # CONNECT answer head, "tls_err", "resp" (hex), "cert" (hex DER of the leaf), "peer" (the
 # verified peer certificate's fields)}.
 TLS_CLIENT = r'''
-import json, socket, ssl, sys
+import json, socket, ssl, sys, time
 specs = json.load(open(sys.argv[1][1:]))
 out = []
 for sp in specs:
@@ -228,6 +236,9 @@ for sp in specs:
             r["peer"] = conn.getpeercert()
             r["alpn"] = conn.selected_alpn_protocol()
             conn.sendall(bytes.fromhex(sp["req"]))
+            if sp.get("later") is not None:
+                time.sleep(sp.get("later_s", 1))
+                conn.sendall(bytes.fromhex(sp["later"]))
         resp = b""
         try:
             while True:
@@ -305,6 +316,8 @@ def spec(host, port, request=None, **kw):
         s["req"] = request.hex()
     if "plain" in kw and isinstance(kw["plain"], bytes):
         s["plain"] = kw["plain"].hex()
+    if isinstance(kw.get("later"), bytes):
+        s["later"] = kw["later"].hex()
     return s
 
 
@@ -378,13 +391,15 @@ def tl(mpd, tmp_path_factory):
     t.rogue = TlsUp(make_leaf(rogue, "rogue", ["api.test"]))          # untrusted CA
     t.wrong = TlsUp(make_leaf(ca, "wrong", ["someone-else.test"]))    # trusted CA, wrong name
     t.redir = TlsUp(good)
+    t.hostile = TlsUp(good)   # each test of a misbehaving upstream sets .respond and .early
     t.plain = Upstream()                                              # plain HTTP
     t.mute = StalledUp(accept=True)                                   # never handshakes
     t.full = StalledUp(accept=False)                                  # never accepts
     t.git_head = make_git_repo(tmp / "git")
     t.git = GitUp(tmp / "git" / "srv", good)
     t.redir.respond = redirect_to(f"https://other.test:{t.other.port}/landing")
-    ups = [t.api, t.other, t.evil, t.many, t.rogue, t.wrong, t.redir, t.plain, t.mute, t.full]
+    ups = [t.api, t.other, t.evil, t.many, t.rogue, t.wrong, t.redir, t.plain, t.mute, t.full,
+           t.hostile]
     args = ["--log-level", "debug", "--egress-allow-cidr", f"{UP_IP}/32",
             "--egress-upstream-ca", str(t.ca_pem),
             "--egress-connect-timeout", f"{CONNECT_TIMEOUT}s"]
@@ -420,6 +435,7 @@ def tl(mpd, tmp_path_factory):
             {"domain": f"api.test:{t.mute.port}", "credential": "gh"},
             {"domain": f"api.test:{t.full.port}", "credential": "gh"},
             {"domain": f"other.test:{t.full.port}"},                 # a plain tunnel
+            {"domain": f"api.test:{t.hostile.port}", "credential": "gh"},
         ]
         t.e = make_env(t, {"env": {"API_KEY": {"credential": "ek"},
                                    "OTHER_KEY": {"credential": "ek2"}},
@@ -617,6 +633,93 @@ def test_second_request_in_an_intercepted_tunnel_is_not_forwarded(tl):
     assert len(new) == 1, new
     assert b"/second" not in new[0].raw and new[0].raw.count(b"HTTP/1.1\r\n") == 1, new[0]
     assert b"/second" not in g.raw
+
+
+# ------------------------------------------------- a misbehaving upstream inside interception
+
+OK_RESP = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+FORGED = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nforged"
+
+
+def hostile(tl, respond, early=False, linger=0.5):
+    tl.hostile.respond, tl.hostile.early = (lambda raw: respond), early
+    tl.hostile.linger = linger
+    return len(tl.hostile.requests())
+
+
+@pytest.mark.parametrize("size", ["+5", "0x5", " 5", "-1", "5x", "ffffffffffffffffff",
+                                  "10000000000000005"])
+def test_malformed_chunk_size_ends_the_response(tl, size):
+    """A chunk size two parsers could read differently (a sign, 0x, a leading space, junk, or
+    one that overflows) is never passed on: the proxy closes there, and says why."""
+    hostile(tl, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" +
+            size.encode() + b"\r\nhello\r\n0\r\n\r\n")
+    before = len(records(tl, tl.e.id))
+    g = tl.e.tls("api.test", tl.hostile.port, req("api.test", tl.hostile.port))
+    assert g.status == 200, g
+    assert b"hello" not in g.raw and size.encode() not in g.body, g
+    recs = new_records(tl, tl.e.id, before, lambda x: "malformed chunk size" in x["reason"])
+    assert any("malformed chunk size" in x["reason"] for x in recs), recs
+
+
+@pytest.mark.parametrize("size", ["5", "5;ext=1", "5 ;ext", "0005", "5\t"])
+def test_chunk_sizes_that_are_fine(tl, size):
+    hostile(tl, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            + size.encode() + b"\r\nhello\r\n0\r\n\r\n")
+    g = tl.e.tls("api.test", tl.hostile.port, req("api.test", tl.hostile.port))
+    assert g.status == 200 and g.body.endswith(b"hello\r\n0\r\n\r\n"), g
+
+
+def test_long_content_length_is_read_whole(tl):
+    """A Content-Length longer than any buffer (130 leading zeros) is still 5."""
+    hostile(tl, b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: " + b"0" * 130 +
+            b"5\r\n\r\nhello")
+    g = tl.e.tls("api.test", tl.hostile.port, req("api.test", tl.hostile.port))
+    assert g.status == 200 and g.body == b"hello", g
+
+
+@pytest.mark.parametrize("te", ["chunked, gzip", "xchunked", "gzip"])
+def test_transfer_coding_not_ending_in_chunked_runs_to_the_close(tl, te):
+    """Only a final "chunked" frames a body; anything else is read until the upstream closes,
+    and nothing after it is taken for the next response."""
+    hostile(tl, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: " + te.encode() +
+            b"\r\n\r\n0\r\n\r\n" + FORGED)
+    g = tl.e.tls("api.test", tl.hostile.port, req("api.test", tl.hostile.port))
+    assert g.status == 200 and g.body == b"0\r\n\r\n" + FORGED, g
+
+
+@pytest.mark.parametrize("respond,linger,later_s", [
+    (OK_RESP + FORGED, 0.5, 0.3),            # behind the answer, in the same write
+    ([OK_RESP, 0.3, FORGED], 2.5, 1.0),      # later, while the tunnel waits for a request
+], ids=["behind", "between"])
+def test_bytes_past_a_response_are_no_answer(tl, respond, linger, later_s):
+    """An upstream that sends a second response behind the first, or later while the tunnel
+    waits for the client's next request: that request is answered by a new connection, never
+    by bytes sent before it was asked, and such bytes are not buffered (without bound) for it.
+    (A request pipelined behind another inside interception is dropped, docs/EGRESS.md; this
+    one follows the first answer.)"""
+    n = hostile(tl, respond, linger=linger)
+    g = tl.e.tls("api.test", tl.hostile.port, req("api.test", tl.hostile.port, path="/one"),
+                 later=req("api.test", tl.hostile.port, path="/two",
+                           headers=[("Connection", "close")]), later_s=later_s)
+    assert g.raw.count(b"\r\n\r\nok") == 2 and b"forged" not in g.raw, g
+    settle()
+    assert [r.raw.split(b" ")[1] for r in tl.hostile.requests()[n:]] == [b"/one", b"/two"]
+
+
+def test_early_response_ends_the_tunnel(tl):
+    """An upstream that answers before a request's body is all in (an early 413): what the
+    client sends next is the rest of that body, never a new request to inject a credential
+    into. The tunnel ends with the response."""
+    n = hostile(tl, b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n", early=True)
+    post = (f"POST /big HTTP/1.1\r\nHost: api.test:{tl.hostile.port}\r\n"
+            f"Content-Length: 100000\r\n\r\n").encode() + b"x" * 10
+    g = tl.e.tls("api.test", tl.hostile.port, post,
+                 later=req("api.test", tl.hostile.port, path="/smuggled"), later_s=1.0)
+    assert g.status == 413 and b"HTTP/1.1" not in g.body, g
+    settle()
+    got = b"".join(r.raw for r in tl.hostile.requests()[n:])
+    assert b"/smuggled" not in got and got.count(SECRET.encode()) == 1, got[:400]
 
 
 def test_plain_tunnel_fronting_carries_no_credential(tl):
