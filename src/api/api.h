@@ -29,6 +29,7 @@ struct api_config {
     const char *const *egress_allow; /* CIDRs */
     size_t n_egress_allow;
     const char *egress_upstream_ca; /* extra CA for intercepted upstreams */
+    const char *egress_resolv_conf; /* the proxy's resolver configuration; NULL: the system's */
     int64_t egress_connect_timeout_ms; /* dial + upstream TLS handshake; then a 504 */
     int64_t egress_header_timeout_ms;  /* a client's whole request head; then closed */
     int64_t egress_idle_timeout_ms;    /* a relay with no byte either way; then closed */

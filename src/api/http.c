@@ -936,6 +936,7 @@ start_egress(const struct api_config *cfg, const struct sockaddr_in *self, struc
     memset(&ec, 0, sizeof(ec));
     ec.data_dir = cfg->data_dir;
     ec.upstream_ca = cfg->egress_upstream_ca;
+    ec.resolv_conf = cfg->egress_resolv_conf;
     ec.max_conns_per_env = 256;
     ec.header_timeout_ms = cfg->egress_header_timeout_ms;
     ec.connect_timeout_ms = cfg->egress_connect_timeout_ms;

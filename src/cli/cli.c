@@ -34,6 +34,7 @@ static const char usage_text[] =
     "        [--offline-after DUR] [--expire-after DUR] [--max-upload BYTES]\n"
     "        [--header-timeout DUR] [--log-format text|json] [--log-level LEVEL]\n"
     "        [--egress-resolve NAME=IP]... [--egress-allow-cidr CIDR]... [--egress-upstream-ca F]\n"
+    "        [--egress-resolv-conf F]\n"
     "        [--egress-connect-timeout DUR] [--egress-header-timeout DUR]\n"
     "        [--egress-idle-timeout DUR]\n"
     "        [--warm-pool N]      (keep N sandboxes started for creates to claim; default 2)\n"

@@ -87,29 +87,30 @@ int
 cli__serve(const struct cli_global *g, int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"listen", required_argument, NULL, 'L'},
-        {"skills-dir", required_argument, NULL, 'S'},
-        {"public-url", required_argument, NULL, 'P'},
-        {"idle-after", required_argument, NULL, 'i'},
-        {"offline-after", required_argument, NULL, 'o'},
-        {"expire-after", required_argument, NULL, 'x'},
-        {"max-upload", required_argument, NULL, 'm'},
-        {"header-timeout", required_argument, NULL, 't'},
-        {"egress-resolve", required_argument, NULL, 'R'},
-        {"egress-allow-cidr", required_argument, NULL, 'A'},
-        {"egress-upstream-ca", required_argument, NULL, 'C'},
-        {"egress-connect-timeout", required_argument, NULL, 'T'},
-        {"egress-header-timeout", required_argument, NULL, 'H'},
-        {"egress-idle-timeout", required_argument, NULL, 'I'},
-        {"log-format", required_argument, NULL, 'F'},
-        {"log-level", required_argument, NULL, 'V'},
-        {"warm-pool", required_argument, NULL, 'w'},
-        {"model", required_argument, NULL, 'M'},
-        {"workers", required_argument, NULL, 'W'},
-        {"max-per-key", required_argument, NULL, 'K'},
-        {"retention", required_argument, NULL, 'r'},
-        {"prices", required_argument, NULL, 'p'},
-        {NULL, 0, NULL, 0},
+        { "listen", required_argument, NULL, 'L' },
+        { "skills-dir", required_argument, NULL, 'S' },
+        { "public-url", required_argument, NULL, 'P' },
+        { "idle-after", required_argument, NULL, 'i' },
+        { "offline-after", required_argument, NULL, 'o' },
+        { "expire-after", required_argument, NULL, 'x' },
+        { "max-upload", required_argument, NULL, 'm' },
+        { "header-timeout", required_argument, NULL, 't' },
+        { "egress-resolve", required_argument, NULL, 'R' },
+        { "egress-allow-cidr", required_argument, NULL, 'A' },
+        { "egress-upstream-ca", required_argument, NULL, 'C' },
+        { "egress-resolv-conf", required_argument, NULL, 'D' },
+        { "egress-connect-timeout", required_argument, NULL, 'T' },
+        { "egress-header-timeout", required_argument, NULL, 'H' },
+        { "egress-idle-timeout", required_argument, NULL, 'I' },
+        { "log-format", required_argument, NULL, 'F' },
+        { "log-level", required_argument, NULL, 'V' },
+        { "warm-pool", required_argument, NULL, 'w' },
+        { "model", required_argument, NULL, 'M' },
+        { "workers", required_argument, NULL, 'W' },
+        { "max-per-key", required_argument, NULL, 'K' },
+        { "retention", required_argument, NULL, 'r' },
+        { "prices", required_argument, NULL, 'p' },
+        { NULL, 0, NULL, 0 },
     };
     enum log_format format = g->format;
     const char *workers = env_or("PADDOCK_WORKERS", "8");
@@ -174,6 +175,9 @@ cli__serve(const struct cli_global *g, int argc, char **argv)
             break;
         case 'C':
             cfg.egress_upstream_ca = optarg;
+            break;
+        case 'D':
+            cfg.egress_resolv_conf = optarg;
             break;
         case 'T':
             ctimeout = optarg;
@@ -240,6 +244,8 @@ cli__serve(const struct cli_global *g, int argc, char **argv)
     strlist_split(&allow, getenv("PADDOCK_EGRESS_ALLOW_CIDR"));
     if (cfg.egress_upstream_ca == NULL)
         cfg.egress_upstream_ca = env_or("PADDOCK_EGRESS_UPSTREAM_CA", NULL);
+    if (cfg.egress_resolv_conf == NULL)
+        cfg.egress_resolv_conf = env_or("PADDOCK_EGRESS_RESOLV_CONF", NULL);
     cfg.egress_resolve = (const char *const *)resolve.v;
     cfg.n_egress_resolve = resolve.n;
     cfg.egress_allow = (const char *const *)allow.v;

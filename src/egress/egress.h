@@ -171,6 +171,7 @@ struct egress_config {
     size_t n_self;
     const char *data_dir;          /* for the audit records and the CA */
     const char *upstream_ca;       /* an extra CA trusted for intercepted upstreams */
+    const char *resolv_conf;       /* nameservers and options; NULL: /etc/resolv.conf */
     unsigned max_conns_per_env;    /* concurrent connections of one environment */
     int64_t header_timeout_ms;     /* the whole request head, a deadline not an idle timer */
     int64_t idle_timeout_ms;       /* a relay with no byte either way is closed */

@@ -1981,6 +1981,41 @@ free_cfg(struct egress *eg)
     free(eg->cfg.self);
 }
 
+/*
+ * The proxy's resolver: nameservers, options and hosts file as path (default /etc/resolv.conf)
+ * says, but never its search list. A name is looked up exactly as the policy decided on it:
+ * with "search corp.example" (or a domain derived from the host's name, or ndots:5) a name
+ * that does not exist would be retried as NAME.corp.example and that host dialled instead.
+ */
+static int
+dns_new(struct egress *eg, const char *path, struct err **errp)
+{
+    int r;
+
+    eg->dns = evdns_base_new(eg->base, EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+    if (eg->dns == NULL)
+        return err_set(errp, ERR_INTERNAL, 0, "egress: DNS resolver");
+    r = evdns_base_resolv_conf_parse(eg->dns, DNS_OPTIONS_ALL & ~DNS_OPTION_SEARCH,
+                                     path != NULL ? path : "/etc/resolv.conf");
+    if (r == 0)
+        return 0;
+    if (path != NULL) {
+        evdns_base_free(eg->dns, 0);
+        return err_set(errp, ERR_INVALID, 0, "--egress-resolv-conf %s: %s", path,
+                       r == 6 ? "names no nameserver" : "cannot be read");
+    }
+    if (r != 6) {
+        /* No usable /etc/resolv.conf: only --egress-resolve names and IP literals resolve. */
+        log_warnx("egress: /etc/resolv.conf cannot be read; names resolve only through "
+                  "--egress-resolve");
+        evdns_base_free(eg->dns, 0);
+        eg->dns = evdns_base_new(eg->base, EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+        if (eg->dns == NULL)
+            return err_set(errp, ERR_INTERNAL, 0, "egress: DNS resolver");
+    }
+    return 0;
+}
+
 int
 egress_start(const struct egress_config *cfg, struct egress **out, struct err **errp)
 {
@@ -2012,10 +2047,12 @@ egress_start(const struct egress_config *cfg, struct egress **out, struct err **
         free(eg);
         return err_set(errp, ERR_INTERNAL, 0, "egress: event base");
     }
-    eg->dns = evdns_base_new(eg->base, EVDNS_BASE_INITIALIZE_NAMESERVERS |
-                                           EVDNS_BASE_DISABLE_WHEN_INACTIVE);
-    if (eg->dns == NULL) /* no resolv.conf: only --egress-resolve names and literals work */
-        eg->dns = evdns_base_new(eg->base, 0);
+    if (dns_new(eg, cfg->resolv_conf, errp) < 0) {
+        event_base_free(eg->base);
+        free_cfg(eg);
+        free(eg);
+        return -1;
+    }
     if (store_open(db, &eg->store, errp) < 0) {
         evdns_base_free(eg->dns, 0);
         event_base_free(eg->base);

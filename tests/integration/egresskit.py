@@ -514,6 +514,68 @@ class SandboxEnv(pdk.Env):
         return self.exec("python3", "-c", code, timeout=timeout)
 
 
+class DnsServer:
+    """A UDP DNS server on 127.0.0.1 for the proxy's own lookups. answers maps a lower-case
+    name to a list of addresses, or to a function of the query's number (0, 1, ...) returning
+    one; A and AAAA records are drawn from them by family, with TTL 0. Any other name is
+    NXDOMAIN. .queries lists (name, type) as asked."""
+
+    def __init__(self, answers):
+        self.answers, self.queries, self.lock = answers, [], threading.Lock()
+        self.asked = {}
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.stopping = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while not self.stopping:
+            try:
+                q, peer = self.sock.recvfrom(4096)
+                self.sock.sendto(self._answer(q), peer)
+            except (OSError, ValueError, IndexError):
+                continue
+
+    def _answer(self, q):
+        labels, i = [], 12
+        while q[i]:
+            labels.append(q[i + 1:i + 1 + q[i]].decode("ascii").lower())
+            i += 1 + q[i]
+        qtype = int.from_bytes(q[i + 1:i + 3], "big")
+        question = q[12:i + 5]
+        name = ".".join(labels)
+        with self.lock:
+            self.queries.append((name, qtype))
+        a = self.answers.get(name)
+        if a is None:
+            return q[:2] + b"\x81\x83" + b"\x00\x01\x00\x00\x00\x00\x00\x00" + question
+        if callable(a):
+            with self.lock:
+                n = self.asked[name, qtype] = self.asked.get((name, qtype), -1) + 1
+            a = a(n)
+        rrs = b""
+        for addr in a:
+            fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
+            if (qtype == 28) != (fam == socket.AF_INET6) or qtype not in (1, 28):
+                continue
+            data = socket.inet_pton(fam, addr)
+            rrs += (b"\xc0\x0c" + qtype.to_bytes(2, "big") + b"\x00\x01" + b"\x00\x00\x00\x00"
+                    + len(data).to_bytes(2, "big") + data)
+        count = sum(1 for addr in a if (qtype == 28) == (":" in addr) and qtype in (1, 28))
+        return (q[:2] + b"\x81\x80" + b"\x00\x01" + count.to_bytes(2, "big") + b"\x00\x00\x00\x00"
+                + question + rrs)
+
+    def names(self):
+        with self.lock:
+            return [n for n, _ in self.queries]
+
+    def close(self):
+        self.stopping = True
+        self.sock.close()
+
+
 class Lab:
     """`paddock serve` with egress flags over a Paddock, plus a key and an API client."""
 
@@ -682,6 +744,6 @@ def lab(mpd):
 
 
 __all__ = ["lab", "Lab", "IsolatedLab", "Acceptor", "Upstream", "StaticUpstream", "SandboxEnv",
-           "read_request", "record_rest",
+           "read_request", "read_head", "record_rest", "DnsServer",
            "Reply", "conn_spec", "tunnel", "get_abs", "refused", "deny_body_ok", "make_ca",
            "make_git_repo", "make_wheel_index", "PROXY", "UP_IP", "REFUSED_IP", "RESOLVE"]
