@@ -196,6 +196,11 @@ audit(struct conn *c)
     snprintf(r.method, sizeof(r.method), "%s", c->method);
     snprintf(r.decision, sizeof(r.decision), "%s", c->decision);
     snprintf(r.reason, sizeof(r.reason), "%s", c->reason);
+    /* A record is text a terminal shows and JSON carries: whatever a reason quoted from a
+     * client, no control character or byte past ASCII gets into it. */
+    for (char *p = r.reason; *p != '\0'; p++)
+        if ((unsigned char)*p < 0x20 || (unsigned char)*p >= 0x7f)
+            *p = '?';
     r.bytes_up = c->bytes_up;
     r.bytes_down = c->bytes_down;
     if (store_egress_insert(c->eg->store, &r, &e) < 0) {
@@ -1348,10 +1353,19 @@ resolve(struct conn *c)
 static bool
 dropped_header(const char *name, size_t n)
 {
-    static const char *const drop[] = {"connection", "keep-alive", "proxy-connection",
-                                       "proxy-authorization", "proxy-authenticate", "te",
-                                       "trailer", "upgrade", "host", "x-forwarded-for",
-                                       "forwarded", "via"};
+    static const char *const drop[] = { "connection",
+                                        "keep-alive",
+                                        "proxy-connection",
+                                        "proxy-authorization",
+                                        "proxy-authenticate",
+                                        "te",
+                                        "trailer",
+                                        "upgrade",
+                                        "host",
+                                        "x-forwarded-for",
+                                        "forwarded",
+                                        "via",
+                                        "x-paddock-egress" };
 
     for (size_t i = 0; i < sizeof(drop) / sizeof(drop[0]); i++)
         if (strlen(drop[i]) == n && strncasecmp(name, drop[i], n) == 0)
@@ -1364,6 +1378,55 @@ token_char(char ch)
 {
     return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
            strchr("!#$%&'*+-.^_`|~", ch) != NULL;
+}
+
+#define CONN_NAMES 16
+
+/*
+ * The field names a request's Connection headers list (RFC 9110 §7.6.1: each is hop-by-hop,
+ * for this hop only, and a proxy removes it), lower-cased, up to CONN_NAMES of them. Never
+ * Content-Length or Host: the request's framing and destination are not the client's to take
+ * away from what the upstream sees.
+ */
+static size_t
+connection_names(const char *head, char names[][65])
+{
+    size_t n = 0;
+    const char *line = strstr(head, "\r\n");
+
+    for (; line != NULL && line[2] != '\r' && line[2] != '\0'; line = strstr(line + 2, "\r\n")) {
+        const char *v = line + 2, *eol = strstr(v, "\r\n");
+        if (eol == NULL || (size_t)(eol - v) < 11 || strncasecmp(v, "connection:", 11) != 0)
+            continue;
+        for (v += 11; v < eol && n < CONN_NAMES;) {
+            const char *a = v, *b;
+            size_t len;
+            while (a < eol && (*a == ' ' || *a == '\t' || *a == ','))
+                a++;
+            for (b = a; b < eol && *b != ',' && *b != ' ' && *b != '\t';)
+                b++;
+            len = (size_t)(b - a);
+            if (len > 0 && len <= 64 && !(len == 14 && strncasecmp(a, "content-length", 14) == 0) &&
+                !(len == 4 && strncasecmp(a, "host", 4) == 0)) {
+                for (size_t i = 0; i < len; i++)
+                    names[n][i] = (char)tolower((unsigned char)a[i]);
+                names[n++][len] = '\0';
+            }
+            v = b;
+            while (v < eol && *v != ',')
+                v++;
+        }
+    }
+    return n;
+}
+
+static bool
+named_by_connection(char names[][65], size_t n, const char *name, size_t len)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strlen(names[i]) == len && strncasecmp(names[i], name, len) == 0)
+            return true;
+    return false;
 }
 
 /*
@@ -1493,6 +1556,8 @@ parse_head(struct conn *c, char *head, bool inner)
     uint64_t cl = 0;
     unsigned nh = 0;
     const char *why = NULL;
+    char hop[CONN_NAMES][65];
+    size_t nhop = connection_names(head, hop);
 
     eol = strstr(line, "\r\n");
     *eol = '\0';
@@ -1642,7 +1707,8 @@ parse_head(struct conn *c, char *head, bool inner)
             }
             have_host = true;
         }
-        if (!c->is_connect && !dropped_header(line, nl) && !injected_header(c, line, nl)) {
+        if (!c->is_connect && !dropped_header(line, nl) && !injected_header(c, line, nl) &&
+            !named_by_connection(hop, nhop, line, nl)) {
             bool too_long = false;
             char *swapped = inner ? substitute(c, line, &too_long) : NULL;
             if (too_long) {
@@ -1784,8 +1850,10 @@ sni_check(SSL *ssl, int *alert, void *arg)
         return SSL_TLSEXT_ERR_ALERT_FATAL;
     }
     if (egress_canon_host(sni, strlen(sni), &d, NULL) < 0 || strcmp(d.host, c->dest.host) != 0) {
+        /* The client's bytes, which may be anything but NUL: escaped for the record. */
+        cleanup_free char *esc = log_escape(sni, strlen(sni), 60);
         c->decision = "deny";
-        snprintf(c->reason, sizeof(c->reason), "SNI '%.60s' does not match CONNECT %.60s", sni,
+        snprintf(c->reason, sizeof(c->reason), "SNI '%.64s' does not match CONNECT %.60s", esc,
                  c->dest.host);
         *alert = SSL_AD_UNRECOGNIZED_NAME;
         return SSL_TLSEXT_ERR_ALERT_FATAL;

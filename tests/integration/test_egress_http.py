@@ -240,6 +240,11 @@ def test_hop_by_hop_proxy_and_upgrade_headers_are_stripped(lab):
             "Forwarded: for=10.0.0.1;host=internal\r\n"
             "Via: 1.1 evil\r\n"
             "Connection: Upgrade, HTTP2-Settings, Keep-Alive\r\n"
+            "HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n"
+            "X-Hop-A: named below\r\n"
+            "connection: x-hop-a,X-Hop-B ,\r\n"
+            "X-Hop-B: named above\r\n"
+            "X-Paddock-Egress: deny\r\n"
             "Keep-Alive: timeout=5\r\n"
             "Upgrade: h2c\r\n"
             "TE: trailers\r\n"
@@ -256,7 +261,7 @@ def test_hop_by_hop_proxy_and_upgrade_headers_are_stripped(lab):
     names = [l.split(b":", 1)[0].lower() for l in c1.header_lines()]
     for gone in (b"proxy-authorization", b"proxy-connection", b"proxy-authenticate",
                  b"x-forwarded-for", b"forwarded", b"via", b"keep-alive", b"upgrade", b"te",
-                 b"trailer"):
+                 b"trailer", b"http2-settings", b"x-hop-a", b"x-hop-b", b"x-paddock-egress"):
         assert gone not in names, (gone, c1)
     assert c1.header("connection") == ["close"], c1
     assert c1.header("authorization") == ["Bearer end-to-end"], c1
@@ -264,6 +269,23 @@ def test_hop_by_hop_proxy_and_upgrade_headers_are_stripped(lab):
     assert b"secret" not in c1.raw.lower() and b"c2VjcmV0" not in c1.raw, c1
     # A WebSocket upgrade cannot happen through the forwarder: no Upgrade reaches upstream.
     assert c2.header("upgrade") == [] and c2.header("connection") == ["close"], c2
+
+
+def test_connection_cannot_take_the_framing_or_the_host_away(lab):
+    """Connection names hop-by-hop fields, which are removed; never Content-Length or Host: an
+    upstream that got the body without its length would read it as the next request."""
+    p = lab.up.port
+    e = lab.env(allowlist=[f"allowed.test:{p}"])
+    n = lab.up.count()
+    body = b"GET /smuggled HTTP/1.1\r\nHost: allowed.test\r\n\r\n"
+    r = e.raw_many([conn_spec(get_abs(
+        f"http://allowed.test:{p}/cl", f"Host: allowed.test:{p}\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: Content-Length, Host\r\n", body))])[0]
+    assert r.status == 200, r
+    (c,) = only_new(lab.up, n)
+    assert c.header("content-length") == [str(len(body))], c
+    assert c.header("host") == [f"allowed.test:{p}"], c
+    assert c.raw.endswith(b"\r\n\r\n" + body), c
 
 
 # ------------------------------------------------------------------ 33. nested proxying

@@ -524,7 +524,8 @@ def test_injection_works_and_leaf_is_per_host(tl):
 
 
 @pytest.mark.parametrize("sni", ["evil.test", "other.test", "api.test.evil.test", "api.test2",
-                                 None], ids=["evil", "other-allowed", "suffix", "prefix", "no-sni"])
+                                 None, "evil\x1b[2J.test"],
+                         ids=["evil", "other-allowed", "suffix", "prefix", "no-sni", "escape"])
 def test_sni_must_name_the_connect_destination(tl, sni):
     """Cases 19/22: CONNECT api.test (intercepted) with a ClientHello naming something else, or
     nothing: the handshake is refused, the upstream is never dialled, the record says why."""
@@ -541,8 +542,13 @@ def test_sni_must_name_the_connect_destination(tl, sni):
     recs = new_records(tl, tl.e.id, before, lambda x: x["decision"] == "deny")
     hit = [x for x in recs if x["decision"] == "deny" and x["host"] == "api.test"]
     assert hit and want in hit[-1]["reason"], recs
-    if sni is not None:
+    if sni is not None and sni.isprintable():
         assert sni in hit[-1]["reason"], hit
+    elif sni is not None:
+        # The client's bytes are quoted escaped: a record is safe to print and to send as JSON.
+        assert "\x1b" not in hit[-1]["reason"] and "evil\\x1b[2J.test" in hit[-1]["reason"], hit
+        r = tl.pd.run("env", "egress", tl.e.id, timeout=30)
+        assert r.rc == 0 and "\x1b" not in r.text, r
 
 
 def test_sni_case_and_trailing_dot_are_the_same_name(tl):
