@@ -18,8 +18,9 @@
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
-#include <netinet/in.h>
 #include <fcntl.h>
+#include <ifaddrs.h>
+#include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -30,6 +31,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
 #include <linux/sockios.h>
 
 #include <event2/buffer.h>
@@ -162,6 +165,14 @@ struct egress {
     struct egress_tls *tls;
     unsigned char *relay_buf; /* tunnels' copy buffer, loop thread only (TUNNEL_CHUNK) */
     char *data_dir;           /* for the attribution key (env_proxy_tag_ok()) */
+    /* This host's own addresses but loopback, kept current by a netlink watch (and the
+     * sweep); read by any thread through egress_vet(). */
+    pthread_mutex_t local_lock;
+    struct sockaddr_storage *local;
+    size_t n_local;
+    int nl_fd;
+    struct event *nl_ev;
+    int64_t local_ms; /* when the list was last read */
 };
 
 /* --------------------------------------------------------------- helpers */
@@ -1186,6 +1197,77 @@ is_self(const struct egress *eg, const struct sockaddr *sa)
 }
 
 /* True for the addresses that mean "this host" when dialled: 0.0.0.0/8 and :: (any spelling). */
+/* Reads this host's addresses (getifaddrs: the proxy's own network namespace), loopback left
+ * out (a refused class of its own). On failure the previous list stays. */
+static void
+local_refresh(struct egress *eg)
+{
+    struct ifaddrs *ifa;
+    struct sockaddr_storage *v = NULL;
+    size_t n = 0;
+
+    if (getifaddrs(&ifa) < 0) {
+        log_warnx("egress: cannot list this host's addresses: %s", strerror(errno));
+        return;
+    }
+    for (struct ifaddrs *i = ifa; i != NULL; i = i->ifa_next) {
+        const struct sockaddr *a = i->ifa_addr;
+        uint32_t v4;
+        uint16_t port;
+        if (a == NULL || (a->sa_family != AF_INET && a->sa_family != AF_INET6))
+            continue;
+        if ((as_v4(a, &v4, &port) && v4 >> 24 == 127) ||
+            (a->sa_family == AF_INET6 &&
+             IN6_IS_ADDR_LOOPBACK(&((const struct sockaddr_in6 *)a)->sin6_addr)))
+            continue;
+        v = xrealloc(v, (n + 1) * sizeof(*v));
+        memset(&v[n], 0, sizeof(v[n]));
+        memcpy(&v[n], a,
+               a->sa_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6));
+        n++;
+    }
+    freeifaddrs(ifa);
+    pthread_mutex_lock(&eg->local_lock);
+    free(eg->local);
+    eg->local = v;
+    eg->n_local = n;
+    eg->local_ms = util_now_ms();
+    pthread_mutex_unlock(&eg->local_lock);
+}
+
+/* An address was added or removed somewhere on this host: read them all again. */
+static void
+local_changed(evutil_socket_t fd, short what, void *arg)
+{
+    char buf[8192];
+
+    (void)what;
+    while (recv(fd, buf, sizeof(buf), MSG_DONTWAIT) > 0 || errno == ENOBUFS)
+        ;
+    local_refresh(arg);
+}
+
+static bool
+is_local(struct egress *eg, const struct sockaddr *sa)
+{
+    uint32_t a, b;
+    uint16_t port;
+    bool v4 = as_v4(sa, &a, &port), hit = false;
+
+    pthread_mutex_lock(&eg->local_lock);
+    for (size_t i = 0; i < eg->n_local && !hit; i++) {
+        const struct sockaddr *l = (const struct sockaddr *)&eg->local[i];
+        if (v4)
+            hit = as_v4(l, &b, &port) && a == b;
+        else if (sa->sa_family == AF_INET6 && l->sa_family == AF_INET6)
+            hit =
+                memcmp(&((const struct sockaddr_in6 *)sa)->sin6_addr,
+                       &((const struct sockaddr_in6 *)l)->sin6_addr, sizeof(struct in6_addr)) == 0;
+    }
+    pthread_mutex_unlock(&eg->local_lock);
+    return hit;
+}
+
 static bool
 unspecified(const struct sockaddr *sa)
 {
@@ -1201,14 +1283,26 @@ unspecified(const struct sockaddr *sa)
 const char *
 egress_vet(const struct egress *eg, const struct sockaddr *sa)
 {
+    bool local;
+
     /* Never dialled, whatever the operator's ranges say: they reach this host itself. */
     if (unspecified(sa))
         return "unspecified (0.0.0.0/8 or ::): this host itself";
     if (is_self(eg, sa))
         return "the address is paddock's own";
-    for (size_t i = 0; i < eg->cfg.n_allow; i++)
-        if (egress_cidr_contains(&eg->cfg.allow[i], sa))
+    /* This host's own addresses reach its services (sshd, a database on 0.0.0.0, a container
+     * runtime's API) from the inside, past any firewall in front of it: only a range that is
+     * that one address opens one, not a range it happens to be in. */
+    local = is_local((struct egress *)(uintptr_t)eg, sa);
+    for (size_t i = 0; i < eg->cfg.n_allow; i++) {
+        const struct egress_cidr *r = &eg->cfg.allow[i];
+        if (egress_cidr_contains(r, sa) &&
+            (!local || r->bits == (r->net.ss_family == AF_INET ? 32u : 128u)))
             return NULL;
+    }
+    if (local)
+        return "one of this host's own addresses (opened only by --egress-allow-cidr naming "
+               "it alone)";
     return egress_addr_class(sa);
 }
 
@@ -1943,6 +2037,8 @@ sweep(evutil_socket_t fd, short what, void *arg)
 
     (void)fd;
     (void)what;
+    if (eg->nl_ev == NULL && now - eg->local_ms >= 10000)
+        local_refresh(eg);
     for (struct conn *c = eg->conns.next, *next; c != &eg->conns; c = next) {
         next = c->next;
         /* A deadline for the whole head, not an idle timer a byte a second would reset. */
@@ -2108,12 +2204,30 @@ egress_start(const struct egress_config *cfg, struct egress **out, struct err **
     eg->cfg.data_dir = NULL;
     eg->data_dir = xstrdup(cfg->data_dir);
     pthread_mutex_init(&eg->lock, NULL);
+    pthread_mutex_init(&eg->local_lock, NULL);
     eg->conns.next = eg->conns.prev = &eg->conns;
+    eg->nl_fd = -1;
     eg->base = event_base_new();
     if (eg->base == NULL) {
         free_cfg(eg);
         free(eg);
         return err_set(errp, ERR_INTERNAL, 0, "egress: event base");
+    }
+    {
+        /* Watch this host's addresses change (a DHCP lease, an interface brought up): the
+         * kernel tells a netlink socket, and the list is read again at once. */
+        struct sockaddr_nl snl = { .nl_family = AF_NETLINK,
+                                   .nl_groups = RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR };
+        eg->nl_fd = socket(AF_NETLINK, SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC, NETLINK_ROUTE);
+        if (eg->nl_fd >= 0 && bind(eg->nl_fd, (struct sockaddr *)&snl, sizeof(snl)) == 0) {
+            eg->nl_ev = event_new(eg->base, eg->nl_fd, EV_READ | EV_PERSIST, local_changed, eg);
+            event_add(eg->nl_ev, NULL);
+        } else {
+            log_warnx("egress: no netlink watch of this host's addresses (%s); they are read "
+                      "again every 10 s",
+                      strerror(errno));
+        }
+        local_refresh(eg);
     }
     if (dns_new(eg, cfg->resolv_conf, errp) < 0) {
         event_base_free(eg->base);
@@ -2196,6 +2310,11 @@ egress_stop(struct egress *eg)
     }
     event_free(eg->wake);
     event_free(eg->sweep);
+    if (eg->nl_ev != NULL)
+        event_free(eg->nl_ev);
+    if (eg->nl_fd >= 0)
+        close(eg->nl_fd);
+    free(eg->local);
     evdns_base_free(eg->dns, 0);
     event_base_free(eg->base);
     store_close(eg->store);

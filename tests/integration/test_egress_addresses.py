@@ -232,6 +232,53 @@ def test_sandbox_proxy_listener_is_not_reachable_through_the_proxy(selflab):
         assert b"Connection established" not in r.raw, r
 
 
+def host_address():
+    """A non-loopback IPv4 address of this host (its own network namespace) and its prefix."""
+    import subprocess
+    out = subprocess.run(["ip", "-j", "-4", "addr", "show"], capture_output=True, text=True,
+                         timeout=10)
+    for link in json.loads(out.stdout or "[]"):
+        for a in link.get("addr_info", []):
+            if not a["local"].startswith("127."):
+                return a["local"], a["prefixlen"]
+    return None
+
+
+def test_this_hosts_own_address_is_opened_only_by_name(tmp_path_factory):
+    """The host's own addresses reach its services from the inside (a database on 0.0.0.0, the
+    container runtime's API): an operator range they happen to be in does not open them, only
+    a range that is that one address does."""
+    import ipaddress
+    found = host_address()
+    if found is None:
+        pytest.skip("this host has no IPv4 address but loopback")
+    addr, plen = found
+    wide = str(ipaddress.ip_network(f"{addr}/{min(plen, 30)}", strict=False))
+    up = Upstream(host=addr)
+    pds = []
+    try:
+        for allow, ok in (([wide], False), ([f"{addr}/32"], True)):
+            pds.append(pdk.Paddock(tmp_path_factory.mktemp("hostaddr") / "data"))
+            lb = Lab(pds[-1], resolve={"host.test": addr}, allow=allow)
+            try:
+                e = lb.env(allowlist=[f"host.test:{up.port}", f"{addr}:{up.port}"])
+                n = up.count()
+                for host in ("host.test", addr):
+                    r = e.raw(f"CONNECT {host}:{up.port} HTTP/1.1\r\n\r\n"
+                              "GET /h HTTP/1.1\r\n\r\n")
+                    if ok:
+                        assert r.status == 200 and b"GET /h HTTP/1.1" in r.raw, (allow, r)
+                    else:
+                        assert "this host's own" in deny_body_ok(r, host, up.port, e.id), r
+                assert up.count() == n + (2 if ok else 0), allow
+            finally:
+                lb.close()
+    finally:
+        up.close()
+        for pd in pds:
+            pd.teardown()
+
+
 # ------------------------------------------------------------------ 15. allowed name, bad IP
 
 def test_allowed_name_resolving_to_refused_address_is_denied(lab):
