@@ -132,12 +132,15 @@ struct conn {
         enum { RS_HEAD, RS_LENGTH, RS_CHUNK_SIZE, RS_CHUNK_DATA, RS_TRAILER, RS_CLOSE,
                RS_DONE } st;
         uint64_t left;
+        size_t scanned;   /* bytes of the head searched for its end so far */
         bool close_after; /* the response or request said Connection: close (or HTTP/1.0) */
         bool head_req;
     } resp;
     bool up_ready; /* the upstream TLS connection is up and idle between responses */
     unsigned served; /* requests answered on this intercepted tunnel */
     bool req_close; /* the current inner request asked for Connection: close */
+    size_t head_scanned; /* bytes of the request head searched for its end so far */
+    bool revised;        /* the policy changed while a response was relayed: end after it */
     struct conn *prev, *next;
 };
 
@@ -788,6 +791,26 @@ start_tunnel(struct conn *c)
     return true;
 }
 
+/*
+ * Where a head in `in` ends (the "\r\n\r\n"), searching on from where the last search of the
+ * same head stopped: a head that arrives a byte at a time costs one pass, not one per byte
+ * (32 KiB of it, a byte per read, would be half a billion comparisons on the loop thread).
+ * *scanned is reset once the end is found: the head is then taken out.
+ */
+static struct evbuffer_ptr
+head_end(struct evbuffer *in, size_t *scanned)
+{
+    struct evbuffer_ptr from, end;
+    size_t len = evbuffer_get_length(in);
+
+    if (*scanned > len)
+        *scanned = 0;
+    evbuffer_ptr_set(in, &from, *scanned > 3 ? *scanned - 3 : 0, EVBUFFER_PTR_SET);
+    end = evbuffer_search(in, "\r\n\r\n", 4, &from);
+    *scanned = end.pos < 0 ? len : 0;
+    return end;
+}
+
 /* ------------------------------------------------ keep-alive inside interception */
 
 #define RESP_HEAD_MAX (64u * 1024)
@@ -978,7 +1001,7 @@ resp_read(struct bufferevent *bev, void *arg)
     while (evbuffer_get_length(in) > 0 && c->resp.st != RS_DONE) {
         size_t avail = evbuffer_get_length(in);
         if (c->resp.st == RS_HEAD) {
-            struct evbuffer_ptr end = evbuffer_search(in, "\r\n\r\n", 4, NULL);
+            struct evbuffer_ptr end = head_end(in, &c->resp.scanned);
             char *head;
             int status;
             if (end.pos < 0) {
@@ -1863,7 +1886,7 @@ head_read(struct bufferevent *bev, void *arg)
     struct conn *c = arg;
     bool inner = c->mitm;
     struct evbuffer *in = bufferevent_get_input(bev);
-    struct evbuffer_ptr end = evbuffer_search(in, "\r\n\r\n", 4, NULL);
+    struct evbuffer_ptr end = head_end(in, &c->head_scanned);
     size_t len;
     char *head;
 
