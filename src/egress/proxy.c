@@ -960,7 +960,7 @@ resp_done(struct conn *c)
 
     /* A response that came before all of its request's body (an early 401, 413...) leaves the
      * rest of that body on the way: what follows from the client is not a new request. */
-    if (c->resp.close_after || c->req_close || c->cl_eof || c->body_left > 0) {
+    if (c->resp.close_after || c->req_close || c->cl_eof || c->body_left > 0 || c->revised) {
         finish(c);
         return;
     }
@@ -2082,6 +2082,48 @@ sweep(evutil_socket_t fd, short what, void *arg)
     }
 }
 
+/*
+ * A listener's policy changed: its connections are held to the new one.
+ * - Still reading its first request head: it is decided under the new policy.
+ * - Decided, not yet relaying (resolving, connecting): closed; the decision was the old one's.
+ * - Relaying to a destination the new policy refuses: closed now.
+ * - Intercepted (its credential or headers may be what changed): closed between requests, or
+ *   once the response in progress is out. A revoked or rotated credential is never injected
+ *   again on a connection kept alive.
+ * Plain tunnels and forwarded requests the new policy still allows go on.
+ */
+static void
+revise(struct egress *eg, struct listener *ls)
+{
+    for (struct conn *c = eg->conns.next, *next; c != &eg->conns; c = next) {
+        const char *why = NULL;
+        next = c->next;
+        if (c->ls != ls || c->st == C_DONE || c->pol == ls->pol)
+            continue;
+        if (c->st == C_HEAD && !c->mitm && c->decision == NULL) {
+            pref_unref(c->pol);
+            c->pol = ls->pol;
+            c->pol->refs++;
+            continue;
+        }
+        if (c->st == C_RESOLVE || c->st == C_CONNECT) {
+            snprintf(c->reason, sizeof(c->reason),
+                     "closed before it was relayed: the environment's policy changed");
+            finish(c);
+        } else if (!egress_policy_allows(ls->pol->p, &c->dest, &why, NULL)) {
+            snprintf(c->reason, sizeof(c->reason), "closed: the environment's policy changed: %s",
+                     why);
+            finish(c);
+        } else if (c->mitm && c->st == C_HEAD) {
+            snprintf(c->reason, sizeof(c->reason),
+                     "closed between requests: the environment's policy changed");
+            finish(c);
+        } else if (c->mitm) {
+            c->revised = true;
+        }
+    }
+}
+
 static void
 run_cmds(evutil_socket_t fd, short what, void *arg)
 {
@@ -2121,6 +2163,7 @@ run_cmds(evutil_socket_t fd, short what, void *arg)
                     pref_unref(ls->pol);
                     ls->pol = cm->pol;
                     cm->pol = NULL;
+                    revise(eg, ls);
                     break;
                 }
             pref_unref(cm->pol); /* no listener any more */

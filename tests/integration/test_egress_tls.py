@@ -728,6 +728,46 @@ def test_early_response_ends_the_tunnel(tl):
     assert b"/smuggled" not in got and got.count(SECRET.encode()) == 1, got[:400]
 
 
+def test_rotated_credential_is_not_injected_on_a_kept_alive_tunnel(tl):
+    """An intercepted tunnel kept alive across a credential change: the proxy closes it between
+    requests once the environment's policy changes, so the old token never goes out again; a
+    new connection gets the new one."""
+    old, new = "rot-OLD-4242", "rot-NEW-4343"
+    r = tl.creds.post("/v1beta/credentials", json_body={"type": "bearer_token", "id": "rot",
+                                                        "token": old})
+    assert r.status == 200, r
+    e = make_env(tl, {"network": {"allowlist": [
+        {"domain": f"api.test:{tl.hostile.port}", "credential": "rot"}]}})
+    n = hostile(tl, OK_RESP, linger=10.0)
+
+    def rotate():
+        time.sleep(0.5)
+        r = tl.creds.request("PATCH", "/v1beta/credentials/rot?update_mask=token",
+                             json_body={"type": "bearer_token", "token": new})
+        assert r.status == 200, r
+    t = threading.Thread(target=rotate)
+    t.start()
+    try:
+        g = e.tls("api.test", tl.hostile.port, req("api.test", tl.hostile.port, path="/one"),
+                  later=req("api.test", tl.hostile.port, path="/two"),
+                  later_s=4.0 * SLOWDOWN, timeout=15 * SLOWDOWN)
+    finally:
+        t.join()
+    assert g.raw.count(b"\r\n\r\nok") == 1, g
+    settle()
+    got = tl.hostile.requests()[n:]
+    assert len(got) == 1 and b"/one" in got[0].raw and old.encode() in got[0].raw, got
+    assert b"/two" not in got[0].raw, got[0].raw
+    g = e.tls("api.test", tl.hostile.port, req("api.test", tl.hostile.port, path="/three",
+                                               headers=[("Connection", "close")]))
+    assert g.raw.count(b"\r\n\r\nok") == 1, g
+    settle()
+    last = tl.hostile.requests()[-1].raw
+    assert b"/three" in last and new.encode() in last and old.encode() not in last, last
+    recs = records(tl, e.id)
+    assert any("policy changed" in x["reason"] for x in recs), recs
+
+
 def test_plain_tunnel_fronting_carries_no_credential(tl):
     """Case 21 on a destination that is not intercepted: CONNECT other.test on the api
     upstream's port, SNI and Host api.test. The proxy cannot see inside (documented fronting
