@@ -129,8 +129,15 @@ struct conn {
     /* An intercepted tunnel keeps both connections across requests: the response is framed
      * (its length known from its head) so the next request can follow. */
     struct {
-        enum { RS_HEAD, RS_LENGTH, RS_CHUNK_SIZE, RS_CHUNK_DATA, RS_TRAILER, RS_CLOSE,
-               RS_DONE } st;
+        enum {
+            RS_HEAD,
+            RS_LENGTH,
+            RS_CHUNK_SIZE,
+            RS_CHUNK_DATA,
+            RS_CHUNK_END,
+            RS_TRAILER,
+            RS_CLOSE,
+            RS_DONE } st;
         uint64_t left;
         size_t scanned;   /* bytes of the head searched for its end so far */
         bool close_after; /* the response or request said Connection: close (or HTTP/1.0) */
@@ -487,6 +494,7 @@ drop_upstream(struct conn *c)
     bufferevent_free(c->up);
     c->up = NULL;
     c->up_ready = false;
+    c->up_eof = false;
 }
 
 static void
@@ -509,10 +517,12 @@ relay_event(struct bufferevent *bev, short what, void *arg)
             drop_upstream(c);
         } else {
             c->up_eof = true;
-            if (c->mitm)
+            if (c->mitm) {
+                /* Frames what is left and then ends or goes on; c may be gone after. */
                 resp_read(bev, c);
-            else
-                relay_read(bev, c); /* whatever was still buffered */
+                return;
+            }
+            relay_read(bev, c); /* whatever was still buffered */
             if (c->st != C_DONE)
                 finish(c);
         }
@@ -909,8 +919,8 @@ resp_head(struct conn *c, const char *head, int *status)
             c->resp.close_after = true;
         }
     }
-    if (have_te)
-        c->resp.close_after = true; /* with a Content-Length it was ambiguous; else unusual */
+    if (have_te && (have_len || !chunked))
+        c->resp.close_after = true; /* ambiguous, or a body that runs to the close */
     if (c->resp.head_req || *status == 204 || *status == 304 || (*status >= 100 && *status < 200))
         c->resp.st = RS_DONE;
     else if (chunked)
@@ -966,8 +976,8 @@ resp_done(struct conn *c)
     }
     c->up_ready = true;
     /* Bytes past the end of the response are no answer to anything: never keep them for the
-     * next request. */
-    if (evbuffer_get_length(bufferevent_get_input(c->up)) > 0)
+     * next request. An upstream that closed with its response is not kept either. */
+    if (c->up_eof || evbuffer_get_length(bufferevent_get_input(c->up)) > 0)
         drop_upstream(c);
     c->served++;
     c->st = C_HEAD;
@@ -1015,7 +1025,16 @@ resp_read(struct bufferevent *bev, void *arg)
             evbuffer_remove(in, head, (size_t)end.pos + 4);
             head[end.pos + 4] = '\0';
             resp_head(c, head, &status);
-            evbuffer_add(out, head, (size_t)end.pos + 4);
+            if (status >= 200 &&
+                (c->resp.close_after || c->req_close || c->revised || c->body_left > 0)) {
+                /* The tunnel ends after this response: the client hears it from the head,
+                 * rather than racing the close with its next request. */
+                evbuffer_add(out, head, (size_t)end.pos + 2);
+                evbuffer_add_printf(out, "Connection: close\r\n\r\n");
+                c->bytes_down += 19;
+            } else {
+                evbuffer_add(out, head, (size_t)end.pos + 4);
+            }
             c->bytes_down += (uint64_t)end.pos + 4;
             free(head);
             if (status >= 100 && status < 200 && status != 101)
@@ -1028,7 +1047,21 @@ resp_read(struct bufferevent *bev, void *arg)
             c->bytes_down += n;
             c->resp.left -= n;
             if (c->resp.left == 0)
-                c->resp.st = c->resp.st == RS_LENGTH ? RS_DONE : RS_CHUNK_SIZE;
+                c->resp.st = c->resp.st == RS_LENGTH ? RS_DONE : RS_CHUNK_END;
+        } else if (c->resp.st == RS_CHUNK_END) {
+            char crlf[2];
+            if (avail < 2)
+                break;
+            evbuffer_copyout(in, crlf, 2);
+            if (crlf[0] != '\r' || crlf[1] != '\n') {
+                snprintf(c->reason, sizeof(c->reason),
+                         "the upstream's chunk data did not end where its size said; closed");
+                finish(c);
+                return;
+            }
+            evbuffer_remove_buffer(in, out, 2);
+            c->bytes_down += 2;
+            c->resp.st = RS_CHUNK_SIZE;
         } else if (c->resp.st == RS_CHUNK_SIZE || c->resp.st == RS_TRAILER) {
             size_t n;
             char *line = evbuffer_readln(in, &n, EVBUFFER_EOL_CRLF_STRICT);
@@ -1060,7 +1093,7 @@ resp_read(struct bufferevent *bev, void *arg)
                     c->resp.st = RS_TRAILER;
                 } else {
                     c->resp.st = RS_CHUNK_DATA;
-                    c->resp.left = size + 2; /* the data and its CRLF */
+                    c->resp.left = size; /* then its CRLF (RS_CHUNK_END) */
                 }
             }
             free(line);
@@ -1073,6 +1106,8 @@ resp_read(struct bufferevent *bev, void *arg)
         bufferevent_disable(bev, EV_READ);
     if (c->resp.st == RS_DONE)
         resp_done(c);
+    else if (c->up_eof)
+        finish(c); /* the body ran to the close (RS_CLOSE), or the upstream cut it short */
 }
 
 static void
@@ -1258,6 +1293,20 @@ local_refresh(struct egress *eg)
     pthread_mutex_unlock(&eg->local_lock);
 }
 
+/* Undoes the watch of this host's addresses. */
+static void
+local_stop(struct egress *eg)
+{
+    if (eg->nl_ev != NULL)
+        event_free(eg->nl_ev);
+    if (eg->nl_fd >= 0)
+        close(eg->nl_fd);
+    free(eg->local);
+    eg->nl_ev = NULL;
+    eg->nl_fd = -1;
+    eg->local = NULL;
+}
+
 /* An address was added or removed somewhere on this host: read them all again. */
 static void
 local_changed(evutil_socket_t fd, short what, void *arg)
@@ -1414,9 +1463,10 @@ resolved(int result, struct evutil_addrinfo *res, void *arg)
 {
     struct conn *c = arg;
 
-    c->dns = NULL;
+    /* A cancelled lookup reports later, after conn_free() cancelled it: c is gone. */
     if (result == EVUTIL_EAI_CANCEL)
         return;
+    c->dns = NULL;
     if (result != 0) {
         refuse(c, 502, "deny", "cannot resolve %s: %s", c->dest.host, evutil_gai_strerror(result));
         return;
@@ -2082,45 +2132,86 @@ sweep(evutil_socket_t fd, short what, void *arg)
     }
 }
 
+/* Whether two rules decide and inject the same for a destination. */
+static bool
+same_rule(const struct egress_rule *a, const struct egress_rule *b)
+{
+    if (a == NULL || b == NULL)
+        return a == b;
+    if (a->kind != b->kind || a->port != b->port || a->intercept != b->intercept ||
+        strcmp(a->host, b->host) != 0 || strcmp(a->credential, b->credential) != 0 ||
+        strcmp(a->cred_error, b->cred_error) != 0 || a->n_headers != b->n_headers)
+        return false;
+    for (size_t i = 0; i < a->n_headers; i++)
+        if (strcmp(a->headers[i].name, b->headers[i].name) != 0 ||
+            strcmp(a->headers[i].value, b->headers[i].value) != 0)
+            return false;
+    return true;
+}
+
+/* Whether two policies replace the same placeholders by the same values for the same domains. */
+static bool
+same_substs(const struct egress_policy *a, const struct egress_policy *b)
+{
+    if (a->n_subst != b->n_subst)
+        return false;
+    for (size_t i = 0; i < a->n_subst; i++)
+        if (strcmp(a->subst[i].placeholder, b->subst[i].placeholder) != 0 ||
+            strcmp(a->subst[i].value, b->subst[i].value) != 0 ||
+            egress_policy_print(a->subst[i].domains) != egress_policy_print(b->subst[i].domains))
+            return false;
+    return true;
+}
+
+/* Ends a connection because the environment's policy changed (why: the new policy's word). */
+static void
+end_revised(struct conn *c, const char *why)
+{
+    snprintf(c->reason, sizeof(c->reason), "closed: the environment's policy changed%s%.100s",
+             why != NULL ? ": " : "", why != NULL ? why : "");
+    finish(c);
+}
+
 /*
- * A listener's policy changed: its connections are held to the new one.
- * - Still reading its first request head: it is decided under the new policy.
- * - Decided, not yet relaying (resolving, connecting): closed; the decision was the old one's.
- * - Relaying to a destination the new policy refuses: closed now.
- * - Intercepted (its credential or headers may be what changed): closed between requests, or
- *   once the response in progress is out. A revoked or rotated credential is never injected
- *   again on a connection kept alive.
- * Plain tunnels and forwarded requests the new policy still allows go on.
+ * A listener's policy changed (or went: pol NULL): its connections are held to the new one.
+ * - Still reading its first request head: decided by the new policy.
+ * - Going to a destination the new policy refuses: closed now, whatever its state.
+ * - Intercepted, or decided to be, where what applies to its destination changed (the rule,
+ *   its headers or credential, the placeholders): closed now unless a response is being
+ *   relayed, then after it. A revoked or rotated credential is never injected again on a
+ *   connection kept alive.
+ * Anything else the new policy still allows goes on untouched: a credential refreshed for one
+ * host does not cut the environment's other connections.
  */
 static void
 revise(struct egress *eg, struct listener *ls)
 {
     for (struct conn *c = eg->conns.next, *next; c != &eg->conns; c = next) {
+        const struct egress_rule *nr = NULL;
         const char *why = NULL;
         next = c->next;
         if (c->ls != ls || c->st == C_DONE || c->pol == ls->pol)
             continue;
+        if (ls->pol == NULL) {
+            end_revised(c, "the network is disabled");
+            continue;
+        }
         if (c->st == C_HEAD && !c->mitm && c->decision == NULL) {
             pref_unref(c->pol);
             c->pol = ls->pol;
             c->pol->refs++;
             continue;
         }
-        if (c->st == C_RESOLVE || c->st == C_CONNECT) {
-            snprintf(c->reason, sizeof(c->reason),
-                     "closed before it was relayed: the environment's policy changed");
-            finish(c);
-        } else if (!egress_policy_allows(ls->pol->p, &c->dest, &why, NULL)) {
-            snprintf(c->reason, sizeof(c->reason), "closed: the environment's policy changed: %s",
-                     why);
-            finish(c);
-        } else if (c->mitm && c->st == C_HEAD) {
-            snprintf(c->reason, sizeof(c->reason),
-                     "closed between requests: the environment's policy changed");
-            finish(c);
-        } else if (c->mitm) {
-            c->revised = true;
+        if (!egress_policy_allows(ls->pol->p, &c->dest, &why, &nr)) {
+            end_revised(c, why);
+            continue;
         }
+        if (!c->mitm || (same_rule(c->rule, nr) && same_substs(c->pol->p, ls->pol->p)))
+            continue;
+        if (c->st == C_RELAY)
+            c->revised = true; /* after the response in progress */
+        else
+            end_revised(c, NULL);
     }
 }
 
@@ -2173,6 +2264,11 @@ run_cmds(evutil_socket_t fd, short what, void *arg)
                 if (strcmp(ls->id, cm->id) == 0) {
                     *pp = ls->next;
                     evconnlistener_disable(ls->l);
+                    /* Detached (stopped, deleted, or its network disabled): nothing of it
+                     * goes on, an intercepted tunnel least of all. */
+                    pref_unref(ls->pol);
+                    ls->pol = NULL;
+                    revise(eg, ls);
                     listener_unref(ls);
                 } else {
                     pp = &ls->next;
@@ -2234,15 +2330,9 @@ dns_new(struct egress *eg, const char *path, struct err **errp)
         return err_set(errp, ERR_INVALID, 0, "--egress-resolv-conf %s: %s", path,
                        r == 6 ? "names no nameserver" : "cannot be read");
     }
-    if (r != 6) {
-        /* No usable /etc/resolv.conf: only --egress-resolve names and IP literals resolve. */
-        log_warnx("egress: /etc/resolv.conf cannot be read; names resolve only through "
-                  "--egress-resolve");
-        evdns_base_free(eg->dns, 0);
-        eg->dns = evdns_base_new(eg->base, EVDNS_BASE_DISABLE_WHEN_INACTIVE);
-        if (eg->dns == NULL)
-            return err_set(errp, ERR_INTERNAL, 0, "egress: DNS resolver");
-    }
+    /* As the C library does without one: a nameserver on 127.0.0.1, and /etc/hosts. */
+    log_warnx("egress: /etc/resolv.conf %s; asking 127.0.0.1",
+              r == 6 ? "names no nameserver" : "cannot be read");
     return 0;
 }
 
@@ -2296,6 +2386,7 @@ egress_start(const struct egress_config *cfg, struct egress **out, struct err **
         local_refresh(eg);
     }
     if (dns_new(eg, cfg->resolv_conf, errp) < 0) {
+        local_stop(eg);
         event_base_free(eg->base);
         free_cfg(eg);
         free(eg);
@@ -2303,6 +2394,7 @@ egress_start(const struct egress_config *cfg, struct egress **out, struct err **
     }
     if (store_open(db, &eg->store, errp) < 0) {
         evdns_base_free(eg->dns, 0);
+        local_stop(eg);
         event_base_free(eg->base);
         free_cfg(eg);
         free(eg);
@@ -2330,6 +2422,7 @@ egress_start(const struct egress_config *cfg, struct egress **out, struct err **
         event_free(eg->wake);
         event_free(eg->sweep);
         evdns_base_free(eg->dns, 0);
+        local_stop(eg);
         event_base_free(eg->base);
         free_cfg(eg);
         free(eg);
@@ -2376,11 +2469,7 @@ egress_stop(struct egress *eg)
     }
     event_free(eg->wake);
     event_free(eg->sweep);
-    if (eg->nl_ev != NULL)
-        event_free(eg->nl_ev);
-    if (eg->nl_fd >= 0)
-        close(eg->nl_fd);
-    free(eg->local);
+    local_stop(eg);
     evdns_base_free(eg->dns, 0);
     event_base_free(eg->base);
     store_close(eg->store);

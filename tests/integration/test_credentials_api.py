@@ -85,6 +85,15 @@ def inside(api, env_id, cmd):
     return api.pd.ok("env", "exec", env_id, "-c", cmd).text
 
 
+def try_json(api, env_id, cmd):
+    """The JSON a command printed, or None when it failed (a request cut by a policy swap)."""
+    r = api.pd.run("env", "exec", env_id, "-c", cmd)
+    try:
+        return json.loads(r.text) if r.rc == 0 else None
+    except ValueError:
+        return None
+
+
 def leaks(api, env_id, secret):
     """Where inside the sandbox the secret can be found: its files, every process's environment
     and command line. The secret travels reversed, so the search is not a place it is found."""
@@ -218,9 +227,9 @@ def test_placeholder_is_replaced_only_for_trusted_domains(capi, upstreams):
                            json_body={"type": "environment_variable",
                                       "trusted_domains": [other_host]})
     assert r.status == 200, r
-    assert pdk.wait_until(lambda: json.loads(inside(
-        capi, e, f"curl -sS -m 10 -H \"X-Key: $API_KEY\" https://{other_host}/"))["X-Key"]
-        == SECRET_ENV, 10), "narrowed trusted_domains never reached the environment"
+    assert pdk.wait_until(lambda: (try_json(
+        capi, e, f"curl -sS -m 10 -H \"X-Key: $API_KEY\" https://{other_host}/") or {}).get(
+        "X-Key") == SECRET_ENV, 10), "narrowed trusted_domains never reached the environment"
     seen = len(upstreams["api"].seen)
     capi.pd.run("env", "exec", e, "-c", f"curl -sS -m 10 -H \"X-Key: $API_KEY\" "
                                         f"https://{api_host}/")
@@ -239,10 +248,12 @@ def test_oauth2_token_is_fetched_refreshed_and_vetted(capi, upstreams):
                                                      "credential": "oa"}]}})["id"]
     first = json.loads(inside(capi, e, f"curl -sS -m 10 https://{api_host}/"))["Authorization"]
     assert first.startswith("Bearer AT-")
-    # expires_in 65 s: refreshed a minute early, so a new token within ~5 s.
+    # expires_in 65 s: refreshed a minute early, so a new token within ~5 s. A request caught
+    # by the policy swap that brings it is closed (docs/EGRESS.md): asked again.
     deadline = time.monotonic() + 20 * pdk.SLOWDOWN
     while True:
-        now = json.loads(inside(capi, e, f"curl -sS -m 10 https://{api_host}/"))["Authorization"]
+        now = (try_json(capi, e, f"curl -sS -m 10 https://{api_host}/") or {}).get(
+            "Authorization", first)
         if now != first:
             break
         assert time.monotonic() < deadline, "the access token was never refreshed"

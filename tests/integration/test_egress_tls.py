@@ -668,6 +668,27 @@ def test_malformed_chunk_size_ends_the_response(tl, size):
     assert any("malformed chunk size" in x["reason"] for x in recs), recs
 
 
+def test_chunk_data_must_end_where_its_size_says(tl):
+    hostile(tl, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nhello\r\n0\r\n\r\n")
+    before = len(records(tl, tl.e.id))
+    g = tl.e.tls("api.test", tl.hostile.port, req("api.test", tl.hostile.port))
+    assert g.status == 200 and g.body == b"3\r\nhel", g
+    recs = new_records(tl, tl.e.id, before, lambda x: "did not end where" in x["reason"])
+    assert any("did not end where" in x["reason"] for x in recs), recs
+
+
+def test_chunked_response_keeps_the_tunnel(tl):
+    """A chunked response is the ordinary case: the tunnel stays open for the next request, and
+    the client is not told otherwise."""
+    hostile(tl, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+            linger=0)
+    g = tl.e.tls("api.test", tl.hostile.port, req("api.test", tl.hostile.port),
+                 timeout=2 * SLOWDOWN)
+    assert g.status == 200 and g.body == b"2\r\nok\r\n0\r\n\r\n", g
+    assert g.header("Connection") is None, g
+    assert "timed out" in (g.d.get("read_err") or ""), g   # still open when the client gave up
+
+
 @pytest.mark.parametrize("size", ["5", "5;ext=1", "5 ;ext", "0005", "5\t"])
 def test_chunk_sizes_that_are_fine(tl, size):
     hostile(tl, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
@@ -696,7 +717,7 @@ def test_transfer_coding_not_ending_in_chunked_runs_to_the_close(tl, te):
 
 @pytest.mark.parametrize("respond,linger,later_s", [
     (OK_RESP + FORGED, 0.5, 0.3),            # behind the answer, in the same write
-    ([OK_RESP, 0.3, FORGED], 2.5, 1.0),      # later, while the tunnel waits for a request
+    ([OK_RESP, 0.3, FORGED], 2.5 + SLOWDOWN, 1.0 * SLOWDOWN),  # later, between requests
 ], ids=["behind", "between"])
 def test_bytes_past_a_response_are_no_answer(tl, respond, linger, later_s):
     """An upstream that sends a second response behind the first, or later while the tunnel
@@ -721,8 +742,9 @@ def test_early_response_ends_the_tunnel(tl):
     post = (f"POST /big HTTP/1.1\r\nHost: api.test:{tl.hostile.port}\r\n"
             f"Content-Length: 100000\r\n\r\n").encode() + b"x" * 10
     g = tl.e.tls("api.test", tl.hostile.port, post,
-                 later=req("api.test", tl.hostile.port, path="/smuggled"), later_s=1.0)
+                 later=req("api.test", tl.hostile.port, path="/smuggled"), later_s=1.0 * SLOWDOWN)
     assert g.status == 413 and b"HTTP/1.1" not in g.body, g
+    assert g.header("Connection") == "close", g   # the client is told, not left to race it
     settle()
     got = b"".join(r.raw for r in tl.hostile.requests()[n:])
     assert b"/smuggled" not in got and got.count(SECRET.encode()) == 1, got[:400]
@@ -741,7 +763,9 @@ def test_rotated_credential_is_not_injected_on_a_kept_alive_tunnel(tl):
     n = hostile(tl, OK_RESP, linger=10.0)
 
     def rotate():
-        time.sleep(0.5)
+        # Once /one has reached the upstream with the old token (the tunnel is then kept alive
+        # waiting for /two, sent 4 s after /one).
+        assert pdk.wait_until(lambda: len(tl.hostile.requests()) > n, 10), "no /one"
         r = tl.creds.request("PATCH", "/v1beta/credentials/rot?update_mask=token",
                              json_body={"type": "bearer_token", "token": new})
         assert r.status == 200, r
