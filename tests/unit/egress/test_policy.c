@@ -767,8 +767,7 @@ test_injected_headers_checked(void **state)
         "a\rb",
         "a\x01",
         "\x7f",
-        "a\x0b"
-        "b",
+        "a\vb",
         "a\x1b[0m",
     };
     static const char *const bad_names[] = { "", "X A", "X:A", "X\x01", "X\xc3\xa9", "(x)" };
