@@ -33,6 +33,7 @@ struct api_config {
     int64_t egress_connect_timeout_ms; /* dial + upstream TLS handshake; then a 504 */
     int64_t egress_header_timeout_ms;  /* a client's whole request head; then closed */
     int64_t egress_idle_timeout_ms;    /* a relay with no byte either way; then closed */
+    unsigned egress_conn_rate;         /* new connections a second of one environment */
     size_t warm_pool;               /* sandboxes kept started for creates to claim; 0: none */
     /* interactions (docs/AGENTS.md) */
     const char *default_model;  /* --model / PADDOCK_MODEL */

@@ -938,6 +938,7 @@ start_egress(const struct api_config *cfg, const struct sockaddr_in *self, struc
     ec.upstream_ca = cfg->egress_upstream_ca;
     ec.resolv_conf = cfg->egress_resolv_conf;
     ec.max_conns_per_env = 256;
+    ec.conn_rate = cfg->egress_conn_rate != 0 ? cfg->egress_conn_rate : 100;
     ec.header_timeout_ms = cfg->egress_header_timeout_ms;
     ec.connect_timeout_ms = cfg->egress_connect_timeout_ms;
     ec.idle_timeout_ms = cfg->egress_idle_timeout_ms;

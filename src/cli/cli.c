@@ -36,7 +36,7 @@ static const char usage_text[] =
     "        [--egress-resolve NAME=IP]... [--egress-allow-cidr CIDR]... [--egress-upstream-ca F]\n"
     "        [--egress-resolv-conf F]\n"
     "        [--egress-connect-timeout DUR] [--egress-header-timeout DUR]\n"
-    "        [--egress-idle-timeout DUR]\n"
+    "        [--egress-idle-timeout DUR] [--egress-conn-rate N]\n"
     "        [--warm-pool N]      (keep N sandboxes started for creates to claim; default 2)\n"
     "        [--model M] [--workers N] [--max-per-key N] [--retention DUR] [--prices FILE]\n"
     "                             serve the HTTP API (docs/API.md) and the egress proxy\n"

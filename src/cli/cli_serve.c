@@ -102,6 +102,7 @@ cli__serve(const struct cli_global *g, int argc, char **argv)
         { "egress-connect-timeout", required_argument, NULL, 'T' },
         { "egress-header-timeout", required_argument, NULL, 'H' },
         { "egress-idle-timeout", required_argument, NULL, 'I' },
+        { "egress-conn-rate", required_argument, NULL, 'N' },
         { "log-format", required_argument, NULL, 'F' },
         { "log-level", required_argument, NULL, 'V' },
         { "warm-pool", required_argument, NULL, 'w' },
@@ -116,7 +117,6 @@ cli__serve(const struct cli_global *g, int argc, char **argv)
     const char *workers = env_or("PADDOCK_WORKERS", "8");
     const char *perkey = env_or("PADDOCK_MAX_PER_KEY", "64");
     const char *retention = env_or("PADDOCK_RETENTION", "55d");
-    uint64_t u;
     enum log_level level = g->level_given ? common_log_level : LOG_LEVEL_INFO;
     struct strlist resolve = {0}, allow = {0};
     struct api_config cfg;
@@ -128,6 +128,7 @@ cli__serve(const struct cli_global *g, int argc, char **argv)
     const char *ctimeout = env_or("PADDOCK_EGRESS_CONNECT_TIMEOUT", "10s");
     const char *ehtimeout = env_or("PADDOCK_EGRESS_HEADER_TIMEOUT", "30s");
     const char *eitimeout = env_or("PADDOCK_EGRESS_IDLE_TIMEOUT", "10m");
+    const char *crate = env_or("PADDOCK_EGRESS_CONN_RATE", "100");
     const char *warm = env_or("PADDOCK_WARM_POOL", "2");
     struct err *e = NULL;
     int c;
@@ -187,6 +188,9 @@ cli__serve(const struct cli_global *g, int argc, char **argv)
             break;
         case 'I':
             eitimeout = optarg;
+            break;
+        case 'N':
+            crate = optarg;
             break;
         case 'w':
             warm = optarg;
@@ -285,29 +289,35 @@ cli__serve(const struct cli_global *g, int argc, char **argv)
             }
         }
     }
-    if (util_parse_u64(warm, 64, &u, &e) < 0) {
-        strlist_free(&resolve);
-        strlist_free(&allow);
-        err_free(e);
-        return cli__usage("--warm-pool must be an integer from 0 to 64, not '%s'", warm);
-    }
-    cfg.warm_pool = (size_t)u;
-    if (util_parse_u64(workers, 1024, &u, &e) < 0 || u == 0) {
-        strlist_free(&resolve);
-        strlist_free(&allow);
-        if (e != NULL)
+    {
+        /* The counts, each within its range. */
+        uint64_t warm_n = 0, workers_n = 0, perkey_n = 0, rate_n = 0;
+        const struct {
+            const char *flag, *value;
+            uint64_t min, max, *out;
+        } counts[] = {
+            { "--warm-pool", warm, 0, 64, &warm_n },
+            { "--workers", workers, 1, 1024, &workers_n },
+            { "--max-per-key", perkey, 1, 1000000, &perkey_n },
+            { "--egress-conn-rate", crate, 1, 100000, &rate_n },
+        };
+        for (size_t i = 0; i < sizeof(counts) / sizeof(counts[0]); i++) {
+            int bad = util_parse_u64(counts[i].value, counts[i].max, counts[i].out, &e) < 0;
             err_free(e);
-        return cli__usage("--workers must be an integer from 1 to 1024");
+            e = NULL;
+            if (bad || *counts[i].out < counts[i].min) {
+                strlist_free(&resolve);
+                strlist_free(&allow);
+                return cli__usage("%s must be an integer from %llu to %llu, not '%s'",
+                                  counts[i].flag, (unsigned long long)counts[i].min,
+                                  (unsigned long long)counts[i].max, counts[i].value);
+            }
+        }
+        cfg.warm_pool = (size_t)warm_n;
+        cfg.workers = (unsigned)workers_n;
+        cfg.per_key_max = (unsigned)perkey_n;
+        cfg.egress_conn_rate = (unsigned)rate_n;
     }
-    cfg.workers = (unsigned)u;
-    if (util_parse_u64(perkey, 1000000, &u, &e) < 0 || u == 0) {
-        strlist_free(&resolve);
-        strlist_free(&allow);
-        if (e != NULL)
-            err_free(e);
-        return cli__usage("--max-per-key must be an integer from 1 to 1000000");
-    }
-    cfg.per_key_max = (unsigned)u;
     cfg.lc.count_ms = 2000;
     log_init(NULL, level, format);
     c = api_serve(&cfg, &e);

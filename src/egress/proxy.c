@@ -92,6 +92,9 @@ struct listener {
     int fd;
     unsigned conns;
     int refs; /* the listener list and every connection */
+    double tokens;       /* new connections it may open now (a bucket filled at conn_rate/s) */
+    int64_t tokens_ms;   /* when the bucket was last filled */
+    unsigned unrecorded; /* connections refused over the rate since the last summary record */
     struct listener *next;
 };
 
@@ -148,6 +151,7 @@ struct conn {
     bool req_close; /* the current inner request asked for Connection: close */
     size_t head_scanned; /* bytes of the request head searched for its end so far */
     bool revised;        /* the policy changed while a response was relayed: end after it */
+    bool unrecorded;     /* refused over the environment's rate: counted, not recorded alone */
     struct conn *prev, *next;
 };
 
@@ -188,10 +192,46 @@ struct egress {
 /* --------------------------------------------------------------- helpers */
 
 static void
+record(struct egress *eg, const struct store_egress *r)
+{
+    struct err *e = NULL;
+
+    if (store_egress_insert(eg->store, r, &e) < 0) {
+        log_warnx("egress: audit record lost: %s", e->msg);
+        err_free(e);
+    }
+}
+
+/*
+ * One record for the connections of ls refused over its rate since the last one: a sandbox
+ * that opens connections in a loop costs the audit a row a second, not one per attempt. Only
+ * refusals over the rate are summed up; whatever was let through has a record of its own.
+ */
+static void
+audit_unrecorded(struct listener *ls)
+{
+    struct store_egress r;
+
+    if (ls->unrecorded == 0 || ls->eg->store == NULL)
+        return;
+    memset(&r, 0, sizeof(r));
+    snprintf(r.env_id, sizeof(r.env_id), "%s", ls->id);
+    r.ts_ms = util_now_ms();
+    snprintf(r.decision, sizeof(r.decision), "deny");
+    snprintf(r.reason, sizeof(r.reason),
+             "%u more connections refused (429), not recorded one by one: over %u new "
+             "connections a second",
+             ls->unrecorded, ls->eg->cfg.conn_rate);
+    record(ls->eg, &r);
+    ls->unrecorded = 0;
+}
+
+static void
 listener_unref(struct listener *ls)
 {
     if (--ls->refs > 0)
         return;
+    audit_unrecorded(ls);
     if (ls->l != NULL)
         evconnlistener_free(ls->l); /* closes the fd */
     else if (ls->fd >= 0)
@@ -204,10 +244,13 @@ static void
 audit(struct conn *c)
 {
     struct store_egress r;
-    struct err *e = NULL;
 
     if (c->decision == NULL || c->eg->store == NULL)
         return;
+    if (c->unrecorded) {
+        c->ls->unrecorded++;
+        return;
+    }
     memset(&r, 0, sizeof(r));
     snprintf(r.env_id, sizeof(r.env_id), "%s", c->ls->id);
     snprintf(r.interaction_id, sizeof(r.interaction_id), "%s", c->interaction);
@@ -224,10 +267,7 @@ audit(struct conn *c)
             *p = '?';
     r.bytes_up = c->bytes_up;
     r.bytes_down = c->bytes_down;
-    if (store_egress_insert(c->eg->store, &r, &e) < 0) {
-        log_warnx("egress: audit record lost: %s", e->msg);
-        err_free(e);
-    }
+    record(c->eg, &r);
 }
 
 static void tunnel_free(struct tunnel *t);
@@ -2066,6 +2106,28 @@ dial_inner(struct conn *c)
     dial(c, (struct sockaddr *)&c->addr, c->addrlen);
 }
 
+/*
+ * A token bucket per environment for new connections: conn_rate a second, and twice that in a
+ * burst. A new connection takes a token or is refused (429).
+ */
+static bool
+rate_take(struct listener *ls, int64_t now)
+{
+    double rate = ls->eg->cfg.conn_rate, burst = 2 * rate;
+
+    if (ls->tokens_ms == 0)
+        ls->tokens = burst;
+    else if (now > ls->tokens_ms)
+        ls->tokens += (double)(now - ls->tokens_ms) * rate / 1000.0;
+    if (ls->tokens > burst)
+        ls->tokens = burst;
+    ls->tokens_ms = now;
+    if (ls->tokens < 1.0)
+        return false;
+    ls->tokens -= 1.0;
+    return true;
+}
+
 static void
 accepted(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg)
 {
@@ -2090,6 +2152,12 @@ accepted(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int 
     eg->conns.next = c;
     nodelay(fd);
     c->cl = bufferevent_socket_new(eg->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    if (!rate_take(ls, c->start_ms)) {
+        c->unrecorded = true;
+        refuse(c, 429, "deny", "more than %u new connections a second from this environment",
+               eg->cfg.conn_rate);
+        return;
+    }
     if (ls->conns > eg->cfg.max_conns_per_env) {
         refuse(c, 429, "deny", "more than %u connections of this environment at once",
                eg->cfg.max_conns_per_env);
@@ -2112,6 +2180,8 @@ sweep(evutil_socket_t fd, short what, void *arg)
     (void)what;
     if (eg->nl_ev == NULL && now - eg->local_ms >= 10000)
         local_refresh(eg);
+    for (struct listener *ls = eg->listeners; ls != NULL; ls = ls->next)
+        audit_unrecorded(ls);
     for (struct conn *c = eg->conns.next, *next; c != &eg->conns; c = next) {
         next = c->next;
         /* A deadline for the whole head, not an idle timer a byte a second would reset. */

@@ -5,6 +5,7 @@ proxy coming back for a re-adopted sandbox after `kill -9` of the server and for
 environment."""
 
 import json
+import re
 import subprocess
 import time
 
@@ -315,6 +316,60 @@ def test_client_that_stops_reading_is_let_go(quick):
     assert done["r"].rc == 0 and int(done["r"].text.split()[0]) > 0, done["r"]
 
 
+FLOOD_SCRIPT = r'''
+import json, socket, sys, time
+n = int(sys.argv[1]); out = {}
+t0 = time.monotonic()
+for i in range(n):
+    s = socket.create_connection(("127.0.0.1", 3128), timeout=10)
+    s.sendall(b"CONNECT denied.test:443 HTTP/1.1\r\n\r\n")
+    d = b""
+    while b"\r\n\r\n" not in d:
+        x = s.recv(4096)
+        if not x:
+            break
+        d += x
+    s.close()
+    k = d.split(b" ", 2)[1].decode() if d.startswith(b"HTTP/1.1 ") else "none"
+    out[k] = out.get(k, 0) + 1
+out["seconds"] = time.monotonic() - t0
+print(json.dumps(out))
+'''
+
+
+def test_connection_flood_is_refused_and_summed_up(pd):
+    """--egress-conn-rate: an environment opening connections in a loop gets 429 past its rate
+    (twice that in a burst), and the audit gets a summary record a second for those instead of
+    a row per attempt. Every connection is accounted for: one by one, or in a summary."""
+    rate, n = 20, 300
+    lb = Lab(pd, extra_args=["--egress-conn-rate", str(rate)])
+    try:
+        e = lb.env(allowlist=["allowed.test:443"])
+        before = len(lb.records(e.id))
+        r = e.exec("python3", "-c", FLOOD_SCRIPT, str(n), timeout=120)
+        assert r.rc == 0, r
+        got = json.loads(r.text.strip().splitlines()[-1])
+        assert got.get("403", 0) + got.get("429", 0) == n, got
+        # A burst of 2x the rate, then the rate; the listener's probe took one token.
+        allowed_max = 2 * rate + rate * (got["seconds"] + 1)
+        assert got["429"] >= n - allowed_max, got
+        summed = re.compile(r"^(\d+) more connections refused \(429\), not recorded one by one")
+
+        def accounted():
+            recs = lb.records(e.id)[before:]
+            one = [x for x in recs if not summed.match(x["reason"])]
+            total = sum(int(summed.match(x["reason"]).group(1)) for x in recs
+                        if summed.match(x["reason"]))
+            return (len(one), total) if len(one) + total >= n else None
+        counts = pdk.wait_until(accounted, 10)
+        assert counts, (got, lb.records(e.id)[-5:])
+        one, total = counts
+        assert one + total == n and total == got["429"], (counts, got)
+        assert one <= allowed_max, (counts, got)
+    finally:
+        lb.close()
+
+
 @pytest.mark.parametrize("flag,bad", [("--egress-header-timeout", "0.5s"),
                                       ("--egress-header-timeout", "2h"),
                                       ("--egress-idle-timeout", "0"),
@@ -326,7 +381,12 @@ def test_client_that_stops_reading_is_let_go(quick):
                                       # durations without a range of their own
                                       ("--retention", "nan"),
                                       ("--expire-after", "inf"),
-                                      ("--idle-after", "1e300")])
+                                      ("--idle-after", "1e300"),
+                                      # counts
+                                      ("--egress-conn-rate", "0"),
+                                      ("--egress-conn-rate", "100001"),
+                                      ("--egress-conn-rate", "ten"),
+                                      ("--workers", "0")])
 def test_serve_timer_out_of_range_is_refused(pd, flag, bad):
     r = pd.run("serve", flag, bad)
     assert r.rc != 0
