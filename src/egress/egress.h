@@ -173,7 +173,7 @@ struct egress_config {
     const char *upstream_ca;       /* an extra CA trusted for intercepted upstreams */
     const char *resolv_conf;       /* nameservers and options; NULL: /etc/resolv.conf */
     unsigned max_conns_per_env;    /* concurrent connections of one environment */
-    unsigned conn_rate;            /* new connections a second of one environment (2x burst) */
+    unsigned conn_rate;            /* new connections a second of one environment, after a burst */
     int64_t header_timeout_ms;     /* the whole request head, a deadline not an idle timer */
     int64_t idle_timeout_ms;       /* a relay with no byte either way is closed */
     int64_t connect_timeout_ms;    /* dial to a connected socket (and verified TLS when

@@ -2107,13 +2107,14 @@ dial_inner(struct conn *c)
 }
 
 /*
- * A token bucket per environment for new connections: conn_rate a second, and twice that in a
- * burst. A new connection takes a token or is refused (429).
+ * A token bucket per environment for new connections: conn_rate a second, after a burst of as
+ * many as it may hold at once plus a second's worth (an environment can always fill its cap).
+ * A new connection takes a token or is refused (429).
  */
 static bool
 rate_take(struct listener *ls, int64_t now)
 {
-    double rate = ls->eg->cfg.conn_rate, burst = 2 * rate;
+    double rate = ls->eg->cfg.conn_rate, burst = ls->eg->cfg.max_conns_per_env + rate;
 
     if (ls->tokens_ms == 0)
         ls->tokens = burst;
