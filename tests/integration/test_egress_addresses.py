@@ -182,7 +182,8 @@ def selflab(tmp_path_factory):
             lb.up = up
             p = lb.server.port
             lb.e = lb.env(allowlist=[f"self.test:{p}", f"self.test:{up.port}", f"127.0.0.1:{p}",
-                                     f"0.0.0.0:{p}", f"[::ffff:127.0.0.1]:{p}"])
+                                     f"127.0.0.2:{p}", f"0.0.0.0:{p}", f"[::ffff:127.0.0.1]:{p}",
+                                     f"[::1]:{p}"])
             yield lb
         finally:
             lb.close()
@@ -194,7 +195,7 @@ def selflab(tmp_path_factory):
 HEALTHZ = "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
 
 
-@pytest.mark.parametrize("host", ["self.test", "127.0.0.1"])
+@pytest.mark.parametrize("host", ["self.test", "127.0.0.1", "127.0.0.2", "[::1]"])
 def test_self_connection_denied_even_when_ranges_allow_it(selflab, host):
     p = selflab.server.port
     r = selflab.e.raw(f"CONNECT {host}:{p} HTTP/1.1\r\n\r\n{HEALTHZ}")

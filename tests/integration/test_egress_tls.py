@@ -602,7 +602,8 @@ def test_inner_host_must_name_the_tunnel_destination(tl, host):
     (b"GET / HTTP/1.1\r\nX-Key: {ph}\r\n\r\n", 400),
     (b"GET https://other.test:{api}/ HTTP/1.1\r\nHost: api.test:{api}\r\n\r\n", 400),
     (b"CONNECT other.test:{api} HTTP/1.1\r\nHost: api.test:{api}\r\n\r\n", 400),
-], ids=["two-hosts", "no-host", "absolute-form", "nested-connect"])
+    (b"CONNECT /x HTTP/1.1\r\nHost: api.test:{api}\r\n\r\n", 400),
+], ids=["two-hosts", "no-host", "absolute-form", "nested-connect", "nested-connect-path"])
 def test_inner_request_shapes_that_could_name_another_host(tl, request_bytes, status):
     n = tl.api.count()
     data = request_bytes.replace(b"{api}", str(tl.api.port).encode()) \
@@ -790,6 +791,49 @@ def test_rotated_credential_is_not_injected_on_a_kept_alive_tunnel(tl):
     assert b"/three" in last and new.encode() in last and old.encode() not in last, last
     recs = records(tl, e.id)
     assert any("policy changed" in x["reason"] for x in recs), recs
+
+
+def test_inner_requests_lose_hop_by_hop_and_proxy_headers(tl):
+    """Case 32/34 inside interception: what the forwarder strips is stripped from a request in
+    an intercepted tunnel too, and an Upgrade cannot get through."""
+    n = hostile(tl, OK_RESP)
+    hdrs = [("Proxy-Authorization", "Basic c2VjcmV0OnNlY3JldA=="), ("X-Forwarded-For", "10.0.0.1"),
+            ("Forwarded", "for=10.0.0.1"), ("Via", "1.1 evil"), ("Connection", "Upgrade, X-Hop"),
+            ("Upgrade", "websocket"), ("X-Hop", "1"), ("X-Paddock-Egress", "deny"),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZQ=="), ("X-Keep", "k")]
+    g = tl.e.tls("api.test", tl.hostile.port,
+                 req("api.test", tl.hostile.port, path="/h", headers=hdrs + [("Connection", "close")]))
+    assert g.status == 200, g
+    settle()
+    (got,) = tl.hostile.requests()[n:]
+    names = [l.split(b":", 1)[0].lower() for l in got.raw.split(b"\r\n\r\n")[0].split(b"\r\n")[1:]]
+    for gone in (b"proxy-authorization", b"x-forwarded-for", b"forwarded", b"via", b"upgrade",
+                 b"x-hop", b"x-paddock-egress"):
+        assert gone not in names, (gone, got.raw)
+    assert b"x-keep" in names and b"c2VjcmV0" not in got.raw, got.raw
+
+
+def test_inner_chunked_request_is_refused(tl):
+    n = hostile(tl, OK_RESP)
+    body = b"5\r\nhello\r\n0\r\n\r\n"
+    g = tl.e.tls("api.test", tl.hostile.port,
+                 req("api.test", tl.hostile.port, method="POST",
+                     headers=[("Transfer-Encoding", "chunked")]) + body)
+    assert g.status == 400 and b"Transfer-Encoding" in g.body, g
+    settle()
+    assert tl.hostile.requests()[n:] == []
+
+
+def test_next_request_on_a_kept_alive_tunnel_must_name_its_host(tl):
+    """A second request on an intercepted tunnel is held to the tunnel's destination like the
+    first: another Host is a 421, nothing injected, nothing forwarded."""
+    n = hostile(tl, OK_RESP, linger=3.0)
+    g = tl.e.tls("api.test", tl.hostile.port, req("api.test", tl.hostile.port, path="/one"),
+                 later=req("other.test", tl.hostile.port, path="/two"), later_s=0.5 * SLOWDOWN)
+    assert g.raw.count(b"\r\n\r\nok") == 1 and b"HTTP/1.1 421 " in g.raw, g
+    settle()
+    got = tl.hostile.requests()[n:]
+    assert len(got) == 1 and b"/two" not in got[0].raw and got[0].raw.count(SECRET.encode()) == 1
 
 
 def test_plain_tunnel_fronting_carries_no_credential(tl):
