@@ -263,11 +263,16 @@ def test_oauth2_token_is_fetched_refreshed_and_vetted(capi, upstreams):
     r = capi.creds.request("PATCH", "/v1beta/credentials/oa?update_mask=token_url",
                            json_body={"type": "oauth2", "token_url": "https://127.0.0.1:9/t"})
     assert r.status == 200
-    pdk.wait_until(lambda: capi.pd.run("env", "exec", e, "-c",
-                                       f"curl -sS -m 5 https://{api_host}/").rc != 0, 10)
-    recs = capi.http.get(f"/v1beta/environments/{e}/egress").json()["records"]
-    assert any(x["decision"] == "deny" and "loopback" in x["reason"] for x in recs), \
-        "\n".join([json.dumps(x) for x in recs[-3:]] + capi.server.lines[-25:])
+    # (A request caught by the policy swap itself is closed with "policy changed": the one
+    # after it is refused with the reason.)
+
+    def refused_with_why():
+        capi.pd.run("env", "exec", e, "-c", f"curl -sS -m 5 https://{api_host}/")
+        recs = capi.http.get(f"/v1beta/environments/{e}/egress").json()["records"]
+        return any(x["decision"] == "deny" and "loopback" in x["reason"] for x in recs)
+    assert pdk.wait_until(refused_with_why, 10), "\n".join(
+        [json.dumps(x) for x in capi.http.get(f"/v1beta/environments/{e}/egress").json()[
+            "records"][-3:]] + capi.server.lines[-25:])
 
 
 @pytest.mark.parametrize("client", sorted(BAD_TOKENS))
