@@ -588,7 +588,12 @@ class Lab:
         args += list(extra_args)
         self.pd = pd
         self.server = (server_cls or ApiServer)(pd, args=args).start()
-        self.api = Api(self.server)
+        try:
+            self.api = Api(self.server)
+        except BaseException:
+            # No Lab to close: stop the server here, or its warm pool outlives the test.
+            self.server.stop()
+            raise
 
     @property
     def http(self):
