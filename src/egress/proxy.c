@@ -868,28 +868,43 @@ head_end(struct evbuffer *in, size_t *scanned)
 static void head_read(struct bufferevent *bev, void *arg);
 static void head_event(struct bufferevent *bev, short what, void *arg);
 
-/* Whether the comma-separated list v[0..n) holds tok (case-insensitive, whitespace around
- * members ignored); *last_out (may be NULL) says whether it is the last member. */
+/*
+ * The next member of the comma-separated list [*v, end) (RFC 9110 §5.6.1), without the
+ * whitespace around it, at *tok for *len bytes; empty members are skipped, as a recipient
+ * must. False when none is left.
+ */
 static bool
-list_has(const char *v, size_t n, const char *tok, bool *last_out)
+list_next(const char **v, const char *end, const char **tok, size_t *len)
 {
-    size_t tl = strlen(tok);
-    bool found = false, last = false;
-
-    while (n > 0) {
-        const char *comma = memchr(v, ',', n);
-        size_t m = comma != NULL ? (size_t)(comma - v) : n;
-        const char *a = v, *b = v + m;
+    while (*v < end) {
+        const char *comma = memchr(*v, ',', (size_t)(end - *v));
+        const char *a = *v, *b = comma != NULL ? comma : end;
+        *v = comma != NULL ? comma + 1 : end;
         while (a < b && (*a == ' ' || *a == '\t'))
             a++;
         while (b > a && (b[-1] == ' ' || b[-1] == '\t'))
             b--;
-        last = (size_t)(b - a) == tl && strncasecmp(a, tok, tl) == 0;
+        if (b > a) {
+            *tok = a;
+            *len = (size_t)(b - a);
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Whether the comma-separated list v[0..n) holds tok (case-insensitive); *last_out (may be
+ * NULL) says whether it is the last member. */
+static bool
+list_has(const char *v, size_t n, const char *tok, bool *last_out)
+{
+    size_t tl = strlen(tok), ml;
+    const char *end = v + n, *m;
+    bool found = false, last = false;
+
+    while (list_next(&v, end, &m, &ml)) {
+        last = ml == tl && strncasecmp(m, tok, tl) == 0;
         found = found || last;
-        if (comma == NULL)
-            break;
-        v = comma + 1;
-        n -= m + 1;
     }
     if (last_out != NULL)
         *last_out = last;
@@ -1602,27 +1617,17 @@ connection_names(const char *head, char names[][65])
     const char *line = strstr(head, "\r\n");
 
     for (; line != NULL && line[2] != '\r' && line[2] != '\0'; line = strstr(line + 2, "\r\n")) {
-        const char *v = line + 2, *eol = strstr(v, "\r\n");
+        const char *v = line + 2, *eol = strstr(v, "\r\n"), *a;
+        size_t len;
         if (eol == NULL || (size_t)(eol - v) < 11 || strncasecmp(v, "connection:", 11) != 0)
             continue;
-        for (v += 11; v < eol && n < CONN_NAMES;) {
-            const char *a = v, *b;
-            size_t len;
-            while (a < eol && (*a == ' ' || *a == '\t' || *a == ','))
-                a++;
-            for (b = a; b < eol && *b != ',' && *b != ' ' && *b != '\t';)
-                b++;
-            len = (size_t)(b - a);
-            if (len > 0 && len <= 64 && !(len == 14 && strncasecmp(a, "content-length", 14) == 0) &&
+        for (v += 11; n < CONN_NAMES && list_next(&v, eol, &a, &len);)
+            if (len <= 64 && !(len == 14 && strncasecmp(a, "content-length", 14) == 0) &&
                 !(len == 4 && strncasecmp(a, "host", 4) == 0)) {
                 for (size_t i = 0; i < len; i++)
                     names[n][i] = (char)tolower((unsigned char)a[i]);
                 names[n++][len] = '\0';
             }
-            v = b;
-            while (v < eol && *v != ',')
-                v++;
-        }
     }
     return n;
 }
@@ -1880,7 +1885,8 @@ parse_head(struct conn *c, char *head, bool inner)
                 refuse(c, 400, "deny", "control character in a header value");
                 return false;
             }
-        if (nl == 10 && strncasecmp(line, "connection", 10) == 0 && strcasestr(v, "close") != NULL)
+        if (nl == 10 && strncasecmp(line, "connection", 10) == 0 &&
+            list_has(v, strlen(v), "close", NULL))
             c->req_close = true;
         if (!inner && nl == 19 && strncasecmp(line, "proxy-authorization", 19) == 0)
             attribute(c, v);

@@ -678,11 +678,12 @@ def test_chunk_data_must_end_where_its_size_says(tl):
     assert any("did not end where" in x["reason"] for x in recs), recs
 
 
-def test_chunked_response_keeps_the_tunnel(tl):
+@pytest.mark.parametrize("te", ["chunked", "chunked,", " , chunked ,, "])
+def test_chunked_response_keeps_the_tunnel(tl, te):
     """A chunked response is the ordinary case: the tunnel stays open for the next request, and
-    the client is not told otherwise."""
-    hostile(tl, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
-            linger=0)
+    the client is not told otherwise. Empty list members are ignored (RFC 9110 §5.6.1)."""
+    hostile(tl, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: " + te.encode() +
+            b"\r\n\r\n2\r\nok\r\n0\r\n\r\n", linger=0)
     g = tl.e.tls("api.test", tl.hostile.port, req("api.test", tl.hostile.port),
                  timeout=2 * SLOWDOWN)
     assert g.status == 200 and g.body == b"2\r\nok\r\n0\r\n\r\n", g
@@ -834,6 +835,24 @@ def test_next_request_on_a_kept_alive_tunnel_must_name_its_host(tl):
     settle()
     got = tl.hostile.requests()[n:]
     assert len(got) == 1 and b"/two" not in got[0].raw and got[0].raw.count(SECRET.encode()) == 1
+
+
+def test_connection_close_is_a_list_member_not_a_substring(tl):
+    """A request whose Connection header names a field that merely contains "close" keeps its
+    tunnel open: the next request on it is forwarded too. One that lists close (among others)
+    ends the tunnel after its answer, and the next request goes nowhere."""
+    for conn, kept in (("x-closed-caption", True), ("x-a ,CLOSE", False)):
+        n = hostile(tl, OK_RESP, linger=2.0 * SLOWDOWN)
+        g = tl.e.tls("api.test", tl.hostile.port,
+                     req("api.test", tl.hostile.port, path="/one",
+                         headers=[("Connection", conn), (conn.split(" ")[0], "1")]),
+                     later=req("api.test", tl.hostile.port, path="/two"), later_s=0.5 * SLOWDOWN,
+                     timeout=1.5 * SLOWDOWN)
+        assert g.raw.count(b"\r\n\r\nok") == 1, (conn, g)
+        settle()
+        got = b"".join(c.raw for c in tl.hostile.requests()[n:])
+        assert b"GET /one " in got and (b"GET /two " in got) == kept, (conn, got)
+        assert b"x-closed-caption:" not in got.lower() and b"x-a:" not in got.lower(), got
 
 
 def test_plain_tunnel_fronting_carries_no_credential(tl):
