@@ -165,6 +165,18 @@ struct cmd {
     struct cmd *next;
 };
 
+/*
+ * This host's own addresses but loopback, kept current by a netlink watch (and the sweep);
+ * read by any thread through egress_vet(). Apart from struct egress so that a const egress
+ * can still take the lock.
+ */
+struct local_addrs {
+    pthread_mutex_t lock;
+    struct sockaddr_storage *a;
+    size_t n;
+    int64_t ms; /* when the list was last read */
+};
+
 struct egress {
     struct egress_config cfg;
     struct event_base *base;
@@ -179,14 +191,9 @@ struct egress {
     struct egress_tls *tls;
     unsigned char *relay_buf; /* tunnels' copy buffer, loop thread only (TUNNEL_CHUNK) */
     char *data_dir;           /* for the attribution key (env_proxy_tag_ok()) */
-    /* This host's own addresses but loopback, kept current by a netlink watch (and the
-     * sweep); read by any thread through egress_vet(). */
-    pthread_mutex_t local_lock;
-    struct sockaddr_storage *local;
-    size_t n_local;
+    struct local_addrs *local; /* this host's addresses, kept current by a netlink watch */
     int nl_fd;
     struct event *nl_ev;
-    int64_t local_ms; /* when the list was last read */
 };
 
 /* --------------------------------------------------------------- helpers */
@@ -1309,7 +1316,6 @@ is_self(const struct egress *eg, const struct sockaddr *sa)
     return false;
 }
 
-/* True for the addresses that mean "this host" when dialled: 0.0.0.0/8 and :: (any spelling). */
 /* Reads this host's addresses (getifaddrs: the proxy's own network namespace), loopback left
  * out (a refused class of its own). On failure the previous list stays. */
 static void
@@ -1340,12 +1346,12 @@ local_refresh(struct egress *eg)
         n++;
     }
     freeifaddrs(ifa);
-    pthread_mutex_lock(&eg->local_lock);
-    free(eg->local);
-    eg->local = v;
-    eg->n_local = n;
-    eg->local_ms = util_now_ms();
-    pthread_mutex_unlock(&eg->local_lock);
+    pthread_mutex_lock(&eg->local->lock);
+    free(eg->local->a);
+    eg->local->a = v;
+    eg->local->n = n;
+    eg->local->ms = util_now_ms();
+    pthread_mutex_unlock(&eg->local->lock);
 }
 
 /* Undoes the watch of this host's addresses. */
@@ -1356,7 +1362,11 @@ local_stop(struct egress *eg)
         event_free(eg->nl_ev);
     if (eg->nl_fd >= 0)
         close(eg->nl_fd);
-    free(eg->local);
+    if (eg->local != NULL) {
+        pthread_mutex_destroy(&eg->local->lock);
+        free(eg->local->a);
+        free(eg->local);
+    }
     eg->nl_ev = NULL;
     eg->nl_fd = -1;
     eg->local = NULL;
@@ -1375,15 +1385,16 @@ local_changed(evutil_socket_t fd, short what, void *arg)
 }
 
 static bool
-is_local(struct egress *eg, const struct sockaddr *sa)
+is_local(const struct egress *eg, const struct sockaddr *sa)
 {
+    struct local_addrs *la = eg->local;
     uint32_t a, b;
     uint16_t port;
     bool v4 = as_v4(sa, &a, &port), hit = false;
 
-    pthread_mutex_lock(&eg->local_lock);
-    for (size_t i = 0; i < eg->n_local && !hit; i++) {
-        const struct sockaddr *l = (const struct sockaddr *)&eg->local[i];
+    pthread_mutex_lock(&la->lock);
+    for (size_t i = 0; i < la->n && !hit; i++) {
+        const struct sockaddr *l = (const struct sockaddr *)&la->a[i];
         if (v4)
             hit = as_v4(l, &b, &port) && a == b;
         else if (sa->sa_family == AF_INET6 && l->sa_family == AF_INET6)
@@ -1391,10 +1402,11 @@ is_local(struct egress *eg, const struct sockaddr *sa)
                 memcmp(&((const struct sockaddr_in6 *)sa)->sin6_addr,
                        &((const struct sockaddr_in6 *)l)->sin6_addr, sizeof(struct in6_addr)) == 0;
     }
-    pthread_mutex_unlock(&eg->local_lock);
+    pthread_mutex_unlock(&la->lock);
     return hit;
 }
 
+/* True for the addresses that mean "this host" when dialled: 0.0.0.0/8 and :: (any spelling). */
 static bool
 unspecified(const struct sockaddr *sa)
 {
@@ -1420,7 +1432,7 @@ egress_vet(const struct egress *eg, const struct sockaddr *sa)
     /* This host's own addresses reach its services (sshd, a database on 0.0.0.0, a container
      * runtime's API) from the inside, past any firewall in front of it: only a range that is
      * that one address opens one, not a range it happens to be in. */
-    local = is_local((struct egress *)(uintptr_t)eg, sa);
+    local = is_local(eg, sa);
     for (size_t i = 0; i < eg->cfg.n_allow; i++) {
         const struct egress_cidr *r = &eg->cfg.allow[i];
         if (egress_cidr_contains(r, sa) &&
@@ -2185,7 +2197,7 @@ sweep(evutil_socket_t fd, short what, void *arg)
 
     (void)fd;
     (void)what;
-    if (eg->nl_ev == NULL && now - eg->local_ms >= 10000)
+    if (eg->nl_ev == NULL && now - eg->local->ms >= 10000)
         local_refresh(eg);
     for (struct listener *ls = eg->listeners; ls != NULL; ls = ls->next)
         audit_unrecorded(ls);
@@ -2437,11 +2449,13 @@ egress_start(const struct egress_config *cfg, struct egress **out, struct err **
     eg->cfg.data_dir = NULL;
     eg->data_dir = xstrdup(cfg->data_dir);
     pthread_mutex_init(&eg->lock, NULL);
-    pthread_mutex_init(&eg->local_lock, NULL);
+    eg->local = xcalloc(1, sizeof(*eg->local));
+    pthread_mutex_init(&eg->local->lock, NULL);
     eg->conns.next = eg->conns.prev = &eg->conns;
     eg->nl_fd = -1;
     eg->base = event_base_new();
     if (eg->base == NULL) {
+        local_stop(eg);
         free_cfg(eg);
         free(eg);
         return err_set(errp, ERR_INTERNAL, 0, "egress: event base");
