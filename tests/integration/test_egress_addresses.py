@@ -12,6 +12,7 @@ import errno
 import json
 import os
 import socket
+import subprocess
 import threading
 
 import pytest
@@ -156,6 +157,33 @@ def test_isolated_proxy_dials_what_it_allows(iso):
     assert r.status == 502, r
     assert r.eof, r
     assert iso.records(iso.e.id)[-1]["decision"] == "allow"
+
+
+@pytest.mark.parametrize("addr,lit,cls", [("10.99.0.1/32", "10.99.0.1", "private"),
+                                          ("fd00::99/128", "[fd00::99]", "unique local")])
+def test_an_address_this_host_gains_is_refused_at_once(iso, addr, lit, cls):
+    """The host's own addresses are kept current by a netlink watch: one added to the proxy's
+    network namespace after the proxy started is refused as this host's own from then on (not
+    after the 10 s re-read that stands in when there is no watch), and once removed it is back
+    to its class. The namespace is the one the isolated lab made with unshare, so the host's
+    own network is never touched, and nothing is ever dialled: both answers are refusals."""
+    ns = f"--net=/proc/{iso.server.proc.pid}/ns/net"
+
+    def ip(*a):
+        r = subprocess.run(["nsenter", ns, "ip", *a], capture_output=True, text=True)
+        assert r.returncode == 0, r
+
+    def reason():
+        r = iso.e.raw(f"CONNECT {lit}:443 HTTP/1.1\r\n\r\n")
+        return deny_body_ok(r, lit, 443, iso.e.id).lower()
+
+    assert cls in reason()
+    ip("addr", "add", addr, "dev", "lo")
+    try:
+        assert pdk.wait_until(lambda: "this host's own" in reason(), 5, 0.05), reason()
+    finally:
+        ip("addr", "del", addr, "dev", "lo")
+    assert pdk.wait_until(lambda: cls in reason(), 5, 0.05), reason()
 
 
 def test_ipv6_zone_ids_and_bad_literals_are_400(iso):
