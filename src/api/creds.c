@@ -235,6 +235,12 @@ check_field(const char *name, json_t *v, struct err **errp)
             return err_set(errp, ERR_INVALID, 0,
                            "header_name is not a header field name (a token of at most 64 "
                            "bytes)");
+        if (!egress_header_injectable(json_string_value(v)))
+            return err_set(errp, ERR_INVALID, 0,
+                           "header_name '%s' frames, routes or belongs to one hop of a request "
+                           "(Host, Content-Length, Transfer-Encoding, Connection, Proxy-*...); "
+                           "it cannot carry a credential",
+                           json_string_value(v));
     }
     return 0;
 }

@@ -117,6 +117,10 @@ struct egress_policy *egress_policy_dup(const struct egress_policy *p);
 
 /** True when s is an HTTP field name (a token) of at most 64 bytes. */
 bool egress_header_name_ok(const char *s);
+/** True when name is a field the proxy may set on a request: a field name, and none that
+ * frames, routes or belongs to one hop (Host, Content-Length, Transfer-Encoding, Connection,
+ * Keep-Alive, TE, Trailer, Upgrade, Expect, Proxy-*). */
+bool egress_header_injectable(const char *name);
 /** True when s may stand in an HTTP field value: no control character but tab (no CR, LF, DEL),
  * so nothing put into a header can end it or start another. */
 bool egress_header_value_ok(const char *s);

@@ -210,6 +210,26 @@ egress_header_name_ok(const char *s)
 }
 
 bool
+egress_header_injectable(const char *name)
+{
+    /* The fields that frame a message, route it or belong to one hop: a value the proxy set
+     * for them would disagree with the bytes the client sends (a Content-Length that is not
+     * the body's, a Transfer-Encoding over a body framed by length) or duplicate the one Host
+     * the destination checks were made against. */
+    static const char *const framing[] = { "host",       "content-length", "transfer-encoding",
+                                           "connection", "keep-alive",     "te",
+                                           "trailer",    "upgrade",        "expect",
+                                           NULL };
+
+    if (!egress_header_name_ok(name) || strncasecmp(name, "proxy-", 6) == 0)
+        return false;
+    for (size_t i = 0; framing[i] != NULL; i++)
+        if (strcasecmp(name, framing[i]) == 0)
+            return false;
+    return true;
+}
+
+bool
 egress_header_value_ok(const char *s)
 {
     for (const unsigned char *p = (const unsigned char *)s; *p != '\0'; p++)
@@ -221,7 +241,7 @@ egress_header_value_ok(const char *s)
 bool
 egress_rule_add_header(struct egress_rule *r, const char *name, const char *value)
 {
-    if (!egress_header_name_ok(name) || !egress_header_value_ok(value))
+    if (!egress_header_injectable(name) || !egress_header_value_ok(value))
         return false;
     /* Replace: one value per header name, the last one given wins. */
     for (size_t i = 0; i < r->n_headers; i++)
@@ -257,6 +277,11 @@ compile_transform(json_t *tr, size_t i, struct egress_rule *r, struct err **errp
             if (!egress_header_name_ok(name))
                 return err_set(errp, ERR_INVALID, 0,
                                "network.allowlist[%zu].transform: bad header name", i);
+            if (!egress_header_injectable(name))
+                return err_set(errp, ERR_INVALID, 0,
+                               "network.allowlist[%zu].transform.%s: this header frames, "
+                               "routes or belongs to one hop of a request; it cannot be set",
+                               i, name);
             if (val == NULL || !egress_header_value_ok(val) ||
                 strlen(val) != json_string_length(v) || json_string_length(v) > 8192)
                 return err_set(errp, ERR_INVALID, 0,

@@ -1185,6 +1185,21 @@ def test_credential_fields_with_cr_lf_are_refused(tl, body):
         "header_name" in r.json()["error"]["message"], r
 
 
+@pytest.mark.parametrize("name", ["Content-Length", "transfer-encoding", "Host", "Connection",
+                                  "Proxy-Authorization", "Upgrade", "TE"])
+def test_framing_headers_cannot_be_injected(tl, name):
+    """A credential's header_name or a transform naming a field that frames, routes or belongs
+    to one hop is refused, naming it: set by the proxy, a Content-Length or Transfer-Encoding
+    would disagree with the body the client frames, and a second Host with the one the
+    destination was checked against."""
+    r = tl.creds.post("/v1beta/credentials", json_body={
+        "type": "bearer_token", "id": "framing", "token": "t", "header_name": name})
+    assert r.status == 400 and name in r.json()["error"]["message"], r
+    r = tl.a.http.create({"network": {"allowlist": [
+        {"domain": f"api.test:{tl.api.port}", "transform": {name: "1"}}]}}, ok=False)
+    assert r.status == 400 and f"transform.{name}" in r.json()["error"]["message"], r
+
+
 def test_injected_header_replaces_every_client_copy(tl):
     """Case 38: client copies of an injected header in any case are dropped; exactly one
     arrives, the rule's."""

@@ -801,6 +801,49 @@ test_injected_headers_checked(void **state)
     egress_policy_free(p);
 }
 
+/* Fields that frame, route or belong to one hop are never set by the proxy: not by a transform
+ * (refused at compile time, naming the field) and not by a credential's header_name (refused
+ * when injected, for one stored before the rule). Ordinary fields still are. */
+static void
+test_framing_headers_not_injectable(void **state)
+{
+    static const char *const framing[] = {
+        "Host",       "content-length",      "Transfer-Encoding", "TE",
+        "Connection", "Keep-Alive",          "Trailer",           "Upgrade",
+        "Expect",     "Proxy-Authorization", "proxy-connection"
+    };
+    struct egress_policy *p = NULL;
+    struct err *e = NULL;
+    json_t *j = load_json("{\"allowlist\": [{\"domain\": \"a.com\", \"credential\": \"c\"}]}");
+    (void)state;
+
+    ASSERT_NO_ERR(egress_policy_compile(j, &p, &e), &e);
+    json_decref(j);
+    for (size_t i = 0; i < ARRAY_LEN(framing); i++) {
+        char net[256];
+        struct egress_policy *q = NULL;
+        assert_true(egress_header_name_ok(framing[i]));
+        assert_false(egress_header_injectable(framing[i]));
+        assert_false(egress_rule_add_header(&p->rules[0], framing[i], "1"));
+        snprintf(net, sizeof(net),
+                 "{\"allowlist\": [{\"domain\": \"a.com\", \"transform\": {\"%s\": \"1\"}}]}",
+                 framing[i]);
+        j = load_json(net);
+        assert_int_equal(egress_policy_compile(j, &q, &e), -1);
+        assert_non_null(strstr(e->msg, framing[i]));
+        err_free(e);
+        e = NULL;
+        json_decref(j);
+    }
+    assert_int_equal(p->rules[0].n_headers, 0);
+    for (size_t i = 0; i < 4; i++) {
+        static const char *const fine[] = { "Authorization", "X-Api-Key", "Hosts", "TEx" };
+        assert_true(egress_header_injectable(fine[i]));
+        assert_true(egress_rule_add_header(&p->rules[0], fine[i], "1"));
+    }
+    egress_policy_free(p);
+}
+
 static struct egress_policy *
 compiled(const char *network)
 {
@@ -877,6 +920,7 @@ test_policy_run(void)
         cmocka_unit_test(test_match_reasons_distinct),
         cmocka_unit_test(test_match_modes),
         cmocka_unit_test(test_injected_headers_checked),
+        cmocka_unit_test(test_framing_headers_not_injectable),
         cmocka_unit_test(test_fingerprint_covers_everything),
     };
 
