@@ -837,8 +837,20 @@ attach_egress(struct env_ctx *ctx, const struct store_env *e)
     }
     cfg = json_loads(config, 0, NULL);
     /* A CLI environment with --network open has no stored policy: open. */
-    if (egress_policy_compile(json_object_get(cfg, "network"), &pol, &er) == 0)
-        resolve_credentials(ctx, e, cfg, pol);
+    if (egress_policy_compile(json_object_get(cfg, "network"), &pol, &er) == 0) {
+        if (strcmp(egress_mode_name(pol), e->network) != 0) {
+            /* Fail closed: a row that says allowlist over a config without one is never
+             * given an open proxy. */
+            err_set(&er, ERR_INTERNAL, 0,
+                    "its network is '%s' but its stored policy is '%s': "
+                    "no proxy",
+                    e->network, egress_mode_name(pol));
+            egress_policy_free(pol);
+            pol = NULL;
+        } else {
+            resolve_credentials(ctx, e, cfg, pol);
+        }
+    }
     if (pol == NULL || (made = egress_attach(egress, e->id, &init, pol, &er)) < 0) {
         log_warnx("egress: %s: %s", e->id, er->msg);
         err_free(er);

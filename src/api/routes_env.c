@@ -460,9 +460,7 @@ decode_create(const struct env_decode *r, json_t *body, bool inline_form, struct
         struct egress_policy *pol;
         if (egress_policy_compile(net, &pol, errp) < 0)
             return -1;
-        c->opts.network = pol->mode == EGRESS_DISABLED ? "disabled"
-                          : pol->mode == EGRESS_OPEN   ? "open"
-                                                       : "allowlist";
+        c->opts.network = egress_mode_name(pol);
         egress_policy_free(pol);
     }
     return 0;

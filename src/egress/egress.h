@@ -115,6 +115,9 @@ uint64_t egress_policy_print(const struct egress_policy *p);
 /** A deep copy. */
 struct egress_policy *egress_policy_dup(const struct egress_policy *p);
 
+/** The mode's name as an environment's row stores it: "disabled", "open" or "allowlist". */
+const char *egress_mode_name(const struct egress_policy *p);
+
 /** True when s is an HTTP field name (a token) of at most 64 bytes. */
 bool egress_header_name_ok(const char *s);
 /** True when name is a field the proxy may set on a request: a field name, and none that

@@ -195,6 +195,12 @@ egress_parse_authority(const char *in, uint16_t default_port, struct egress_dest
 
 #define HEADERS_PER_RULE 32
 
+const char *
+egress_mode_name(const struct egress_policy *p)
+{
+    return p->mode == EGRESS_DISABLED ? "disabled" : p->mode == EGRESS_OPEN ? "open" : "allowlist";
+}
+
 bool
 egress_header_name_ok(const char *s)
 {

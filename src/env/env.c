@@ -270,6 +270,17 @@ env__run_start_hook(struct env_ctx *c, const struct store_env *e)
         start_hook(start_hook_arg, c, e);
 }
 
+/* Whether the stored config (JSON, may be NULL) carries network.allowlist. */
+static bool
+config_has_allowlist(const char *config)
+{
+    json_t *j = config != NULL ? json_loads(config, 0, NULL) : NULL;
+    bool yes = json_is_array(json_object_get(json_object_get(j, "network"), "allowlist"));
+
+    json_decref(j);
+    return yes;
+}
+
 static int
 validate(const struct env_create_opts *o, struct err **errp)
 {
@@ -277,6 +288,12 @@ validate(const struct env_create_opts *o, struct err **errp)
         strcmp(o->network, "open") != 0 && strcmp(o->network, "allowlist") != 0)
         return err_set(errp, ERR_INVALID, 0, "network must be 'disabled' or 'open', not '%s'",
                        o->network);
+    /* The mode alone is no policy: an allowlist without its entries would be an open proxy. */
+    if (o->network != NULL && strcmp(o->network, "allowlist") == 0 &&
+        !config_has_allowlist(o->config))
+        return err_set(errp, ERR_INVALID, 0,
+                       "network 'allowlist' needs its entries (the API's network.allowlist); "
+                       "here the network is 'disabled' or 'open'");
     if (o->memory_bytes != 0 && o->memory_bytes < (4ULL << 20))
         return err_set(errp, ERR_INVALID, 0, "memory must be at least 4M");
     if (o->pids != 0 && o->pids < 8)

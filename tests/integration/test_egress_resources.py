@@ -47,6 +47,31 @@ def test_open_network_has_listener_and_proxy_variables(lab):
     assert "loopback" in deny_body_ok(b, "private.test", lab.up3.port, e.id)
 
 
+def test_a_row_whose_policy_disagrees_gets_no_proxy(pd):
+    """Fail closed: an environment whose row says allowlist but whose stored config holds no
+    allowlist (as `env create --network allowlist` once stored) is never given a proxy, which
+    would have been open; the server says why. The same environment as open gets one."""
+    import sqlite3
+    lb = Lab(pd)
+    try:
+        e = SandboxEnv(pd, pd.create("--network", "open").info)
+        probe = conn_spec("", timeout=1, shut=True)
+        assert pdk.wait_until(lambda: e.raw_many([probe])[0].connect_err is None, 10, 0.2)
+        lb.server.kill()
+        db = sqlite3.connect(pd.data / "paddock.db", timeout=10)
+        with db:
+            db.execute("UPDATE environments SET network = 'allowlist' WHERE id = ?", (e.id,))
+        db.close()
+        lb.server.start()
+        said = lambda: any(e.id in l and "stored policy is 'open': no proxy" in l  # noqa: E731
+                           for l in lb.server.lines)
+        assert pdk.wait_until(said, 10), lb.server.lines[-20:]
+        r = e.raw("CONNECT allowed.test:80 HTTP/1.1\r\n\r\n")
+        assert r.connect_err == 111, r   # nothing listens in the sandbox
+    finally:
+        lb.close()
+
+
 # ------------------------------------------------------------------ 42. connection cap
 
 CAP_SCRIPT = r'''
