@@ -2578,7 +2578,18 @@ struct attached {
 };
 static struct attached *att;
 static size_t natt;
+/*
+ * Held across a whole attach or detach: the look-up, the new listening socket, the update of
+ * att and the command pushed. Two threads attaching the same environment at once (a start
+ * hook and the reconcile pass) would otherwise both find nothing, and both bind (the listener
+ * is SO_REUSEPORT): two listeners, of which a policy update reaches only the first, so a
+ * revoked credential stayed injected on the other's connections. It also keeps the commands
+ * in the order att records: two updates pushed the other way round would leave the loop with
+ * the older policy while att says the newer one.
+ */
 static pthread_mutex_t att_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void detach_locked(struct egress *eg, const char *id);
 
 int
 egress_attach(struct egress *eg, const char *id, const struct sandbox_init *init,
@@ -2596,7 +2607,6 @@ egress_attach(struct egress *eg, const char *id, const struct sandbox_init *init
             att[i].init.start == init->start) {
             bool same = att[i].print == print;
             att[i].print = print;
-            pthread_mutex_unlock(&att_lock);
             if (!same && policy->mode != EGRESS_DISABLED) {
                 /* Same sandbox, new policy: swap it under the same listening socket. */
                 cm = xcalloc(1, sizeof(*cm));
@@ -2605,17 +2615,25 @@ egress_attach(struct egress *eg, const char *id, const struct sandbox_init *init
                 cm->pol = pref_new(policy);
                 push(eg, cm);
             } else if (!same) {
-                egress_detach(eg, id);
+                detach_locked(eg, id);
             }
+            pthread_mutex_unlock(&att_lock);
             return 0;
         }
-    pthread_mutex_unlock(&att_lock);
-    egress_detach(eg, id);
-    if (policy->mode == EGRESS_DISABLED)
+    if (policy->mode == EGRESS_DISABLED) {
+        detach_locked(eg, id);
+        pthread_mutex_unlock(&att_lock);
         return 0;
+    }
+    /* Another sandbox's listener for this id goes only once this one listens: an attach from
+     * a stale view (an init that has since died and been replaced) fails here and leaves the
+     * current sandbox's listener alone. */
     fd = sandbox_netns_listen(init, EGRESS_PORT, errp);
-    if (fd < 0)
+    if (fd < 0) {
+        pthread_mutex_unlock(&att_lock);
         return err_wrap(errp, "egress listener for %s", id);
+    }
+    detach_locked(eg, id);
     ls = xcalloc(1, sizeof(*ls));
     ls->eg = eg;
     ls->fd = fd;
@@ -2626,37 +2644,43 @@ egress_attach(struct egress *eg, const char *id, const struct sandbox_init *init
     cm = xcalloc(1, sizeof(*cm));
     cm->kind = CMD_ATTACH;
     cm->ls = ls;
-    pthread_mutex_lock(&att_lock);
     att = xrealloc(att, (natt + 1) * sizeof(*att));
     snprintf(att[natt].id, sizeof(att[natt].id), "%s", id);
     att[natt].init = *init;
     att[natt].print = print;
     natt++;
-    pthread_mutex_unlock(&att_lock);
     push(eg, cm);
+    pthread_mutex_unlock(&att_lock);
     return 1;
 }
 
-void
-egress_detach(struct egress *eg, const char *id)
+/* egress_detach() with att_lock held. */
+static void
+detach_locked(struct egress *eg, const char *id)
 {
     struct cmd *cm;
     bool had = false;
 
-    pthread_mutex_lock(&att_lock);
     for (size_t i = 0; i < natt; i++)
         if (strcmp(att[i].id, id) == 0) {
             att[i] = att[--natt];
             had = true;
             break;
         }
-    pthread_mutex_unlock(&att_lock);
     if (!had)
         return;
     cm = xcalloc(1, sizeof(*cm));
     cm->kind = CMD_DETACH;
     snprintf(cm->id, sizeof(cm->id), "%s", id);
     push(eg, cm);
+}
+
+void
+egress_detach(struct egress *eg, const char *id)
+{
+    pthread_mutex_lock(&att_lock);
+    detach_locked(eg, id);
+    pthread_mutex_unlock(&att_lock);
 }
 
 size_t
