@@ -79,6 +79,14 @@ enum MHD_Result api_reply_response(struct api_req *r, unsigned status,
                                    struct MHD_Response *resp);
 /** Checks the request's key has scope; replies 403 and returns false when not. */
 bool api_require(struct api_req *r, const char *scope, enum MHD_Result *res);
+/*
+ * An environment spec whose allowlist entries name a credential decides where that secret is
+ * sent (a bearer_token or oauth2 credential has no domains of its own): only a key that may
+ * write credentials may do that. True when spec names none or the key may; else replies 403
+ * naming the entry (field prefixes it, e.g. "environment.") and returns false.
+ */
+bool api_may_bind_credentials(struct api_req *r, json_t *spec, const char *field,
+                              enum MHD_Result *res);
 /** The base URL clients reach this server at ("http://host:port"). Owned. */
 char *api_base_url(const struct api_req *r);
 struct env_ctx *api_ctx(struct api_req *r, struct err **errp);

@@ -326,6 +326,30 @@ api_require(struct api_req *r, const char *scope, enum MHD_Result *res)
     return false;
 }
 
+bool
+api_may_bind_credentials(struct api_req *r, json_t *spec, const char *field, enum MHD_Result *res)
+{
+    json_t *al = json_object_get(json_object_get(spec, "network"), "allowlist"), *e;
+    size_t i;
+
+    if (!json_is_array(al) || has_word(r->auth.scopes, "credentials.write"))
+        return true;
+    json_array_foreach(al, i, e) {
+        const char *cred = json_string_value(json_object_get(e, "credential"));
+        if (cred == NULL)
+            continue;
+        cleanup_free char *c = log_escape(cred, strlen(cred), 64);
+        *res = api_reply_status(r, 403, "PERMISSION_DENIED",
+                                "%snetwork.allowlist[%zu].credential: API key '%s' lacks the "
+                                "scope credentials.write, which binding credential '%s' to a "
+                                "destination needs (whoever chooses where a secret is sent can "
+                                "read it there)",
+                                field, i, r->auth.name, c);
+        return false;
+    }
+    return true;
+}
+
 /* Finds the key and checks it; replies 401 and returns false when it does not pass. */
 static bool
 authenticate(struct api_req *r, enum MHD_Result *res)

@@ -215,6 +215,10 @@ create_interaction(struct api_req *r, struct env_ctx *ctx)
 
     if (body == NULL)
         return res;
+    if (!api_may_bind_credentials(r, json_object_get(body, "environment"), "environment.", &res)) {
+        json_decref(body);
+        return res;
+    }
     if (idem != NULL && (idem[0] == '\0' || strlen(idem) > 255)) {
         json_decref(body);
         return api_reply_status(r, 400, "INVALID_ARGUMENT",
@@ -362,6 +366,11 @@ create_agent(struct api_req *r, struct env_ctx *ctx)
 
     if (body == NULL)
         return res;
+    if (!api_may_bind_credentials(r, json_object_get(body, "base_environment"), "base_environment.",
+                                  &res)) {
+        json_decref(body);
+        return res;
+    }
     if (agent_def_check(env_store(ctx), r->auth.project, body, &def, &er) < 0) {
         json_decref(body);
         return api_reply_err(r, er);

@@ -607,6 +607,7 @@ api_env_resolve(const void *arg, struct env_ctx *ctx, const char *project, json_
 static enum MHD_Result
 create_env(struct api_req *r, struct env_ctx *ctx)
 {
+    enum MHD_Result res;
     struct store_env e;
     struct err *er = NULL;
     json_t *body;
@@ -625,6 +626,10 @@ create_env(struct api_req *r, struct env_ctx *ctx)
     if (!json_is_object(body)) {
         json_decref(body);
         return api_reply_status(r, 400, "INVALID_ARGUMENT", "request body must be a JSON object");
+    }
+    if (!api_may_bind_credentials(r, body, "", &res)) {
+        json_decref(body);
+        return res;
     }
     rc = api_env_create_json(r->srv->cfg, ctx, r->auth.project, body, false, false, &e, &er);
     json_decref(body);

@@ -340,6 +340,11 @@ compile_entry(json_t *e, size_t i, struct egress_rule *r, struct err **errp)
         r->intercept = true;
     }
     if (hlen == 1 && dom[0] == '*') {
+        if (r->credential[0] != '\0')
+            return err_set(errp, ERR_INVALID, 0,
+                           "network.allowlist[%zu]: a credential on \"*\" would be sent to "
+                           "every host; name the domains it is for",
+                           i);
         r->kind = EGRESS_RULE_ANY;
         return 0;
     }

@@ -457,9 +457,9 @@ def finish(server):
 class Api:
     """What the fixtures hand a test: the server, its Paddock, a read-write key and a client."""
 
-    def __init__(self, server, key_name="rw"):
+    def __init__(self, server, key_name="rw", scopes=("environments",)):
         self.server, self.pd = server, server.pd
-        self.key = server.make_key(key_name, scopes=("environments",))
+        self.key = server.make_key(key_name, scopes=scopes)
         self.key_name = key_name
 
     @property

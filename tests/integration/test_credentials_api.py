@@ -69,7 +69,8 @@ def capi(pd, upstreams):
                                  "--egress-allow-cidr", f"{HOST}/32",
                                  "--egress-upstream-ca", str(upstreams["ca"])]).start()
     try:
-        a = Api(server)
+        # Environments that bind credentials to destinations: a key that may write both.
+        a = Api(server, scopes=("environments", "credentials.write"))
         a.ckey = server.make_key("creds", scopes=("credentials",))
         a.creds = server.http(a.ckey)
         yield a
@@ -192,6 +193,43 @@ def test_bearer_token_is_injected_and_replaces_the_clients(capi, upstreams):
     assert all(SECRET_BEARER not in json.dumps(h) for h in upstreams["other"].seen[seen_before:])
     # The token is nowhere inside.
     assert leaks(capi, e, SECRET_BEARER) == []
+
+
+def test_binding_a_credential_to_a_destination_needs_credentials_write(capi, upstreams):
+    """A bearer_token or oauth2 credential has no domains of its own: the allowlist entry that
+    names it decides where it is sent, and whoever decides that can read it there. So a key
+    without credentials.write may not name a credential in an allowlist: not creating an
+    environment, nor inline in an interaction, nor in an agent's base_environment. Nothing is
+    created. A credential on "*" (every host) is refused for any key."""
+    capi.creds.post("/v1beta/credentials", json_body={"type": "bearer_token", "id": "bind",
+                                                      "token": SECRET_BEARER})
+    api_host = f"api.test:{port(upstreams['api'])}"
+    spec = {"network": {"allowlist": [{"domain": "other.test"},
+                                      {"domain": api_host, "credential": "bind"}]}}
+    weak = capi.server.http(capi.server.make_key(
+        "weak", scopes=("environments", "interactions", "agents", "credentials.read")))
+    listed = lambda: capi.http.get("/v1beta/environments").json().get("environments", [])  # noqa
+    before = listed()
+    for path, body, field in (
+            ("/v1beta/environments", spec, ""),
+            ("/v1beta/interactions", {"agent": "paddock", "input": "hi", "environment": spec},
+             "environment."),
+            ("/v1beta/agents", {"id": "binder", "base_environment": spec}, "base_environment.")):
+        r = weak.post(path, json_body=body)
+        assert r.status == 403, (path, r)
+        msg = r.json()["error"]["message"]
+        assert f"{field}network.allowlist[1].credential" in msg and "credentials.write" in msg \
+            and "'bind'" in msg, (path, msg)
+    assert listed() == before
+    assert weak.get("/v1beta/agents/binder").status == 404
+    # Without a credential the same key may; with credentials.write, binding is allowed.
+    assert weak.create({"network": {"allowlist": [{"domain": api_host}]}})["id"]
+    e = capi.http.create(spec)["id"]
+    got = json.loads(inside(capi, e, f"curl -sS -m 10 https://{api_host}/"))
+    assert got["Authorization"] == f"Bearer {SECRET_BEARER}"
+    r = capi.http.create({"network": {"allowlist": [{"domain": "*", "credential": "bind"}]}},
+                         ok=False)
+    assert r.status == 400 and 'a credential on "*"' in r.json()["error"]["message"], r
 
 
 def test_placeholder_is_replaced_only_for_trusted_domains(capi, upstreams):

@@ -408,7 +408,8 @@ def tl(mpd, tmp_path_factory):
     t.server = ApiServer(mpd, args=args).start()
     try:
         t.pd = mpd
-        t.a = Api(t.server)
+        # Environments that bind credentials to destinations: a key that may write both.
+        t.a = Api(t.server, scopes=("environments", "credentials.write"))
         t.creds = t.server.http(t.server.make_key("creds", scopes=("credentials",)))
         for body in (
                 {"type": "bearer_token", "id": "gh", "token": SECRET},

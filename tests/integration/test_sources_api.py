@@ -172,11 +172,11 @@ def test_https_url_source_downloads_one_file(srcapi, gitrepo):
 
 
 def test_gcs_private_bucket_with_an_injected_token(srcapi, fake_gcs):
-    ck = srcapi.server.make_key("creds", scopes=("credentials",))
+    ck = srcapi.server.make_key("creds", scopes=("credentials", "environments"))
     r = srcapi.server.http(ck).post("/v1beta/credentials", json_body={
         "type": "bearer_token", "id": "gcs", "token": "gcs-token-XYZ"})
     assert r.status == 200, r
-    e = srcapi.http.create({
+    e = srcapi.server.http(ck).create({
         "sources": [{"type": "gcs", "source": "gs://private-bucket/data/",
                      "target": "/workspace/data"}],
         "network": {"allowlist": [{"domain": "storage.googleapis.com", "credential": "gcs"}]}})
