@@ -416,83 +416,91 @@ create_cred(struct api_req *r, struct env_ctx *ctx)
     return res;
 }
 
+struct update {
+    struct api_req *r;
+    const char *id, *mask;
+    json_t *body;
+    struct store_cred c; /* the credential as written */
+};
+
+/* Reads, changes and writes the credential in one write transaction: two PATCHes at once
+ * cannot write back what the other replaced (a rotated token undone), nor a delete and
+ * re-create in between be overwritten with the old secret and type. */
+static int
+update_tx(struct store *s, void *arg, struct err **errp)
+{
+    struct update *u = arg;
+    struct store_cred *c = &u->c;
+    const struct cred_type *t;
+    const char *ty = json_string_value(json_object_get(u->body, "type"));
+    json_t *config = NULL, *secret = NULL;
+    char *plain = NULL;
+    cleanup_free char *aad = NULL;
+    int rc = -1;
+
+    if (store_cred_get(s, u->r->auth.project, u->id, c, errp) < 0)
+        return -1;
+    t = type_of(c->type);
+    if (json_object_get(u->body, "type") != NULL && (ty == NULL || strcmp(ty, c->type) != 0))
+        return err_set(errp, ERR_INVALID, 0, "type cannot change (this credential is %s)", c->type);
+    if (json_object_get(u->body, "id") != NULL)
+        return err_set(errp, ERR_INVALID, 0, "id cannot change");
+    aad = aad_of(c->project, c->id);
+    config = json_loads(c->config, 0, NULL);
+    if (api_unseal(u->r->srv->cfg->data_dir, aad, c->secret, c->secret_len, &plain, errp) < 0)
+        goto out;
+    secret = json_loads(plain, 0, NULL);
+    explicit_bzero(plain, strlen(plain));
+    free(plain);
+    if (config == NULL || secret == NULL) {
+        err_set(errp, ERR_INTERNAL, 0, "stored credential is damaged");
+        goto out;
+    }
+    free(c->config);
+    c->config = NULL;
+    explicit_bzero(c->secret, c->secret_len);
+    free(c->secret);
+    c->secret = NULL;
+    c->updated_ms = util_now_ms();
+    if (split(t, u->body, u->mask, config, secret, errp) < 0 ||
+        seal_into(u->r, c, secret, errp) < 0)
+        goto out;
+    c->config = json_dumps(config, JSON_COMPACT);
+    rc = store_cred_put(s, c, false, errp);
+out:
+    json_decref(config);
+    json_decref(secret);
+    return rc;
+}
+
 static enum MHD_Result
 update_cred(struct api_req *r, struct env_ctx *ctx, const char *id)
 {
     enum MHD_Result res;
-    json_t *body = body_json(r, &res), *config = NULL, *secret = NULL;
-    const struct cred_type *t;
     const char *mask = api_query(r, "update_mask");
-    struct store_cred c;
+    struct update u;
     struct err *er = NULL;
-    char *plain = NULL;
-    cleanup_free char *aad = NULL;
 
-    if (body == NULL)
+    memset(&u, 0, sizeof(u));
+    u.r = r;
+    u.id = id;
+    u.mask = mask != NULL && mask[0] != '\0' ? mask : NULL;
+    u.body = body_json(r, &res);
+    if (u.body == NULL)
         return res;
-    memset(&c, 0, sizeof(c));
-    if (store_cred_get(env_store(ctx), r->auth.project, id, &c, &er) < 0) {
-        json_decref(body);
+    if (store_tx(env_store(ctx), update_tx, &u, &er) < 0) {
+        json_decref(u.body);
+        store_cred_clear(&u.c);
         return api_reply_err(r, er);
     }
-    t = type_of(c.type);
-    if (json_object_get(body, "type") != NULL &&
-        strcmp(json_string_value(json_object_get(body, "type")) ?: "", c.type) != 0) {
-        json_decref(body);
-        store_cred_clear(&c);
-        return api_reply_status(r, 400, "INVALID_ARGUMENT",
-                                "type cannot change (this credential is %s)", t->name);
-    }
-    if (json_object_get(body, "id") != NULL) {
-        json_decref(body);
-        store_cred_clear(&c);
-        return api_reply_status(r, 400, "INVALID_ARGUMENT", "id cannot change");
-    }
-    aad = aad_of(c.project, c.id);
-    config = json_loads(c.config, 0, NULL);
-    if (api_unseal(r->srv->cfg->data_dir, aad, c.secret, c.secret_len, &plain, &er) == 0) {
-        secret = json_loads(plain, 0, NULL);
-        explicit_bzero(plain, strlen(plain));
-        free(plain);
-    }
-    if (config == NULL || secret == NULL) {
-        json_decref(body);
-        json_decref(config);
-        json_decref(secret);
-        store_cred_clear(&c);
-        return api_reply_err(r, er != NULL ? er : (err_set(&er, ERR_INTERNAL, 0,
-                                                           "stored credential is damaged"),
-                                                   er));
-    }
-    free(c.config);
-    c.config = NULL;
-    explicit_bzero(c.secret, c.secret_len);
-    free(c.secret);
-    c.secret = NULL;
-    c.updated_ms = util_now_ms();
-    if (split(t, body, mask != NULL && mask[0] != '\0' ? mask : NULL, config, secret, &er) < 0 ||
-        seal_into(r, &c, secret, &er) < 0) {
-        json_decref(body);
-        json_decref(config);
-        json_decref(secret);
-        store_cred_clear(&c);
-        return api_reply_err(r, er);
-    }
-    c.config = json_dumps(config, JSON_COMPACT);
-    json_decref(body);
-    json_decref(config);
-    json_decref(secret);
-    if (store_cred_put(env_store(ctx), &c, false, &er) < 0) {
-        store_cred_clear(&c);
-        return api_reply_err(r, er);
-    }
+    json_decref(u.body);
     {
-        const char *kv[] = {"id", c.id, "key", r->auth.name};
+        const char *kv[] = { "id", u.c.id, "key", r->auth.name };
         log_fields(LOG_LEVEL_INFO, "credential updated", kv, 4);
     }
-    api_oauth_forget(c.project, c.id);
-    res = api_reply_json(r, 200, cred_json(&c));
-    store_cred_clear(&c);
+    api_oauth_forget(u.c.project, u.c.id);
+    res = api_reply_json(r, 200, cred_json(&u.c));
+    store_cred_clear(&u.c);
     return res;
 }
 

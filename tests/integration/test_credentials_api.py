@@ -163,6 +163,42 @@ def test_crud_and_secrets_are_write_only(capi):
     assert c.get("/v1beta/credentials/b1").status == 404
 
 
+def test_concurrent_patches_do_not_undo_each_other(capi, upstreams):
+    """Two clients PATCH different fields of one credential at once (one rotates the token,
+    the other changes the prefix). Each PATCH reads, changes and writes the credential in one
+    transaction, so neither writes back a value the other had already replaced: after every
+    round, what the proxy injects is the last token with the last prefix."""
+    import threading
+    c = capi.creds
+    assert c.post("/v1beta/credentials", json_body={"type": "bearer_token", "id": "race",
+                                                    "token": "tok-0-0"}).status == 200
+    api_host = f"api.test:{port(upstreams['api'])}"
+    e = capi.http.create({"network": {"allowlist": [{"domain": api_host,
+                                                     "credential": "race"}]}})["id"]
+    n, bad = 25, []
+
+    def patch(rnd, field, value_of):
+        h = capi.server.http(capi.ckey)
+        for i in range(1, n + 1):
+            r = h.request("PATCH", f"/v1beta/credentials/race?update_mask={field}",
+                          json_body={"type": "bearer_token", field: value_of(rnd, i)})
+            if r.status != 200:
+                bad.append(r)
+
+    for rnd in range(1, 5):
+        ts = [threading.Thread(target=patch, args=(rnd, "token", lambda r, i: f"tok-{r}-{i}")),
+              threading.Thread(target=patch, args=(rnd, "prefix", lambda r, i: f"P{r}-{i}"))]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        assert bad == [], bad
+        want = f"P{rnd}-{n} tok-{rnd}-{n}"
+        seen = lambda: (try_json(capi, e, f"curl -sS -m 10 https://{api_host}/") or {}).get(  # noqa
+            "Authorization")
+        assert pdk.wait_until(lambda: seen() == want, 10), (rnd, seen(), want)
+
+
 def test_secrets_are_sealed_at_rest_and_never_logged(capi):
     r = capi.creds.post("/v1beta/credentials", json_body={
         "type": "environment_variable", "id": "e1", "value": SECRET_ENV,
