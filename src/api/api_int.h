@@ -136,9 +136,22 @@ void api_outbound_release(void *state);
  * secret and the refresh token (RFC 6749 §2.3.1, §3.2 require TLS).
  */
 bool api_oauth_url_ok(const char *url);
-/** An access token for the oauth2 credential (cached until a minute before it expires). */
-int api_oauth_token(const char *project, const char *id, json_t *config, json_t *secret,
-                    char **token, struct err **errp);
+/** Wipes every string of a JSON value that held secrets, before it is freed. */
+void api_wipe_json(json_t *j);
+/**
+ * Replaces a secret field of a stored credential by new_value, in one transaction, if it
+ * still holds old_value (else leaves it: it was changed meanwhile). 0 either way.
+ */
+int api_cred_rotate(const char *data_dir, struct store *s, const char *project, const char *id,
+                    const char *field, const char *old_value, const char *new_value,
+                    struct err **errp);
+/**
+ * An access token for the oauth2 credential, cached until shortly before it expires; one
+ * request per credential at a time. A refresh token the endpoint rotates is stored (in st,
+ * sealed under data_dir) before the access token is handed out.
+ */
+int api_oauth_token(const char *data_dir, struct store *st, const char *project, const char *id,
+                    json_t *config, json_t *secret, char **token, struct err **errp);
 /** Drops a cached token (its credential changed or went). */
 void api_oauth_forget(const char *project, const char *id);
 

@@ -228,8 +228,8 @@ check_field(const char *name, json_t *v, struct err **errp)
                        name);
     if (strcmp(name, "token_url") == 0 && !api_oauth_url_ok(json_string_value(v)))
         return err_set(errp, ERR_INVALID, 0,
-                       "token_url must be an https:// URL: the token request carries the client "
-                       "secret");
+                       "token_url must be an https:// URL without user:password@: the token "
+                       "request carries the client secret, in its body");
     if (strcmp(name, "header_name") == 0) {
         if (!egress_header_name_ok(json_string_value(v)))
             return err_set(errp, ERR_INVALID, 0,
@@ -344,7 +344,7 @@ body_json(struct api_req *r, enum MHD_Result *res)
 
 /* Seals secret (a JSON object) into c->secret. Wipes the text. */
 static int
-seal_into(struct api_req *r, struct store_cred *c, json_t *secret, struct err **errp)
+seal_into(const char *data_dir, struct store_cred *c, json_t *secret, struct err **errp)
 {
     char *text = json_dumps(secret, JSON_COMPACT);
     cleanup_free char *aad = aad_of(c->project, c->id);
@@ -352,7 +352,7 @@ seal_into(struct api_req *r, struct store_cred *c, json_t *secret, struct err **
 
     if (text == NULL)
         return err_set(errp, ERR_INTERNAL, 0, "encode a secret");
-    rc = api_seal(r->srv->cfg->data_dir, aad, text, &c->secret, &c->secret_len, errp);
+    rc = api_seal(data_dir, aad, text, &c->secret, &c->secret_len, errp);
     explicit_bzero(text, strlen(text));
     free(text);
     return rc;
@@ -390,7 +390,8 @@ create_cred(struct api_req *r, struct env_ctx *ctx)
     snprintf(c.type, sizeof(c.type), "%s", t->name);
     snprintf(c.status, sizeof(c.status), "active");
     c.created_ms = c.updated_ms = util_now_ms();
-    if (split(t, body, NULL, config, secret, &er) < 0 || seal_into(r, &c, secret, &er) < 0) {
+    if (split(t, body, NULL, config, secret, &er) < 0 ||
+        seal_into(r->srv->cfg->data_dir, &c, secret, &er) < 0) {
         json_decref(body);
         json_decref(config);
         json_decref(secret); /* jansson does not wipe; the body's copy goes with the request */
@@ -463,7 +464,7 @@ update_tx(struct store *s, void *arg, struct err **errp)
     c->secret = NULL;
     c->updated_ms = util_now_ms();
     if (split(t, u->body, u->mask, config, secret, errp) < 0 ||
-        seal_into(u->r, c, secret, errp) < 0)
+        seal_into(u->r->srv->cfg->data_dir, c, secret, errp) < 0)
         goto out;
     c->config = json_dumps(config, JSON_COMPACT);
     rc = store_cred_put(s, c, false, errp);
@@ -605,4 +606,60 @@ api_cred_secret(const char *data_dir, struct store *s, const char *project, cons
         return err_set(errp, ERR_INTERNAL, 0, "credential %s is damaged", id);
     }
     return 0;
+}
+
+struct rotate {
+    const char *data_dir, *project, *id, *field, *old, *new;
+};
+
+static int
+rotate_tx(struct store *s, void *arg, struct err **errp)
+{
+    struct rotate *a = arg;
+    struct store_cred c;
+    cleanup_free char *aad = aad_of(a->project, a->id);
+    char *plain = NULL;
+    json_t *secret = NULL;
+    const char *cur;
+    int rc = -1;
+
+    memset(&c, 0, sizeof(c));
+    if (store_cred_get(s, a->project, a->id, &c, errp) < 0)
+        return -1;
+    if (api_unseal(a->data_dir, aad, c.secret, c.secret_len, &plain, errp) < 0)
+        goto out;
+    secret = json_loads(plain, 0, NULL);
+    explicit_bzero(plain, strlen(plain));
+    free(plain);
+    cur = json_string_value(json_object_get(secret, a->field));
+    if (cur == NULL) {
+        err_set(errp, ERR_INTERNAL, 0, "stored credential is damaged");
+        goto out;
+    }
+    if (strcmp(cur, a->old) != 0) {
+        rc = 0; /* changed meanwhile (a PATCH): that value stays */
+        goto out;
+    }
+    api_wipe_json(json_object_get(secret, a->field));
+    json_object_set_new(secret, a->field, json_string(a->new));
+    explicit_bzero(c.secret, c.secret_len);
+    free(c.secret);
+    c.secret = NULL;
+    c.updated_ms = util_now_ms();
+    if (seal_into(a->data_dir, &c, secret, errp) == 0)
+        rc = store_cred_put(s, &c, false, errp);
+out:
+    api_wipe_json(secret);
+    json_decref(secret);
+    store_cred_clear(&c);
+    return rc;
+}
+
+int
+api_cred_rotate(const char *data_dir, struct store *s, const char *project, const char *id,
+                const char *field, const char *old_value, const char *new_value, struct err **errp)
+{
+    struct rotate a = { data_dir, project, id, field, old_value, new_value };
+
+    return store_tx(s, rotate_tx, &a, errp);
 }

@@ -712,9 +712,8 @@ static struct egress *egress;
 static const struct api_config *srv_cfg;
 static int64_t ca_made_ms; /* when DATA/ca/ca.pem was written */
 
-/* Wipes every string of a JSON value that held secrets, before it is freed. */
-static void
-wipe_json(json_t *j)
+void
+api_wipe_json(json_t *j)
 {
     const char *k;
     json_t *v;
@@ -723,9 +722,11 @@ wipe_json(json_t *j)
     if (json_is_string(j))
         explicit_bzero((char *)(uintptr_t)json_string_value(j), json_string_length(j));
     else if (json_is_object(j))
-        json_object_foreach(j, k, v) wipe_json(v);
+        json_object_foreach(j, k, v)
+            api_wipe_json(v);
     else if (json_is_array(j))
-        json_array_foreach(j, i, v) wipe_json(v);
+        json_array_foreach(j, i, v)
+            api_wipe_json(v);
 }
 
 /*
@@ -773,7 +774,8 @@ resolve_credentials(struct env_ctx *ctx, const struct store_env *e, json_t *cfg,
             free(v);
         } else if (strcmp(meta.type, "oauth2") == 0) {
             char *tok = NULL;
-            if (api_oauth_token(e->project, r->credential, config, secret, &tok, &er) < 0) {
+            if (api_oauth_token(dd, env_store(ctx), e->project, r->credential, config, secret, &tok,
+                                &er) < 0) {
                 snprintf(r->cred_error, sizeof(r->cred_error), "%.120s", er->msg);
                 log_warnx("egress: %s: credential %s: %s", e->id, r->credential, er->msg);
                 err_free(er);
@@ -794,7 +796,7 @@ resolve_credentials(struct env_ctx *ctx, const struct store_env *e, json_t *cfg,
                      "credential '%.40s' (%.24s) cannot be injected by an allowlist entry",
                      r->credential, meta.type);
         }
-        wipe_json(secret);
+        api_wipe_json(secret);
         json_decref(secret);
         json_decref(config);
         store_cred_clear(&meta);
@@ -833,7 +835,7 @@ resolve_credentials(struct env_ctx *ctx, const struct store_env *e, json_t *cfg,
                               e->id, cred, k);
                 json_decref(net);
             }
-            wipe_json(secret);
+            api_wipe_json(secret);
             json_decref(secret);
             json_decref(config);
             store_cred_clear(&meta);

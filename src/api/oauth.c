@@ -18,20 +18,27 @@
 #include "api_int.h"
 
 #define TOKEN_BODY_MAX (64u * 1024)
-#define EARLY_MS       60000 /* refresh this long before expiry */
+#define EARLY_MS       60000 /* refresh this long before expiry (at most half the lifetime) */
+/* An expires_in outside these is taken as the nearer one: a token said to live a second (or
+ * not at all) is not fetched again on every reconcile, and one said to live for years is
+ * still asked for again daily. */
+#define LIFETIME_MIN_S 10
+#define LIFETIME_MAX_S 86400
 
 #define RETRY_MS 30000 /* after a failed token request, the next one waits this long */
 
 struct cached {
     char key[200]; /* project/id */
     char *token;
-    int64_t expires_ms;
+    int64_t refresh_ms; /* when to ask again: before it expires */
     int64_t failed_ms; /* the last failure, 0 none: the IdP is not asked every second */
     char why[200];
     uint64_t gen; /* bumped when the credential changes: a fetch begun before is not kept */
+    bool fetching; /* a token request is under way: others wait for its answer */
 };
 
 static pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t cache_cond = PTHREAD_COND_INITIALIZER; /* a fetch ended */
 static struct cached *cache;
 static size_t ncache;
 
@@ -52,14 +59,15 @@ slot(const char *key)
     return &cache[i];
 }
 
-
+/* Appends to a buffer made whole at its cap (no realloc leaves a copy of the answer, which
+ * holds a token, behind); past the cap libcurl aborts the transfer. */
 static size_t
 collect(char *data, size_t size, size_t n, void *arg)
 {
     struct buf *b = arg;
 
-    if (buf_append(b, data, size * n, NULL) < 0)
-        return 0; /* over the cap: libcurl aborts the transfer */
+    if (size * n > b->max - b->len || buf_append(b, data, size * n, NULL) < 0)
+        return 0;
     return size * n;
 }
 
@@ -138,38 +146,114 @@ api_outbound_release(void *state)
     free(o);
 }
 
+/* s form-encoded, in a copy of ours; curl's is wiped. NULL when it cannot be encoded. */
 static char *
 form_value(CURL *c, const char *s)
 {
     char *e = curl_easy_escape(c, s, 0);
-    char *out = xstrdup(e != NULL ? e : "");
+    char *out;
 
+    if (e == NULL)
+        return NULL;
+    out = xstrdup(e);
+    explicit_bzero(e, strlen(e));
     curl_free(e);
     return out;
+}
+
+static void
+wipe_free(char *s)
+{
+    if (s != NULL) {
+        explicit_bzero(s, strlen(s));
+        free(s);
+    }
+}
+
+/*
+ * The token request's form (RFC 6749 §6), made in one allocation: no intermediate copy of the
+ * refresh token or the client secret is left behind. NULL when a field cannot be encoded.
+ * The caller wipes and frees it.
+ */
+static char *
+token_form(CURL *c, const char *rt, const char *cid, const char *csec, json_t *scopes)
+{
+    char *a = form_value(c, rt), *b = form_value(c, cid), *d = form_value(c, csec);
+    char *sc = NULL, *e = NULL, *form = NULL;
+    size_t n = 0, off = 0, i;
+    json_t *v;
+
+    json_array_foreach(scopes, i, v)
+        n += json_string_length(v) + 1;
+    if (n > 0) {
+        sc = xmalloc(n);
+        json_array_foreach(scopes, i, v) {
+            if (off > 0)
+                sc[off++] = ' ';
+            memcpy(sc + off, json_string_value(v) != NULL ? json_string_value(v) : "",
+                   json_string_length(v));
+            off += json_string_length(v);
+        }
+        sc[off] = '\0';
+        e = form_value(c, sc);
+    }
+    if (a != NULL && b != NULL && d != NULL && (n == 0 || e != NULL))
+        form = xasprintf("grant_type=refresh_token&refresh_token=%s&client_id=%s"
+                         "&client_secret=%s%s%s",
+                         a, b, d, e != NULL ? "&scope=" : "", e != NULL ? e : "");
+    wipe_free(a);
+    wipe_free(b);
+    wipe_free(d);
+    free(sc);
+    free(e);
+    return form;
+}
+
+/* The token URL as errors and logs show it: scheme, host and path; a query, which may carry
+ * something secret, is left out. */
+static void
+url_shown(const char *url, char *out, size_t n)
+{
+    size_t len = strcspn(url, "?#");
+
+    snprintf(out, n, "%.*s%s", (int)(len > 200 ? 200 : len), url, url[len] != '\0' ? "?..." : "");
 }
 
 bool
 api_oauth_url_ok(const char *url)
 {
-    return strncasecmp(url, "https://", 8) == 0 && url[8] != '\0';
+    size_t auth;
+
+    if (strncasecmp(url, "https://", 8) != 0 || url[8] == '\0')
+        return false;
+    /* No user:password@ in the authority: it would be sent as Basic auth, and shown. */
+    auth = strcspn(url + 8, "/?#");
+    return auth > 0 && memchr(url + 8, '@', auth) == NULL;
 }
+
+/* What one token request brought. */
+struct answer {
+    char *token;        /* the access token */
+    int64_t refresh_ms; /* when to ask again */
+    char *rotated;      /* a new refresh token the endpoint issued, or NULL */
+};
 
 /* One token request. */
 static int
-fetch_token(json_t *config, json_t *secret, char **token, int64_t *expires_ms, struct err **errp)
+fetch_token(json_t *config, json_t *secret, struct answer *out, struct err **errp)
 {
     const char *url = json_string_value(json_object_get(config, "token_url"));
     const char *cid = json_string_value(json_object_get(config, "client_id"));
     const char *csec = json_string_value(json_object_get(secret, "client_secret"));
     const char *rt = json_string_value(json_object_get(secret, "refresh_token"));
-    json_t *scopes = json_object_get(config, "scopes");
     CURL *c = curl_easy_init();
     void *state = NULL;
-    struct buf body, form;
+    struct buf body;
+    char *form = NULL, shown[256];
     const char *why = NULL;
     long status = 0;
     CURLcode rc;
-    json_t *ans;
+    json_t *ans = NULL, *at, *nrt;
     int ret = -1;
 
     if (c == NULL || url == NULL || cid == NULL || csec == NULL || rt == NULL) {
@@ -177,40 +261,31 @@ fetch_token(json_t *config, json_t *secret, char **token, int64_t *expires_ms, s
             curl_easy_cleanup(c);
         return err_set(errp, ERR_INVALID, 0, "oauth2 credential is incomplete");
     }
-    if (!api_oauth_url_ok(url)) { /* stored before token_url had to be https */
+    url_shown(url, shown, sizeof(shown));
+    if (!api_oauth_url_ok(url)) { /* stored before token_url had to be https, without userinfo */
         curl_easy_cleanup(c);
         return err_set(errp, ERR_INVALID, 0,
-                       "oauth2 token_url %s is not https: the client secret is not sent in clear",
-                       url);
+                       "oauth2 token_url %s is not an https:// URL without user:password@: the "
+                       "client secret is sent only in the request body, encrypted",
+                       strchr(url, '@') != NULL ? "(with userinfo, not shown)" : shown);
     }
+    form = token_form(c, rt, cid, csec, json_object_get(config, "scopes"));
+    if (form == NULL) {
+        curl_easy_cleanup(c);
+        return err_set(errp, ERR_INTERNAL, 0, "oauth2 token request to %s: cannot encode it",
+                       shown);
+    }
+    /* Whole at its cap from the start: growing it would leave copies of the answer. */
     buf_init(&body, TOKEN_BODY_MAX);
-    buf_init(&form, 64 * 1024);
-    {
-        cleanup_free char *a = form_value(c, rt), *b = form_value(c, cid), *d = form_value(c, csec);
-        buf_printf(&form, NULL, "grant_type=refresh_token&refresh_token=%s&client_id=%s"
-                   "&client_secret=%s", a, b, d);
-        explicit_bzero(a, strlen(a));
-        explicit_bzero(d, strlen(d));
-    }
-    if (json_array_size(scopes) > 0) {
-        struct buf sc;
-        size_t i;
-        json_t *s;
-        buf_init(&sc, 8192);
-        json_array_foreach(scopes, i, s)
-            buf_printf(&sc, NULL, "%s%s", i ? " " : "", json_string_value(s));
-        {
-            cleanup_free char *e = form_value(c, sc.data != NULL ? sc.data : "");
-            buf_printf(&form, NULL, "&scope=%s", e);
-        }
-        buf_free(&sc);
-    }
+    body.data = xmalloc(TOKEN_BODY_MAX + 1);
+    body.cap = TOKEN_BODY_MAX + 1;
+    body.data[0] = '\0';
     curl_easy_setopt(c, CURLOPT_URL, url);
     curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "https");
     curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
     curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 15000L);
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(c, CURLOPT_POSTFIELDS, form.data);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, form);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &body);
     curl_easy_setopt(c, CURLOPT_NOPROXY, "*");
@@ -218,53 +293,60 @@ fetch_token(json_t *config, json_t *secret, char **token, int64_t *expires_ms, s
     rc = curl_easy_perform(c);
     why = api_outbound_why(state);
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-    explicit_bzero(form.data, form.len);
-    buf_free(&form);
+    wipe_free(form);
     if (rc != CURLE_OK) {
-        err_set(errp, ERR_UPSTREAM, 0, "oauth2 token request to %s failed: %s", url,
+        err_set(errp, ERR_UPSTREAM, 0, "oauth2 token request to %s failed: %s", shown,
                 why != NULL ? why : curl_easy_strerror(rc));
         goto out;
     }
     if (status != 200) {
-        err_set(errp, ERR_UPSTREAM, 0, "oauth2 token endpoint %s answered %ld", url, status);
+        err_set(errp, ERR_UPSTREAM, 0, "oauth2 token endpoint %s answered %ld", shown, status);
         goto out;
     }
-    ans = json_loadb(body.data != NULL ? body.data : "", body.len, 0, NULL);
-    if (!json_is_string(json_object_get(ans, "access_token"))) {
-        json_decref(ans);
-        err_set(errp, ERR_UPSTREAM, 0, "oauth2 token endpoint %s sent no access_token", url);
+    ans = json_loadb(body.data, body.len, 0, NULL);
+    at = json_object_get(ans, "access_token");
+    if (!json_is_string(at)) {
+        err_set(errp, ERR_UPSTREAM, 0, "oauth2 token endpoint %s sent no access_token", shown);
         goto out;
     }
     /* It goes into a request head: RFC 6749 allows printable ASCII only (VSCHAR). */
     {
-        json_t *at = json_object_get(ans, "access_token");
-        const char *s = json_string_value(at);
+        const char *v = json_string_value(at);
         bool ok = json_string_length(at) > 0 && json_string_length(at) <= 16384;
         for (size_t i = 0; ok && i < json_string_length(at); i++)
-            ok = s[i] >= 0x20 && s[i] <= 0x7e;
+            ok = v[i] >= 0x20 && v[i] <= 0x7e;
         if (!ok) {
-            explicit_bzero((char *)(uintptr_t)s, json_string_length(at));
-            json_decref(ans);
             err_set(errp, ERR_UPSTREAM, 0,
                     "oauth2 token endpoint %s sent an access_token that is not printable ASCII "
                     "(1 to 16384 bytes); it cannot go into a request header",
-                    url);
+                    shown);
             goto out;
         }
     }
-    *token = xstrdup(json_string_value(json_object_get(ans, "access_token")));
+    /* A new refresh token replaces the one just used (RFC 6749 §6): the old one may already
+     * be dead at an endpoint that rotates them. Kept only if it could be stored as given. */
+    nrt = json_object_get(ans, "refresh_token");
+    if (json_is_string(nrt) && json_string_length(nrt) > 0 && json_string_length(nrt) <= 16384 &&
+        strlen(json_string_value(nrt)) == json_string_length(nrt) &&
+        strcmp(json_string_value(nrt), rt) != 0)
+        out->rotated = xstrdup(json_string_value(nrt));
+    out->token = xstrdup(json_string_value(at));
     {
         json_t *ex = json_object_get(ans, "expires_in");
         int64_t secs = json_is_integer(ex) ? json_integer_value(ex) : 3600;
-        *expires_ms = util_now_ms() + (secs > 0 ? secs : 60) * 1000;
+        int64_t life;
+        if (secs < LIFETIME_MIN_S)
+            secs = LIFETIME_MIN_S;
+        if (secs > LIFETIME_MAX_S)
+            secs = LIFETIME_MAX_S;
+        life = secs * 1000;
+        out->refresh_ms = util_now_ms() + life - (EARLY_MS < life / 2 ? EARLY_MS : life / 2);
     }
-    explicit_bzero((char *)(uintptr_t)json_string_value(json_object_get(ans, "access_token")),
-                   strlen(*token));
-    json_decref(ans);
     ret = 0;
 out:
-    if (body.data != NULL)
-        explicit_bzero(body.data, body.len);
+    api_wipe_json(ans);
+    json_decref(ans);
+    explicit_bzero(body.data, body.cap);
     buf_free(&body);
     api_outbound_release(state);
     curl_easy_cleanup(c);
@@ -272,61 +354,82 @@ out:
 }
 
 int
-api_oauth_token(const char *project, const char *id, json_t *config, json_t *secret,
-                char **token, struct err **errp)
+api_oauth_token(const char *data_dir, struct store *st, const char *project, const char *id,
+                json_t *config, json_t *secret, char **token, struct err **errp)
 {
     char key[200];
-    int64_t now = util_now_ms(), exp = 0;
-    char *fresh = NULL;
-
+    struct answer a = { NULL, 0, NULL };
     struct cached *s;
     struct err *e = NULL;
     uint64_t gen;
 
     snprintf(key, sizeof(key), "%s/%s", project, id);
     pthread_mutex_lock(&cache_lock);
-    s = slot(key);
-    if (s->token != NULL && s->expires_ms - EARLY_MS > now) {
-        *token = xstrdup(s->token);
-        pthread_mutex_unlock(&cache_lock);
-        return 0;
+    for (;;) {
+        int64_t now = util_now_ms();
+        s = slot(key);
+        if (s->token != NULL && s->refresh_ms > now) {
+            *token = xstrdup(s->token);
+            pthread_mutex_unlock(&cache_lock);
+            return 0;
+        }
+        if (s->failed_ms != 0 && now - s->failed_ms < RETRY_MS) {
+            pthread_mutex_unlock(&cache_lock);
+            /* The same words each time: the proxy's policy (and its listener) stays put. */
+            return err_set(errp, ERR_UPSTREAM, 0, "%s", s->why);
+        }
+        if (!s->fetching)
+            break;
+        /* One request per credential at a time: another thread's answer serves this one
+         * too, and a refresh token that rotates is never spent twice. */
+        pthread_cond_wait(&cache_cond, &cache_lock);
     }
-    if (s->failed_ms != 0 && now - s->failed_ms < RETRY_MS) {
-        pthread_mutex_unlock(&cache_lock);
-        /* The same words each time: the proxy's policy (and its listener) stays put. */
-        return err_set(errp, ERR_UPSTREAM, 0, "%s", s->why);
-    }
+    s->fetching = true;
     gen = s->gen;
     pthread_mutex_unlock(&cache_lock);
-    if (fetch_token(config, secret, &fresh, &exp, &e) < 0) {
+    if (fetch_token(config, secret, &a, &e) < 0) {
         pthread_mutex_lock(&cache_lock);
         s = slot(key);
+        s->fetching = false;
         if (s->gen == gen) {
             s->failed_ms = util_now_ms();
             snprintf(s->why, sizeof(s->why), "%s", e->msg);
         }
+        pthread_cond_broadcast(&cache_cond);
         pthread_mutex_unlock(&cache_lock);
         *errp = e;
         return -1;
     }
+    if (a.rotated != NULL) {
+        /* Stored before the token is handed out; only over the refresh token this request
+         * spent, never over one an operator has put there meanwhile. */
+        const char *used = json_string_value(json_object_get(secret, "refresh_token"));
+        if (api_cred_rotate(data_dir, st, project, id, "refresh_token", used, a.rotated, &e) < 0) {
+            log_warnx("oauth2 credential %s: the token endpoint issued a new refresh token that "
+                      "could not be stored (%s); the next refresh may be refused",
+                      id, e->msg);
+            err_free(e);
+            e = NULL;
+        }
+        wipe_free(a.rotated);
+    }
     pthread_mutex_lock(&cache_lock);
     s = slot(key);
+    s->fetching = false;
+    pthread_cond_broadcast(&cache_cond);
     if (s->gen != gen) {
         /* The credential changed while we asked: this answer is for the old one. */
         pthread_mutex_unlock(&cache_lock);
-        explicit_bzero(fresh, strlen(fresh));
-        free(fresh);
+        wipe_free(a.token);
         return err_set(errp, ERR_UPSTREAM, 0, "the credential changed during its token request");
     }
-    if (s->token != NULL) {
-        explicit_bzero(s->token, strlen(s->token));
-        free(s->token);
-    }
-    s->token = xstrdup(fresh);
-    s->expires_ms = exp;
+    if (s->token != NULL)
+        wipe_free(s->token);
+    s->token = xstrdup(a.token);
+    s->refresh_ms = a.refresh_ms;
     s->failed_ms = 0;
     pthread_mutex_unlock(&cache_lock);
-    *token = fresh;
+    *token = a.token;
     return 0;
 }
 
@@ -339,12 +442,9 @@ api_oauth_forget(const char *project, const char *id)
     pthread_mutex_lock(&cache_lock);
     for (size_t i = 0; i < ncache; i++)
         if (strcmp(cache[i].key, key) == 0) {
-            if (cache[i].token != NULL) {
-                explicit_bzero(cache[i].token, strlen(cache[i].token));
-                free(cache[i].token);
-            }
+            wipe_free(cache[i].token);
             cache[i].token = NULL;
-            cache[i].expires_ms = 0;
+            cache[i].refresh_ms = 0;
             cache[i].failed_ms = 0;
             cache[i].gen++;
         }

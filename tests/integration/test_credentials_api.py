@@ -34,6 +34,7 @@ def upstreams(tmp_path_factory):
     api = echo_server(0, *api_cert)
     other = echo_server(0, *other_cert)
     grants = []
+    rotating = {"rt": "RT-rot-1"}   # the one refresh token client "rot" may use now
 
     class Idp(http.server.BaseHTTPRequestHandler):
         def log_message(self, *a):
@@ -43,13 +44,20 @@ def upstreams(tmp_path_factory):
             n = int(self.headers.get("Content-Length", 0))
             f = urllib.parse.parse_qs(self.rfile.read(n).decode())
             grants.append(f)
-            # client_id "cid" is the good client; a key of BAD_TOKENS gets that access token.
+            # client_id "cid" is the good client; a key of BAD_TOKENS gets that access token;
+            # "zero" gets tokens said to expire at once; "rot" gets a new refresh token with
+            # every access token, and the one it used stops working (RFC 6749 §6 rotation).
             cid = f.get("client_id", [""])[0]
-            ok = (f.get("grant_type") == ["refresh_token"] and f.get("refresh_token") == ["RT-1"]
-                  and f.get("client_secret") == ["CS-1"] and (cid == "cid" or cid in BAD_TOKENS))
+            want_rt = rotating["rt"] if cid == "rot" else "RT-1"
+            ok = (f.get("grant_type") == ["refresh_token"] and
+                  f.get("refresh_token") == [want_rt] and f.get("client_secret") == ["CS-1"] and
+                  (cid in ("cid", "zero", "rot") or cid in BAD_TOKENS))
             token = BAD_TOKENS.get(cid, f"AT-{len(grants)}")
-            body = json.dumps({"access_token": token, "expires_in": 65}
-                              if ok else {"error": "invalid_grant"}).encode()
+            ans = {"access_token": token, "expires_in": 0 if cid == "zero" else 12}
+            if ok and cid == "rot":
+                rotating["rt"] = ans["refresh_token"] = "RT-rot-%d" % (
+                    int(want_rt.rsplit("-", 1)[1]) + 1)
+            body = json.dumps(ans if ok else {"error": "invalid_grant"}).encode()
             self.send_response(200 if ok else 400)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -146,6 +154,9 @@ def test_crud_and_secrets_are_write_only(capi):
                           "token_url must be an https:// URL"),
                          ({"type": "oauth2", "id": "x", "client_id": "c", "client_secret": "s",
                            "refresh_token": "r", "token_url": "https://"}, "token_url"),
+                         ({"type": "oauth2", "id": "x", "client_id": "c", "client_secret": "s",
+                           "refresh_token": "r", "token_url": "https://u:pw@idp.test/token"},
+                          "user:password@"),
                          ({"type": "bearer_token", "id": "../x", "token": "t"}, "id")]:
         r = c.post("/v1beta/credentials", json_body=body)
         assert r.status == 400 and needle in r.json()["error"]["message"], (body, r)
@@ -310,19 +321,25 @@ def test_placeholder_is_replaced_only_for_trusted_domains(capi, upstreams):
     assert all(SECRET_ENV not in json.dumps(h) for h in upstreams["api"].seen[seen:])
 
 
-@pytest.mark.slow
-def test_oauth2_token_is_fetched_refreshed_and_vetted(capi, upstreams):
+def oauth_env(capi, upstreams, cred_id, client, refresh_token="RT-1"):
+    """An oauth2 credential against the test's IdP and an environment whose allowlist entry
+    for the api upstream names it: (that host, the environment's id)."""
     api_host = f"api.test:{port(upstreams['api'])}"
     idp = f"https://idp.test:{port(upstreams['idp'])}/token"
     r = capi.creds.post("/v1beta/credentials", json_body={
-        "type": "oauth2", "id": "oa", "client_id": "cid", "client_secret": "CS-1",
-        "refresh_token": "RT-1", "token_url": idp})
+        "type": "oauth2", "id": cred_id, "client_id": client, "client_secret": "CS-1",
+        "refresh_token": refresh_token, "token_url": idp})
     assert r.status == 200, r
-    e = capi.http.create({"network": {"allowlist": [{"domain": api_host,
-                                                     "credential": "oa"}]}})["id"]
+    return api_host, capi.http.create({"network": {"allowlist": [
+        {"domain": api_host, "credential": cred_id}]}})["id"]
+
+
+@pytest.mark.slow
+def test_oauth2_token_is_fetched_refreshed_and_vetted(capi, upstreams):
+    api_host, e = oauth_env(capi, upstreams, "oa", "cid")
     first = json.loads(inside(capi, e, f"curl -sS -m 10 https://{api_host}/"))["Authorization"]
     assert first.startswith("Bearer AT-")
-    # expires_in 65 s: refreshed a minute early, so a new token within ~5 s. A request caught
+    # expires_in 12 s: refreshed at half its life, so a new token within ~6 s. A request caught
     # by the policy swap that brings it is closed (docs/EGRESS.md): asked again.
     deadline = time.monotonic() + 20 * pdk.SLOWDOWN
     while True:
@@ -349,19 +366,43 @@ def test_oauth2_token_is_fetched_refreshed_and_vetted(capi, upstreams):
             "records"][-3:]] + capi.server.lines[-25:])
 
 
+def test_oauth2_rotated_refresh_token_is_kept(capi, upstreams):
+    """An endpoint that rotates refresh tokens (RFC 6749 §6) answers each refresh with a new
+    one and refuses the old: paddock stores the new one, sealed, before it hands out the access
+    token, so the next refresh uses it and keeps working."""
+    api_host, e = oauth_env(capi, upstreams, "oa-rot", "rot", refresh_token="RT-rot-1")
+    seen = set()
+    deadline = time.monotonic() + 40 * pdk.SLOWDOWN
+    while len(seen) < 3:   # the first token and two refreshes, each with the rotated token
+        got = (try_json(capi, e, f"curl -sS -m 10 https://{api_host}/") or {}).get(
+            "Authorization")
+        if got is not None:
+            seen.add(got)
+        assert time.monotonic() < deadline, (seen, [g for g in upstreams["grants"]
+                                                    if g.get("client_id") == ["rot"]])
+        time.sleep(1)
+    used = [g["refresh_token"][0] for g in upstreams["grants"] if g.get("client_id") == ["rot"]]
+    assert used[:3] == ["RT-rot-1", "RT-rot-2", "RT-rot-3"], used
+    assert not any(SECRET_BEARER in l or "RT-rot-" in l for l in capi.server.lines)
+
+
+def test_oauth2_token_said_to_expire_at_once_is_not_asked_for_every_second(capi, upstreams):
+    """An expires_in of 0 (or less) is taken as the shortest lifetime paddock keeps, 10 s, not
+    as "already expired": otherwise every reconcile, once a second, asked the endpoint again."""
+    api_host, e = oauth_env(capi, upstreams, "oa-zero", "zero")
+    got = json.loads(inside(capi, e, f"curl -sS -m 10 https://{api_host}/"))["Authorization"]
+    assert got.startswith("Bearer AT-"), got
+    time.sleep(4)
+    asked = [g for g in upstreams["grants"] if g.get("client_id") == ["zero"]]
+    assert len(asked) <= 2, len(asked)
+
+
 @pytest.mark.parametrize("client", sorted(BAD_TOKENS))
 def test_oauth2_token_that_cannot_be_a_header_is_refused(capi, upstreams, client):
     """The token endpoint is outside paddock's control: an access token that could end the
     Authorization header (or is not one at all) is refused, the request is denied with why, and
     nothing of it reaches the upstream."""
-    api_host = f"api.test:{port(upstreams['api'])}"
-    idp = f"https://idp.test:{port(upstreams['idp'])}/token"
-    r = capi.creds.post("/v1beta/credentials", json_body={
-        "type": "oauth2", "id": "oa-bad", "client_id": client,
-        "client_secret": "CS-1", "refresh_token": "RT-1", "token_url": idp})
-    assert r.status == 200, r
-    e = capi.http.create({"network": {"allowlist": [{"domain": api_host,
-                                                     "credential": "oa-bad"}]}})["id"]
+    api_host, e = oauth_env(capi, upstreams, "oa-bad", client)
     seen = len(upstreams["api"].seen)
     out = capi.pd.run("env", "exec", e, "-c", f"curl -sS -m 10 https://{api_host}/")
     assert out.rc != 0, out
@@ -414,8 +455,8 @@ def test_oauth2_token_url_stored_as_http_is_never_asked(capi, upstreams):
         out = capi.pd.run("env", "exec", e, "-c", f"curl -sS -m 10 https://{api_host}/")
         assert out.rc != 0, out
         recs = capi.http.get(f"/v1beta/environments/{e}/egress").json()["records"]
-        assert recs and recs[-1]["decision"] == "deny" and "not https" in recs[-1]["reason"], \
-            recs
+        assert recs and recs[-1]["decision"] == "deny", recs
+        assert "not an https://" in recs[-1]["reason"], recs
         with pytest.raises(socket.timeout):
             plain.accept()
     finally:
