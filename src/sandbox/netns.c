@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "sandbox_int.h"
@@ -67,6 +68,20 @@ sandbox_netns_listen(const struct sandbox_init *init, uint16_t port, struct err 
      * namespace in hand. */
     if (util_proc_start_time(init->pid) != init->start)
         return err_set(errp, ERR_CONFLICT, 0, "sandbox init is gone");
+    /* Every sandbox has a network namespace of its own. A process in this one is no sandbox's
+     * init, whatever its pid and start time say (after a reboot both can match a stored row):
+     * a listener here would offer the environment's policy, credentials included, to every
+     * process on this host. */
+    {
+        struct stat a, b;
+        if (fstat(self, &a) < 0 || fstat(ns, &b) < 0)
+            return err_set(errp, ERR_INTERNAL, errno, "stat a network namespace");
+        if (a.st_dev == b.st_dev && a.st_ino == b.st_ino)
+            return err_set(errp, ERR_CONFLICT, 0,
+                           "process %d shares this host's network namespace: it is no "
+                           "sandbox's init",
+                           (int)init->pid);
+    }
     if (setns(ns, CLONE_NEWNET) < 0)
         return err_set(errp, ERR_INTERNAL, errno, "enter the sandbox's network namespace");
     fd = make_listener(port, &what);

@@ -186,6 +186,39 @@ def test_an_address_this_host_gains_is_refused_at_once(iso, addr, lit, cls):
     assert pdk.wait_until(lambda: cls in reason(), 5, 0.05), reason()
 
 
+def test_no_listener_in_the_proxys_own_namespace(iso):
+    """A stored init that is not a sandbox (after a reboot, a pid and start time can match a
+    process of the host) is never given a listener: the proxy would offer the environment's
+    policy, credentials included, to every process in its own namespace. Here a process in the
+    isolated proxy's namespace is written into an environment's row; the proxy refuses it,
+    says why, and nothing listens on 127.0.0.1:3128 in that namespace."""
+    import sqlite3
+    ns = f"--net=/proc/{iso.server.proc.pid}/ns/net"
+    e = iso.env()
+    fake = subprocess.Popen(["nsenter", ns, "sleep", "120"])
+    try:
+        start = int(open(f"/proc/{fake.pid}/stat").read().rsplit(")", 1)[1].split()[19])
+        db = sqlite3.connect(iso.pd.data / "paddock.db", timeout=10)
+        with db:
+            db.execute("UPDATE environments SET init_pid = ?, init_start = ? WHERE id = ?",
+                       (fake.pid, start, e.id))
+        db.close()
+        said = lambda: any(f"process {fake.pid} shares this host's network namespace" in l  # noqa
+                           for l in iso.server.lines)
+
+        def listens():
+            return subprocess.run(
+                ["nsenter", ns, "python3", "-c",
+                 "import socket; socket.create_connection(('127.0.0.1', 3128), 2)"],
+                capture_output=True).returncode == 0
+        pdk.wait_until(lambda: said() or listens(), 10)
+        assert not listens(), "a listener in the proxy's own namespace"
+        assert said(), iso.server.lines[-20:]
+    finally:
+        fake.kill()
+        fake.wait()
+
+
 def test_ipv6_zone_ids_and_bad_literals_are_400(iso):
     bad = ["[fe80::1%25eth0]", "[fe80::1%eth0]", "[::1", "::1", "[::1]]", "[127.0.0.1]",
            "[::ffff:127.0.0.1%1]", "[1:2:3:4:5:6:7:8:9]", "[]", "[::g]"]
