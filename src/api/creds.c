@@ -158,8 +158,8 @@ valid_cred_id(const char *s)
 {
     size_t n = strlen(s);
 
-    if (n == 0 || n > 127)
-        return false;
+    if (n == 0 || n > 127 || strcmp(s, ".") == 0 || strcmp(s, "..") == 0)
+        return false; /* a path segment of its own: /credentials/.. is not a credential */
     for (size_t i = 0; i < n; i++)
         if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') ||
               (s[i] >= '0' && s[i] <= '9') || s[i] == '-' || s[i] == '_' || s[i] == '.'))
@@ -211,6 +211,11 @@ check_field(const char *name, json_t *v, struct err **errp)
                                       json_pack("{s:O}", "domain", e));
             r = egress_policy_compile(net, &p, errp);
             json_decref(net);
+            for (size_t k = 0; r == 0 && k < p->n; k++)
+                if (p->rules[k].kind == EGRESS_RULE_ANY)
+                    r = err_set(errp, ERR_INVALID, 0,
+                                "\"*\" would trust every host with the secret; name the domains "
+                                "it is for");
             egress_policy_free(p);
             if (r < 0)
                 return err_wrap(errp, "trusted_domains");

@@ -41,7 +41,15 @@ key_read(const char *path, void *key, size_t len, struct err **errp)
 
     if (fd < 0)
         return err_set(errp, ERR_IO, errno, "open %s", path);
-    if (fstat(fd, &st) < 0 || (size_t)st.st_size != len || util_read_exact(fd, key, len) < 0)
+    if (fstat(fd, &st) < 0 || (size_t)st.st_size != len || !S_ISREG(st.st_mode))
+        rc = err_set(errp, ERR_INTERNAL, 0, "%s is not a %zu-byte key", path, len);
+    else if (st.st_uid != geteuid() || (st.st_mode & 077) != 0)
+        /* A key others can read (or replace) protects nothing: refuse rather than use it. */
+        rc = err_set(errp, ERR_INTERNAL, 0,
+                     "%s must belong to uid %d and be readable by it alone (mode 0600); it is "
+                     "uid %d, mode %04o",
+                     path, (int)geteuid(), (int)st.st_uid, (unsigned)(st.st_mode & 07777));
+    else if (util_read_exact(fd, key, len) < 0)
         rc = err_set(errp, ERR_INTERNAL, 0, "%s is not a %zu-byte key", path, len);
     close(fd);
     return rc;
@@ -66,7 +74,7 @@ util_key_file(const char *path, void *key, size_t len, struct err **errp)
     err_free(e);
     if (util_random(key, len, errp) < 0)
         return -1;
-    tmp = xasprintf("%s.%d", path, (int)getpid());
+    tmp = xasprintf("%s.%d.%d", path, (int)getpid(), (int)gettid()); /* one per thread */
     fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (fd < 0)
         rc = err_set(errp, ERR_IO, errno, "create %s", tmp);

@@ -148,6 +148,10 @@ def test_crud_and_secrets_are_write_only(capi):
                          ({"type": "environment_variable", "id": "x", "value": "v",
                            "injection_location": "header", "trusted_domains": ["*.com"]},
                           "too broad"),
+                         ({"type": "environment_variable", "id": "x", "value": "v",
+                           "injection_location": "header", "trusted_domains": ["a.test", "*"]},
+                          "every host"),
+                         ({"type": "bearer_token", "id": "..", "token": "t"}, "id"),
                          ({"type": "oauth2", "id": "x", "client_id": "c"}, "required"),
                          ({"type": "oauth2", "id": "x", "client_id": "c", "client_secret": "s",
                            "refresh_token": "r", "token_url": "http://idp.test/token"},
@@ -220,6 +224,17 @@ def test_secrets_are_sealed_at_rest_and_never_logged(capi):
     for f in capi.pd.data.glob("paddock.db*"):
         assert SECRET_ENV.encode() not in f.read_bytes(), f
     assert not any(SECRET_ENV in line for line in capi.server.lines)
+    # A key file others can read protects nothing: it is refused, naming the file and mode.
+    key.chmod(0o644)
+    try:
+        r = capi.creds.post("/v1beta/credentials", json_body={
+            "type": "bearer_token", "id": "e2", "token": "t"})
+        assert r.status == 500 and "mode 0600" in r.json()["error"]["message"] and \
+            "0644" in r.json()["error"]["message"], r
+    finally:
+        key.chmod(0o600)
+    assert capi.creds.post("/v1beta/credentials", json_body={
+        "type": "bearer_token", "id": "e2", "token": "t"}).status == 200
 
 
 def test_bearer_token_is_injected_and_replaces_the_clients(capi, upstreams):
