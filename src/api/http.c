@@ -562,6 +562,7 @@ begin(struct api_req *r)
     if (!authenticate(r, &res))
         return res;
     buf_init(&r->body, API_BODY_MAX);
+    r->body.wipe = true; /* a credential's secret arrives in one */
     /* Upload chunks are authorised before their bytes arrive, so a refused one costs no
      * staging; their data then streams to disk as it comes. */
     r->chunk = r->upload_route && strcmp(r->method, "POST") == 0;

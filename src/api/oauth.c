@@ -277,6 +277,7 @@ fetch_token(json_t *config, json_t *secret, struct answer *out, struct err **err
     }
     /* Whole at its cap from the start: growing it would leave copies of the answer. */
     buf_init(&body, TOKEN_BODY_MAX);
+    body.wipe = true;
     body.data = xmalloc(TOKEN_BODY_MAX + 1);
     body.cap = TOKEN_BODY_MAX + 1;
     body.data[0] = '\0';

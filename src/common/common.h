@@ -183,6 +183,7 @@ struct buf {
     size_t len;
     size_t cap;
     size_t max;
+    bool wipe; /* it may hold secrets: wiped when it grows (no copy left behind) and freed */
 };
 
 /** Initializes an empty buffer that may hold at most max bytes. */

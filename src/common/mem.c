@@ -117,6 +117,22 @@ buf_init(struct buf *b, size_t max)
     b->len = 0;
     b->cap = 0;
     b->max = max;
+    b->wipe = false;
+}
+
+/* The block p of cap bytes moved to one of n bytes; a wiping buffer leaves no copy behind. */
+static char *
+buf_grow(const struct buf *b, size_t n)
+{
+    char *p;
+
+    if (!b->wipe || b->data == NULL)
+        return xrealloc(b->data, n);
+    p = xmalloc(n);
+    memcpy(p, b->data, b->len);
+    explicit_bzero(b->data, b->cap);
+    free(b->data);
+    return p;
 }
 
 int
@@ -138,7 +154,7 @@ buf_append(struct buf *b, const void *data, size_t len, struct err **errp)
             cap = b->max + 1;
         if (cap < need)
             cap = need;
-        b->data = xrealloc(b->data, cap);
+        b->data = buf_grow(b, cap);
         b->cap = cap;
     }
     if (len > 0)
@@ -168,6 +184,8 @@ buf_printf(struct buf *b, struct err **errp, const char *fmt, ...)
 void
 buf_free(struct buf *b)
 {
+    if (b->wipe && b->data != NULL)
+        explicit_bzero(b->data, b->cap);
     free(b->data);
     b->data = NULL;
     b->len = 0;
