@@ -24,4 +24,20 @@ SSL *egress_tls_connect_ssl(struct egress_tls *t, const char *host, bool is_ip);
 /** The server context, for its SNI callback. */
 SSL_CTX *egress_tls_server_ctx(struct egress_tls *t);
 
+/* audit.c: the audit trail's writer thread. */
+struct egress_audit;
+struct store;
+struct store_egress;
+
+/** Starts the writer; it owns store from now on (closed by egress_audit_stop()). */
+int egress_audit_start(struct store *store, struct egress_audit **out, struct err **errp);
+/** Queues the record of a connection just allowed; its key, or 0 (nothing queued) when the
+ * queue is full. Loop thread only. */
+uint64_t egress_audit_open(struct egress_audit *a, const struct store_egress *r);
+/** Queues a connection's final record: completes the one of key, or (key 0) a record of its
+ * own. */
+void egress_audit_close(struct egress_audit *a, uint64_t key, const struct store_egress *r);
+/** Writes what is queued, then stops the writer and closes its store. */
+void egress_audit_stop(struct egress_audit *a);
+
 #endif

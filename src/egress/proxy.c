@@ -152,6 +152,7 @@ struct conn {
     size_t head_scanned; /* bytes of the request head searched for its end so far */
     bool revised;        /* the policy changed while a response was relayed: end after it */
     bool unrecorded;     /* refused over the environment's rate: counted, not recorded alone */
+    uint64_t audit_key;  /* its record, written when it was allowed (audit.c); 0 none yet */
     struct conn *prev, *next;
 };
 
@@ -187,7 +188,7 @@ struct egress {
     struct cmd *cmds;
     struct listener *listeners; /* loop thread only */
     struct conn conns;          /* list head, loop thread only */
-    struct store *store;
+    struct egress_audit *audit; /* the audit trail's writer (audit.c) */
     struct egress_tls *tls;
     unsigned char *relay_buf; /* tunnels' copy buffer, loop thread only (TUNNEL_CHUNK) */
     char *data_dir;           /* for the attribution key (env_proxy_tag_ok()) */
@@ -201,12 +202,7 @@ struct egress {
 static void
 record(struct egress *eg, const struct store_egress *r)
 {
-    struct err *e = NULL;
-
-    if (store_egress_insert(eg->store, r, &e) < 0) {
-        log_warnx("egress: audit record lost: %s", e->msg);
-        err_free(e);
-    }
+    egress_audit_close(eg->audit, 0, r);
 }
 
 /*
@@ -219,7 +215,7 @@ audit_unrecorded(struct listener *ls)
 {
     struct store_egress r;
 
-    if (ls->unrecorded == 0 || ls->eg->store == NULL)
+    if (ls->unrecorded == 0 || ls->eg->audit == NULL)
         return;
     memset(&r, 0, sizeof(r));
     snprintf(r.env_id, sizeof(r.env_id), "%s", ls->id);
@@ -247,34 +243,42 @@ listener_unref(struct listener *ls)
     free(ls);
 }
 
+/* The connection's record as it stands. */
+static void
+fill_record(const struct conn *c, struct store_egress *r)
+{
+    memset(r, 0, sizeof(*r));
+    snprintf(r->env_id, sizeof(r->env_id), "%s", c->ls->id);
+    snprintf(r->interaction_id, sizeof(r->interaction_id), "%s", c->interaction);
+    r->ts_ms = c->start_ms;
+    snprintf(r->host, sizeof(r->host), "%s", c->dest.host);
+    r->port = c->dest.port;
+    snprintf(r->method, sizeof(r->method), "%s", c->method);
+    snprintf(r->decision, sizeof(r->decision), "%s", c->decision);
+    snprintf(r->reason, sizeof(r->reason), "%s", c->reason);
+    /* A record is text a terminal shows and JSON carries: whatever a reason quoted from a
+     * client, no control character or byte past ASCII gets into it. */
+    for (char *p = r->reason; *p != '\0'; p++)
+        if ((unsigned char)*p < 0x20 || (unsigned char)*p >= 0x7f)
+            *p = '?';
+    r->bytes_up = c->bytes_up;
+    r->bytes_down = c->bytes_down;
+}
+
+/* The connection's record, at its end: completes the one written when it was allowed. */
 static void
 audit(struct conn *c)
 {
     struct store_egress r;
 
-    if (c->decision == NULL || c->eg->store == NULL)
+    if (c->decision == NULL || c->eg->audit == NULL)
         return;
     if (c->unrecorded) {
         c->ls->unrecorded++;
         return;
     }
-    memset(&r, 0, sizeof(r));
-    snprintf(r.env_id, sizeof(r.env_id), "%s", c->ls->id);
-    snprintf(r.interaction_id, sizeof(r.interaction_id), "%s", c->interaction);
-    r.ts_ms = c->start_ms;
-    snprintf(r.host, sizeof(r.host), "%s", c->dest.host);
-    r.port = c->dest.port;
-    snprintf(r.method, sizeof(r.method), "%s", c->method);
-    snprintf(r.decision, sizeof(r.decision), "%s", c->decision);
-    snprintf(r.reason, sizeof(r.reason), "%s", c->reason);
-    /* A record is text a terminal shows and JSON carries: whatever a reason quoted from a
-     * client, no control character or byte past ASCII gets into it. */
-    for (char *p = r.reason; *p != '\0'; p++)
-        if ((unsigned char)*p < 0x20 || (unsigned char)*p >= 0x7f)
-            *p = '?';
-    r.bytes_up = c->bytes_up;
-    r.bytes_down = c->bytes_down;
-    record(c->eg, &r);
+    fill_record(c, &r);
+    egress_audit_close(c->eg->audit, c->audit_key, &r);
 }
 
 static void tunnel_free(struct tunnel *t);
@@ -422,6 +426,7 @@ refuse(struct conn *c, int status, const char *decision, const char *fmt, ...)
                        : status == 431 ? "Request Header Fields Too Large"
                        : status == 429 ? "Too Many Requests"
                        : status == 502 ? "Bad Gateway"
+                       : status == 503 ? "Service Unavailable"
                        : status == 504 ? "Gateway Timeout"
                                        : "Error";
     struct evbuffer *out = bufferevent_get_output(c->cl);
@@ -1453,6 +1458,18 @@ dial(struct conn *c, const struct sockaddr *sa, socklen_t len)
     c->decision = "allow";
     snprintf(c->reason, sizeof(c->reason), "%s",
              c->mitm ? "allowed; intercepted to set headers" : "allowed by the environment's policy");
+    if (c->audit_key == 0 && c->eg->audit != NULL && !c->unrecorded) {
+        /* The record of an allowed connection is written now, and completed at its end. */
+        struct store_egress r;
+        fill_record(c, &r);
+        snprintf(r.reason, sizeof(r.reason), "%.150s; open", c->reason);
+        if ((c->audit_key = egress_audit_open(c->eg->audit, &r)) == 0) {
+            refuse(c, 503, "deny",
+                   "the audit trail is not being written (its queue is full): "
+                   "nothing goes out unrecorded");
+            return;
+        }
+    }
     if ((const void *)sa != (const void *)&c->addr)
         memcpy(&c->addr, sa, len);
     c->addrlen = len;
@@ -2432,6 +2449,7 @@ egress_start(const struct egress_config *cfg, struct egress **out, struct err **
     struct egress *eg = xcalloc(1, sizeof(*eg));
     struct timeval sec = {1, 0};
     cleanup_free char *db = xasprintf("%s/paddock.db", cfg->data_dir);
+    struct store *store = NULL;
 
     pthread_once(&once, (void (*)(void))evthread_use_pthreads);
     eg->cfg = *cfg;
@@ -2483,7 +2501,8 @@ egress_start(const struct egress_config *cfg, struct egress **out, struct err **
         free(eg);
         return -1;
     }
-    if (store_open(db, &eg->store, errp) < 0) {
+    if (store_open(db, &store, errp) < 0 || egress_audit_start(store, &eg->audit, errp) < 0) {
+        store_close(store);
         evdns_base_free(eg->dns, 0);
         local_stop(eg);
         event_base_free(eg->base);
@@ -2509,7 +2528,7 @@ egress_start(const struct egress_config *cfg, struct egress **out, struct err **
     event_add(eg->wake, NULL);
     event_add(eg->sweep, &sec);
     if (pthread_create(&eg->thread, NULL, loop, eg) != 0) {
-        store_close(eg->store);
+        egress_audit_stop(eg->audit);
         event_free(eg->wake);
         event_free(eg->sweep);
         evdns_base_free(eg->dns, 0);
@@ -2563,7 +2582,7 @@ egress_stop(struct egress *eg)
     local_stop(eg);
     evdns_base_free(eg->dns, 0);
     event_base_free(eg->base);
-    store_close(eg->store);
+    egress_audit_stop(eg->audit); /* after every connection's record is queued */
     egress_tls_free(eg->tls);
     free(eg->relay_buf);
     free_cfg(eg);

@@ -19,6 +19,7 @@ enum {
     Q_KEY_BY_HASH,
     Q_ENV_TOUCH,
     Q_EGRESS_INSERT,
+    Q_EGRESS_UPDATE,
     Q_EVENT_INSERT,
     Q_EVENTS_AFTER,
     Q_STEP_PUT,
@@ -905,7 +906,8 @@ store_upload_delete(struct store *s, const char *id, struct err **errp)
 /* ----------------------------------------------------------------- egress */
 
 int
-store_egress_insert(struct store *s, const struct store_egress *r, struct err **errp)
+store_egress_insert(struct store *s, const struct store_egress *r, int64_t *id_out,
+                    struct err **errp)
 {
     cleanup_reset sqlite3_stmt *st = cached(s, Q_EGRESS_INSERT,
                                             "INSERT INTO egress_log (env_id, interaction_id,"
@@ -927,6 +929,32 @@ store_egress_insert(struct store *s, const struct store_egress *r, struct err **
     sqlite3_bind_int64(st, 10, (int64_t)r->bytes_down);
     if (sqlite3_step(st) != SQLITE_DONE)
         return db_err(s, errp, "record egress");
+    if (id_out != NULL)
+        *id_out = sqlite3_last_insert_rowid(s->db);
+    return 0;
+}
+
+int
+store_egress_update(struct store *s, int64_t id, const struct store_egress *r, bool *found,
+                    struct err **errp)
+{
+    cleanup_reset sqlite3_stmt *st =
+        cached(s, Q_EGRESS_UPDATE,
+               "UPDATE egress_log SET decision = ?2, reason = ?3, bytes_up = ?4, bytes_down = ?5,"
+               " interaction_id = ?6, method = ?7 WHERE id = ?1");
+
+    if (st == NULL)
+        return db_err(s, errp, "update an egress record");
+    sqlite3_bind_int64(st, 1, id);
+    sqlite3_bind_text(st, 2, r->decision, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, r->reason, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, (int64_t)r->bytes_up);
+    sqlite3_bind_int64(st, 5, (int64_t)r->bytes_down);
+    sqlite3_bind_text(st, 6, r->interaction_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 7, r->method, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        return db_err(s, errp, "update an egress record");
+    *found = sqlite3_changes(s->db) > 0;
     return 0;
 }
 

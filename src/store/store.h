@@ -181,7 +181,13 @@ struct store_egress {
     uint64_t bytes_down;
 };
 
-int store_egress_insert(struct store *s, const struct store_egress *r, struct err **errp);
+/** Appends a record; *id_out (may be NULL) is its id. */
+int store_egress_insert(struct store *s, const struct store_egress *r, int64_t *id_out,
+                        struct err **errp);
+/** Rewrites what a record knows only at its connection's end (decision, reason, bytes,
+ * interaction, method); *found is false when the record is gone (purged). */
+int store_egress_update(struct store *s, int64_t id, const struct store_egress *r, bool *found,
+                        struct err **errp);
 
 /* ------------------------------------------------------------ credentials */
 

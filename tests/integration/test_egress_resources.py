@@ -47,6 +47,54 @@ def test_open_network_has_listener_and_proxy_variables(lab):
     assert "loopback" in deny_body_ok(b, "private.test", lab.up3.port, e.id)
 
 
+def test_an_allowed_connection_is_recorded_when_allowed(pd):
+    """An allowed connection's record is written when it is allowed ("...; open", no bytes
+    yet) and completed when it ends: an open tunnel is visible while it lasts, the record keeps
+    its place in the order, and a daemon killed meanwhile leaves the decision on record."""
+    import threading
+    up = Upstream(mode="echo")
+    lb = Lab(pd)
+    try:
+        e = lb.env(allowlist=[f"allowed.test:{up.port}"])
+
+        def tunnel(hold):
+            got = {}
+            spec = conn_spec([(f"CONNECT allowed.test:{up.port} HTTP/1.1\r\n\r\n", hold),
+                              ("ping", 0)], timeout=hold + 5, until="ping")
+            t = threading.Thread(target=lambda: got.update(r=e.raw_many([spec], timeout=60)))
+            t.start()
+            return t, got
+
+        def mine(recs):
+            return [x for x in recs if x["port"] == up.port]
+
+        t, got = tunnel(3 * SLOWDOWN)
+        assert pdk.wait_until(lambda: mine(lb.records(e.id)), 5), lb.records(e.id)
+        (rec,) = mine(lb.records(e.id))
+        assert rec["decision"] == "allow" and rec["reason"].endswith("; open"), rec
+        assert rec["bytes_up"] == rec["bytes_down"] == "0", rec
+        t.join()
+        assert got["r"][0].raw.endswith(b"ping"), got
+        done = lambda: [x for x in mine(lb.records(e.id)) if not x["reason"].endswith("; open")]  # noqa
+        assert pdk.wait_until(done, 5), mine(lb.records(e.id))
+        (rec,) = mine(lb.records(e.id))   # the same record, completed: still one
+        assert int(rec["bytes_up"]) >= 4 and int(rec["bytes_down"]) >= 4, rec
+
+        t, got = tunnel(5)
+        assert pdk.wait_until(lambda: len(mine(lb.records(e.id))) == 2, 5)
+        lb.server.kill()
+        t.join()
+        r = pd.run("env", "egress", e.id, "--json", timeout=30)
+        assert r.rc == 0, r
+        left = mine(r.json())
+        assert len(left) == 2 and left[1]["decision"] == "allow" and \
+            left[1]["reason"].endswith("; open"), left
+        lb.server.start()   # the lab ends with a live server
+    finally:
+        lb.close()
+        up.close()
+
+
 def test_a_row_whose_policy_disagrees_gets_no_proxy(pd):
     """Fail closed: an environment whose row says allowlist but whose stored config holds no
     allowlist (as `env create --network allowlist` once stored) is never given a proxy, which

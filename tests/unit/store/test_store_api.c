@@ -978,13 +978,57 @@ insert_egress_by(struct store *s, const char *env_id, const char *iid, int64_t t
     r.port = 443;
     snprintf(r.method, sizeof(r.method), "CONNECT");
     snprintf(r.decision, sizeof(r.decision), "allow");
-    ASSERT_NO_ERR(store_egress_insert(s, &r, &e), &e);
+    ASSERT_NO_ERR(store_egress_insert(s, &r, NULL, &e), &e);
 }
 
 static void
 insert_egress(struct store *s, const char *env_id, int64_t ts_ms)
 {
     insert_egress_by(s, env_id, "", ts_ms);
+}
+
+/* A record written when its connection is allowed is completed when it ends: same id, same
+ * place in the order; a record purged meanwhile is reported gone. */
+static void
+test_egress_update(void **state)
+{
+    struct fixture *f = *state;
+    struct store_egress r, *v = NULL;
+    int64_t id = 0;
+    size_t n = 0;
+    bool found = false;
+    struct err *e = NULL;
+
+    memset(&r, 0, sizeof(r));
+    snprintf(r.env_id, sizeof(r.env_id), "env_a");
+    r.ts_ms = 5;
+    snprintf(r.host, sizeof(r.host), "h.test");
+    r.port = 443;
+    snprintf(r.method, sizeof(r.method), "CONNECT");
+    snprintf(r.decision, sizeof(r.decision), "allow");
+    snprintf(r.reason, sizeof(r.reason), "open");
+    ASSERT_NO_ERR(store_egress_insert(f->s, &r, &id, &e), &e);
+    assert_true(id > 0);
+    insert_egress(f->s, "env_a", 6);
+    snprintf(r.decision, sizeof(r.decision), "deny");
+    snprintf(r.reason, sizeof(r.reason), "SNI mismatch");
+    snprintf(r.interaction_id, sizeof(r.interaction_id), "int_q");
+    r.bytes_up = 7;
+    r.bytes_down = 11;
+    ASSERT_NO_ERR(store_egress_update(f->s, id, &r, &found, &e), &e);
+    assert_true(found);
+    ASSERT_NO_ERR(store_egress_page(f->s, "env_a", NULL, 0, 10, &v, &n, &e), &e);
+    assert_int_equal(n, 2);
+    assert_int_equal(v[0].id, id);
+    assert_string_equal(v[0].decision, "deny");
+    assert_string_equal(v[0].reason, "SNI mismatch");
+    assert_string_equal(v[0].interaction_id, "int_q");
+    assert_int_equal(v[0].bytes_up, 7);
+    assert_int_equal(v[0].bytes_down, 11);
+    assert_int_equal(v[0].ts_ms, 5);
+    free(v);
+    ASSERT_NO_ERR(store_egress_update(f->s, id + 1000, &r, &found, &e), &e);
+    assert_false(found);
 }
 
 /* One interaction's records of an environment, in order and across pages; none of another
@@ -1241,6 +1285,7 @@ test_store_api_run(void)
         T(test_page_walk_ties),
         T(test_egress_purge),
         T(test_egress_page_by_interaction),
+        T(test_egress_update),
         T(test_seq_creation_order),
         T(test_page_stable_under_inserts),
         T(test_page_limits),
