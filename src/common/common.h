@@ -212,6 +212,9 @@ int util_random(void *buf, size_t n, struct err **errp);
  * error, never replaced.
  */
 int util_key_file(const char *path, void *key, size_t len, struct err **errp);
+/** Replaces in s every control character and byte past ASCII by '?': text from outside made
+ * safe for a terminal and for JSON. */
+void util_printable(char *s);
 
 /**
  * Writes "<prefix>" followed by 26 lower-case base32 characters of 128 random bits into out,

@@ -445,3 +445,11 @@ util_build_id(void)
     pthread_once(&build_id_once, read_build_id);
     return build_id;
 }
+
+void
+util_printable(char *s)
+{
+    for (; *s != '\0'; s++)
+        if ((unsigned char)*s < 0x20 || (unsigned char)*s >= 0x7f)
+            *s = '?';
+}

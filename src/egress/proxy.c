@@ -258,9 +258,7 @@ fill_record(const struct conn *c, struct store_egress *r)
     snprintf(r->reason, sizeof(r->reason), "%s", c->reason);
     /* A record is text a terminal shows and JSON carries: whatever a reason quoted from a
      * client, no control character or byte past ASCII gets into it. */
-    for (char *p = r->reason; *p != '\0'; p++)
-        if ((unsigned char)*p < 0x20 || (unsigned char)*p >= 0x7f)
-            *p = '?';
+    util_printable(r->reason);
     r->bytes_up = c->bytes_up;
     r->bytes_down = c->bytes_down;
 }

@@ -363,6 +363,16 @@ copy_text(char *dst, size_t dstlen, sqlite3_stmt *st, int col)
     snprintf(dst, dstlen, "%s", t != NULL ? (const char *)t : "");
 }
 
+/* copy_text() for text that came from outside (an egress record's host, method, reason): what
+ * is read back is printable ASCII, whatever a row written by an older build holds, so it
+ * prints safely on a terminal and is always valid JSON ('?' stands in). */
+static void
+copy_printable(char *dst, size_t dstlen, sqlite3_stmt *st, int col)
+{
+    copy_text(dst, dstlen, st, col);
+    util_printable(dst);
+}
+
 static void
 row_to_env(sqlite3_stmt *st, struct store_env *e)
 {
@@ -1005,13 +1015,13 @@ store_egress_page(struct store *s, const char *env_id, const char *interaction_i
         struct store_egress *r = &v[n++];
         r->id = sqlite3_column_int64(st, 0);
         copy_text(r->env_id, sizeof(r->env_id), st, 1);
-        copy_text(r->interaction_id, sizeof(r->interaction_id), st, 2);
+        copy_printable(r->interaction_id, sizeof(r->interaction_id), st, 2);
         r->ts_ms = sqlite3_column_int64(st, 3);
-        copy_text(r->host, sizeof(r->host), st, 4);
+        copy_printable(r->host, sizeof(r->host), st, 4);
         r->port = sqlite3_column_int(st, 5);
-        copy_text(r->method, sizeof(r->method), st, 6);
-        copy_text(r->decision, sizeof(r->decision), st, 7);
-        copy_text(r->reason, sizeof(r->reason), st, 8);
+        copy_printable(r->method, sizeof(r->method), st, 6);
+        copy_printable(r->decision, sizeof(r->decision), st, 7);
+        copy_printable(r->reason, sizeof(r->reason), st, 8);
         r->bytes_up = (uint64_t)sqlite3_column_int64(st, 9);
         r->bytes_down = (uint64_t)sqlite3_column_int64(st, 10);
     }

@@ -47,6 +47,35 @@ def test_open_network_has_listener_and_proxy_variables(lab):
     assert "loopback" in deny_body_ok(b, "private.test", lab.up3.port, e.id)
 
 
+def test_records_of_older_builds_read_back_printable(pd):
+    """A record written before reasons were escaped can hold raw bytes from a client: an
+    escape sequence, invalid UTF-8. Read back, every text field is printable ASCII: the CLI
+    prints no control byte, and the API still lists the record (jansson refuses invalid
+    UTF-8, and such a record used to vanish from its page)."""
+    import sqlite3
+    lb = Lab(pd)
+    try:
+        e = lb.env(network="disabled")
+        db = sqlite3.connect(pd.data / "paddock.db", timeout=10)
+        with db:
+            db.execute("INSERT INTO egress_log (env_id, ts_ms, host, port, method, decision,"
+                       " reason, bytes_up, bytes_down) VALUES (?, ?, CAST(? AS TEXT), 443,"
+                       " 'CONNECT', 'deny', CAST(? AS TEXT), 0, 0)",
+                       (e.id, int(time.time() * 1000), b"evil\x1b[2Jhost",
+                        b"SNI '\xff\xfe\x1b]0;pwned\x07' refused"))
+        db.close()
+        recs = lb.records(e.id)
+        assert len(recs) == 1, recs
+        assert recs[0]["host"] == "evil?[2Jhost" and \
+            recs[0]["reason"] == "SNI '???]0;pwned?' refused", recs
+        r = subprocess.run([str(pdk.paddock_bin()), "--data-dir", str(pd.data), "env", "egress",
+                            e.id], capture_output=True)
+        assert r.returncode == 0 and b"pwned" in r.stdout, r
+        assert not any(b < 0x20 and b not in (0x0a, 0x09) or b >= 0x7f for b in r.stdout), r.stdout
+    finally:
+        lb.close()
+
+
 def test_an_allowed_connection_is_recorded_when_allowed(pd):
     """An allowed connection's record is written when it is allowed ("...; open", no bytes
     yet) and completed when it ends: an open tunnel is visible while it lasts, the record keeps
