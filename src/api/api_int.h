@@ -147,11 +147,14 @@ int api_cred_rotate(const char *data_dir, struct store *s, const char *project, 
                     struct err **errp);
 /**
  * An access token for the oauth2 credential, cached until shortly before it expires; one
- * request per credential at a time. A refresh token the endpoint rotates is stored (in st,
- * sealed under data_dir) before the access token is handed out.
+ * request per credential at a time. A refresh token the endpoint rotates is stored (sealed
+ * under data_dir) before the access token is handed out. With wait false the caller never
+ * waits for the endpoint: a request that is due runs on a thread of its own, the token in hand
+ * is used while it lasts, and without one the answer is an error saying it is being fetched
+ * (the next call, once it is in, gets it).
  */
-int api_oauth_token(const char *data_dir, struct store *st, const char *project, const char *id,
-                    json_t *config, json_t *secret, char **token, struct err **errp);
+int api_oauth_token(const char *data_dir, const char *project, const char *id, json_t *config,
+                    json_t *secret, bool wait, char **token, struct err **errp);
 /** Drops a cached token (its credential changed or went). */
 void api_oauth_forget(const char *project, const char *id);
 

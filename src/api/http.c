@@ -738,7 +738,7 @@ api_wipe_json(json_t *j)
  */
 static void
 resolve_credentials(struct env_ctx *ctx, const struct store_env *e, json_t *cfg,
-                    struct egress_policy *pol)
+                    struct egress_policy *pol, bool wait)
 {
     const char *dd = srv_cfg->data_dir;
 
@@ -775,10 +775,11 @@ resolve_credentials(struct env_ctx *ctx, const struct store_env *e, json_t *cfg,
             free(v);
         } else if (strcmp(meta.type, "oauth2") == 0) {
             char *tok = NULL;
-            if (api_oauth_token(dd, env_store(ctx), e->project, r->credential, config, secret, &tok,
-                                &er) < 0) {
+            if (api_oauth_token(dd, e->project, r->credential, config, secret, wait, &tok, &er) <
+                0) {
                 snprintf(r->cred_error, sizeof(r->cred_error), "%.120s", er->msg);
-                log_warnx("egress: %s: credential %s: %s", e->id, r->credential, er->msg);
+                if (er->code != ERR_CONFLICT) /* not "being fetched": that is no failure */
+                    log_warnx("egress: %s: credential %s: %s", e->id, r->credential, er->msg);
                 err_free(er);
             } else {
                 char *v = xasprintf("Bearer %s", tok);
@@ -844,9 +845,13 @@ resolve_credentials(struct env_ctx *ctx, const struct store_env *e, json_t *cfg,
     }
 }
 
-/* Attaches the proxy to a running environment with the policy of its stored config. */
+/*
+ * Attaches the proxy to a running environment with the policy of its stored config. With wait
+ * (a start hook, on the thread of the request that started it) an oauth2 token not yet in hand
+ * is waited for, so the sandbox's first request has it; the reconcile pass never waits.
+ */
 static void
-attach_egress(struct env_ctx *ctx, const struct store_env *e)
+attach_egress(struct env_ctx *ctx, const struct store_env *e, bool wait)
 {
     cleanup_free char *config = NULL;
     struct egress_policy *pol = NULL;
@@ -875,7 +880,7 @@ attach_egress(struct env_ctx *ctx, const struct store_env *e)
             egress_policy_free(pol);
             pol = NULL;
         } else {
-            resolve_credentials(ctx, e, cfg, pol);
+            resolve_credentials(ctx, e, cfg, pol, wait);
         }
     }
     if (pol == NULL || (made = egress_attach(egress, e->id, &init, pol, &er)) < 0) {
@@ -894,7 +899,7 @@ static void
 on_start(void *arg, struct env_ctx *ctx, const struct store_env *e)
 {
     (void)arg;
-    attach_egress(ctx, e);
+    attach_egress(ctx, e, true);
 }
 
 const char *
@@ -949,7 +954,7 @@ egress_reconcile(struct env_ctx *ctx)
     }
     for (size_t i = 0; i < n; i++)
         if (v[i].state == STORE_ENV_RUNNING)
-            attach_egress(ctx, &v[i]);
+            attach_egress(ctx, &v[i], false);
     for (size_t k = 0; k < na; k++) {
         bool keep = false;
         struct store_env now;

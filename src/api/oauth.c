@@ -31,6 +31,7 @@ struct cached {
     char key[200]; /* project/id */
     char *token;
     int64_t refresh_ms; /* when to ask again: before it expires */
+    int64_t expires_ms; /* until when it may still be used (while its successor is fetched) */
     int64_t failed_ms; /* the last failure, 0 none: the IdP is not asked every second */
     char why[200];
     uint64_t gen; /* bumped when the credential changes: a fetch begun before is not kept */
@@ -235,6 +236,7 @@ api_oauth_url_ok(const char *url)
 struct answer {
     char *token;        /* the access token */
     int64_t refresh_ms; /* when to ask again */
+    int64_t expires_ms; /* when it expires */
     char *rotated;      /* a new refresh token the endpoint issued, or NULL */
 };
 
@@ -341,7 +343,8 @@ fetch_token(json_t *config, json_t *secret, struct answer *out, struct err **err
         if (secs > LIFETIME_MAX_S)
             secs = LIFETIME_MAX_S;
         life = secs * 1000;
-        out->refresh_ms = util_now_ms() + life - (EARLY_MS < life / 2 ? EARLY_MS : life / 2);
+        out->expires_ms = util_now_ms() + life;
+        out->refresh_ms = out->expires_ms - (EARLY_MS < life / 2 ? EARLY_MS : life / 2);
     }
     ret = 0;
 out:
@@ -354,84 +357,194 @@ out:
     return ret;
 }
 
-int
-api_oauth_token(const char *data_dir, struct store *st, const char *project, const char *id,
-                json_t *config, json_t *secret, char **token, struct err **errp)
-{
-    char key[200];
-    struct answer a = { NULL, 0, NULL };
-    struct cached *s;
-    struct err *e = NULL;
+/* One token request for a credential whose slot is marked fetching (by the caller), and what
+ * follows: a rotated refresh token stored, the answer cached unless the credential changed
+ * meanwhile (gen), the slot released and waiters woken. *token (may be NULL) gets a copy. */
+struct job {
+    char *data_dir;
+    char key[200], project[128], id[128];
+    json_t *config, *secret;
     uint64_t gen;
+};
 
-    snprintf(key, sizeof(key), "%s/%s", project, id);
+static int
+run_fetch(const struct job *j, char **token, struct err **errp)
+{
+    struct answer a = { NULL, 0, 0, NULL };
+    struct err *e = NULL;
+    struct cached *s;
+    int rc = 0;
+
+    if (fetch_token(j->config, j->secret, &a, &e) < 0) {
+        pthread_mutex_lock(&cache_lock);
+        s = slot(j->key);
+        s->fetching = false;
+        if (s->gen == j->gen) {
+            s->failed_ms = util_now_ms();
+            snprintf(s->why, sizeof(s->why), "%s", e->msg);
+        }
+        pthread_cond_broadcast(&cache_cond);
+        pthread_mutex_unlock(&cache_lock);
+        if (errp != NULL)
+            *errp = e;
+        else
+            err_free(e);
+        return -1;
+    }
+    if (a.rotated != NULL) {
+        /* Stored before the token is handed out; only over the refresh token this request
+         * spent, never over one an operator has put there meanwhile. A connection of its own:
+         * this may run on a thread of its own. */
+        const char *used = json_string_value(json_object_get(j->secret, "refresh_token"));
+        cleanup_free char *db = xasprintf("%s/paddock.db", j->data_dir);
+        struct store *st = NULL;
+        if (store_open(db, &st, &e) < 0 ||
+            api_cred_rotate(j->data_dir, st, j->project, j->id, "refresh_token", used, a.rotated,
+                            &e) < 0) {
+            log_warnx("oauth2 credential %s: the token endpoint issued a new refresh token that "
+                      "could not be stored (%s); the next refresh may be refused",
+                      j->id, e->msg);
+            err_free(e);
+            e = NULL;
+        }
+        store_close(st);
+        wipe_free(a.rotated);
+    }
+    pthread_mutex_lock(&cache_lock);
+    s = slot(j->key);
+    s->fetching = false;
+    pthread_cond_broadcast(&cache_cond);
+    if (s->gen != j->gen) {
+        /* The credential changed while we asked: this answer is for the old one. */
+        rc = err_set(errp, ERR_UPSTREAM, 0, "the credential changed during its token request");
+    } else {
+        wipe_free(s->token);
+        s->token = xstrdup(a.token);
+        s->refresh_ms = a.refresh_ms;
+        s->expires_ms = a.expires_ms;
+        s->failed_ms = 0;
+        if (token != NULL)
+            *token = xstrdup(a.token);
+    }
+    pthread_mutex_unlock(&cache_lock);
+    wipe_free(a.token);
+    return rc;
+}
+
+static void
+job_free(struct job *j)
+{
+    free(j->data_dir);
+    api_wipe_json(j->secret);
+    json_decref(j->secret);
+    json_decref(j->config);
+    free(j);
+}
+
+static void *
+fetch_thread(void *arg)
+{
+    struct job *j = arg;
+
+    (void)run_fetch(j, NULL, NULL); /* a failure is kept in the slot, for the next ask */
+    job_free(j);
+    return NULL;
+}
+
+int
+api_oauth_token(const char *data_dir, const char *project, const char *id, json_t *config,
+                json_t *secret, bool wait, char **token, struct err **errp)
+{
+    struct job j;
+    struct cached *s;
+    bool usable = false;
+
+    memset(&j, 0, sizeof(j));
+    snprintf(j.key, sizeof(j.key), "%s/%s", project, id);
     pthread_mutex_lock(&cache_lock);
     for (;;) {
         int64_t now = util_now_ms();
-        s = slot(key);
-        if (s->token != NULL && s->refresh_ms > now) {
+        s = slot(j.key);
+        usable = s->token != NULL && s->expires_ms > now;
+        if (usable && s->refresh_ms > now) {
             *token = xstrdup(s->token);
             pthread_mutex_unlock(&cache_lock);
             return 0;
         }
         if (s->failed_ms != 0 && now - s->failed_ms < RETRY_MS) {
+            if (usable) { /* the last one still works; ask again after the wait */
+                *token = xstrdup(s->token);
+                pthread_mutex_unlock(&cache_lock);
+                return 0;
+            }
             pthread_mutex_unlock(&cache_lock);
             /* The same words each time: the proxy's policy (and its listener) stays put. */
             return err_set(errp, ERR_UPSTREAM, 0, "%s", s->why);
         }
         if (!s->fetching)
             break;
+        if (!wait || usable) {
+            /* Another request is under way: the token it brings is installed by a later
+             * ask; meanwhile the one in hand is used while it lasts. */
+            if (usable)
+                *token = xstrdup(s->token);
+            pthread_mutex_unlock(&cache_lock);
+            return usable ? 0
+                          : err_set(errp, ERR_CONFLICT, 0,
+                                    "an access token is being fetched for credential '%s'", id);
+        }
         /* One request per credential at a time: another thread's answer serves this one
          * too, and a refresh token that rotates is never spent twice. */
         pthread_cond_wait(&cache_cond, &cache_lock);
     }
     s->fetching = true;
-    gen = s->gen;
+    j.gen = s->gen;
     pthread_mutex_unlock(&cache_lock);
-    if (fetch_token(config, secret, &a, &e) < 0) {
+    snprintf(j.project, sizeof(j.project), "%s", project);
+    snprintf(j.id, sizeof(j.id), "%s", id);
+    if (wait && !usable) {
+        j.data_dir = (char *)(uintptr_t)data_dir;
+        j.config = config;
+        j.secret = secret;
+        return run_fetch(&j, token, errp);
+    }
+    {
+        /* The caller must not wait (the server's main loop, which also answers signals and
+         * runs the janitor): the request runs on a thread of its own, and its token is
+         * installed by the next ask, within a second. A token still in hand is used. */
+        struct job *bg = xmalloc(sizeof(*bg));
+        pthread_t t;
+        pthread_attr_t at;
+        int rc;
+        *bg = j;
+        bg->data_dir = xstrdup(data_dir);
+        bg->config = json_deep_copy(config);
+        bg->secret = json_deep_copy(secret);
+        pthread_attr_init(&at);
+        pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+        rc = pthread_create(&t, &at, fetch_thread, bg);
+        pthread_attr_destroy(&at);
+        if (rc != 0) {
+            pthread_mutex_lock(&cache_lock);
+            slot(j.key)->fetching = false;
+            pthread_cond_broadcast(&cache_cond);
+            pthread_mutex_unlock(&cache_lock);
+            job_free(bg);
+            return err_set(errp, ERR_INTERNAL, rc, "start a token request");
+        }
+    }
+    if (usable) {
         pthread_mutex_lock(&cache_lock);
-        s = slot(key);
-        s->fetching = false;
-        if (s->gen == gen) {
-            s->failed_ms = util_now_ms();
-            snprintf(s->why, sizeof(s->why), "%s", e->msg);
-        }
-        pthread_cond_broadcast(&cache_cond);
+        s = slot(j.key);
+        usable = s->token != NULL;
+        if (usable)
+            *token = xstrdup(s->token);
         pthread_mutex_unlock(&cache_lock);
-        *errp = e;
-        return -1;
+        if (usable)
+            return 0;
     }
-    if (a.rotated != NULL) {
-        /* Stored before the token is handed out; only over the refresh token this request
-         * spent, never over one an operator has put there meanwhile. */
-        const char *used = json_string_value(json_object_get(secret, "refresh_token"));
-        if (api_cred_rotate(data_dir, st, project, id, "refresh_token", used, a.rotated, &e) < 0) {
-            log_warnx("oauth2 credential %s: the token endpoint issued a new refresh token that "
-                      "could not be stored (%s); the next refresh may be refused",
-                      id, e->msg);
-            err_free(e);
-            e = NULL;
-        }
-        wipe_free(a.rotated);
-    }
-    pthread_mutex_lock(&cache_lock);
-    s = slot(key);
-    s->fetching = false;
-    pthread_cond_broadcast(&cache_cond);
-    if (s->gen != gen) {
-        /* The credential changed while we asked: this answer is for the old one. */
-        pthread_mutex_unlock(&cache_lock);
-        wipe_free(a.token);
-        return err_set(errp, ERR_UPSTREAM, 0, "the credential changed during its token request");
-    }
-    if (s->token != NULL)
-        wipe_free(s->token);
-    s->token = xstrdup(a.token);
-    s->refresh_ms = a.refresh_ms;
-    s->failed_ms = 0;
-    pthread_mutex_unlock(&cache_lock);
-    *token = a.token;
-    return 0;
+    return err_set(errp, ERR_CONFLICT, 0, "an access token is being fetched for credential '%s'",
+                   id);
 }
 
 void
@@ -446,6 +559,7 @@ api_oauth_forget(const char *project, const char *id)
             wipe_free(cache[i].token);
             cache[i].token = NULL;
             cache[i].refresh_ms = 0;
+            cache[i].expires_ms = 0;
             cache[i].failed_ms = 0;
             cache[i].gen++;
         }

@@ -446,6 +446,42 @@ def test_oauth2_token_said_to_expire_at_once_is_not_asked_for_every_second(capi,
     assert len(asked) <= 2, len(asked)
 
 
+def test_a_stalled_token_endpoint_holds_up_nothing_else(capi, upstreams):
+    """A token endpoint that accepts and never answers is asked on a thread of its own: the
+    server's loop, which re-resolves every environment's credentials each second, goes on. A
+    bearer token rotated meanwhile for another environment is injected within seconds, not
+    after the stalled request's 15 s timeout; the stalled credential's requests are refused
+    with the reason."""
+    import socket
+    stall = socket.socket()
+    stall.bind((HOST, 0))
+    stall.listen(8)   # the kernel accepts; nothing ever answers
+    try:
+        api_host, a = oauth_env(capi, upstreams, "oa-stall", "cid")
+        assert json.loads(inside(capi, a, f"curl -sS -m 10 https://{api_host}/"))[
+            "Authorization"].startswith("Bearer AT-")
+        assert capi.creds.post("/v1beta/credentials", json_body={
+            "type": "bearer_token", "id": "bt-stall", "token": "T-1"}).status == 200
+        b = capi.http.create({"network": {"allowlist": [{"domain": api_host,
+                                                         "credential": "bt-stall"}]}})["id"]
+        r = capi.creds.request("PATCH", "/v1beta/credentials/oa-stall?update_mask=token_url",
+                               json_body={"type": "oauth2", "token_url":
+                                          f"https://idp.test:{stall.getsockname()[1]}/token"})
+        assert r.status == 200, r
+        time.sleep(1.5)   # the next pass asks the stalled endpoint
+        assert capi.creds.request("PATCH", "/v1beta/credentials/bt-stall?update_mask=token",
+                                  json_body={"type": "bearer_token", "token": "T-2"}).status == 200
+        seen = lambda: (try_json(capi, b, f"curl -sS -m 10 https://{api_host}/") or {}).get(  # noqa
+            "Authorization")
+        assert pdk.wait_until(lambda: seen() == "Bearer T-2", 5), seen()
+        out = capi.pd.run("env", "exec", a, "-c", f"curl -sS -m 5 https://{api_host}/")
+        assert out.rc != 0, out
+        recs = lambda: capi.http.get(f"/v1beta/environments/{a}/egress").json()["records"]  # noqa
+        assert pdk.wait_until(lambda: "being fetched" in recs()[-1]["reason"], 5), recs()[-1]
+    finally:
+        stall.close()
+
+
 @pytest.mark.parametrize("client", sorted(BAD_TOKENS))
 def test_oauth2_token_that_cannot_be_a_header_is_refused(capi, upstreams, client):
     """The token endpoint is outside paddock's control: an access token that could end the
