@@ -118,6 +118,8 @@ int api_unseal(const char *data_dir, const char *aad, const void *blob, size_t l
 enum MHD_Result api_route_credentials(struct api_req *r);
 /** The proxy's address rules, for the daemon's own outbound requests (oauth.c). */
 const char *api_egress_vet(const struct sockaddr *sa);
+/** Waits until this server's proxy has written the records of the connections that ended. */
+void api_egress_sync(void);
 bool api_egress_override(const char *host, struct sockaddr_storage *out);
 const char *api_egress_upstream_ca(void);
 

@@ -902,6 +902,13 @@ on_start(void *arg, struct env_ctx *ctx, const struct store_env *e)
     attach_egress(ctx, e, true);
 }
 
+void
+api_egress_sync(void)
+{
+    if (egress != NULL)
+        egress_sync_audit(egress);
+}
+
 const char *
 api_egress_vet(const struct sockaddr *sa)
 {

@@ -1144,6 +1144,7 @@ list_egress(struct api_req *r, struct env_ctx *ctx)
             return api_reply_status(r, 400, "INVALID_ARGUMENT", "page_token is not a valid token");
         after = (int64_t)v64;
     }
+    api_egress_sync(); /* a connection that has ended is listed */
     if (store_egress_page(env_store(ctx), e.id, iid, after, limit + 1, &v, &n, &er) < 0)
         return api_reply_err(r, er);
     arr = json_array();

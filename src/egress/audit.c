@@ -14,6 +14,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "egress_int.h"
 #include "store/store.h"
@@ -42,6 +43,8 @@ struct egress_audit {
     struct op *head, *tail;              /* under lock */
     size_t queued;                       /* under lock */
     bool stop;                           /* under lock */
+    bool writing;                        /* under lock: the writer has a batch in hand */
+    pthread_cond_t drained;              /* nothing queued and nothing in hand */
     uint64_t next_key;                   /* the loop's */
     uint64_t lost;                       /* writer's: records that could not be written */
     struct open_row *open[OPEN_BUCKETS]; /* writer's */
@@ -115,6 +118,7 @@ writer(void *arg)
         stop = a->stop;
         a->head = a->tail = NULL;
         a->queued = 0;
+        a->writing = list != NULL;
         pthread_mutex_unlock(&a->lock);
         if (list == NULL && stop)
             break;
@@ -130,6 +134,11 @@ writer(void *arg)
             log_warnx("egress: a batch of audit records could not be committed");
             a->lost++;
         }
+        pthread_mutex_lock(&a->lock);
+        a->writing = false;
+        if (a->head == NULL)
+            pthread_cond_broadcast(&a->drained);
+        pthread_mutex_unlock(&a->lock);
     }
     return NULL;
 }
@@ -144,9 +153,11 @@ egress_audit_start(struct store *store, struct egress_audit **out, struct err **
     a->next_key = 1;
     pthread_mutex_init(&a->lock, NULL);
     pthread_cond_init(&a->more, NULL);
+    pthread_cond_init(&a->drained, NULL);
     if ((rc = pthread_create(&a->thread, NULL, writer, a)) != 0) {
         pthread_mutex_destroy(&a->lock);
         pthread_cond_destroy(&a->more);
+        pthread_cond_destroy(&a->drained);
         free(a);
         return err_set(errp, ERR_INTERNAL, rc, "start the audit writer");
     }
@@ -200,6 +211,25 @@ egress_audit_close(struct egress_audit *a, uint64_t key, const struct store_egre
 }
 
 void
+egress_audit_sync(struct egress_audit *a, int timeout_ms)
+{
+    struct timespec until;
+
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += timeout_ms / 1000;
+    until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&a->lock);
+    while ((a->head != NULL || a->writing) &&
+           pthread_cond_timedwait(&a->drained, &a->lock, &until) == 0)
+        ;
+    pthread_mutex_unlock(&a->lock);
+}
+
+void
 egress_audit_stop(struct egress_audit *a)
 {
     if (a == NULL)
@@ -217,6 +247,7 @@ egress_audit_stop(struct egress_audit *a)
         }
     pthread_mutex_destroy(&a->lock);
     pthread_cond_destroy(&a->more);
+    pthread_cond_destroy(&a->drained);
     store_close(a->store);
     free(a);
 }

@@ -192,6 +192,9 @@ struct egress;
 
 /** Starts the proxy's event loop on a thread of its own. *out is owned. */
 int egress_start(const struct egress_config *cfg, struct egress **out, struct err **errp);
+/** Waits (up to 2 s) until every record of a connection that has ended is written: a listing
+ * made after a connection ended shows it. */
+void egress_sync_audit(struct egress *eg);
 /** Vets an address as the proxy does before dialling: NULL when allowed, else why not. */
 const char *egress_vet(const struct egress *eg, const struct sockaddr *sa);
 /** The operator's --egress-resolve address for host, if any. */

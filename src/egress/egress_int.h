@@ -37,6 +37,8 @@ uint64_t egress_audit_open(struct egress_audit *a, const struct store_egress *r)
 /** Queues a connection's final record: completes the one of key, or (key 0) a record of its
  * own. */
 void egress_audit_close(struct egress_audit *a, uint64_t key, const struct store_egress *r);
+/** Waits (at most timeout_ms) until every record queued so far is written. */
+void egress_audit_sync(struct egress_audit *a, int timeout_ms);
 /** Writes what is queued, then stops the writer and closes its store. */
 void egress_audit_stop(struct egress_audit *a);
 

@@ -2727,3 +2727,10 @@ egress_override(const struct egress *eg, const char *host, struct sockaddr_stora
         }
     return false;
 }
+
+void
+egress_sync_audit(struct egress *eg)
+{
+    if (eg->audit != NULL)
+        egress_audit_sync(eg->audit, 2000);
+}

@@ -156,7 +156,8 @@ def test_isolated_proxy_dials_what_it_allows(iso):
     r = iso.e.raw("CONNECT 93.184.216.34:443 HTTP/1.1\r\n\r\n")
     assert r.status == 502, r
     assert r.eof, r
-    assert iso.records(iso.e.id)[-1]["decision"] == "allow"
+    # (the CLI reads the database as it is: the record may be a moment behind the reply)
+    assert pdk.wait_until(lambda: iso.records(iso.e.id)[-1]["decision"] == "allow", 5)
 
 
 @pytest.mark.parametrize("addr,lit,cls", [("10.99.0.1/32", "10.99.0.1", "private"),
