@@ -250,9 +250,26 @@ check_field(const char *name, json_t *v, struct err **errp)
     return 0;
 }
 
+/* Whether the comma list mask names field k. */
+static bool
+mask_names(const char *mask, const char *k)
+{
+    for (const char *p = mask; *p != '\0';) {
+        size_t n = strcspn(p, ",");
+        if (strlen(k) == n && strncmp(p, k, n) == 0)
+            return true;
+        p += n;
+        if (*p == ',')
+            p++;
+    }
+    return false;
+}
+
 /*
  * Splits a validated body into the config (non-secret) and secret objects. With mask (a
- * PATCH), only the listed fields are taken from body into the existing config and secret.
+ * PATCH), only the listed fields are taken from body into the existing config and secret, and
+ * a listed field the body leaves out (or sets to null) is cleared: back to its default, or an
+ * error if it is required (AIP-134). Without a mask, a null clears a field the same way.
  */
 static int
 split(const struct cred_type *t, json_t *body, const char *mask, json_t *config, json_t *secret,
@@ -269,22 +286,16 @@ split(const struct cred_type *t, json_t *body, const char *mask, json_t *config,
             return err_set(errp, ERR_INVALID, 0, "unknown field '%s' for a %s credential", ek,
                            t->name);
         }
-        if (check_field(k, v, errp) < 0)
+        if (!json_is_null(v) && check_field(k, v, errp) < 0)
             return -1;
-        if (mask != NULL) {
-            /* Only fields the mask names change. */
-            bool named = false;
-            for (const char *p = mask; *p != '\0';) {
-                size_t n = strcspn(p, ",");
-                named = named || (strlen(k) == n && strncmp(p, k, n) == 0);
-                p += n;
-                if (*p == ',')
-                    p++;
-            }
-            if (!named)
-                continue;
+        if (mask != NULL && !mask_names(mask, k))
+            continue; /* only fields the mask names change */
+        if (json_is_null(v)) {
+            json_object_del(config, k);
+            json_object_del(secret, k);
+        } else {
+            json_object_set(in_list(t->secrets, k) ? secret : config, k, v);
         }
-        json_object_set(in_list(t->secrets, k) ? secret : config, k, v);
     }
     if (mask != NULL) {
         for (const char *p = mask; *p != '\0';) {
@@ -293,6 +304,11 @@ split(const struct cred_type *t, json_t *body, const char *mask, json_t *config,
             if (n > 0 && !in_list(t->fields, f))
                 return err_set(errp, ERR_INVALID, 0, "update_mask names '%s', not a field of a "
                                "%s credential", f, t->name);
+            if (n > 0 && json_object_get(body, f) == NULL) {
+                api_wipe_json(json_object_get(secret, f));
+                json_object_del(config, f);
+                json_object_del(secret, f);
+            }
             p += n;
             if (*p == ',')
                 p++;

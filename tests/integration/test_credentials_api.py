@@ -328,6 +328,30 @@ def test_binding_a_credential_to_a_destination_needs_credentials_write(capi, ups
     assert r.status == 400 and 'a credential on "*"' in r.json()["error"]["message"], r
 
 
+def test_patch_clears_what_its_mask_names_and_the_body_leaves_out(capi, upstreams):
+    """update_mask follows AIP-134: a field it names that the body leaves out (or sets to
+    null) goes back to its default; a required one cannot be cleared. Here header_name and
+    prefix are set, then cleared, and the proxy injects "Authorization: Bearer ..." again."""
+    c = capi.creds
+    assert c.post("/v1beta/credentials", json_body={
+        "type": "bearer_token", "id": "clr", "token": "T-clr", "header_name": "X-Auth",
+        "prefix": "Token"}).status == 200
+    api_host = f"api.test:{port(upstreams['api'])}"
+    e = capi.http.create({"network": {"allowlist": [{"domain": api_host,
+                                                     "credential": "clr"}]}})["id"]
+    got = json.loads(inside(capi, e, f"curl -sS -m 10 https://{api_host}/"))
+    assert got.get("X-Auth") == "Token T-clr", got
+    r = c.request("PATCH", "/v1beta/credentials/clr?update_mask=header_name,prefix",
+                  json_body={"type": "bearer_token", "prefix": None})
+    assert r.status == 200, r
+    seen = lambda: try_json(capi, e, f"curl -sS -m 10 https://{api_host}/") or {}  # noqa
+    assert pdk.wait_until(lambda: seen().get("Authorization") == "Bearer T-clr", 10), seen()
+    assert "X-Auth" not in seen()
+    r = c.request("PATCH", "/v1beta/credentials/clr?update_mask=token",
+                  json_body={"type": "bearer_token"})
+    assert r.status == 400 and "token is required" in r.json()["error"]["message"], r
+
+
 def test_placeholder_is_replaced_only_for_trusted_domains(capi, upstreams):
     api_host = f"api.test:{port(upstreams['api'])}"
     other_host = f"other.test:{port(upstreams['other'])}"
