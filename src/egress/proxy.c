@@ -95,6 +95,12 @@ struct listener {
     double tokens;       /* new connections it may open now (a bucket filled at conn_rate/s) */
     int64_t tokens_ms;   /* when the bucket was last filled */
     unsigned unrecorded; /* connections refused over the rate since the last summary record */
+    /* The last refusal recorded one by one, and how many identical ones followed it within a
+     * second: a sandbox retrying a refused host in a loop costs two rows a second, not one
+     * per attempt (audit_repeats()). */
+    struct store_egress last_deny;
+    int64_t last_deny_ms; /* 0: none */
+    unsigned repeats;
     struct listener *next;
 };
 
@@ -229,11 +235,30 @@ audit_unrecorded(struct listener *ls)
     ls->unrecorded = 0;
 }
 
+/* One record for the refusals identical to ls->last_deny that followed it. */
+static void
+audit_repeats(struct listener *ls)
+{
+    struct store_egress r;
+
+    if (ls->repeats == 0 || ls->eg->audit == NULL)
+        return;
+    r = ls->last_deny;
+    r.ts_ms = util_now_ms();
+    snprintf(r.reason, sizeof(r.reason),
+             "%u more refused like the record before, within a second "
+             "of it: %.80s",
+             ls->repeats, ls->last_deny.reason);
+    record(ls->eg, &r);
+    ls->repeats = 0;
+}
+
 static void
 listener_unref(struct listener *ls)
 {
     if (--ls->refs > 0)
         return;
+    audit_repeats(ls);
     audit_unrecorded(ls);
     if (ls->l != NULL)
         evconnlistener_free(ls->l); /* closes the fd */
@@ -276,6 +301,21 @@ audit(struct conn *c)
         return;
     }
     fill_record(c, &r);
+    if (c->audit_key == 0 && strcmp(r.decision, "deny") == 0) {
+        struct listener *ls = c->ls;
+        int64_t now = util_now_ms();
+        if (ls->last_deny_ms != 0 && now - ls->last_deny_ms < 1000 &&
+            strcmp(r.host, ls->last_deny.host) == 0 && r.port == ls->last_deny.port &&
+            strcmp(r.method, ls->last_deny.method) == 0 &&
+            strcmp(r.reason, ls->last_deny.reason) == 0 &&
+            strcmp(r.interaction_id, ls->last_deny.interaction_id) == 0) {
+            ls->repeats++;
+            return;
+        }
+        audit_repeats(ls);
+        ls->last_deny = r;
+        ls->last_deny_ms = now;
+    }
     egress_audit_close(c->eg->audit, c->audit_key, &r);
 }
 
@@ -2214,8 +2254,11 @@ sweep(evutil_socket_t fd, short what, void *arg)
     (void)what;
     if (eg->nl_ev == NULL && now - eg->local->ms >= 10000)
         local_refresh(eg);
-    for (struct listener *ls = eg->listeners; ls != NULL; ls = ls->next)
+    for (struct listener *ls = eg->listeners; ls != NULL; ls = ls->next) {
+        if (now - ls->last_deny_ms >= 1000)
+            audit_repeats(ls);
         audit_unrecorded(ls);
+    }
     for (struct conn *c = eg->conns.next, *next; c != &eg->conns; c = next) {
         next = c->next;
         /* A deadline for the whole head, not an idle timer a byte a second would reset. */

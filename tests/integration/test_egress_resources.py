@@ -439,6 +439,55 @@ print(json.dumps(out))
 '''
 
 
+def flood(lb, n):
+    """A new environment of lb sends n CONNECTs to a refused host in a loop: (it, how many
+    records it had before, what its client counted)."""
+    e = lb.env(allowlist=["allowed.test:443"])
+    before = len(lb.records(e.id))
+    r = e.exec("python3", "-c", FLOOD_SCRIPT, str(n), timeout=120)
+    assert r.rc == 0, r
+    return e, before, json.loads(r.text.strip().splitlines()[-1])
+
+
+REPEATED = re.compile(r"^(\d+) more refused like the record before, within a second of it")
+
+
+def accounts(recs, summed=None):
+    """(records standing for one connection, connections summed up by `summed`, refusals
+    summed up as repeats of the record before)."""
+    one = total = repeated = 0
+    for x in recs:
+        m, r = summed.match(x["reason"]) if summed else None, REPEATED.match(x["reason"])
+        if m:
+            total += int(m.group(1))
+        elif r:
+            repeated += int(r.group(1))
+        else:
+            one += 1
+    return one, total, repeated
+
+
+def test_a_refusal_repeated_in_a_loop_is_summed_up(pd):
+    """A sandbox retrying a refused host in a loop (under the connection rate) gets a 403 each
+    time, and the audit a record of the first refusal and one summing up the identical ones
+    that followed within a second: two rows a second, not one per attempt. Every refusal is
+    accounted for."""
+    n = 300
+    lb = Lab(pd, extra_args=["--egress-conn-rate", "100000"])
+    try:
+        e, before, got = flood(lb, n)
+        assert got.get("403") == n, got
+        done = lambda: (lb.records(e.id)[before:] if sum(accounts(  # noqa: E731
+            lb.records(e.id)[before:])) == n else None)
+        recs = pdk.wait_until(done, 10)
+        assert recs, lb.records(e.id)[before:][-5:]
+        one, _, repeated = accounts(recs)
+        assert repeated > 0 and len(recs) <= 2 * (got["seconds"] + 2), (len(recs), got)
+        assert all(x["host"] == "denied.test" and x["decision"] == "deny" for x in recs), recs
+    finally:
+        lb.close()
+
+
 def test_connection_flood_is_refused_and_summed_up(pd):
     """--egress-conn-rate: an environment opening connections in a loop gets 429 past its rate
     (after a burst of the 256 it may hold at once plus the rate), and the audit gets a summary
@@ -447,11 +496,7 @@ def test_connection_flood_is_refused_and_summed_up(pd):
     rate, n = 20, 800
     lb = Lab(pd, extra_args=["--egress-conn-rate", str(rate)])
     try:
-        e = lb.env(allowlist=["allowed.test:443"])
-        before = len(lb.records(e.id))
-        r = e.exec("python3", "-c", FLOOD_SCRIPT, str(n), timeout=120)
-        assert r.rc == 0, r
-        got = json.loads(r.text.strip().splitlines()[-1])
+        e, before, got = flood(lb, n)
         assert got.get("403", 0) + got.get("429", 0) == n, got
         # A burst of 256 + the rate, then the rate.
         allowed_max = 256 + rate + rate * (got["seconds"] + 1)
@@ -459,15 +504,12 @@ def test_connection_flood_is_refused_and_summed_up(pd):
         summed = re.compile(r"^(\d+) more connections refused \(429\), not recorded one by one")
 
         def accounted():
-            recs = lb.records(e.id)[before:]
-            one = [x for x in recs if not summed.match(x["reason"])]
-            total = sum(int(summed.match(x["reason"]).group(1)) for x in recs
-                        if summed.match(x["reason"]))
-            return (len(one), total) if len(one) + total >= n else None
+            one, total, repeated = accounts(lb.records(e.id)[before:], summed)
+            return (one, total, repeated) if one + total + repeated >= n else None
         counts = pdk.wait_until(accounted, 10)
         assert counts, (got, lb.records(e.id)[-5:])
-        one, total = counts
-        assert one + total == n and total == got["429"], (counts, got)
+        one, total, repeated = counts
+        assert one + total + repeated == n and total == got["429"], (counts, got)
         assert one <= allowed_max, (counts, got)
     finally:
         lb.close()
