@@ -184,6 +184,13 @@ struct local_addrs {
     int64_t ms; /* when the list was last read */
 };
 
+/* The ids with listeners, as the command queue will leave them (the caller's view). */
+struct attached {
+    char id[40];
+    struct sandbox_init init;
+    uint64_t print; /* the policy's fingerprint: a changed policy gets a new listener */
+};
+
 struct egress {
     struct egress_config cfg;
     struct event_base *base;
@@ -199,6 +206,19 @@ struct egress {
     unsigned char *relay_buf; /* tunnels' copy buffer, loop thread only (TUNNEL_CHUNK) */
     char *data_dir;           /* for the attribution key (env_proxy_tag_ok()) */
     struct local_addrs *local; /* this host's addresses, kept current by a netlink watch */
+    /*
+     * The listeners as callers see them. att_lock is held across a whole attach or detach:
+     * the look-up, the new listening socket, the update of att and the command pushed. Two
+     * threads attaching the same environment at once (a start hook and the reconcile pass)
+     * would otherwise both find nothing, and both bind (the listener is SO_REUSEPORT): two
+     * listeners, of which a policy update reaches only the first, so a revoked credential
+     * stayed injected on the other's connections. It also keeps the commands in the order att
+     * records: two updates pushed the other way round would leave the loop with the older
+     * policy while att says the newer one.
+     */
+    pthread_mutex_t att_lock;
+    struct attached *att;
+    size_t natt;
     int nl_fd;
     struct event *nl_ev;
 };
@@ -2508,6 +2528,7 @@ egress_start(const struct egress_config *cfg, struct egress **out, struct err **
     eg->cfg.data_dir = NULL;
     eg->data_dir = xstrdup(cfg->data_dir);
     pthread_mutex_init(&eg->lock, NULL);
+    pthread_mutex_init(&eg->att_lock, NULL);
     eg->local = xcalloc(1, sizeof(*eg->local));
     pthread_mutex_init(&eg->local->lock, NULL);
     eg->conns.next = eg->conns.prev = &eg->conns;
@@ -2626,28 +2647,11 @@ egress_stop(struct egress *eg)
     egress_audit_stop(eg->audit); /* after every connection's record is queued */
     egress_tls_free(eg->tls);
     free(eg->relay_buf);
+    free(eg->att);
+    pthread_mutex_destroy(&eg->att_lock);
     free_cfg(eg);
     free(eg);
 }
-
-/* The ids with listeners, as the command queue will leave them (the caller's view). */
-struct attached {
-    char id[40];
-    struct sandbox_init init;
-    uint64_t print; /* the policy's fingerprint: a changed policy gets a new listener */
-};
-static struct attached *att;
-static size_t natt;
-/*
- * Held across a whole attach or detach: the look-up, the new listening socket, the update of
- * att and the command pushed. Two threads attaching the same environment at once (a start
- * hook and the reconcile pass) would otherwise both find nothing, and both bind (the listener
- * is SO_REUSEPORT): two listeners, of which a policy update reaches only the first, so a
- * revoked credential stayed injected on the other's connections. It also keeps the commands
- * in the order att records: two updates pushed the other way round would leave the loop with
- * the older policy while att says the newer one.
- */
-static pthread_mutex_t att_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static void detach_locked(struct egress *eg, const char *id);
 
@@ -2661,12 +2665,12 @@ egress_attach(struct egress *eg, const char *id, const struct sandbox_init *init
 
     uint64_t print = egress_policy_print(policy);
 
-    pthread_mutex_lock(&att_lock);
-    for (size_t i = 0; i < natt; i++)
-        if (strcmp(att[i].id, id) == 0 && att[i].init.pid == init->pid &&
-            att[i].init.start == init->start) {
-            bool same = att[i].print == print;
-            att[i].print = print;
+    pthread_mutex_lock(&eg->att_lock);
+    for (size_t i = 0; i < eg->natt; i++)
+        if (strcmp(eg->att[i].id, id) == 0 && eg->att[i].init.pid == init->pid &&
+            eg->att[i].init.start == init->start) {
+            bool same = eg->att[i].print == print;
+            eg->att[i].print = print;
             if (!same && policy->mode != EGRESS_DISABLED) {
                 /* Same sandbox, new policy: swap it under the same listening socket. */
                 cm = xcalloc(1, sizeof(*cm));
@@ -2677,12 +2681,12 @@ egress_attach(struct egress *eg, const char *id, const struct sandbox_init *init
             } else if (!same) {
                 detach_locked(eg, id);
             }
-            pthread_mutex_unlock(&att_lock);
+            pthread_mutex_unlock(&eg->att_lock);
             return 0;
         }
     if (policy->mode == EGRESS_DISABLED) {
         detach_locked(eg, id);
-        pthread_mutex_unlock(&att_lock);
+        pthread_mutex_unlock(&eg->att_lock);
         return 0;
     }
     /* Another sandbox's listener for this id goes only once this one listens: an attach from
@@ -2690,7 +2694,7 @@ egress_attach(struct egress *eg, const char *id, const struct sandbox_init *init
      * current sandbox's listener alone. */
     fd = sandbox_netns_listen(init, EGRESS_PORT, errp);
     if (fd < 0) {
-        pthread_mutex_unlock(&att_lock);
+        pthread_mutex_unlock(&eg->att_lock);
         return err_wrap(errp, "egress listener for %s", id);
     }
     detach_locked(eg, id);
@@ -2704,26 +2708,26 @@ egress_attach(struct egress *eg, const char *id, const struct sandbox_init *init
     cm = xcalloc(1, sizeof(*cm));
     cm->kind = CMD_ATTACH;
     cm->ls = ls;
-    att = xrealloc(att, (natt + 1) * sizeof(*att));
-    snprintf(att[natt].id, sizeof(att[natt].id), "%s", id);
-    att[natt].init = *init;
-    att[natt].print = print;
-    natt++;
+    eg->att = xrealloc(eg->att, (eg->natt + 1) * sizeof(*eg->att));
+    snprintf(eg->att[eg->natt].id, sizeof(eg->att[eg->natt].id), "%s", id);
+    eg->att[eg->natt].init = *init;
+    eg->att[eg->natt].print = print;
+    eg->natt++;
     push(eg, cm);
-    pthread_mutex_unlock(&att_lock);
+    pthread_mutex_unlock(&eg->att_lock);
     return 1;
 }
 
-/* egress_detach() with att_lock held. */
+/* egress_detach() with eg->att_lock held. */
 static void
 detach_locked(struct egress *eg, const char *id)
 {
     struct cmd *cm;
     bool had = false;
 
-    for (size_t i = 0; i < natt; i++)
-        if (strcmp(att[i].id, id) == 0) {
-            att[i] = att[--natt];
+    for (size_t i = 0; i < eg->natt; i++)
+        if (strcmp(eg->att[i].id, id) == 0) {
+            eg->att[i] = eg->att[--eg->natt];
             had = true;
             break;
         }
@@ -2738,9 +2742,9 @@ detach_locked(struct egress *eg, const char *id)
 void
 egress_detach(struct egress *eg, const char *id)
 {
-    pthread_mutex_lock(&att_lock);
+    pthread_mutex_lock(&eg->att_lock);
     detach_locked(eg, id);
-    pthread_mutex_unlock(&att_lock);
+    pthread_mutex_unlock(&eg->att_lock);
 }
 
 size_t
@@ -2750,12 +2754,12 @@ egress_attached(struct egress *eg, char ***out)
     size_t n;
 
     (void)eg;
-    pthread_mutex_lock(&att_lock);
-    n = natt;
+    pthread_mutex_lock(&eg->att_lock);
+    n = eg->natt;
     v = xcalloc(n + 1, sizeof(*v));
     for (size_t i = 0; i < n; i++)
-        v[i] = xstrdup(att[i].id);
-    pthread_mutex_unlock(&att_lock);
+        v[i] = xstrdup(eg->att[i].id);
+    pthread_mutex_unlock(&eg->att_lock);
     *out = v;
     return n;
 }
