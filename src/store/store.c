@@ -194,6 +194,32 @@ static const char *const migrations[] = {
     "CREATE INDEX environments_by_project ON environments (project, created_ms, seq);",
     /* 7: egress records are purged by age (the janitor, after --retention) */
     "CREATE INDEX egress_log_by_time ON egress_log (ts_ms);",
+    /*
+     * 8: egress record ids are never used twice. Without AUTOINCREMENT a purge that took the
+     * newest rows (a quiet installation past its retention) let new records take ids at or
+     * below a page token a client holds, and a client following the trail skipped them. The
+     * table is copied with its ids; sqlite_sequence starts at the largest.
+     */
+    "CREATE TABLE egress_log_v8 ("
+    " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " env_id TEXT NOT NULL,"
+    " interaction_id TEXT NOT NULL DEFAULT '',"
+    " ts_ms INTEGER NOT NULL,"
+    " host TEXT NOT NULL,"
+    " port INTEGER NOT NULL,"
+    " method TEXT NOT NULL,"
+    " decision TEXT NOT NULL,"
+    " reason TEXT NOT NULL,"
+    " bytes_up INTEGER NOT NULL,"
+    " bytes_down INTEGER NOT NULL"
+    ") STRICT;"
+    "INSERT INTO egress_log_v8 (id, env_id, interaction_id, ts_ms, host, port, method, decision,"
+    " reason, bytes_up, bytes_down) SELECT id, env_id, interaction_id, ts_ms, host, port, method,"
+    " decision, reason, bytes_up, bytes_down FROM egress_log;"
+    "DROP TABLE egress_log;"
+    "ALTER TABLE egress_log_v8 RENAME TO egress_log;"
+    "CREATE INDEX egress_log_by_env ON egress_log (env_id, id);"
+    "CREATE INDEX egress_log_by_time ON egress_log (ts_ms);",
 };
 
 _Static_assert(STORE_ENV_POOLED == 5, "migration 6 names the pooled state by its number");

@@ -15,7 +15,7 @@
 struct store;
 
 /** The schema version this paddock writes (PRAGMA user_version): one per migration. */
-#define STORE_SCHEMA_VERSION 7
+#define STORE_SCHEMA_VERSION 8
 
 enum store_env_state {
     STORE_ENV_CREATING = 0, /* row exists, the sandbox is being set up */

@@ -987,6 +987,65 @@ insert_egress(struct store *s, const char *env_id, int64_t ts_ms)
     insert_egress_by(s, env_id, "", ts_ms);
 }
 
+/* The newest record's id, 0 when none. */
+static int64_t
+last_egress_id(struct store *s)
+{
+    struct store_egress *v = NULL;
+    size_t n = 0;
+    int64_t id;
+    struct err *e = NULL;
+
+    ASSERT_NO_ERR(store_egress_page(s, "env_a", NULL, 0, 100, &v, &n, &e), &e);
+    id = n > 0 ? v[n - 1].id : 0;
+    free(v);
+    return id;
+}
+
+/* Record ids are never used twice, so a page token a client holds never skips a record: not
+ * after a purge took the newest rows, and not after migration 8 copied a table that had none
+ * of AUTOINCREMENT's bookkeeping (it starts past the largest id). */
+static void
+test_egress_ids_never_reused(void **state)
+{
+    struct fixture *f = *state;
+    struct err *e = NULL;
+    size_t n = 0;
+    int64_t top;
+
+    for (int i = 0; i < 3; i++)
+        insert_egress(f->s, "env_a", i);
+    top = last_egress_id(f->s);
+    ASSERT_NO_ERR(store_egress_purge(f->s, 1000, 100, &n, &e), &e);
+    assert_int_equal(n, 3);
+    assert_int_equal(last_egress_id(f->s), 0);
+    insert_egress(f->s, "env_a", 5);
+    assert_true(last_egress_id(f->s) > top);
+    top = last_egress_id(f->s);
+
+    /* The same table as schema 7 made it, then opened again: migration 8 keeps the ids. */
+    store_close(f->s);
+    f->s = NULL;
+    raw_exec(f->db, "CREATE TABLE e7 (id INTEGER PRIMARY KEY, env_id TEXT NOT NULL,"
+                    " interaction_id TEXT NOT NULL DEFAULT '', ts_ms INTEGER NOT NULL,"
+                    " host TEXT NOT NULL, port INTEGER NOT NULL, method TEXT NOT NULL,"
+                    " decision TEXT NOT NULL, reason TEXT NOT NULL, bytes_up INTEGER NOT NULL,"
+                    " bytes_down INTEGER NOT NULL) STRICT;"
+                    "INSERT INTO e7 SELECT * FROM egress_log; DROP TABLE egress_log;"
+                    "ALTER TABLE e7 RENAME TO egress_log;"
+                    "CREATE INDEX egress_log_by_env ON egress_log (env_id, id);"
+                    "CREATE INDEX egress_log_by_time ON egress_log (ts_ms);"
+                    "DELETE FROM sqlite_sequence WHERE name = 'egress_log';"
+                    "PRAGMA user_version = 7;");
+    ASSERT_NO_ERR(store_open(f->db, &f->s, &e), &e);
+    assert_int_equal(schema_version(f->db), STORE_SCHEMA_VERSION);
+    assert_int_equal(last_egress_id(f->s), top);
+    ASSERT_NO_ERR(store_egress_purge(f->s, 1000, 100, &n, &e), &e);
+    assert_int_equal(n, 1);
+    insert_egress(f->s, "env_a", 6);
+    assert_true(last_egress_id(f->s) > top);
+}
+
 /* A record written when its connection is allowed is completed when it ends: same id, same
  * place in the order; a record purged meanwhile is reported gone. */
 static void
@@ -1286,6 +1345,7 @@ test_store_api_run(void)
         T(test_egress_purge),
         T(test_egress_page_by_interaction),
         T(test_egress_update),
+        T(test_egress_ids_never_reused),
         T(test_seq_creation_order),
         T(test_page_stable_under_inserts),
         T(test_page_limits),
