@@ -155,8 +155,11 @@ int api_cred_rotate(const char *data_dir, struct store *s, const char *project, 
  * is used while it lasts, and without one the answer is an error saying it is being fetched
  * (the next call, once it is in, gets it).
  */
-int api_oauth_token(const char *data_dir, const char *project, const char *id, json_t *config,
-                    json_t *secret, bool wait, char **token, struct err **errp);
+int api_oauth_token(const char *data_dir, const char *project, const char *id, bool wait,
+                    char **token, struct err **errp);
+/** At shutdown: starts no new token request and waits (at most timeout_ms) for those under
+ * way, which use the proxy's address rules and may store a rotated refresh token. */
+void api_oauth_quiesce(int timeout_ms);
 /** Drops a cached token (its credential changed or went). */
 void api_oauth_forget(const char *project, const char *id);
 

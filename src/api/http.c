@@ -775,8 +775,7 @@ resolve_credentials(struct env_ctx *ctx, const struct store_env *e, json_t *cfg,
             free(v);
         } else if (strcmp(meta.type, "oauth2") == 0) {
             char *tok = NULL;
-            if (api_oauth_token(dd, e->project, r->credential, config, secret, wait, &tok, &er) <
-                0) {
+            if (api_oauth_token(dd, e->project, r->credential, wait, &tok, &er) < 0) {
                 snprintf(r->cred_error, sizeof(r->cred_error), "%.120s", er->msg);
                 if (er->code != ERR_CONFLICT) /* not "being fetched": that is no failure */
                     log_warnx("egress: %s: credential %s: %s", e->id, r->credential, er->msg);
@@ -1214,6 +1213,9 @@ api_serve(const struct api_config *cfg, struct err **errp)
     agents = NULL;
     model_config_clear(&model_cfg);
     env_set_start_hook(NULL, NULL);
+    /* Token requests under way use the proxy's address rules, and may hold a rotated refresh
+     * token not yet stored: they end before the proxy goes. */
+    api_oauth_quiesce(20000);
     egress_stop(egress);
     egress = NULL;
     pthread_join(wd, NULL);

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include <arpa/inet.h>
 #include <curl/curl.h>
@@ -40,6 +41,8 @@ struct cached {
 
 static pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cache_cond = PTHREAD_COND_INITIALIZER; /* a fetch ended */
+static unsigned inflight; /* token requests under way, under cache_lock */
+static bool stopping;     /* the server is stopping: no new request starts */
 static struct cached *cache;
 static size_t ncache;
 
@@ -357,13 +360,17 @@ out:
     return ret;
 }
 
-/* One token request for a credential whose slot is marked fetching (by the caller), and what
- * follows: a rotated refresh token stored, the answer cached unless the credential changed
- * meanwhile (gen), the slot released and waiters woken. *token (may be NULL) gets a copy. */
+/*
+ * One token request for a credential whose slot the caller marked fetching (taking its gen),
+ * and what follows: a rotated refresh token stored, the answer cached unless the credential
+ * changed meanwhile, the slot released and waiters woken. The credential is read here, after
+ * the slot was taken, on a database connection of its own (this may run on a thread of its
+ * own): a secret read before another fetch or a PATCH is never sent. *token (may be NULL)
+ * gets a copy.
+ */
 struct job {
     char *data_dir;
     char key[200], project[128], id[128];
-    json_t *config, *secret;
     uint64_t gen;
 };
 
@@ -371,52 +378,52 @@ static int
 run_fetch(const struct job *j, char **token, struct err **errp)
 {
     struct answer a = { NULL, 0, 0, NULL };
+    cleanup_free char *db = xasprintf("%s/paddock.db", j->data_dir);
+    struct store *st = NULL;
+    struct store_cred meta;
+    json_t *config = NULL, *secret = NULL;
     struct err *e = NULL;
     struct cached *s;
     int rc = 0;
 
-    if (fetch_token(j->config, j->secret, &a, &e) < 0) {
-        pthread_mutex_lock(&cache_lock);
-        s = slot(j->key);
-        s->fetching = false;
+    if (store_open(db, &st, &e) < 0 ||
+        api_cred_secret(j->data_dir, st, j->project, j->id, &meta, &config, &secret, &e) < 0) {
+        err_wrap(&e, "oauth2 credential %s", j->id);
+    } else {
+        store_cred_clear(&meta);
+        if (fetch_token(config, secret, &a, &e) == 0 && a.rotated != NULL) {
+            /* Stored before the token is handed out; only over the refresh token this
+             * request spent, never over one an operator has put there meanwhile. */
+            struct err *re = NULL;
+            const char *used = json_string_value(json_object_get(secret, "refresh_token"));
+            if (api_cred_rotate(j->data_dir, st, j->project, j->id, "refresh_token", used,
+                                a.rotated, &re) < 0) {
+                log_warnx("oauth2 credential %s: the token endpoint issued a new refresh token "
+                          "that could not be stored (%s); the next refresh may be refused",
+                          j->id, re->msg);
+                err_free(re);
+            }
+        }
+        wipe_free(a.rotated);
+        api_wipe_json(secret);
+        json_decref(secret);
+        json_decref(config);
+    }
+    store_close(st);
+    pthread_mutex_lock(&cache_lock);
+    s = slot(j->key);
+    s->fetching = false;
+    inflight--;
+    pthread_cond_broadcast(&cache_cond);
+    if (e != NULL) {
         if (s->gen == j->gen) {
             s->failed_ms = util_now_ms();
             snprintf(s->why, sizeof(s->why), "%s", e->msg);
         }
-        pthread_cond_broadcast(&cache_cond);
-        pthread_mutex_unlock(&cache_lock);
-        if (errp != NULL)
-            *errp = e;
-        else
-            err_free(e);
-        return -1;
-    }
-    if (a.rotated != NULL) {
-        /* Stored before the token is handed out; only over the refresh token this request
-         * spent, never over one an operator has put there meanwhile. A connection of its own:
-         * this may run on a thread of its own. */
-        const char *used = json_string_value(json_object_get(j->secret, "refresh_token"));
-        cleanup_free char *db = xasprintf("%s/paddock.db", j->data_dir);
-        struct store *st = NULL;
-        if (store_open(db, &st, &e) < 0 ||
-            api_cred_rotate(j->data_dir, st, j->project, j->id, "refresh_token", used, a.rotated,
-                            &e) < 0) {
-            log_warnx("oauth2 credential %s: the token endpoint issued a new refresh token that "
-                      "could not be stored (%s); the next refresh may be refused",
-                      j->id, e->msg);
-            err_free(e);
-            e = NULL;
-        }
-        store_close(st);
-        wipe_free(a.rotated);
-    }
-    pthread_mutex_lock(&cache_lock);
-    s = slot(j->key);
-    s->fetching = false;
-    pthread_cond_broadcast(&cache_cond);
-    if (s->gen != j->gen) {
+        rc = -1;
+    } else if (s->gen != j->gen) {
         /* The credential changed while we asked: this answer is for the old one. */
-        rc = err_set(errp, ERR_UPSTREAM, 0, "the credential changed during its token request");
+        rc = err_set(&e, ERR_UPSTREAM, 0, "the credential changed during its token request");
     } else {
         wipe_free(s->token);
         s->token = xstrdup(a.token);
@@ -428,17 +435,13 @@ run_fetch(const struct job *j, char **token, struct err **errp)
     }
     pthread_mutex_unlock(&cache_lock);
     wipe_free(a.token);
+    if (e != NULL) {
+        if (errp != NULL)
+            *errp = e;
+        else
+            err_free(e);
+    }
     return rc;
-}
-
-static void
-job_free(struct job *j)
-{
-    free(j->data_dir);
-    api_wipe_json(j->secret);
-    json_decref(j->secret);
-    json_decref(j->config);
-    free(j);
 }
 
 static void *
@@ -447,13 +450,23 @@ fetch_thread(void *arg)
     struct job *j = arg;
 
     (void)run_fetch(j, NULL, NULL); /* a failure is kept in the slot, for the next ask */
-    job_free(j);
+    free(j->data_dir);
+    free(j);
     return NULL;
 }
 
+/* A copy of the slot's token (under cache_lock), 0. */
+static int
+hand_out(const struct cached *s, char **token)
+{
+    *token = xstrdup(s->token);
+    pthread_mutex_unlock(&cache_lock);
+    return 0;
+}
+
 int
-api_oauth_token(const char *data_dir, const char *project, const char *id, json_t *config,
-                json_t *secret, bool wait, char **token, struct err **errp)
+api_oauth_token(const char *data_dir, const char *project, const char *id, bool wait, char **token,
+                struct err **errp)
 {
     struct job j;
     struct cached *s;
@@ -461,51 +474,45 @@ api_oauth_token(const char *data_dir, const char *project, const char *id, json_
 
     memset(&j, 0, sizeof(j));
     snprintf(j.key, sizeof(j.key), "%s/%s", project, id);
+    snprintf(j.project, sizeof(j.project), "%s", project);
+    snprintf(j.id, sizeof(j.id), "%s", id);
     pthread_mutex_lock(&cache_lock);
     for (;;) {
         int64_t now = util_now_ms();
         s = slot(j.key);
         usable = s->token != NULL && s->expires_ms > now;
-        if (usable && s->refresh_ms > now) {
-            *token = xstrdup(s->token);
-            pthread_mutex_unlock(&cache_lock);
-            return 0;
-        }
+        if (usable && s->refresh_ms > now)
+            return hand_out(s, token);
         if (s->failed_ms != 0 && now - s->failed_ms < RETRY_MS) {
-            if (usable) { /* the last one still works; ask again after the wait */
-                *token = xstrdup(s->token);
-                pthread_mutex_unlock(&cache_lock);
-                return 0;
-            }
+            char why[sizeof(s->why)];
+            if (usable) /* the last one still works; ask again after the wait */
+                return hand_out(s, token);
+            snprintf(why, sizeof(why), "%s", s->why); /* the slot may move once unlocked */
             pthread_mutex_unlock(&cache_lock);
             /* The same words each time: the proxy's policy (and its listener) stays put. */
-            return err_set(errp, ERR_UPSTREAM, 0, "%s", s->why);
+            return err_set(errp, ERR_UPSTREAM, 0, "%s", why);
         }
-        if (!s->fetching)
+        if (!s->fetching && !stopping)
             break;
-        if (!wait || usable) {
-            /* Another request is under way: the token it brings is installed by a later
-             * ask; meanwhile the one in hand is used while it lasts. */
+        if (!wait || usable || stopping) {
+            /* Another request is under way (or the server is stopping): the token it brings
+             * is installed by a later ask; meanwhile the one in hand is used while it lasts. */
             if (usable)
-                *token = xstrdup(s->token);
+                return hand_out(s, token);
             pthread_mutex_unlock(&cache_lock);
-            return usable ? 0
-                          : err_set(errp, ERR_CONFLICT, 0,
-                                    "an access token is being fetched for credential '%s'", id);
+            return err_set(errp, ERR_CONFLICT, 0,
+                           "an access token is being fetched for credential '%s'", id);
         }
         /* One request per credential at a time: another thread's answer serves this one
          * too, and a refresh token that rotates is never spent twice. */
         pthread_cond_wait(&cache_cond, &cache_lock);
     }
     s->fetching = true;
+    inflight++;
     j.gen = s->gen;
     pthread_mutex_unlock(&cache_lock);
-    snprintf(j.project, sizeof(j.project), "%s", project);
-    snprintf(j.id, sizeof(j.id), "%s", id);
     if (wait && !usable) {
         j.data_dir = (char *)(uintptr_t)data_dir;
-        j.config = config;
-        j.secret = secret;
         return run_fetch(&j, token, errp);
     }
     {
@@ -518,8 +525,6 @@ api_oauth_token(const char *data_dir, const char *project, const char *id, json_
         int rc;
         *bg = j;
         bg->data_dir = xstrdup(data_dir);
-        bg->config = json_deep_copy(config);
-        bg->secret = json_deep_copy(secret);
         pthread_attr_init(&at);
         pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
         rc = pthread_create(&t, &at, fetch_thread, bg);
@@ -527,24 +532,43 @@ api_oauth_token(const char *data_dir, const char *project, const char *id, json_
         if (rc != 0) {
             pthread_mutex_lock(&cache_lock);
             slot(j.key)->fetching = false;
+            inflight--;
             pthread_cond_broadcast(&cache_cond);
             pthread_mutex_unlock(&cache_lock);
-            job_free(bg);
+            free(bg->data_dir);
+            free(bg);
             return err_set(errp, ERR_INTERNAL, rc, "start a token request");
         }
     }
-    if (usable) {
-        pthread_mutex_lock(&cache_lock);
-        s = slot(j.key);
-        usable = s->token != NULL;
-        if (usable)
-            *token = xstrdup(s->token);
-        pthread_mutex_unlock(&cache_lock);
-        if (usable)
-            return 0;
-    }
+    pthread_mutex_lock(&cache_lock);
+    s = slot(j.key);
+    if (usable && s->token != NULL)
+        return hand_out(s, token);
+    pthread_mutex_unlock(&cache_lock);
     return err_set(errp, ERR_CONFLICT, 0, "an access token is being fetched for credential '%s'",
                    id);
+}
+
+void
+api_oauth_quiesce(int timeout_ms)
+{
+    int64_t until = util_now_ms() + timeout_ms;
+
+    pthread_mutex_lock(&cache_lock);
+    stopping = true;
+    while (inflight > 0 && util_now_ms() < until) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 100 * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&cache_cond, &cache_lock, &ts);
+    }
+    if (inflight > 0)
+        log_warnx("oauth2: %u token requests still under way at shutdown", inflight);
+    pthread_mutex_unlock(&cache_lock);
 }
 
 void
