@@ -35,6 +35,15 @@ struct open_row {
     int64_t id;
 };
 
+/* A change to the open-record table made inside a batch's transaction: undone if the
+ * transaction is not committed, so no id of a rolled-back row is ever completed. */
+struct undo {
+    struct undo *next;
+    bool added; /* key was added (undo: remove it); else removed (undo: add it back) */
+    uint64_t key;
+    int64_t id;
+};
+
 struct egress_audit {
     struct store *store;
     pthread_t thread;
@@ -43,11 +52,12 @@ struct egress_audit {
     struct op *head, *tail;              /* under lock */
     size_t queued;                       /* under lock */
     bool stop;                           /* under lock */
-    bool writing;                        /* under lock: the writer has a batch in hand */
-    pthread_cond_t drained;              /* nothing queued and nothing in hand */
+    uint64_t enqueued, written;          /* under lock: records handed over, and dealt with */
+    pthread_cond_t drained;              /* written moved */
     uint64_t next_key;                   /* the loop's */
     uint64_t lost;                       /* writer's: records that could not be written */
     struct open_row *open[OPEN_BUCKETS]; /* writer's */
+    struct undo *undo;                   /* writer's: this batch's changes to open */
 };
 
 static struct open_row **
@@ -61,45 +71,96 @@ open_slot(struct egress_audit *a, uint64_t key)
 }
 
 static void
-write_one(struct egress_audit *a, struct op *o)
+open_add(struct egress_audit *a, uint64_t key, int64_t id)
+{
+    struct open_row *row = xcalloc(1, sizeof(*row));
+    struct open_row **pp = open_slot(a, key);
+
+    row->key = key;
+    row->id = id;
+    row->next = *pp;
+    *pp = row;
+}
+
+/* Takes key's row out of the table: its id, or 0 when there is none. */
+static int64_t
+open_take(struct egress_audit *a, uint64_t key)
+{
+    struct open_row **pp = open_slot(a, key), *row = *pp;
+    int64_t id;
+
+    if (row == NULL)
+        return 0;
+    *pp = row->next;
+    id = row->id;
+    free(row);
+    return id;
+}
+
+static void
+log_change(struct egress_audit *a, bool in_tx, bool added, uint64_t key, int64_t id)
+{
+    struct undo *u;
+
+    if (!in_tx)
+        return;
+    u = xmalloc(sizeof(*u));
+    u->added = added;
+    u->key = key;
+    u->id = id;
+    u->next = a->undo;
+    a->undo = u;
+}
+
+/* The batch's changes to the table stand (commit) or are undone, newest first (rollback). */
+static void
+end_changes(struct egress_audit *a, bool keep)
+{
+    while (a->undo != NULL) {
+        struct undo *u = a->undo;
+        a->undo = u->next;
+        if (!keep) {
+            if (u->added)
+                (void)open_take(a, u->key);
+            else
+                open_add(a, u->key, u->id);
+        }
+        free(u);
+    }
+}
+
+/* Writes one record; false when the database refused it. */
+static bool
+write_one(struct egress_audit *a, const struct op *o, bool in_tx)
 {
     struct err *e = NULL;
     int64_t id = 0;
     bool found = false;
 
-    if (!o->open && o->key != 0) {
+    if (!o->open && o->key != 0 && (id = open_take(a, o->key)) != 0) {
         /* The end of an allowed connection: complete its record, or write it whole if that
-         * record could not be written or has been purged (a connection past the retention). */
-        struct open_row **pp = open_slot(a, o->key), *row = *pp;
-        if (row != NULL) {
-            *pp = row->next;
-            id = row->id;
-            free(row);
-            if (store_egress_update(a->store, id, &o->r, &found, &e) == 0 && found)
-                return;
-            if (e != NULL) {
-                a->lost++;
-                log_warnx("egress: audit record %lld not completed: %s", (long long)id, e->msg);
-                err_free(e);
-                return;
-            }
-        }
+         * record has been purged (a connection past the retention). */
+        log_change(a, in_tx, false, o->key, id);
+        if (store_egress_update(a->store, id, &o->r, &found, &e) < 0)
+            goto fail;
+        if (found)
+            return true;
     }
-    if (store_egress_insert(a->store, &o->r, &id, &e) < 0) {
-        a->lost++;
-        log_warnx("egress: audit record lost (%llu so far): %s", (unsigned long long)a->lost,
-                  e->msg);
-        err_free(e);
-        return;
-    }
+    if (store_egress_insert(a->store, &o->r, &id, &e) < 0)
+        goto fail;
     if (o->open) {
-        struct open_row *row = xcalloc(1, sizeof(*row));
-        struct open_row **pp = open_slot(a, o->key);
-        row->key = o->key;
-        row->id = id;
-        row->next = *pp;
-        *pp = row;
+        open_add(a, o->key, id);
+        log_change(a, in_tx, true, o->key, id);
     }
+    return true;
+fail:
+    if (!in_tx) {
+        a->lost++;
+        log_warnx("egress: audit record of %s:%d lost (%llu so far): %s", o->r.host, o->r.port,
+                  (unsigned long long)a->lost, e->msg);
+    }
+    err_free(e);
+    return false;
 }
 
 static void *
@@ -109,7 +170,8 @@ writer(void *arg)
 
     for (;;) {
         struct op *list;
-        bool stop, tx;
+        bool stop, ok = true;
+        uint64_t n = 0;
 
         pthread_mutex_lock(&a->lock);
         while (a->head == NULL && !a->stop)
@@ -118,26 +180,35 @@ writer(void *arg)
         stop = a->stop;
         a->head = a->tail = NULL;
         a->queued = 0;
-        a->writing = list != NULL;
         pthread_mutex_unlock(&a->lock);
         if (list == NULL && stop)
             break;
-        /* One transaction for the batch: one WAL commit, not one per record. Without it
-         * (the database busy past its timeout) each record commits alone. */
-        tx = list != NULL && list->next != NULL && store_begin(a->store, NULL) == 0;
-        for (struct op *o = list, *n; o != NULL; o = n) {
-            n = o->next;
-            write_one(a, o);
-            free(o);
+        /*
+         * One transaction for the batch: one WAL commit, not one per record. If any record
+         * is refused, or the commit, the whole transaction is rolled back, with the table's
+         * changes, and the batch is written again a record at a time, so one bad record (or a
+         * full disk for a moment) costs only what cannot be written.
+         */
+        if (list->next != NULL && store_begin(a->store, NULL) == 0) {
+            for (struct op *o = list; o != NULL && ok; o = o->next)
+                ok = write_one(a, o, true);
+            ok = ok && store_commit(a->store, NULL) == 0;
+            if (!ok)
+                store_rollback(a->store);
+            end_changes(a, ok);
+        } else {
+            ok = false;
         }
-        if (tx && store_commit(a->store, NULL) < 0) {
-            log_warnx("egress: a batch of audit records could not be committed");
-            a->lost++;
+        for (struct op *o = list, *next; o != NULL; o = next) {
+            next = o->next;
+            if (!ok)
+                (void)write_one(a, o, false);
+            free(o);
+            n++;
         }
         pthread_mutex_lock(&a->lock);
-        a->writing = false;
-        if (a->head == NULL)
-            pthread_cond_broadcast(&a->drained);
+        a->written += n;
+        pthread_cond_broadcast(&a->drained);
         pthread_mutex_unlock(&a->lock);
     }
     return NULL;
@@ -187,6 +258,7 @@ push(struct egress_audit *a, const struct store_egress *r, uint64_t key, bool op
         a->head = o;
     a->tail = o;
     a->queued++;
+    a->enqueued++;
     pthread_cond_signal(&a->more);
     pthread_mutex_unlock(&a->lock);
     return true;
@@ -223,9 +295,11 @@ egress_audit_sync(struct egress_audit *a, int timeout_ms)
         until.tv_nsec -= 1000000000L;
     }
     pthread_mutex_lock(&a->lock);
-    while ((a->head != NULL || a->writing) &&
-           pthread_cond_timedwait(&a->drained, &a->lock, &until) == 0)
-        ;
+    /* Every record handed over before now, not an empty queue: under steady traffic the
+     * queue is never empty, and a listing would always wait the whole timeout. */
+    for (uint64_t target = a->enqueued; a->written < target;)
+        if (pthread_cond_timedwait(&a->drained, &a->lock, &until) != 0)
+            break;
     pthread_mutex_unlock(&a->lock);
 }
 

@@ -1355,6 +1355,13 @@ store_begin(struct store *s, struct err **errp)
     return exec_sql(s, "BEGIN IMMEDIATE", errp);
 }
 
+void
+store_rollback(struct store *s)
+{
+    if (!sqlite3_get_autocommit(s->db))
+        exec_sql(s, "ROLLBACK", NULL);
+}
+
 int
 store_commit(struct store *s, struct err **errp)
 {

@@ -319,6 +319,8 @@ int store_event_last(struct store *s, const char *iid, int64_t *out, struct err 
  */
 int store_begin(struct store *s, struct err **errp);
 int store_commit(struct store *s, struct err **errp);
+/** Rolls back the transaction store_begin() began (nothing when none is open). */
+void store_rollback(struct store *s);
 
 /** Runs fn inside one write transaction (BEGIN IMMEDIATE … COMMIT, rolled back on error). */
 int store_tx(struct store *s, int (*fn)(struct store *s, void *arg, struct err **errp), void *arg,

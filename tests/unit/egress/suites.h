@@ -7,5 +7,6 @@ int test_policy_run(void);
 int test_addr_run(void);
 int test_tag_run(void);
 int test_tls_run(void);
+int test_audit_run(void);
 
 #endif

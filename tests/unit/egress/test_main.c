@@ -14,5 +14,6 @@ main(void)
     failed += test_addr_run();
     failed += test_tag_run();
     failed += test_tls_run();
+    failed += test_audit_run();
     return failed == 0 ? 0 : 1;
 }
