@@ -882,7 +882,12 @@ attach_egress(struct env_ctx *ctx, const struct store_env *e, bool wait)
             resolve_credentials(ctx, e, cfg, pol, wait);
         }
     }
-    if (pol == NULL || (made = egress_attach(egress, e->id, &init, pol, &er)) < 0) {
+    if (pol == NULL) {
+        /* No policy it can be given: a listener it has keeps an older one, so it goes. */
+        egress_detach(egress, e->id);
+        log_warnx("egress: %s: %s", e->id, er->msg);
+        err_free(er);
+    } else if ((made = egress_attach(egress, e->id, &init, pol, &er)) < 0) {
         log_warnx("egress: %s: %s", e->id, er->msg);
         err_free(er);
     } else if (made > 0 && e->created_ms <= ca_made_ms && env_seed_trust(ctx, e->id, &er) < 0) {
