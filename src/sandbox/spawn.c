@@ -79,12 +79,30 @@ err_from_msg(const struct spawn_msg *m, struct err **errp)
     return err_set(errp, (enum err_code)m->code, 0, "%s", text);
 }
 
+/*
+ * Whether pid is in this process's pid namespace. Every sandbox's init is the first process of
+ * a pid namespace of its own; after a reboot a stored pid and start time (ticks since boot) can
+ * match a process of the host, which is then none of ours: not to adopt, not to give a proxy
+ * listener to, and not to kill. When it cannot be told, the answer is yes (not a sandbox).
+ */
+static bool
+in_our_pid_ns(pid_t pid)
+{
+    char path[64];
+    struct stat a, b;
+
+    snprintf(path, sizeof(path), "/proc/%d/ns/pid", (int)pid);
+    if (stat("/proc/self/ns/pid", &a) < 0 || stat(path, &b) < 0)
+        return true;
+    return a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+}
+
 bool
 sandbox_alive(const struct sandbox_init *init)
 {
-    if (init->pid <= 0)
+    if (init->pid <= 0 || init->start == 0 || util_proc_start_time(init->pid) != init->start)
         return false;
-    return util_proc_start_time(init->pid) == init->start && init->start != 0;
+    return !in_our_pid_ns(init->pid);
 }
 
 /* ------------------------------------------------------------------ child */
@@ -675,7 +693,7 @@ sandbox_stop(const char *id, const struct sandbox_init *init, struct err **errp)
     if (init->pid > 0) {
         pidfd = (int)syscall(SYS_pidfd_open, init->pid, 0);
         /* Check identity after opening the pidfd, so the pid cannot be reused in between. */
-        if (pidfd >= 0 && util_proc_start_time(init->pid) == init->start) {
+        if (pidfd >= 0 && sandbox_alive(init)) {
             struct pollfd p = {pidfd, POLLIN, 0};
             /* Killing pid 1 of the namespace kills every process in it. */
             syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);

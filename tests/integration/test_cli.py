@@ -2,6 +2,7 @@
 
 import concurrent.futures
 import os
+import subprocess
 import time
 
 import pytest
@@ -94,6 +95,38 @@ def test_create_rejects_bad_network(mpd, network):
     r = mpd.run("env", "create", "--network", network)
     one_line_error(r, "network")
     assert mpd.ls() == before
+
+
+def test_stop_never_kills_a_process_that_is_not_the_sandbox(pd):
+    """An environment's row names its init by pid and start time; after a reboot both can match
+    a process of the host. `env stop` kills an init only if it is the first process of a pid
+    namespace of its own: a host process written into the row (here a sleep of the test's)
+    survives the stop, and the environment is stopped all the same."""
+    import sqlite3
+    env = pd.create("--network", "disabled")
+    fake = subprocess.Popen(["sleep", "120"])
+    try:
+        start = int(open(f"/proc/{fake.pid}/stat").read().rsplit(")", 1)[1].split()[19])
+        real = env.info.get("init_pid")
+        db = sqlite3.connect(pd.data / "paddock.db", timeout=10)
+        with db:
+            n = db.execute("UPDATE environments SET init_pid = ?, init_start = ? WHERE id = ?",
+                           (fake.pid, start, env.id)).rowcount
+        db.close()
+        assert n == 1
+        r = pd.run("env", "stop", env.id)
+        assert fake.poll() is None, "env stop killed a process that is not the sandbox's init"
+        assert r.rc == 0, r
+        mine = [x for x in pd.run("env", "ls", "--json").json() if x["id"] == env.id]
+        assert mine and mine[0]["state"] == "stopped", mine
+    finally:
+        fake.kill()
+        fake.wait()
+        if real:
+            try:
+                os.kill(real, 9)   # the real init, which the row no longer named
+            except OSError:
+                pass
 
 
 def test_create_network_open_is_accepted(pd):

@@ -187,25 +187,40 @@ def test_an_address_this_host_gains_is_refused_at_once(iso, addr, lit, cls):
     assert pdk.wait_until(lambda: cls in reason(), 5, 0.05), reason()
 
 
-def test_no_listener_in_the_proxys_own_namespace(iso):
-    """A stored init that is not a sandbox (after a reboot, a pid and start time can match a
-    process of the host) is never given a listener: the proxy would offer the environment's
-    policy, credentials included, to every process in its own namespace. Here a process in the
-    isolated proxy's namespace is written into an environment's row; the proxy refuses it,
-    says why, and nothing listens on 127.0.0.1:3128 in that namespace."""
+@pytest.mark.parametrize("own_pid_ns", [False, True], ids=["host-process", "host-network"])
+def test_no_listener_in_the_proxys_own_namespace(iso, own_pid_ns):
+    """A stored init that is not a sandbox (after a reboot, a pid and start time can match
+    another process) is never given a listener: the proxy would offer the environment's policy,
+    credentials included, to every process in its own network namespace. A process of the
+    isolated proxy's namespaces written into an environment's row is not taken for its init at
+    all (no pid namespace of its own): the environment is stopped. One in a pid namespace of
+    its own but the proxy's network (a container on the host's network) is refused by the
+    listener itself, which says why. Either way nothing listens on 127.0.0.1:3128 there."""
     import sqlite3
     ns = f"--net=/proc/{iso.server.proc.pid}/ns/net"
     e = iso.env()
-    fake = subprocess.Popen(["nsenter", ns, "sleep", "120"])
+    pre = ["unshare", "--pid", "--fork", "--kill-child"] if own_pid_ns else []
+    fake = subprocess.Popen(["nsenter", ns, *pre, "sleep", "120"])
     try:
-        start = int(open(f"/proc/{fake.pid}/stat").read().rsplit(")", 1)[1].split()[19])
+        pid = fake.pid
+        if own_pid_ns:   # the sleep is unshare's child, pid 1 of its namespace
+            kids = lambda: open(f"/proc/{fake.pid}/task/{fake.pid}/children").read().split()  # noqa
+            assert pdk.wait_until(kids, 5)
+            pid = int(kids()[0])
+        start = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[19])
         db = sqlite3.connect(iso.pd.data / "paddock.db", timeout=10)
         with db:
             db.execute("UPDATE environments SET init_pid = ?, init_start = ? WHERE id = ?",
-                       (fake.pid, start, e.id))
+                       (pid, start, e.id))
         db.close()
-        said = lambda: any(f"process {fake.pid} shares this host's network namespace" in l  # noqa
+
+        def said():
+            if own_pid_ns:
+                return any(f"process {pid} shares this host's network namespace" in l
                            for l in iso.server.lines)
+            r = iso.pd.run("env", "ls", "--json")
+            return r.rc == 0 and any(x["id"] == e.id and x["state"] == "stopped"
+                                     for x in r.json())
 
         def listens():
             return subprocess.run(
@@ -214,7 +229,7 @@ def test_no_listener_in_the_proxys_own_namespace(iso):
                 capture_output=True).returncode == 0
         pdk.wait_until(lambda: said() or listens(), 10)
         assert not listens(), "a listener in the proxy's own namespace"
-        assert said(), iso.server.lines[-20:]
+        assert said(), (iso.server.lines[-10:], iso.pd.run("env", "ls", "--json").text)
     finally:
         fake.kill()
         fake.wait()
