@@ -1087,6 +1087,8 @@ chunk_size(const char *line, uint64_t *size)
     return true;
 }
 
+static void end_revised(struct conn *c, const char *why);
+
 /* One response relayed: go on with the client's next request, or end. */
 static void
 resp_done(struct conn *c)
@@ -1095,7 +1097,11 @@ resp_done(struct conn *c)
 
     /* A response that came before all of its request's body (an early 401, 413...) leaves the
      * rest of that body on the way: what follows from the client is not a new request. */
-    if (c->resp.close_after || c->req_close || c->cl_eof || c->body_left > 0 || c->revised) {
+    if (c->revised) {
+        end_revised(c, NULL); /* the policy changed while the response was relayed */
+        return;
+    }
+    if (c->resp.close_after || c->req_close || c->cl_eof || c->body_left > 0) {
         finish(c);
         return;
     }
