@@ -2,7 +2,10 @@
  * Tests for the unprivileged parts of src/sandbox/spawn.c: process start times from
  * /proc/PID/stat and the liveness check that guards against pid reuse.
  */
+#include <sched.h>
+#include <signal.h>
 #include <sys/prctl.h>
+#include <sys/wait.h>
 
 #include "../unit.h"
 
@@ -168,9 +171,11 @@ test_alive(void **state)
     assert_true(self_start > 0 && child_start > 0);
 
     {
+        /* Every case is in this process's pid namespace, so none is a sandbox's init, which is
+         * the first process of a namespace of its own (test_alive_own_pid_ns). */
         const struct alive_case cases[] = {
-            { "self", getpid(), 0, true },
-            { "running child", w.pid, 0, true },
+            { "self", getpid(), 0, false },
+            { "running child", w.pid, 0, false },
             { "self, later start", getpid(), 1, false },
             { "self, earlier start", getpid(), -1, false },
             { "self, start 0", getpid(), INT64_MIN, false },
@@ -201,6 +206,66 @@ test_alive(void **state)
     assert_false(sandbox_alive(&init));
 }
 
+static char ns_stack[64 * 1024] __attribute__((aligned(16)));
+
+static int
+ns_child(void *arg)
+{
+    const int *fds = arg; /* go[0], ack[1], and the parent's ends: go[1], ack[0] */
+    char c;
+
+    close(fds[2]); /* or the read below never sees the parent close its end */
+    close(fds[3]);
+    (void)!write(fds[1], "r", 1);
+    while (read(fds[0], &c, 1) > 0)
+        ;
+    _exit(0);
+}
+
+/* A running process with the right start time is alive only as the first process of a pid
+ * namespace of its own, as every sandbox's init is: after a reboot a stored pid and start time
+ * can match a process of the host, which must be neither adopted nor killed. */
+static void
+test_alive_own_pid_ns(void **state)
+{
+    int go[2], ack[2], fds[4];
+    struct sandbox_init init;
+    pid_t pid;
+    char c;
+    (void)state;
+
+    assert_int_equal(pipe2(go, O_CLOEXEC), 0);
+    assert_int_equal(pipe2(ack, O_CLOEXEC), 0);
+    fds[0] = go[0];
+    fds[1] = ack[1];
+    fds[2] = go[1];
+    fds[3] = ack[0];
+    fflush(stdout);
+    pid = clone(ns_child, ns_stack + sizeof(ns_stack), CLONE_NEWPID | SIGCHLD, fds);
+    if (pid < 0) {
+        print_message("skipped: no pid namespace here (%s; root is needed)\n", strerror(errno));
+        close(go[0]);
+        close(go[1]);
+        close(ack[0]);
+        close(ack[1]);
+        return;
+    }
+    close(go[0]);
+    close(ack[1]);
+    assert_int_equal(read(ack[0], &c, 1), 1);
+    init.pid = pid;
+    init.start = util_proc_start_time(pid);
+    assert_true(init.start > 0);
+    assert_true(sandbox_alive(&init));
+    init.start++;
+    assert_false(sandbox_alive(&init));
+    close(go[1]);
+    close(ack[0]);
+    assert_int_equal(waitpid(pid, NULL, 0), pid);
+    init.start--;
+    assert_false(sandbox_alive(&init));
+}
+
 int
 test_spawn_run(void)
 {
@@ -210,6 +275,7 @@ test_spawn_run(void)
         cmocka_unit_test(test_start_time_odd_comm),
         cmocka_unit_test(test_start_time_no_process),
         cmocka_unit_test(test_alive),
+        cmocka_unit_test(test_alive_own_pid_ns),
     };
 
     return cmocka_run_group_tests_name("sandbox/spawn", tests, NULL, NULL);
