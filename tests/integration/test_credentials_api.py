@@ -501,7 +501,9 @@ def test_a_stalled_token_endpoint_holds_up_nothing_else(capi, upstreams):
                                json_body={"type": "oauth2", "token_url":
                                           f"https://idp.test:{stall.getsockname()[1]}/token"})
         assert r.status == 200, r
-        time.sleep(1.5)   # the next pass asks the stalled endpoint
+        # Until the next pass has asked the stalled endpoint (held open, never answered).
+        stall.settimeout(10 * pdk.SLOWDOWN)
+        held, _ = stall.accept()
         assert capi.creds.request("PATCH", "/v1beta/credentials/bt-stall?update_mask=token",
                                   json_body={"type": "bearer_token", "token": "T-2"}).status == 200
         seen = lambda: (try_json(capi, b, f"curl -sS -m 10 https://{api_host}/") or {}).get(  # noqa
@@ -511,6 +513,7 @@ def test_a_stalled_token_endpoint_holds_up_nothing_else(capi, upstreams):
         assert out.rc != 0, out
         recs = lambda: capi.http.get(f"/v1beta/environments/{a}/egress").json()["records"]  # noqa
         assert pdk.wait_until(lambda: "being fetched" in recs()[-1]["reason"], 5), recs()[-1]
+        held.close()
     finally:
         stall.close()
 
