@@ -242,6 +242,11 @@ int64_t util_now_ms(void);
 /** Start time of a process (field 22 of /proc/PID/stat); 0 when it is gone or a zombie. */
 uint64_t util_proc_start_time(pid_t pid);
 /**
+ * This boot's identity (/proc/sys/kernel/random/boot_id, 36 characters) into out; -1 when the
+ * kernel does not tell. A pid and a start time name one process only within one boot.
+ */
+int util_boot_id(char out[static 37]);
+/**
  * The running program's GNU build id (.note.gnu.build-id) in hex, or "unknown" when the
  * linker left none: tells one build of paddock from another.
  */

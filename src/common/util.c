@@ -402,6 +402,23 @@ util_proc_start_time(pid_t pid)
     return start;
 }
 
+int
+util_boot_id(char out[static 37])
+{
+    cleanup_free char *id = NULL;
+    size_t len = 0;
+
+    if (util_read_file_at(AT_FDCWD, "/proc/sys/kernel/random/boot_id", 64, &id, &len, NULL) < 0)
+        return -1;
+    while (len > 0 && id[len - 1] == '\n')
+        len--;
+    if (len != 36)
+        return -1;
+    memcpy(out, id, 36);
+    out[36] = '\0';
+    return 0;
+}
+
 static char build_id[2 * 64 + 1] = "unknown";
 static pthread_once_t build_id_once = PTHREAD_ONCE_INIT;
 

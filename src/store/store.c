@@ -220,6 +220,11 @@ static const char *const migrations[] = {
     "ALTER TABLE egress_log_v8 RENAME TO egress_log;"
     "CREATE INDEX egress_log_by_env ON egress_log (env_id, id);"
     "CREATE INDEX egress_log_by_time ON egress_log (ts_ms);",
+    /* 9: facts about the installation; first, the boot the database was last used in */
+    "CREATE TABLE meta ("
+    " key TEXT PRIMARY KEY,"
+    " value TEXT NOT NULL"
+    ") STRICT;",
 };
 
 _Static_assert(STORE_ENV_POOLED == 5, "migration 6 names the pooled state by its number");
@@ -319,6 +324,7 @@ int
 store_open(const char *path, struct store **out, struct err **errp)
 {
     struct store *s = xcalloc(1, sizeof(*s));
+    char boot[37];
 
     if (sqlite3_open_v2(path, &s->db,
                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX |
@@ -330,12 +336,99 @@ store_open(const char *path, struct store **out, struct err **errp)
         return -1;
     }
     sqlite3_busy_timeout(s->db, 10000);
-    if (set_wal(s, errp) < 0 || migrate(s, errp) < 0) {
+    if (set_wal(s, errp) < 0 || migrate(s, errp) < 0 ||
+        (util_boot_id(boot) == 0 && store_note_boot(s, boot, NULL, errp) < 0)) {
         err_wrap(errp, "open database %s", path);
         store_close(s);
         return -1;
     }
     *out = s;
+    return 0;
+}
+
+#define BOOT_ID_MAX 64
+
+/* The boot recorded last; "" when none is. */
+static int
+boot_get(struct store *s, char out[static BOOT_ID_MAX + 1], struct err **errp)
+{
+    cleanup_stmt sqlite3_stmt *st = NULL;
+    int rc;
+
+    out[0] = '\0';
+    if (sqlite3_prepare_v2(s->db, "SELECT value FROM meta WHERE key = 'boot_id'", -1, &st, NULL) !=
+        SQLITE_OK)
+        return db_err(s, errp, "read the boot id");
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        snprintf(out, BOOT_ID_MAX + 1, "%s", (const char *)sqlite3_column_text(st, 0));
+    else if (rc != SQLITE_DONE)
+        return db_err(s, errp, "read the boot id");
+    return 0;
+}
+
+struct boot_args {
+    const char *boot_id;
+    int forgot;
+};
+
+static int
+note_boot_tx(struct store *s, void *arg, struct err **errp)
+{
+    struct boot_args *a = arg;
+    cleanup_stmt sqlite3_stmt *st = NULL;
+    char last[BOOT_ID_MAX + 1];
+
+    if (boot_get(s, last, errp) < 0)
+        return -1;
+    if (strcmp(last, a->boot_id) == 0)
+        return 0; /* another process noted it first */
+    if (last[0] != '\0') {
+        if (exec_sql(s,
+                     "UPDATE environments SET init_pid = 0, init_start = 0 WHERE init_pid != 0"
+                     " OR init_start != 0",
+                     errp) < 0)
+            return -1;
+        a->forgot = sqlite3_changes(s->db);
+        /* Only a running interaction's runner is ever read (recovery); the column keeps the
+         * last runner of every other, and rewriting those would be the whole table. */
+        if (exec_sql(s,
+                     "UPDATE interactions SET runner = '' WHERE status = 'in_progress'"
+                     " AND runner != ''",
+                     errp) < 0)
+            return -1;
+        a->forgot += sqlite3_changes(s->db);
+    }
+    if (sqlite3_prepare_v2(s->db,
+                           "INSERT INTO meta (key, value) VALUES ('boot_id', ?1)"
+                           " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                           -1, &st, NULL) != SQLITE_OK)
+        return db_err(s, errp, "record the boot id");
+    sqlite3_bind_text(st, 1, a->boot_id, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        return db_err(s, errp, "record the boot id");
+    return 0;
+}
+
+int
+store_note_boot(struct store *s, const char *boot_id, int *forgot, struct err **errp)
+{
+    struct boot_args a = { boot_id, 0 };
+    char last[BOOT_ID_MAX + 1];
+
+    if (forgot != NULL)
+        *forgot = 0;
+    if (boot_id[0] == '\0' || strlen(boot_id) > BOOT_ID_MAX)
+        return err_set(errp, ERR_INVALID, 0, "a boot id is 1 to %d characters", BOOT_ID_MAX);
+    /* Every open of the database comes here: the common case reads, and writes nothing. */
+    if (boot_get(s, last, errp) < 0)
+        return err_wrap(errp, "note this boot");
+    if (strcmp(last, boot_id) == 0)
+        return 0;
+    if (store_tx(s, note_boot_tx, &a, errp) < 0)
+        return err_wrap(errp, "note this boot");
+    if (forgot != NULL)
+        *forgot = a.forgot;
     return 0;
 }
 

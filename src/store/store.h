@@ -15,7 +15,7 @@
 struct store;
 
 /** The schema version this paddock writes (PRAGMA user_version): one per migration. */
-#define STORE_SCHEMA_VERSION 8
+#define STORE_SCHEMA_VERSION 9
 
 enum store_env_state {
     STORE_ENV_CREATING = 0, /* row exists, the sandbox is being set up */
@@ -54,9 +54,20 @@ struct store_env {
 
 /**
  * Opens (creating when missing) the database at path, sets WAL, foreign keys and a busy
- * timeout, and runs pending migrations. *out is owned; free with store_close().
+ * timeout, runs pending migrations and notes this boot (store_note_boot() with the kernel's
+ * boot id, when it tells one). *out is owned; free with store_close().
  */
 int store_open(const char *path, struct store **out, struct err **errp);
+
+/**
+ * Records that the database is used in the boot boot_id. The processes it names (a sandbox's
+ * init, the process running an interaction) are named by pid and start time, which name one
+ * process only within one boot: when the database was last used in another boot, every such
+ * name is forgotten first (the inits' pids and start times become 0, the runners ""), so that
+ * no process of the new boot is taken for one of them. The first boot recorded forgets
+ * nothing. *forgot (may be NULL) is how many names were forgotten.
+ */
+int store_note_boot(struct store *s, const char *boot_id, int *forgot, struct err **errp);
 
 /** Closes the database; accepts NULL. */
 void store_close(struct store *s);

@@ -84,6 +84,50 @@ def test_init_killed_from_host(pd):
     check(env, manifest, blob)
 
 
+def test_a_new_boot_forgets_the_inits_of_the_last(pd):
+    """A stored init is a pid and a start time (ticks since boot). After a reboot both can name a
+    process of the new boot, even the first process of a pid namespace of its own, as another
+    runtime's container init is. The database keeps the boot its inits were recorded in, and a
+    new boot forgets them: the environment reads stopped, the stranger is neither adopted nor
+    killed, and a start makes a sandbox of its own."""
+    import sqlite3
+    env = pd.create()
+    assert env.write("kept.txt", b"across the reboot\n").rc == 0
+    env.stop()
+    stranger = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", "sleep", "600"])
+    try:
+        children = f"/proc/{stranger.pid}/task/{stranger.pid}/children"
+        assert pdk.wait_until(lambda: pdk.read_text(children).strip(), 5)
+        pid = int(pdk.read_text(children).split()[0])
+        stat = pdk.read_text(f"/proc/{pid}/stat")
+        start = int(stat[stat.rfind(")") + 2:].split()[19])
+        assert os.stat(f"/proc/{pid}/ns/pid").st_ino != os.stat("/proc/self/ns/pid").st_ino
+        # The row as the last boot left it, running, its init now naming the stranger.
+        db = sqlite3.connect(pd.data / "paddock.db", timeout=10)
+        try:
+            with db:
+                db.execute("UPDATE environments SET state = 1, init_pid = ?, init_start = ?"
+                           " WHERE id = ?", (pid, start, env.id))
+                n = db.execute("UPDATE meta SET value = 'an-earlier-boot'"
+                               " WHERE key = 'boot_id'").rowcount
+        finally:
+            db.close()
+        assert n == 1, "no boot recorded"
+        # The first command of the new boot: a stop, which would kill an adopted init.
+        env.stop()
+        assert pdk.pid_alive(pid), "paddock killed a process of the new boot"
+        info = pd.info(env.id)
+        assert info["state"] == "stopped", info
+        assert not info.get("init_pid"), info
+        env.start()
+        assert env.init_pid != pid
+        assert env.read("kept.txt").out == b"across the reboot\n"
+        assert pdk.pid_alive(pid)
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
 def test_init_killed_then_rm(pd):
     env = pd.create()
     os.kill(env.init_pid, signal.SIGKILL)

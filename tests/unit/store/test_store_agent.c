@@ -175,6 +175,76 @@ test_recovery_lists_and_retention(void **state)
     }
 }
 
+/* A pid and a start time name a process within one boot: a new boot forgets every such name. */
+static void
+test_boot_forgets_process_names(void **state)
+{
+    struct store_fixture *f = *state;
+    struct store_interaction it, got;
+    struct store_env env, out;
+    struct err *e = NULL;
+    char existing[40];
+    int forgot = -1;
+
+    ASSERT_NO_ERR(store_note_boot(f->s, "boot-a", NULL, &e), &e);
+    memset(&env, 0, sizeof(env));
+    snprintf(env.id, sizeof(env.id), "env_b");
+    snprintf(env.project, sizeof(env.project), "p");
+    snprintf(env.network, sizeof(env.network), "disabled");
+    snprintf(env.image, sizeof(env.image), "host");
+    ASSERT_NO_ERR(store_env_insert(f->s, &env, NULL, 16, &e), &e);
+    ASSERT_NO_ERR(store_env_set_state(f->s, "env_b", STORE_ENV_RUNNING, 4321, 99, &e), &e);
+    mk(&it, "int_b", "p", 100);
+    snprintf(it.status, sizeof(it.status), "in_progress");
+    snprintf(it.runner, sizeof(it.runner), "4321:99");
+    ASSERT_NO_ERR(store_interaction_insert(f->s, &it, NULL, 0, existing, &e), &e);
+    mk(&it, "int_done", "p", 100); /* its runner is history: nothing reads it, nothing clears it */
+    snprintf(it.status, sizeof(it.status), "completed");
+    snprintf(it.runner, sizeof(it.runner), "4000:7");
+    ASSERT_NO_ERR(store_interaction_insert(f->s, &it, NULL, 0, existing, &e), &e);
+
+    /* The same boot again (another process opening the database): nothing is forgotten. */
+    ASSERT_NO_ERR(store_note_boot(f->s, "boot-a", &forgot, &e), &e);
+    assert_int_equal(forgot, 0);
+    ASSERT_NO_ERR(store_env_get(f->s, "env_b", &out, &e), &e);
+    assert_int_equal(out.init_pid, 4321);
+    assert_int_equal(out.init_start, 99);
+
+    /* Another boot: the init and the runner are forgotten; the rows are otherwise kept (env/
+     * finds the init dead and stops the environment, agent/ fails the interaction). */
+    ASSERT_NO_ERR(store_note_boot(f->s, "boot-b", &forgot, &e), &e);
+    assert_int_equal(forgot, 2);
+    ASSERT_NO_ERR(store_env_get(f->s, "env_b", &out, &e), &e);
+    assert_int_equal(out.init_pid, 0);
+    assert_int_equal(out.init_start, 0);
+    assert_int_equal(out.state, STORE_ENV_RUNNING);
+    ASSERT_NO_ERR(store_interaction_get(f->s, "int_b", &got, &e), &e);
+    assert_string_equal(got.runner, "");
+    assert_string_equal(got.status, "in_progress");
+    store_interaction_clear(&got);
+    ASSERT_NO_ERR(store_interaction_get(f->s, "int_done", &got, &e), &e);
+    assert_string_equal(got.runner, "4000:7");
+    store_interaction_clear(&got);
+
+    /* A process of the new boot records its init; the new boot, noted again, keeps it. */
+    ASSERT_NO_ERR(store_env_set_state(f->s, "env_b", STORE_ENV_RUNNING, 777, 5, &e), &e);
+    ASSERT_NO_ERR(store_note_boot(f->s, "boot-b", &forgot, &e), &e);
+    assert_int_equal(forgot, 0);
+    ASSERT_NO_ERR(store_env_get(f->s, "env_b", &out, &e), &e);
+    assert_int_equal(out.init_pid, 777);
+
+    /* A boot id is what the kernel gives, not anything at all. */
+    assert_int_equal(store_note_boot(f->s, "", NULL, &e), -1);
+    ASSERT_ERR(&e, ERR_INVALID);
+    {
+        char longer[80];
+        memset(longer, 'b', sizeof(longer) - 1);
+        longer[sizeof(longer) - 1] = '\0';
+        assert_int_equal(store_note_boot(f->s, longer, NULL, &e), -1);
+        ASSERT_ERR(&e, ERR_INVALID);
+    }
+}
+
 static void
 test_agents(void **state)
 {
@@ -208,11 +278,17 @@ int
 test_store_agent_run(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_interaction_round_trip, store_fixture_setup, store_fixture_teardown),
-        cmocka_unit_test_setup_teardown(test_idempotency_keys, store_fixture_setup, store_fixture_teardown),
-        cmocka_unit_test_setup_teardown(test_steps_events_and_cascade, store_fixture_setup, store_fixture_teardown),
-        cmocka_unit_test_setup_teardown(test_recovery_lists_and_retention, store_fixture_setup, store_fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_interaction_round_trip, store_fixture_setup,
+                                        store_fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_idempotency_keys, store_fixture_setup,
+                                        store_fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_steps_events_and_cascade, store_fixture_setup,
+                                        store_fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_recovery_lists_and_retention, store_fixture_setup,
+                                        store_fixture_teardown),
         cmocka_unit_test_setup_teardown(test_agents, store_fixture_setup, store_fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_boot_forgets_process_names, store_fixture_setup,
+                                        store_fixture_teardown),
     };
 
     return cmocka_run_group_tests_name("store/agent", tests, NULL, NULL);

@@ -1036,6 +1036,7 @@ test_egress_ids_never_reused(void **state)
                     "CREATE INDEX egress_log_by_env ON egress_log (env_id, id);"
                     "CREATE INDEX egress_log_by_time ON egress_log (ts_ms);"
                     "DELETE FROM sqlite_sequence WHERE name = 'egress_log';"
+                    "DROP TABLE meta;"
                     "PRAGMA user_version = 7;");
     ASSERT_NO_ERR(store_open(f->db, &f->s, &e), &e);
     assert_int_equal(schema_version(f->db), STORE_SCHEMA_VERSION);
@@ -1303,8 +1304,10 @@ test_migrate_numbers_old_rows(void **state)
     ASSERT_NO_ERR(store_open(f->db, &f->s, &e), &e);
     store_close(f->s);
     f->s = NULL;
-    /* Back to version 5 as it was: no seq column, the old index, no egress time index. */
-    raw_exec(f->db, "DROP INDEX egress_log_by_time;"
+    /* Back to version 5 as it was: no meta table, no seq column, the old index, no egress
+     * time index. */
+    raw_exec(f->db, "DROP TABLE meta;"
+                    "DROP INDEX egress_log_by_time;"
                     "DROP INDEX environments_by_seq;"
                     "DROP INDEX environments_by_project;"
                     "ALTER TABLE environments DROP COLUMN seq;"
