@@ -788,22 +788,15 @@ agent__finish(struct agent_run *r, struct err **errp)
 void
 agent_wait(struct agent_service *svc, const char *id, int64_t after_seq, int timeout_ms)
 {
-    struct timespec ts;
+    struct timespec ts = util_deadline(timeout_ms);
     uint64_t gen;
 
     (void)id;
     (void)after_seq;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += timeout_ms / 1000;
-    ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
     pthread_mutex_lock(&svc->mu);
     gen = svc->gen;
     while (gen == svc->gen && !svc->stopping)
-        if (pthread_cond_timedwait(&svc->news, &svc->mu, &ts) == ETIMEDOUT)
+        if (pthread_cond_clockwait(&svc->news, &svc->mu, CLOCK_MONOTONIC, &ts) == ETIMEDOUT)
             break;
     pthread_mutex_unlock(&svc->mu);
 }

@@ -7,6 +7,7 @@
  * no redirect is followed, the answer is capped, and TLS is verified (system CAs plus
  * --egress-upstream-ca).
  */
+#include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -552,20 +553,13 @@ api_oauth_token(const char *data_dir, const char *project, const char *id, bool 
 void
 api_oauth_quiesce(int timeout_ms)
 {
-    int64_t until = util_now_ms() + timeout_ms;
+    struct timespec until = util_deadline(timeout_ms);
 
     pthread_mutex_lock(&cache_lock);
     stopping = true;
-    while (inflight > 0 && util_now_ms() < until) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 100 * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
-        pthread_cond_timedwait(&cache_cond, &cache_lock, &ts);
-    }
+    while (inflight > 0)
+        if (pthread_cond_clockwait(&cache_cond, &cache_lock, CLOCK_MONOTONIC, &until) == ETIMEDOUT)
+            break;
     if (inflight > 0)
         log_warnx("oauth2: %u token requests still under way at shutdown", inflight);
     pthread_mutex_unlock(&cache_lock);

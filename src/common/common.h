@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <time.h>
 #include <dirent.h>
 #include <unistd.h>
 
@@ -253,6 +254,12 @@ int util_boot_id(char out[static 37]);
 const char *util_build_id(void);
 /** Monotonic nanoseconds. */
 int64_t util_mono_ns(void);
+/**
+ * The CLOCK_MONOTONIC time ms (at least 0) from now, as an absolute timeout for
+ * pthread_cond_clockwait(..., CLOCK_MONOTONIC, ...): one the wall clock being set can
+ * neither stretch nor cut short.
+ */
+struct timespec util_deadline(int64_t ms);
 /** Formats ms since the epoch as RFC 3339 UTC with milliseconds into out (>= 32 bytes). */
 void util_format_time(int64_t ms, char *out, size_t outlen);
 

@@ -234,6 +234,23 @@ util_now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+struct timespec
+util_deadline(int64_t ms)
+{
+    struct timespec ts;
+
+    if (ms < 0)
+        ms = 0; /* a negative tv_nsec would make every wait fail with EINVAL */
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += ms / 1000;
+    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    return ts;
+}
+
 int64_t
 util_mono_ns(void)
 {

@@ -285,20 +285,13 @@ egress_audit_close(struct egress_audit *a, uint64_t key, const struct store_egre
 void
 egress_audit_sync(struct egress_audit *a, int timeout_ms)
 {
-    struct timespec until;
+    struct timespec until = util_deadline(timeout_ms);
 
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += timeout_ms / 1000;
-    until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
     pthread_mutex_lock(&a->lock);
     /* Every record handed over before now, not an empty queue: under steady traffic the
      * queue is never empty, and a listing would always wait the whole timeout. */
     for (uint64_t target = a->enqueued; a->written < target;)
-        if (pthread_cond_timedwait(&a->drained, &a->lock, &until) != 0)
+        if (pthread_cond_clockwait(&a->drained, &a->lock, CLOCK_MONOTONIC, &until) != 0)
             break;
     pthread_mutex_unlock(&a->lock);
 }

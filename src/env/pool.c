@@ -298,18 +298,6 @@ struct refiller {
 static struct refiller *refiller;
 static pthread_mutex_t refiller_mu = PTHREAD_MUTEX_INITIALIZER;
 
-static void
-deadline_in(struct timespec *ts, int64_t ms)
-{
-    clock_gettime(CLOCK_MONOTONIC, ts);
-    ts->tv_sec += ms / 1000;
-    ts->tv_nsec += (ms % 1000) * 1000000;
-    if (ts->tv_nsec >= 1000000000) {
-        ts->tv_sec++;
-        ts->tv_nsec -= 1000000000;
-    }
-}
-
 /*
  * Waits until kicked, stopped or ms pass; after a kick, REFILL_DELAY_MS more, so that the
  * claimer's first commands do not share the CPUs with a sandbox start (a start is ~5 ms of
@@ -319,19 +307,19 @@ deadline_in(struct timespec *ts, int64_t ms)
 static bool
 refiller_wait(struct refiller *r, int64_t ms)
 {
-    struct timespec ts;
+    struct timespec ts = util_deadline(ms);
     bool kicked;
 
-    deadline_in(&ts, ms);
     pthread_mutex_lock(&r->mu);
     while (!r->stop && !r->kicked)
-        if (pthread_cond_timedwait(&r->cv, &r->mu, &ts) == ETIMEDOUT)
+        if (pthread_cond_clockwait(&r->cv, &r->mu, CLOCK_MONOTONIC, &ts) == ETIMEDOUT)
             break;
     kicked = r->kicked;
     r->kicked = false;
     if (kicked && !r->stop) {
-        deadline_in(&ts, REFILL_DELAY_MS);
-        while (!r->stop && pthread_cond_timedwait(&r->cv, &r->mu, &ts) != ETIMEDOUT)
+        ts = util_deadline(REFILL_DELAY_MS);
+        while (!r->stop &&
+               pthread_cond_clockwait(&r->cv, &r->mu, CLOCK_MONOTONIC, &ts) != ETIMEDOUT)
             ;
         r->kicked = false;
     }
@@ -386,14 +374,7 @@ env_pool_start(const char *data_dir, uint64_t storage_size, size_t size, struct 
         return 0;
     r = xcalloc(1, sizeof(*r));
     pthread_mutex_init(&r->mu, NULL);
-    {
-        /* Timed waits on the monotonic clock: a step of the wall clock never stalls a pass. */
-        pthread_condattr_t ca;
-        pthread_condattr_init(&ca);
-        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-        pthread_cond_init(&r->cv, &ca);
-        pthread_condattr_destroy(&ca);
-    }
+    pthread_cond_init(&r->cv, NULL); /* waited on by the monotonic clock: util_deadline() */
     r->size = size;
     r->data_dir = xstrdup(data_dir);
     r->storage_size = storage_size;

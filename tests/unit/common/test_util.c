@@ -1,6 +1,8 @@
 /* Tests for src/common/util.c: sizes, numbers, ids, time and the file helpers. */
 #include <dirent.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <time.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -14,6 +16,41 @@ struct size_case {
     const char *in;
     uint64_t want;
 };
+
+/* util_deadline(): on the monotonic clock, ms ahead, nanoseconds carried into seconds. */
+static void
+test_deadline(void **state)
+{
+    static const int64_t ms[] = { 0, 1, 999, 1000, 1001, 1500, 86400001 };
+    struct timespec now, past = util_deadline(-1500);
+    (void)state;
+    for (size_t i = 0; i < sizeof(ms) / sizeof(ms[0]); i++) {
+        int64_t before = util_mono_ns();
+        struct timespec ts = util_deadline(ms[i]);
+        int64_t after = util_mono_ns();
+        int64_t at = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+        assert_true(ts.tv_nsec >= 0 && ts.tv_nsec < 1000000000L);
+        assert_true(at >= before + ms[i] * 1000000 && at <= after + ms[i] * 1000000);
+    }
+    /* A negative wait is none: now, a valid time. */
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    assert_true(past.tv_nsec >= 0 && past.tv_nsec < 1000000000L && past.tv_sec <= now.tv_sec);
+    /* A timed wait on it ends by timing out (wake-ups without a signal may come first), on
+     * the clock it was made for. */
+    {
+        pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+        pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
+        struct timespec ts = util_deadline(20);
+        int64_t t0 = util_mono_ns();
+        int rc;
+        pthread_mutex_lock(&mu);
+        while ((rc = pthread_cond_clockwait(&cv, &mu, CLOCK_MONOTONIC, &ts)) == 0)
+            ;
+        pthread_mutex_unlock(&mu);
+        assert_int_equal(rc, ETIMEDOUT);
+        assert_true(util_mono_ns() - t0 >= 19 * 1000000);
+    }
+}
 
 static void
 test_parse_size_good(void **state)
@@ -780,6 +817,7 @@ int
 test_util_run(void)
 {
     static const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_deadline),
         cmocka_unit_test(test_parse_size_good),
         cmocka_unit_test(test_parse_size_bad),
         cmocka_unit_test(test_parse_size_null),
