@@ -12,6 +12,7 @@
  * than let traffic through that it cannot record.
  */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -20,6 +21,7 @@
 #include "store/store.h"
 
 #define AUDIT_QUEUE_MAX 65536 /* records waiting; past it, new connections are refused */
+#define AUDIT_DROPS_NAMED 20    /* records dropped at shutdown that are logged one by one */
 #define OPEN_BUCKETS    1024  /* hash of the open records' keys to their row ids */
 
 struct op {
@@ -52,10 +54,13 @@ struct egress_audit {
     struct op *head, *tail;              /* under lock */
     size_t queued;                       /* under lock */
     bool stop;                           /* under lock */
+    _Atomic int64_t stop_by_ns;          /* stopping: write until then (monotonic ns); else 0 */
+    int64_t busy_since_ns;               /* writer's: when its statement found a lock taken */
     uint64_t enqueued, written;          /* under lock: records handed over, and dealt with */
     pthread_cond_t drained;              /* written moved */
     uint64_t next_key;                   /* the loop's */
     uint64_t lost;                       /* writer's: records that could not be written */
+    uint64_t dropped;                    /* writer's: of those, left when the stop's time ran out */
     struct open_row *open[OPEN_BUCKETS]; /* writer's */
     struct undo *undo;                   /* writer's: this batch's changes to open */
 };
@@ -155,12 +160,43 @@ write_one(struct egress_audit *a, const struct op *o, bool in_tx)
     return true;
 fail:
     if (!in_tx) {
+        cleanup_free char *host = log_escape(o->r.host, strlen(o->r.host), 300);
         a->lost++;
-        log_warnx("egress: audit record of %s:%d lost (%llu so far): %s", o->r.host, o->r.port,
+        log_warnx("egress: audit record of %s:%d lost (%llu so far): %s", host, o->r.port,
                   (unsigned long long)a->lost, e->msg);
     }
     err_free(e);
     return false;
+}
+
+/* Whether the writer may still write: always, or when stopping, until the stop's deadline. */
+static bool
+in_time(struct egress_audit *a)
+{
+    int64_t by = atomic_load(&a->stop_by_ns);
+
+    return by == 0 || util_mono_ns() < by;
+}
+
+/*
+ * The writer's connection waits for a lock another process holds as long as any connection
+ * of the store does (STORE_BUSY_MS), but never past the stop's deadline. Otherwise a database
+ * locked by another process kept the daemon from exiting for the busy timeout once for every
+ * record left.
+ */
+static int
+busy(void *arg, int count)
+{
+    struct egress_audit *a = arg;
+    int64_t now = util_mono_ns();
+    struct timespec pause = { 0, (count < 24 ? count + 1 : 25) * 1000000L }; /* as SQLite's own */
+
+    if (count == 0)
+        a->busy_since_ns = now;
+    if (now - a->busy_since_ns >= (int64_t)STORE_BUSY_MS * 1000000 || !in_time(a))
+        return 0;
+    nanosleep(&pause, NULL);
+    return 1;
 }
 
 static void *
@@ -189,7 +225,7 @@ writer(void *arg)
          * changes, and the batch is written again a record at a time, so one bad record (or a
          * full disk for a moment) costs only what cannot be written.
          */
-        if (list->next != NULL && store_begin(a->store, NULL) == 0) {
+        if (list->next != NULL && in_time(a) && store_begin(a->store, NULL) == 0) {
             for (struct op *o = list; o != NULL && ok; o = o->next)
                 ok = write_one(a, o, true);
             ok = ok && store_commit(a->store, NULL) == 0;
@@ -201,8 +237,19 @@ writer(void *arg)
         }
         for (struct op *o = list, *next; o != NULL; o = next) {
             next = o->next;
-            if (!ok)
+            if (!ok && in_time(a)) {
                 (void)write_one(a, o, false);
+            } else if (!ok) {
+                a->lost++;
+                /* Each by name, as a record the database refuses is, up to a point: a
+                 * full queue would be 65536 lines. */
+                if (a->dropped++ < AUDIT_DROPS_NAMED) {
+                    cleanup_free char *host = log_escape(o->r.host, strlen(o->r.host), 300);
+                    log_warnx("egress: audit record of %s:%d (%s, %s) not written by the "
+                              "shutdown's deadline",
+                              host, o->r.port, o->r.env_id, o->r.decision);
+                }
+            }
             free(o);
             n++;
         }
@@ -211,6 +258,10 @@ writer(void *arg)
         pthread_cond_broadcast(&a->drained);
         pthread_mutex_unlock(&a->lock);
     }
+    if (a->dropped > 0)
+        log_warnx("egress: %llu audit records not written by the shutdown's deadline: the "
+                  "database was locked by another process, or slow",
+                  (unsigned long long)a->dropped);
     return NULL;
 }
 
@@ -222,10 +273,12 @@ egress_audit_start(struct store *store, struct egress_audit **out, struct err **
 
     a->store = store;
     a->next_key = 1;
+    store_busy_handler(store, busy, a);
     pthread_mutex_init(&a->lock, NULL);
     pthread_cond_init(&a->more, NULL);
     pthread_cond_init(&a->drained, NULL);
     if ((rc = pthread_create(&a->thread, NULL, writer, a)) != 0) {
+        store_busy_handler(store, NULL, NULL); /* the store outlives a, in the caller's hands */
         pthread_mutex_destroy(&a->lock);
         pthread_cond_destroy(&a->more);
         pthread_cond_destroy(&a->drained);
@@ -296,13 +349,25 @@ egress_audit_sync(struct egress_audit *a, int timeout_ms)
     pthread_mutex_unlock(&a->lock);
 }
 
+size_t
+egress_audit_queued(struct egress_audit *a)
+{
+    size_t n;
+
+    pthread_mutex_lock(&a->lock);
+    n = a->queued;
+    pthread_mutex_unlock(&a->lock);
+    return n;
+}
+
 void
-egress_audit_stop(struct egress_audit *a)
+egress_audit_stop(struct egress_audit *a, int timeout_ms)
 {
     if (a == NULL)
         return;
     pthread_mutex_lock(&a->lock);
     a->stop = true;
+    atomic_store(&a->stop_by_ns, util_mono_ns() + (int64_t)timeout_ms * 1000000 + 1);
     pthread_cond_signal(&a->more);
     pthread_mutex_unlock(&a->lock);
     pthread_join(a->thread, NULL);

@@ -39,7 +39,12 @@ uint64_t egress_audit_open(struct egress_audit *a, const struct store_egress *r)
 void egress_audit_close(struct egress_audit *a, uint64_t key, const struct store_egress *r);
 /** Waits (at most timeout_ms) until every record queued so far is written. */
 void egress_audit_sync(struct egress_audit *a, int timeout_ms);
-/** Writes what is queued, then stops the writer and closes its store. */
-void egress_audit_stop(struct egress_audit *a);
+/** Records queued and not yet taken by the writer. */
+size_t egress_audit_queued(struct egress_audit *a);
+/**
+ * Writes what is queued, waiting for the database at most timeout_ms in all (what it cannot
+ * write by then is counted in one log line), then stops the writer and closes its store.
+ */
+void egress_audit_stop(struct egress_audit *a, int timeout_ms);
 
 #endif

@@ -53,6 +53,7 @@
 
 #define RELAY_HIGH (1u << 20) /* stop reading a side while the other has this much queued */
 #define HEADERS_MAX 100
+#define AUDIT_DRAIN_MS 5000 /* at shutdown, how long the audit writer may wait for the database */
 
 /*
  * A policy shared by a listener and the connections it accepted: a changed policy (a new
@@ -2596,7 +2597,7 @@ egress_start(const struct egress_config *cfg, struct egress **out, struct err **
     event_add(eg->wake, NULL);
     event_add(eg->sweep, &sec);
     if (pthread_create(&eg->thread, NULL, loop, eg) != 0) {
-        egress_audit_stop(eg->audit);
+        egress_audit_stop(eg->audit, AUDIT_DRAIN_MS);
         event_free(eg->wake);
         event_free(eg->sweep);
         evdns_base_free(eg->dns, 0);
@@ -2650,7 +2651,7 @@ egress_stop(struct egress *eg)
     local_stop(eg);
     evdns_base_free(eg->dns, 0);
     event_base_free(eg->base);
-    egress_audit_stop(eg->audit); /* after every connection's record is queued */
+    egress_audit_stop(eg->audit, AUDIT_DRAIN_MS); /* after every connection's record is queued */
     egress_tls_free(eg->tls);
     free(eg->relay_buf);
     free(eg->att);

@@ -335,7 +335,7 @@ store_open(const char *path, struct store **out, struct err **errp)
         store_close(s);
         return -1;
     }
-    sqlite3_busy_timeout(s->db, 10000);
+    sqlite3_busy_timeout(s->db, STORE_BUSY_MS);
     if (set_wal(s, errp) < 0 || migrate(s, errp) < 0 ||
         (util_boot_id(boot) == 0 && store_note_boot(s, boot, NULL, errp) < 0)) {
         err_wrap(errp, "open database %s", path);
@@ -344,6 +344,12 @@ store_open(const char *path, struct store **out, struct err **errp)
     }
     *out = s;
     return 0;
+}
+
+void
+store_busy_handler(struct store *s, int (*fn)(void *arg, int count), void *arg)
+{
+    sqlite3_busy_handler(s->db, fn, arg);
 }
 
 #define BOOT_ID_MAX 64

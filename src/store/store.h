@@ -14,6 +14,9 @@
 
 struct store;
 
+/** How long a statement waits for a lock another connection holds before it fails. */
+#define STORE_BUSY_MS 10000
+
 /** The schema version this paddock writes (PRAGMA user_version): one per migration. */
 #define STORE_SCHEMA_VERSION 9
 
@@ -58,6 +61,13 @@ struct store_env {
  * boot id, when it tells one). *out is owned; free with store_close().
  */
 int store_open(const char *path, struct store **out, struct err **errp);
+
+/**
+ * Replaces the connection's busy timeout with fn, called on the thread running a statement
+ * each time it finds a lock taken (count: how many times before, for this lock): nonzero to
+ * try again, 0 to fail the statement. fn does its own waiting. fn NULL: fail at once.
+ */
+void store_busy_handler(struct store *s, int (*fn)(void *arg, int count), void *arg);
 
 /**
  * Records that the database is used in the boot boot_id. The processes it names (a sandbox's

@@ -53,6 +53,22 @@ rows(struct store_fixture *f, size_t *n)
     return v;
 }
 
+/*
+ * Locks the database through raw, a connection of the test's own, and has the writer take a
+ * record (first.test): the writer is then waiting for the lock, and what is queued next
+ * waits behind it.
+ */
+static void
+stall(sqlite3 *raw, struct egress_audit *a)
+{
+    struct store_egress r = rec("first.test", "allowed", 0);
+
+    assert_int_equal(sqlite3_exec(raw, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    egress_audit_close(a, 0, &r);
+    while (egress_audit_queued(a) > 0) /* taken */
+        usleep(1000);
+}
+
 /* An open record is there before its connection ends, and the same record is completed. */
 static void
 test_open_then_completed(void **state)
@@ -72,7 +88,7 @@ test_open_then_completed(void **state)
     r = rec("a.test", "allowed", 42);
     egress_audit_close(a, key, &r);
     egress_audit_close(a, 0, &(struct store_egress){ 0 });
-    egress_audit_stop(a); /* writes what is queued */
+    egress_audit_stop(a, 10000); /* writes what is queued */
     v = rows(f, &n);
     assert_int_equal(n, 1);
     assert_string_equal(v[0].reason, "allowed");
@@ -106,12 +122,8 @@ test_rolled_back_batch_completes_the_right_records(void **state)
                                   NULL, NULL, NULL),
                      SQLITE_OK);
     a = start(f);
-    /* The writer takes a first record alone and waits for the database the test holds, while
-     * the next three queue up behind it: they are written as one batch. */
-    assert_int_equal(sqlite3_exec(raw, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
-    r = rec("first.test", "allowed", 0);
-    egress_audit_close(a, 0, &r);
-    usleep(200 * 1000);
+    /* The next three queue up behind the first record: they are written as one batch. */
+    stall(raw, a);
     r = rec("a.test", "allowed; open", 0);
     ka = egress_audit_open(a, &r);
     r = rec("bad.test", "refused by the trigger", 0);
@@ -124,7 +136,7 @@ test_rolled_back_batch_completes_the_right_records(void **state)
     egress_audit_close(a, ka, &r);
     r = rec("c.test", "allowed", 2);
     egress_audit_close(a, kc, &r);
-    egress_audit_stop(a);
+    egress_audit_stop(a, 10000);
     sqlite3_close(raw);
     v = rows(f, &n);
     assert_int_equal(n, 3);
@@ -138,6 +150,40 @@ test_rolled_back_batch_completes_the_right_records(void **state)
     free(v);
 }
 
+/*
+ * Stopping with the database locked by another process waits until the deadline, not the
+ * busy timeout once per record (10 s each: a daemon that took minutes to exit), and says how
+ * many records it could not write. Once the lock is gone the database holds none of them.
+ */
+static void
+test_stop_with_the_database_locked_ends_at_its_deadline(void **state)
+{
+    struct store_fixture *f = *state;
+    sqlite3 *raw = NULL;
+    struct egress_audit *a;
+    struct store_egress r, *v;
+    size_t n = 0;
+    int64_t t0;
+    cleanup_free char *db = xasprintf("%s/paddock.db", f->dir);
+
+    assert_int_equal(sqlite3_open(db, &raw), SQLITE_OK);
+    a = start(f);
+    stall(raw, a);
+    for (int i = 0; i < 5; i++) {
+        r = rec("later.test", "allowed", (uint64_t)i);
+        egress_audit_close(a, 0, &r);
+    }
+    t0 = util_mono_ns();
+    egress_audit_stop(a, 300);
+    /* Not the 10 s busy timeout of the insert under way, nor one more for each record left. */
+    assert_true(util_mono_ns() - t0 < 5 * 1000000000LL);
+    assert_int_equal(sqlite3_exec(raw, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(raw);
+    v = rows(f, &n);
+    assert_int_equal(n, 0);
+    free(v);
+}
+
 int
 test_audit_run(void)
 {
@@ -145,6 +191,8 @@ test_audit_run(void)
         cmocka_unit_test_setup_teardown(test_open_then_completed, store_fixture_setup,
                                         store_fixture_teardown),
         cmocka_unit_test_setup_teardown(test_rolled_back_batch_completes_the_right_records,
+                                        store_fixture_setup, store_fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_stop_with_the_database_locked_ends_at_its_deadline,
                                         store_fixture_setup, store_fixture_teardown),
     };
     return cmocka_run_group_tests_name("audit", tests, NULL, NULL);
