@@ -884,7 +884,7 @@ attach_egress(struct env_ctx *ctx, const struct store_env *e, bool wait)
     }
     if (pol == NULL) {
         /* No policy it can be given: a listener it has keeps an older one, so it goes. */
-        egress_detach(egress, e->id);
+        egress_detach(egress, e->id, &init);
         log_warnx("egress: %s: %s", e->id, er->msg);
         err_free(er);
     } else if ((made = egress_attach(egress, e->id, &init, pol, &er)) < 0) {
@@ -974,7 +974,7 @@ egress_reconcile(struct env_ctx *ctx)
         if (!keep && store_env_get(env_store(ctx), ids[k], &now, NULL) == 0)
             keep = wants_listener(&now);
         if (!keep)
-            egress_detach(egress, ids[k]);
+            egress_detach(egress, ids[k], NULL);
     }
 out:
     for (size_t k = 0; k < na; k++)

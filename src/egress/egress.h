@@ -18,9 +18,6 @@
 #include "env/env.h"
 #include "sandbox/sandbox.h"
 
-/** The port the proxy listens on inside every sandbox with a network, at 127.0.0.1. */
-#define EGRESS_PORT ENV_PROXY_PORT
-
 /* ------------------------------------------------------------------ policy */
 
 enum egress_mode {
@@ -213,8 +210,12 @@ void egress_stop(struct egress *eg);
  */
 int egress_attach(struct egress *eg, const char *id, const struct sandbox_init *init,
                   const struct egress_policy *policy, struct err **errp);
-/** Drops the environment's listener (stopped or deleted). */
-void egress_detach(struct egress *eg, const char *id);
+/**
+ * Drops the environment's listener (stopped, deleted, or with no policy it can be given).
+ * With init, when this proxy has none for it, the socket init keeps is made to refuse
+ * connections all the same: a proxy before this one may have left it listening.
+ */
+void egress_detach(struct egress *eg, const char *id, const struct sandbox_init *init);
 /** Ids of the environments that have a listener; *out owned (free each, then the array). */
 size_t egress_attached(struct egress *eg, char ***out);
 

@@ -190,6 +190,7 @@ struct attached {
     char id[40];
     struct sandbox_init init;
     uint64_t print; /* the policy's fingerprint: a changed policy gets a new listener */
+    const struct listener *ls; /* which attach made it (compared, never followed) */
 };
 
 struct egress {
@@ -2389,6 +2390,8 @@ revise(struct egress *eg, struct listener *ls)
     }
 }
 
+static void att_forget(struct egress *eg, const struct listener *ls);
+
 static void
 run_cmds(evutil_socket_t fd, short what, void *arg)
 {
@@ -2419,9 +2422,20 @@ run_cmds(evutil_socket_t fd, short what, void *arg)
             event_base_loopbreak(eg->base);
         } else if (cm->kind == CMD_ATTACH) {
             struct listener *ls = cm->ls;
-            ls->l = evconnlistener_new(eg->base, accepted, ls, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, -1, ls->fd);
-            ls->next = eg->listeners;
-            eg->listeners = ls;
+            /* A detach of the same sandbox queued before this attach has ended the listening
+             * of the socket both share (sandbox_proxy_unlisten): listen again. */
+            if (sandbox_proxy_relisten(ls->fd) < 0 ||
+                (ls->l = evconnlistener_new(eg->base, accepted, ls,
+                                            LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, 0,
+                                            ls->fd)) == NULL) {
+                /* Forgotten, so that the next reconcile pass attaches it again. */
+                log_warnx("egress: %s: cannot listen: %s", ls->id, strerror(errno));
+                att_forget(eg, ls);
+                listener_unref(ls);
+            } else {
+                ls->next = eg->listeners;
+                eg->listeners = ls;
+            }
         } else if (cm->kind == CMD_UPDATE) {
             for (struct listener *ls = eg->listeners; ls != NULL; ls = ls->next)
                 if (strcmp(ls->id, cm->id) == 0) {
@@ -2438,6 +2452,9 @@ run_cmds(evutil_socket_t fd, short what, void *arg)
                 if (strcmp(ls->id, cm->id) == 0) {
                     *pp = ls->next;
                     evconnlistener_disable(ls->l);
+                    /* The sandbox's init keeps the socket: stop its listening, or connections
+                     * would wait in the backlog for a proxy that is not coming. */
+                    sandbox_proxy_unlisten(ls->fd);
                     /* Detached (stopped, deleted, or its network disabled): nothing of it
                      * goes on, an intercepted tunnel least of all. */
                     pref_unref(ls->pol);
@@ -2660,7 +2677,7 @@ egress_stop(struct egress *eg)
     free(eg);
 }
 
-static void detach_locked(struct egress *eg, const char *id);
+static bool detach_locked(struct egress *eg, const char *id);
 
 int
 egress_attach(struct egress *eg, const char *id, const struct sandbox_init *init,
@@ -2699,7 +2716,7 @@ egress_attach(struct egress *eg, const char *id, const struct sandbox_init *init
     /* Another sandbox's listener for this id goes only once this one listens: an attach from
      * a stale view (an init that has since died and been replaced) fails here and leaves the
      * current sandbox's listener alone. */
-    fd = sandbox_netns_listen(init, EGRESS_PORT, errp);
+    fd = sandbox_proxy_listen(init, errp);
     if (fd < 0) {
         pthread_mutex_unlock(&eg->att_lock);
         return err_wrap(errp, "egress listener for %s", id);
@@ -2719,14 +2736,29 @@ egress_attach(struct egress *eg, const char *id, const struct sandbox_init *init
     snprintf(eg->att[eg->natt].id, sizeof(eg->att[eg->natt].id), "%s", id);
     eg->att[eg->natt].init = *init;
     eg->att[eg->natt].print = print;
+    eg->att[eg->natt].ls = ls;
     eg->natt++;
     push(eg, cm);
     pthread_mutex_unlock(&eg->att_lock);
     return 1;
 }
 
-/* egress_detach() with eg->att_lock held. */
+/* Takes the entry of the attach that made ls off the attached table, if it is still there:
+ * a later attach of the same sandbox (same id and init) has an entry of its own. */
 static void
+att_forget(struct egress *eg, const struct listener *ls)
+{
+    pthread_mutex_lock(&eg->att_lock);
+    for (size_t i = 0; i < eg->natt; i++)
+        if (eg->att[i].ls == ls) {
+            eg->att[i] = eg->att[--eg->natt];
+            break;
+        }
+    pthread_mutex_unlock(&eg->att_lock);
+}
+
+/* egress_detach() with eg->att_lock held. */
+static bool
 detach_locked(struct egress *eg, const char *id)
 {
     struct cmd *cm;
@@ -2739,18 +2771,26 @@ detach_locked(struct egress *eg, const char *id)
             break;
         }
     if (!had)
-        return;
+        return false;
     cm = xcalloc(1, sizeof(*cm));
     cm->kind = CMD_DETACH;
     snprintf(cm->id, sizeof(cm->id), "%s", id);
     push(eg, cm);
+    return true;
 }
 
 void
-egress_detach(struct egress *eg, const char *id)
+egress_detach(struct egress *eg, const char *id, const struct sandbox_init *init)
 {
+    struct err *e = NULL;
+
     pthread_mutex_lock(&eg->att_lock);
-    detach_locked(eg, id);
+    /* Nothing attached here, but the socket may still listen for a server before this one
+     * (killed while it was attached): it must refuse, not hold connections. */
+    if (!detach_locked(eg, id) && init != NULL && sandbox_proxy_refuse(init, &e) < 0) {
+        log_warnx("egress: %s: %s", id, e->msg);
+        err_free(e);
+    }
     pthread_mutex_unlock(&eg->att_lock);
 }
 

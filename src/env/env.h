@@ -84,7 +84,7 @@ struct env_create_opts {
 int env_seed_trust(struct env_ctx *ctx, const char *id, struct err **errp);
 
 /** Where the egress proxy listens inside every sandbox with a network (127.0.0.1). */
-#define ENV_PROXY_PORT 3128
+#define ENV_PROXY_PORT SANDBOX_PROXY_PORT
 
 /** Largest directory source (all files together) copied into an environment. */
 #define ENV_DIR_SOURCE_MAX (64ULL << 20)

@@ -230,6 +230,7 @@ spare_main(struct init_state *st)
 
     close(st->sfd);
     close(st->msgs[0]);
+    close(SANDBOX_FD_PROXY); /* init's alone */
     qsort(keep, sizeof(keep) / sizeof(keep[0]), sizeof(keep[0]), cmp_int);
     sigemptyset(&quit_mask);
     sigaddset(&quit_mask, SIGUSR1);

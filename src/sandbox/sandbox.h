@@ -112,12 +112,36 @@ int sandbox_start(const struct sandbox_spec *spec, struct sandbox_init *out, str
 int sandbox_spawner_start(struct err **errp);
 
 /**
- * Opens a listening TCP socket on 127.0.0.1:port inside the running sandbox's network
- * namespace (non-blocking, close-on-exec). Processes in the sandbox connect to it; whoever
- * holds the fd accepts, outside. ERR_CONFLICT when the sandbox is not running or the port is
- * taken inside.
+ * The port on 127.0.0.1 that every sandbox keeps for the egress proxy. Its init binds it
+ * before any of the sandbox's own code runs and holds it for the sandbox's life without
+ * listening: nothing inside can take the port, whether or not a proxy is attached.
  */
-int sandbox_netns_listen(const struct sandbox_init *init, uint16_t port, struct err **errp);
+#define SANDBOX_PROXY_PORT 3128
+
+/**
+ * A listening socket on 127.0.0.1:SANDBOX_PROXY_PORT in the running sandbox's network
+ * namespace (non-blocking, close-on-exec): the one its init keeps, now listening. For a
+ * sandbox started before inits kept one, a socket made in its namespace. Processes in the
+ * sandbox connect to it; whoever holds the fd accepts, outside. Connections made while
+ * nobody holds it (the server restarting) wait in its backlog. ERR_CONFLICT when the
+ * sandbox is not running, or (an older sandbox) the port is taken inside.
+ */
+int sandbox_proxy_listen(const struct sandbox_init *init, struct err **errp);
+
+/**
+ * Makes fd, from sandbox_proxy_listen(), stop listening for every holder: waiting and new
+ * connections are refused, and the port stays the sandbox's until sandbox_proxy_relisten().
+ */
+void sandbox_proxy_unlisten(int fd);
+
+/** Makes fd, from sandbox_proxy_listen(), listen again after sandbox_proxy_unlisten(). */
+int sandbox_proxy_relisten(int fd);
+
+/**
+ * sandbox_proxy_unlisten() on the socket init keeps, for a listener nobody holds any more
+ * (a server before this one attached it). Nothing to do for a sandbox that keeps none.
+ */
+int sandbox_proxy_refuse(const struct sandbox_init *init, struct err **errp);
 
 /**
  * Sets the cgroup limits of the running sandbox id (a warm one claimed for a user): memory

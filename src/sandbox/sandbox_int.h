@@ -146,6 +146,13 @@ int sandbox__handle_extract(int conn, json_t *req);
 #define SANDBOX_FD_UPPER_ROOT 5
 #define SANDBOX_FD_UPPER_USR  6
 
+/*
+ * The egress proxy's port (SANDBOX_PROXY_PORT), bound in the sandbox's network namespace
+ * before any of its code runs, and kept by init alone (handlers close it, commands never see
+ * it). The daemon takes a copy (pidfd_getfd) and makes it listen: netns.c.
+ */
+#define SANDBOX_FD_PROXY 7
+
 /** Set in a process whose exited children are reaped by the kernel (SIGCHLD ignored). */
 extern bool sandbox__autoreap;
 

@@ -16,6 +16,7 @@
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
 #include <net/if.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -291,6 +292,35 @@ recv_layers(int sync_fd, int *skel_fd, int *usr_fd, struct err **errp)
     return 0;
 }
 
+/*
+ * Binds the egress proxy's port on the new loopback and keeps it at SANDBOX_FD_PROXY, before
+ * any of the sandbox's own code runs. A proxy listener made later, from outside, found the
+ * port free whenever no proxy held it (the server restarting, or not yet attached), and a
+ * process inside could take it and with it the sandbox's egress. No SO_REUSEADDR and no
+ * SO_REUSEPORT: either would let a socket inside bind beside this one.
+ */
+static int
+reserve_proxy_port(struct err **errp)
+{
+    struct sockaddr_in sa = { .sin_family = AF_INET,
+                              .sin_port = htons(SANDBOX_PROXY_PORT),
+                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+    if (fd < 0)
+        return err_set(errp, ERR_INTERNAL, errno, "socket for the proxy's port");
+    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+        (fd != SANDBOX_FD_PROXY && dup3(fd, SANDBOX_FD_PROXY, O_CLOEXEC) < 0)) {
+        int e = errno;
+        close(fd);
+        return err_set(errp, ERR_INTERNAL, e, "keep 127.0.0.1:%d for the proxy",
+                       SANDBOX_PROXY_PORT);
+    }
+    if (fd != SANDBOX_FD_PROXY)
+        close(fd);
+    return 0;
+}
+
 /* The child's stdio must not hold the caller's terminal or pipes open: /dev/null it is. */
 static int
 null_stdio(struct err **errp)
@@ -404,6 +434,8 @@ child_setup(const struct child_args *a, struct err **errp)
     if (loopback_up(errp) < 0 || null_stdio(errp) < 0)
         return -1;
     loopback_segments();
+    if (reserve_proxy_port(errp) < 0)
+        return -1;
     if (setsid() < 0)
         return err_set(errp, ERR_INTERNAL, errno, "setsid");
     if (drop_caps(errp) < 0)

@@ -7,6 +7,7 @@ environment."""
 import json
 import re
 import subprocess
+import threading
 import time
 
 import pytest
@@ -18,10 +19,56 @@ from egresskit import *  # noqa: F401,F403 (fixtures and helpers)
 
 # ------------------------------------------------------------------ network "disabled" / open
 
+# Tries to take the proxy's port inside a sandbox, plainly, beside it (SO_REUSEADDR,
+# SO_REUSEPORT), on every address and through IPv6 (dual-stack, and the v4-mapped address);
+# prints the errno of each attempt, "bound" if one works.
+SQUAT = r'''
+import socket
+out = []
+A4, A6 = socket.AF_INET, socket.AF_INET6
+for fam, addr, opts in ((A4, ("127.0.0.1", 3128), ()),
+                        (A4, ("127.0.0.1", 3128), (socket.SO_REUSEADDR,)),
+                        (A4, ("127.0.0.1", 3128), (socket.SO_REUSEPORT,)),
+                        (A4, ("0.0.0.0", 3128), (socket.SO_REUSEADDR, socket.SO_REUSEPORT)),
+                        (A6, ("::", 3128), (socket.SO_REUSEADDR,)),
+                        (A6, ("::ffff:127.0.0.1", 3128), (socket.SO_REUSEADDR,))):
+    try:
+        s = socket.socket(fam)
+    except OSError:   # a kernel without IPv6: nothing to bind there
+        out.append("no-ipv6")
+        continue
+    if fam == A6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    for o in opts:
+        s.setsockopt(socket.SOL_SOCKET, o, 1)
+    try:
+        s.bind(addr)
+        s.listen()
+        out.append("bound")
+    except OSError as e:
+        out.append(str(e.errno))
+print(" ".join(out))
+'''
+
+
+def assert_port_kept(e):
+    """Nothing in the sandbox can take 127.0.0.1:3128 (EADDRINUSE every time)."""
+    r = e.py(SQUAT)
+    got = r.text.split()
+    assert r.rc == 0 and got[:4] == ["98"] * 4 and got[4:] in (["98"] * 2, ["no-ipv6"] * 2), r
+
+
+def proxy_connections(init_pid):
+    """Connections established to 127.0.0.1:3128 in the sandbox of init_pid."""
+    rows = pdk.read_text(f"/proc/{init_pid}/net/tcp").splitlines()[1:]
+    return sum(1 for l in rows if l.split()[2] == "0100007F:0C38" and l.split()[3] == "01")
+
+
 def test_disabled_network_has_no_listener_and_no_proxy_variables(lab):
     e = lab.env(network="disabled")
     r = e.raw("CONNECT allowed.test:80 HTTP/1.1\r\n\r\n")
     assert r.connect_err == 111, r   # ECONNREFUSED: nothing listens on 127.0.0.1:3128
+    assert_port_kept(e)   # and nothing inside can listen there either
     v = e.sh("env | grep -i -E '^(http|https|all|no)_proxy=' || true")
     assert v.rc == 0 and v.text.strip() == "", v
     c = e.sh(f"curl -sS -m 10 http://allowed.test:{lab.up.port}/")
@@ -127,28 +174,50 @@ def test_an_allowed_connection_is_recorded_when_allowed(pd):
 def test_a_row_whose_policy_disagrees_gets_no_proxy(pd):
     """Fail closed: an environment whose row says allowlist but whose stored config holds no
     allowlist (as `env create --network allowlist` once stored) is never given a proxy, which
-    would have been open; the server says why. The same environment as open gets one."""
+    would have been open; the server says why, and connections are refused, not held. Made
+    right again, the environment gets its listener back on the same socket."""
     import sqlite3
     lb = Lab(pd)
+
+    def set_network(mode):
+        db = sqlite3.connect(pd.data / "paddock.db", timeout=10)
+        with db:
+            db.execute("UPDATE environments SET network = ? WHERE id = ?", (mode, e.id))
+        db.close()
+
     try:
         e = SandboxEnv(pd, pd.create("--network", "open").info)
         probe = conn_spec("", timeout=1, shut=True)
-        assert pdk.wait_until(lambda: e.raw_many([probe])[0].connect_err is None, 10, 0.2)
-        # While the server runs: the listener it already has goes too (it holds the older,
-        # open policy); and after a restart none comes back.
-        db = sqlite3.connect(pd.data / "paddock.db", timeout=10)
-        with db:
-            db.execute("UPDATE environments SET network = 'allowlist' WHERE id = ?", (e.id,))
-        db.close()
-        said = lambda: any(e.id in l and "stored policy is 'open': no proxy" in l  # noqa: E731
+        listens = lambda: e.raw_many([probe])[0].connect_err is None  # noqa: E731
+        gone = lambda: e.raw_many([probe])[0].connect_err == 111  # noqa: E731
+        says = lambda: sum(e.id in l and "stored policy is 'open': no proxy" in l  # noqa: E731
                            for l in lb.server.lines)
-        for restart in (False, True):
-            if restart:
-                lb.server.kill()
-                lb.server.start()
-            assert pdk.wait_until(said, 10), lb.server.lines[-20:]
-            gone = lambda: e.raw_many([probe])[0].connect_err == 111  # noqa: E731
-            assert pdk.wait_until(gone, 5), "a listener still answers in the sandbox"
+        said = lambda: says() > 0  # noqa: E731
+        assert pdk.wait_until(listens, 10, 0.2)
+        # A connection the proxy ends itself (a refusal) leaves its side in TIME_WAIT on the
+        # port for a minute, which a listen without SO_REUSEADDR trips over (step 2).
+        refused(e.raw("CONNECT 10.0.0.1:1 HTTP/1.1\r\n\r\n"), 403)
+        # 1. While the server runs: the listener it has goes (it holds the older, open policy).
+        # Each reconcile pass says so and makes sure of it again, on a socket no longer
+        # listening; two passes at least before it is made right.
+        set_network("allowlist")
+        assert pdk.wait_until(said, 10), lb.server.lines[-20:]
+        assert pdk.wait_until(gone, 5), "a listener still answers in the sandbox"
+        assert_port_kept(e)
+        assert pdk.wait_until(lambda: says() >= 3, 10), lb.server.lines[-20:]
+        # 2. Made right: the listener is back, on the socket the sandbox kept.
+        set_network("open")
+        assert pdk.wait_until(listens, 10, 0.2), lb.server.lines[-20:]
+        refused(e.raw("CONNECT 10.0.0.1:1 HTTP/1.1\r\n\r\n"), 403)
+        # 3. Killed while it listens, and wrong again after the restart: the socket the dead
+        # server left listening refuses connections rather than hold them.
+        lb.server.kill()
+        set_network("allowlist")
+        before = says()
+        lb.server.start()
+        assert pdk.wait_until(lambda: says() > before, 10), lb.server.lines[-20:]
+        assert pdk.wait_until(gone, 5), "a listener still answers in the sandbox"
+        assert_port_kept(e)
     finally:
         lb.close()
 
@@ -568,18 +637,28 @@ def test_egress_after_kill9_and_restart(pd):
         r = e.sh(cmd)
         assert r.rc == 0 and json.loads(r.text)["line"] == "GET /again HTTP/1.1", r
         lb.server.kill()
-        # The listener belonged to the dead server: nothing answers in the sandbox now, and
-        # nothing reaches the upstream.
+        # The listening socket is the sandbox's own (its init keeps it): with the server down,
+        # nothing inside can take the port, and a connection made meanwhile waits in its
+        # backlog, reaching nothing, until the restarted server takes it.
+        assert_port_kept(e)
         n = up.count()
-        down = e.raw("CONNECT allowed.test:80 HTTP/1.1\r\n\r\n")
-        assert down.connect_err == 111 or (down.status is None and down.eof), down
+        waited = {}
+        t = threading.Thread(target=lambda: waited.update(r=e.raw(
+            get_abs(f"http://allowed.test:{up.port}/waited"), timeout=60)))
+        t.start()
+        init = pd.info(e.id)["init_pid"]
+        assert pdk.wait_until(lambda: proxy_connections(init) > 0, 30)
         assert up.count() == n
         lb.server.start()
+        t.join(120)
+        r = waited.get("r")
+        assert r is not None and r.status == 200, r
+        assert r.json()["line"] == "GET /waited HTTP/1.1", r
         # Re-adopted: the listener is back before the server says it is ready.
         r = e.sh(cmd)
         assert r.rc == 0 and json.loads(r.text)["line"] == "GET /again HTTP/1.1", r
-        recs = lb.wait_records(e.id, 2)
-        assert [x["decision"] for x in recs] == ["allow", "allow"], recs
+        recs = lb.wait_records(e.id, 3)
+        assert [x["decision"] for x in recs] == ["allow", "allow", "allow"], recs
         # The policy survived the restart too.
         d = e.raw(get_abs("http://other.test/after-restart"))
         deny_body_ok(d, "other.test", 80, e.id)
