@@ -677,7 +677,7 @@ struct agent_service {
     pthread_t *threads;
     unsigned nthreads;
     bool stopping;
-    int64_t last_purge_ms; /* janitor thread only */
+    int64_t last_purge_ms; /* monotonic; the janitor thread (and recovery) */
     bool egress_behind;    /* janitor: egress records past retention remain to be deleted */
     size_t egress_purged;  /* janitor: deleted so far in this round */
 };
@@ -1038,10 +1038,11 @@ agent_housekeep(struct agent_service *svc, struct store *s)
     struct err *e = NULL;
     int64_t keep =
         svc->o.retention_ms > 0 ? svc->o.retention_ms : (int64_t)AGENT_RETENTION_DAYS * 86400000LL;
-    int64_t now = util_now_ms();
+    int64_t now = util_now_ms(), mono = util_mono_ms();
 
-    if (svc->last_purge_ms == 0 || now - svc->last_purge_ms >= 3600 * 1000) {
-        svc->last_purge_ms = now;
+    /* Hourly by the monotonic clock; what is past retention, by the wall clock (stored times). */
+    if (svc->last_purge_ms == 0 || mono - svc->last_purge_ms >= 3600 * 1000) {
+        svc->last_purge_ms = mono;
         if (store_interaction_purge(s, now - keep, &purged, NULL) == 0 && purged > 0)
             log_info("purged %zu interactions past retention", purged);
         svc->egress_behind = true;

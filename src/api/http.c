@@ -72,7 +72,7 @@ api_ctx_release(struct env_ctx *c)
 struct track {
     int fd;
     ino_t ino; /* the socket's identity: the fd number alone could be another's by now */
-    int64_t deadline_ms; /* for the headers of the next request; 0 while one is in progress */
+    int64_t deadline_ms; /* monotonic, for the next request's headers; 0 while one is in progress */
     struct track *prev, *next;
 };
 
@@ -93,7 +93,7 @@ notify_connection(void *cls, struct MHD_Connection *c, void **socket_context,
         struct stat st;
         t->fd = ci != NULL ? ci->connect_fd : -1;
         t->ino = t->fd >= 0 && fstat(t->fd, &st) == 0 ? st.st_ino : 0;
-        t->deadline_ms = util_now_ms() + srv->cfg->header_timeout_ms;
+        t->deadline_ms = util_mono_ms() + srv->cfg->header_timeout_ms;
         pthread_mutex_lock(&track_lock);
         t->next = tracks.next;
         t->prev = &tracks;
@@ -133,7 +133,7 @@ watchdog(void *arg)
     (void)arg;
     while (!stopping) {
         struct timespec ts = {0, 250 * 1000 * 1000};
-        int64_t now = util_now_ms();
+        int64_t now = util_mono_ms();
         nanosleep(&ts, NULL);
         pthread_mutex_lock(&track_lock);
         for (struct track *t = tracks.next; t != &tracks; t = t->next) {
@@ -633,7 +633,7 @@ completed(void *cls, struct MHD_Connection *c, void **req_cls,
     char status[16], bytes[32], ms[32];
     cleanup_free char *path = NULL;
 
-    track_set(c, util_now_ms() + srv->cfg->header_timeout_ms);
+    track_set(c, util_mono_ms() + srv->cfg->header_timeout_ms);
     if (r == NULL)
         return;
     snprintf(status, sizeof(status), "%u", r->status);
@@ -1194,7 +1194,7 @@ api_serve(const struct api_config *cfg, struct err **errp)
             stopping = 1;
             break;
         }
-        if (util_now_ms() >= next_janitor) {
+        if (util_mono_ms() >= next_janitor) {
             struct err *e = NULL;
             if (jctx == NULL && env_ctx_open(cfg->data_dir, cfg->storage_size, &jctx, &e) < 0) {
                 log_warnx("janitor: %s", e->msg);
@@ -1204,7 +1204,7 @@ api_serve(const struct api_config *cfg, struct err **errp)
                 egress_reconcile(jctx);
                 agent_housekeep(agents, env_store(jctx));
             }
-            next_janitor = util_now_ms() + 1000;
+            next_janitor = util_mono_ms() + 1000;
         }
     }
     log_info("shutting down; sandboxes keep running");

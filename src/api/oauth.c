@@ -34,7 +34,7 @@ struct cached {
     char *token;
     int64_t refresh_ms; /* when to ask again: before it expires */
     int64_t expires_ms; /* until when it may still be used (while its successor is fetched) */
-    int64_t failed_ms; /* the last failure, 0 none: the IdP is not asked every second */
+    int64_t failed_ms; /* the last failure (monotonic), 0 none: the IdP is not asked every second */
     char why[200];
     uint64_t gen; /* bumped when the credential changes: a fetch begun before is not kept */
     bool fetching; /* a token request is under way: others wait for its answer */
@@ -418,7 +418,7 @@ run_fetch(const struct job *j, char **token, struct err **errp)
     pthread_cond_broadcast(&cache_cond);
     if (e != NULL) {
         if (s->gen == j->gen) {
-            s->failed_ms = util_now_ms();
+            s->failed_ms = util_mono_ms();
             snprintf(s->why, sizeof(s->why), "%s", e->msg);
         }
         rc = -1;
@@ -484,7 +484,7 @@ api_oauth_token(const char *data_dir, const char *project, const char *id, bool 
         usable = s->token != NULL && s->expires_ms > now;
         if (usable && s->refresh_ms > now)
             return hand_out(s, token);
-        if (s->failed_ms != 0 && now - s->failed_ms < RETRY_MS) {
+        if (s->failed_ms != 0 && util_mono_ms() - s->failed_ms < RETRY_MS) {
             char why[sizeof(s->why)];
             if (usable) /* the last one still works; ask again after the wait */
                 return hand_out(s, token);

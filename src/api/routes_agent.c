@@ -54,7 +54,7 @@ struct sse {
     size_t off;
     bool done;
     bool drop_after; /* store: false — the interaction goes when its stream ends */
-    int64_t quiet_since;
+    int64_t quiet_since; /* monotonic */
 };
 
 /* Keep-alive comments while nothing happens, so proxies keep the stream open. */
@@ -93,7 +93,7 @@ sse_fill(struct sse *x)
                 free(v[i].data);
             }
             free(v);
-            x->quiet_since = util_now_ms();
+            x->quiet_since = util_mono_ms();
             return;
         }
         free(v);
@@ -106,9 +106,9 @@ sse_fill(struct sse *x)
             x->done = true; /* the server stops: the stream ends, a client resumes later */
             return;
         }
-        if (util_now_ms() - x->quiet_since >= SSE_KEEPALIVE_MS) {
+        if (util_mono_ms() - x->quiet_since >= SSE_KEEPALIVE_MS) {
             buf_printf(&x->out, NULL, ": keep-alive\n\n");
-            x->quiet_since = util_now_ms();
+            x->quiet_since = util_mono_ms();
             return;
         }
         agent_wait(service, x->id, x->cursor, 1000);
@@ -167,7 +167,7 @@ reply_sse(struct api_req *r, struct env_ctx *ctx, const char *id, int64_t after,
     snprintf(x->project, sizeof(x->project), "%s", r->auth.project);
     x->cursor = after;
     x->drop_after = drop;
-    x->quiet_since = util_now_ms();
+    x->quiet_since = util_mono_ms();
     buf_init(&x->out, 64u << 20);
     resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 64 * 1024, sse_reader, x, sse_free);
     MHD_add_response_header(resp, "Content-Type", "text/event-stream");

@@ -255,6 +255,12 @@ const char *util_build_id(void);
 /** Monotonic nanoseconds. */
 int64_t util_mono_ns(void);
 /**
+ * Monotonic milliseconds: for intervals and deadlines within one process (timeouts, rates,
+ * periods), which the wall clock being set must not stretch or fire. util_now_ms() is for
+ * times that are recorded or compared across processes.
+ */
+int64_t util_mono_ms(void);
+/**
  * The CLOCK_MONOTONIC time ms (at least 0) from now, as an absolute timeout for
  * pthread_cond_clockwait(..., CLOCK_MONOTONIC, ...): one the wall clock being set can
  * neither stretch nor cut short.

@@ -234,6 +234,12 @@ util_now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+int64_t
+util_mono_ms(void)
+{
+    return util_mono_ns() / 1000000;
+}
+
 struct timespec
 util_deadline(int64_t ms)
 {

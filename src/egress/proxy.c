@@ -94,13 +94,13 @@ struct listener {
     unsigned conns;
     int refs; /* the listener list and every connection */
     double tokens;       /* new connections it may open now (a bucket filled at conn_rate/s) */
-    int64_t tokens_ms;   /* when the bucket was last filled */
+    int64_t tokens_ms;   /* when the bucket was last filled (monotonic) */
     unsigned unrecorded; /* connections refused over the rate since the last summary record */
     /* The last refusal recorded one by one, and how many identical ones followed it within a
      * second: a sandbox retrying a refused host in a loop costs two rows a second, not one
      * per attempt (audit_repeats()). */
     struct store_egress last_deny;
-    int64_t last_deny_ms; /* 0: none */
+    int64_t last_deny_ms; /* monotonic; 0: none */
     unsigned repeats;
     struct listener *next;
 };
@@ -124,11 +124,12 @@ struct conn {
     uint64_t bytes_up, bytes_down;
     const char *decision;
     char reason[160];
-    int64_t start_ms, last_ms;
-    int64_t head_ms; /* when the head now awaited began (the connection, or the TLS tunnel) */
+    int64_t start_ms; /* wall clock: the record's time */
+    int64_t last_ms;  /* monotonic, as every other time of the loop: last traffic */
+    int64_t head_ms;  /* monotonic: when the head now awaited began (the connection, or TLS) */
     struct evdns_getaddrinfo_request *dns;
     struct event *flush;    /* while a closing connection's last bytes drain (TLS) */
-    int64_t flush_deadline; /* dropped unless the client reads something by then */
+    int64_t flush_deadline; /* monotonic: dropped unless the client reads by then */
     size_t flush_left;      /* bytes still queued for it when it last read */
     unsigned flush_ms;      /* the TLS poll's interval: 2 ms, backing off while it is stalled */
     const struct egress_rule *rule; /* the rule that allowed it (NULL: open policy) */
@@ -182,7 +183,7 @@ struct local_addrs {
     pthread_mutex_t lock;
     struct sockaddr_storage *a;
     size_t n;
-    int64_t ms; /* when the list was last read */
+    int64_t ms; /* when the list was last read (monotonic) */
 };
 
 /* The ids with listeners, as the command queue will leave them (the caller's view). */
@@ -325,7 +326,7 @@ audit(struct conn *c)
     fill_record(c, &r);
     if (c->audit_key == 0 && strcmp(r.decision, "deny") == 0) {
         struct listener *ls = c->ls;
-        int64_t now = util_now_ms();
+        int64_t now = util_mono_ms();
         if (ls->last_deny_ms != 0 && now - ls->last_deny_ms < 1000 &&
             strcmp(r.host, ls->last_deny.host) == 0 && r.port == ls->last_deny.port &&
             strcmp(r.method, ls->last_deny.method) == 0 &&
@@ -389,7 +390,7 @@ static bool
 flush_check(struct conn *c)
 {
     size_t left = pending_out(c);
-    int64_t now = util_now_ms();
+    int64_t now = util_mono_ms();
 
     if (left < c->flush_left) {
         c->flush_left = left;
@@ -460,7 +461,7 @@ finish(struct conn *c)
         conn_free(c);
         return;
     }
-    c->flush_deadline = util_now_ms() + c->eg->cfg.idle_timeout_ms;
+    c->flush_deadline = util_mono_ms() + c->eg->cfg.idle_timeout_ms;
     bufferevent_setcb(c->cl, NULL, close_after_flush, flush_event, c);
     bufferevent_enable(c->cl, EV_WRITE);
     /* A TLS filter drains into its socket's own buffer, whose emptying calls nobody here. */
@@ -517,7 +518,7 @@ refuse(struct conn *c, int status, const char *decision, const char *fmt, ...)
 static void
 touch(struct conn *c)
 {
-    c->last_ms = util_now_ms();
+    c->last_ms = util_mono_ms();
 }
 
 static struct timeval
@@ -1114,7 +1115,7 @@ resp_done(struct conn *c)
         drop_upstream(c);
     c->served++;
     c->st = C_HEAD;
-    c->head_ms = util_now_ms();
+    c->head_ms = util_mono_ms();
     c->body_left = 0;
     free(c->path);
     c->path = NULL;
@@ -1421,7 +1422,7 @@ local_refresh(struct egress *eg)
     free(eg->local->a);
     eg->local->a = v;
     eg->local->n = n;
-    eg->local->ms = util_now_ms();
+    eg->local->ms = util_mono_ms();
     pthread_mutex_unlock(&eg->local->lock);
 }
 
@@ -2193,7 +2194,7 @@ start_mitm(struct conn *c)
     c->cl = tls;
     c->is_connect = false;
     c->st = C_HEAD;
-    c->head_ms = util_now_ms();
+    c->head_ms = util_mono_ms();
     bufferevent_setcb(c->cl, head_read, NULL, head_event, c);
     bufferevent_set_timeouts(c->cl, &tv, NULL);
     bufferevent_enable(c->cl, EV_READ | EV_WRITE);
@@ -2247,14 +2248,15 @@ accepted(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int 
     c->pol->refs++;
     ls->refs++;
     ls->conns++;
-    c->start_ms = c->last_ms = c->head_ms = util_now_ms();
+    c->start_ms = util_now_ms(); /* the record's time */
+    c->last_ms = c->head_ms = util_mono_ms();
     c->next = eg->conns.next;
     c->prev = &eg->conns;
     eg->conns.next->prev = c;
     eg->conns.next = c;
     nodelay(fd);
     c->cl = bufferevent_socket_new(eg->base, fd, BEV_OPT_CLOSE_ON_FREE);
-    if (!rate_take(ls, c->start_ms)) {
+    if (!rate_take(ls, c->last_ms)) {
         c->unrecorded = true;
         refuse(c, 429, "deny", "more than %u new connections a second from this environment",
                eg->cfg.conn_rate);
@@ -2276,7 +2278,7 @@ static void
 sweep(evutil_socket_t fd, short what, void *arg)
 {
     struct egress *eg = arg;
-    int64_t now = util_now_ms();
+    int64_t now = util_mono_ms();
 
     (void)fd;
     (void)what;

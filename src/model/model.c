@@ -276,10 +276,10 @@ cancelled(const struct model_request *req)
 static int
 sleep_cancellable(int64_t ms, const struct model_request *req)
 {
-    int64_t end = util_mono_ns() / 1000000 + ms;
+    int64_t end = util_mono_ms() + ms;
 
     for (;;) {
-        int64_t left = end - util_mono_ns() / 1000000;
+        int64_t left = end - util_mono_ms();
         struct timespec ts;
         if (cancelled(req))
             return -1;

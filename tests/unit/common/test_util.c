@@ -32,6 +32,11 @@ test_deadline(void **state)
         assert_true(ts.tv_nsec >= 0 && ts.tv_nsec < 1000000000L);
         assert_true(at >= before + ms[i] * 1000000 && at <= after + ms[i] * 1000000);
     }
+    /* util_mono_ms() is util_mono_ns() in milliseconds. */
+    {
+        int64_t a = util_mono_ns() / 1000000, m = util_mono_ms(), b = util_mono_ns() / 1000000;
+        assert_true(a <= m && m <= b);
+    }
     /* A negative wait is none: now, a valid time. */
     clock_gettime(CLOCK_MONOTONIC, &now);
     assert_true(past.tv_nsec >= 0 && past.tv_nsec < 1000000000L && past.tv_sec <= now.tv_sec);
