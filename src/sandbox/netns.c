@@ -55,16 +55,15 @@ make_listener(uint16_t port, const char **what)
     return fd;
 }
 
-/* True when fd (a socket) belongs to the network namespace of the calling thread. */
-static bool
-in_our_netns(int fd, int self)
+/* Whether namespace handles a and b name the same namespace: 1 yes, 0 no, -1 cannot tell. */
+static int
+same_ns(int a, int b)
 {
-    cleanup_close int ns = ioctl(fd, SIOCGSKNS);
-    struct stat a, b;
+    struct stat sa, sb;
 
-    if (ns < 0 || fstat(self, &a) < 0 || fstat(ns, &b) < 0)
-        return true; /* cannot tell: not a sandbox's */
-    return a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+    if (a < 0 || b < 0 || fstat(a, &sa) < 0 || fstat(b, &sb) < 0)
+        return -1;
+    return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
 }
 
 /* A socket made in the namespace of a sandbox that keeps none (started by an older build). */
@@ -94,15 +93,14 @@ listen_in_netns(const struct sandbox_init *init, uint16_t port, struct err **err
      * init, whatever its pid and start time say (after a reboot both can match a stored row):
      * a listener here would offer the environment's policy, credentials included, to every
      * process on this host. */
-    {
-        struct stat a, b;
-        if (fstat(self, &a) < 0 || fstat(ns, &b) < 0)
-            return err_set(errp, ERR_INTERNAL, errno, "stat a network namespace");
-        if (a.st_dev == b.st_dev && a.st_ino == b.st_ino)
-            return err_set(errp, ERR_CONFLICT, 0,
-                           "process %d shares this host's network namespace: it is no "
-                           "sandbox's init",
-                           (int)init->pid);
+    switch (same_ns(self, ns)) {
+    case -1:
+        return err_set(errp, ERR_INTERNAL, errno, "stat a network namespace");
+    case 1:
+        return err_set(errp, ERR_CONFLICT, 0,
+                       "process %d shares this host's network namespace: it is no "
+                       "sandbox's init",
+                       (int)init->pid);
     }
     if (setns(ns, CLONE_NEWNET) < 0)
         return err_set(errp, ERR_INTERNAL, errno, "enter the sandbox's network namespace");
@@ -133,12 +131,12 @@ take_kept(const struct sandbox_init *init, int *fd, struct err **errp)
     cleanup_close int self = -1;
     cleanup_close int ns = -1;
     cleanup_close int sock = -1;
+    cleanup_close int sns = -1;
     struct sockaddr_in sa;
     socklen_t sl = sizeof(sa);
     int type = 0, proto = 0;
     socklen_t tl = sizeof(type), pl = sizeof(proto);
     char path[64];
-    struct stat a, b;
 
     *fd = -1;
     if (!sandbox_alive(init))
@@ -157,22 +155,20 @@ take_kept(const struct sandbox_init *init, int *fd, struct err **errp)
                        (int)init->pid);
     if (getsockopt(sock, SOL_SOCKET, SO_TYPE, &type, &tl) < 0 && errno == ENOTSOCK)
         return 0;
-    self = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
-    if (self < 0 || type != SOCK_STREAM ||
-        getsockopt(sock, SOL_SOCKET, SO_PROTOCOL, &proto, &pl) < 0 || proto != IPPROTO_TCP ||
-        getsockname(sock, (struct sockaddr *)&sa, &sl) < 0 || sl != sizeof(sa) ||
-        sa.sin_family != AF_INET || sa.sin_addr.s_addr != htonl(INADDR_LOOPBACK) ||
-        sa.sin_port != htons(SANDBOX_PROXY_PORT) || in_our_netns(sock, self))
+    if (type != SOCK_STREAM || getsockopt(sock, SOL_SOCKET, SO_PROTOCOL, &proto, &pl) < 0 ||
+        proto != IPPROTO_TCP || getsockname(sock, (struct sockaddr *)&sa, &sl) < 0 ||
+        sl != sizeof(sa) || sa.sin_family != AF_INET ||
+        sa.sin_addr.s_addr != htonl(INADDR_LOOPBACK) || sa.sin_port != htons(SANDBOX_PROXY_PORT))
         return err_set(errp, ERR_CONFLICT, 0, "init %d keeps no proxy socket of a sandbox",
                        (int)init->pid);
-    {
-        cleanup_close int sns = ioctl(sock, SIOCGSKNS);
-        if (sns < 0 || fstat(sns, &a) < 0 || fstat(ns, &b) < 0 || a.st_dev != b.st_dev ||
-            a.st_ino != b.st_ino)
-            return err_set(errp, ERR_CONFLICT, 0,
-                           "init %d keeps a proxy socket of another network namespace",
-                           (int)init->pid);
-    }
+    /* In init's own namespace, and that one not this host's (where the listener would serve
+     * every process of the host). Either unknown: refused. */
+    sns = ioctl(sock, SIOCGSKNS);
+    self = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+    if (same_ns(sns, ns) != 1 || same_ns(ns, self) != 0)
+        return err_set(errp, ERR_CONFLICT, 0,
+                       "init %d keeps no proxy socket of a network namespace of its own",
+                       (int)init->pid);
     *fd = sock;
     sock = -1;
     return 0;
