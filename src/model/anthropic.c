@@ -252,12 +252,8 @@ model__anthropic_decode(const struct model_ref *m, json_t *resp, size_t id_base,
     (void)m;
     if (!json_is_object(resp))
         return err_set(errp, ERR_UPSTREAM, 0, "the answer is not a JSON object");
-    if (!json_is_array(content)) {
-        const char *why = model__str(json_object_get(resp, "error"), "message");
-        cleanup_free char *w = why != NULL ? model__escape(why, strlen(why)) : NULL;
-        return err_set(errp, ERR_UPSTREAM, 0, "the answer has no content%s%s",
-                       w != NULL ? ": " : "", w != NULL ? w : "");
-    }
+    if (!json_is_array(content))
+        return err_set(errp, ERR_UPSTREAM, 0, "the answer has no content");
     decode_blocks(content, id_base, out);
     if (sr != NULL)
         out->finish_reason = xstrdup(sr);
@@ -282,4 +278,5 @@ const struct model_wire model__anthropic_wire = {
     .native = "anthropic",
     .encode = model__anthropic_encode,
     .decode = model__anthropic_decode,
+    .why = model__error_why,
 };

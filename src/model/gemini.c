@@ -283,21 +283,26 @@ decode_usage(const json_t *um, struct model_usage *u)
         u->total = u->input + u->output + u->thought;
 }
 
-/* The error for an answer without a candidate: a blocked prompt names its reason. */
+/* The error for an answer without a candidate; gemini_why says why a prompt was blocked. */
 static int
 no_candidate(const json_t *resp, struct err **errp)
 {
+    if (model__str(json_object_get(resp, "promptFeedback"), "blockReason") != NULL)
+        return err_set(errp, ERR_INVALID, 0, "the prompt was blocked");
+    return err_set(errp, ERR_UPSTREAM, 0, "the answer has no candidates");
+}
+
+/* A blocked prompt's reason and Gemini's message on it, else the message of an error body. */
+static char *
+gemini_why(const json_t *resp)
+{
     const json_t *pf = json_object_get(resp, "promptFeedback");
     const char *reason = model__str(pf, "blockReason");
-    const char *why = model__str(pf, "blockReasonMessage");
+    const char *msg = model__str(pf, "blockReasonMessage");
 
-    if (reason != NULL) {
-        cleanup_free char *r = model__escape(reason, strlen(reason));
-        cleanup_free char *w = why != NULL ? model__escape(why, strlen(why)) : NULL;
-        return err_set(errp, ERR_INVALID, 0, "the prompt was blocked (blockReason %s)%s%s", r,
-                       w != NULL ? ": " : "", w != NULL ? w : "");
-    }
-    return err_set(errp, ERR_UPSTREAM, 0, "the answer has no candidates");
+    if (reason == NULL)
+        return model__error_why(resp);
+    return xasprintf("blockReason %s%s%s", reason, msg != NULL ? ": " : "", msg != NULL ? msg : "");
 }
 
 int
@@ -340,4 +345,5 @@ const struct model_wire model__gemini_wire = {
     .native = "gemini",
     .encode = model__gemini_encode,
     .decode = model__gemini_decode,
+    .why = gemini_why,
 };

@@ -309,27 +309,37 @@ model__backoff_ms(int64_t base_ms, unsigned attempt)
     return d;
 }
 
-/* Replaces every occurrence of key in msg (owned) by "[redacted]": an upstream that echoes
- * the key it was sent must not put it into our errors and logs. */
+/* The upstream's words in a body: its wire's why, else the body's start; the key redacted
+ * (the upstream may echo the key it was sent). Owned. */
 static char *
-redact(char *msg, const char *key)
+upstream_message(const struct endpoint *ep, const char *body, size_t len)
 {
-    struct buf b;
-    const char *p = msg, *hit;
-    size_t klen = key != NULL ? strlen(key) : 0;
+    json_t *root = json_loadb(body, len, 0, NULL);
+    cleanup_free char *why = ep->wire->why(root);
 
-    if (klen < 4 || strstr(msg, key) == NULL)
-        return msg;
-    buf_init(&b, SIZE_MAX / 2);
-    while ((hit = strstr(p, key)) != NULL) {
-        buf_append(&b, p, (size_t)(hit - p), NULL);
-        buf_append(&b, "[redacted]", 10, NULL);
-        p = hit + klen;
-    }
-    buf_append(&b, p, strlen(p), NULL);
-    explicit_bzero(msg, strlen(msg));
-    free(msg);
-    return buf_steal(&b, NULL);
+    json_decref(root);
+    if (why != NULL)
+        return model__upstream_text(why, strlen(why), MODEL_UPSTREAM_MSG_MAX, ep->key);
+    if (len == 0)
+        return xstrdup("(empty body)");
+    return model__upstream_text(body, len, 200, ep->key);
+}
+
+/* Adds the upstream's words on why a 2xx answer holds no turn (some proxies answer errors
+ * with 200) to the decode error in *errp, which names only what was missing. */
+static void
+add_why(const struct endpoint *ep, const json_t *root, struct err **errp)
+{
+    cleanup_free char *why = ep->wire->why(root), *text = NULL;
+    struct err *e;
+
+    if (why == NULL || errp == NULL || *errp == NULL)
+        return;
+    text = model__upstream_text(why, strlen(why), MODEL_UPSTREAM_MSG_MAX, ep->key);
+    e = *errp;
+    *errp = NULL;
+    err_set(errp, e->code, 0, "%s: %s", e->msg, text);
+    err_free(e);
 }
 
 /* Turns a non-2xx answer into an error; true when it is worth another attempt. */
@@ -337,7 +347,7 @@ static bool
 status_error(const struct endpoint *ep, const struct model_ref *m, const struct model_http_resp *r,
              struct err **errp)
 {
-    cleanup_free char *msg = redact(model__upstream_message(r->body, r->len), ep->key);
+    cleanup_free char *msg = upstream_message(ep, r->body, r->len);
 
     if (r->status == 429 || (r->status >= 500 && r->status <= 599)) {
         err_set(errp, ERR_UPSTREAM, 0, "%s model %s failed with HTTP %ld: %s", ep->wire->label,
@@ -478,12 +488,12 @@ model_generate(const struct model_config *cfg, const struct model_request *req,
     }
     root = json_loadb(resp.body, resp.len, 0, &je);
     if (root == NULL) {
-        cleanup_free char *start =
-            redact(model__escape(resp.body, resp.len < 100 ? resp.len : 100), ep.key);
+        cleanup_free char *start = model__upstream_text(resp.body, resp.len, 100, ep.key);
         err_set(errp, ERR_UPSTREAM, 0, "%s model %s returned a body that is not JSON: \"%s\"",
                 ep.wire->label, m->spec, start);
     } else if (ep.wire->decode(m, root, model__count_calls(req->messages), out, errp) < 0) {
         model_turn_clear(out);
+        add_why(&ep, root, errp);
         err_wrap(errp, "%s model %s", ep.wire->label, m->spec);
         rc = -1;
     }

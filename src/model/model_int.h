@@ -29,7 +29,7 @@
 /* Anthropic requires max_tokens; this is sent when the generation config has none. */
 #define MODEL_ANTHROPIC_MAX_TOKENS 8192
 
-/* Longest upstream error message carried into a struct err (after escaping). */
+/* Longest upstream error message carried into a struct err (bytes before escaping). */
 #define MODEL_UPSTREAM_MSG_MAX 512
 
 /* ------------------------------------------------------------ wire formats */
@@ -44,8 +44,10 @@ struct model_enc {
  * The three formats behind one table (STYLE R-12). encode returns an owned request body,
  * or NULL with ERR_INVALID when the conversation is malformed. decode fills out from a 2xx
  * answer; it returns -1 with ERR_UPSTREAM (or ERR_INVALID for a refused prompt) when the
- * answer holds no usable turn. id_base is the number of calls already in the conversation:
- * made-up call ids continue from it, so they stay unique in one conversation.
+ * answer holds no usable turn, naming what is missing but never quoting the upstream's text:
+ * that is why's, and only model.c puts it into an error, after redacting the key from it.
+ * id_base is the number of calls already in the conversation: made-up call ids continue from
+ * it, so they stay unique in one conversation.
  */
 struct model_wire {
     const char *label;  /* "Gemini", "OpenAI-compatible", "Anthropic": for messages */
@@ -53,6 +55,9 @@ struct model_wire {
     json_t *(*encode)(const struct model_enc *enc, struct err **errp);
     int (*decode)(const struct model_ref *m, json_t *resp, size_t id_base, struct model_turn *out,
                   struct err **errp);
+    /* The upstream's own words on why an answer (resp may be NULL or any JSON) is an error
+     * or holds no turn, as received: not escaped, the key not redacted. Owned; NULL: none. */
+    char *(*why)(const json_t *resp);
 };
 
 extern const struct model_wire model__gemini_wire;
@@ -138,14 +143,23 @@ json_t *model__tool_decl(const json_t *tool, const char *schema_key, bool schema
 /** The generation_config's tool_choice mode ("auto", "any", "none", "validated") or NULL. */
 const char *model__tool_choice(const json_t *gen);
 
-/** Escapes and caps untrusted text for an error message. Owned. */
+/** Escapes and caps text for an error message (not the upstream's: model__upstream_text). */
 char *model__escape(const char *s, size_t len);
 
 /**
- * The error message of an upstream error body ({"error":{"message":…}}, {"error":"…"},
- * {"message":…}), or the start of the body itself; escaped and capped. Owned.
+ * The why of the OpenAI-compatible and Anthropic wires, and the fallback of Gemini's: the
+ * message of an error body ({"error":{"message":…}}, {"error":"…"}, {"message":…},
+ * {"detail":…}, or such an object first in an array). Owned; NULL when there is none.
  */
-char *model__upstream_message(const char *body, size_t len);
+char *model__error_why(const json_t *resp);
+
+/**
+ * Text from an upstream (bytes s, len) for an error message: every occurrence of secret (the
+ * key; NULL or shorter than 4 bytes: none looked for) replaced by "[redacted]", then escaped
+ * and cut at max bytes, in that order so that no cut leaves a piece of the key. All upstream
+ * text reaches an error through here. Owned.
+ */
+char *model__upstream_text(const char *s, size_t len, size_t max, const char *secret);
 
 /* --------------------------------------------------------------- transport */
 

@@ -267,12 +267,12 @@ model__escape(const char *s, size_t len)
 }
 
 char *
-model__upstream_message(const char *body, size_t len)
+model__error_why(const json_t *resp)
 {
-    json_t *root = json_loadb(body != NULL ? body : "", len, 0, NULL);
-    json_t *e = json_object_get(root, "error");
+    /* Some Google endpoints wrap the error object in an array. */
+    const json_t *root = json_is_array(resp) ? json_array_get(resp, 0) : resp;
+    const json_t *e = json_object_get(root, "error");
     const char *msg = NULL;
-    char *out;
 
     if (json_is_string(e))
         msg = json_string_value(e);
@@ -282,14 +282,35 @@ model__upstream_message(const char *body, size_t len)
         msg = model__str(root, "message");
     if (msg == NULL)
         msg = model__str(root, "detail");
-    if (msg != NULL)
-        out = model__escape(msg, strlen(msg));
-    else if (len == 0)
-        out = xstrdup("(empty body)");
-    else
-        out = model__escape(body, len < 200 ? len : 200);
-    json_decref(root);
-    return out;
+    return msg != NULL ? xstrdup(msg) : NULL;
+}
+
+/* What a redacted secret becomes; a secret shorter than REDACT_MIN is not looked for, as it
+ * would match ordinary words. */
+#define REDACTED   "[redacted]"
+#define REDACT_MIN 4
+
+char *
+model__upstream_text(const char *s, size_t len, size_t max, const char *secret)
+{
+    size_t klen = secret != NULL ? strlen(secret) : 0, n = 0, i = 0;
+    cleanup_free char *r = NULL;
+
+    if (klen < REDACT_MIN)
+        return log_escape(s, len, max);
+    /* Redacted first, cut after: a secret across the cut would otherwise leave its start.
+     * Keeping one byte past max is enough for the escape to cut there and say so. */
+    r = xmalloc(max + sizeof(REDACTED));
+    while (i < len && n <= max) {
+        if (len - i >= klen && memcmp(s + i, secret, klen) == 0) {
+            memcpy(r + n, REDACTED, sizeof(REDACTED) - 1);
+            n += sizeof(REDACTED) - 1;
+            i += klen;
+        } else {
+            r[n++] = s[i++];
+        }
+    }
+    return log_escape(r, n, max);
 }
 
 /* ------------------------------------------------------------- generation */

@@ -294,12 +294,8 @@ model__openai_decode(const struct model_ref *m, json_t *resp, size_t id_base,
     (void)m;
     if (!json_is_object(resp))
         return err_set(errp, ERR_UPSTREAM, 0, "the answer is not a JSON object");
-    if (!json_is_object(msg)) {
-        const char *why = model__str(json_object_get(resp, "error"), "message");
-        cleanup_free char *w = why != NULL ? model__escape(why, strlen(why)) : NULL;
-        return err_set(errp, ERR_UPSTREAM, 0, "the answer has no choices[0].message%s%s",
-                       w != NULL ? ": " : "", w != NULL ? w : "");
-    }
+    if (!json_is_object(msg))
+        return err_set(errp, ERR_UPSTREAM, 0, "the answer has no choices[0].message");
     decode_content(json_object_get(msg, "content"), &out->text);
     reasoning = model__str(msg, "reasoning_content");
     model__append_text(&out->thought, reasoning != NULL ? reasoning : model__str(msg, "reasoning"));
@@ -327,4 +323,5 @@ const struct model_wire model__openai_wire = {
     .native = "openai",
     .encode = model__openai_encode,
     .decode = model__openai_decode,
+    .why = model__error_why,
 };

@@ -2,7 +2,8 @@
  * Tests for the answer side of src/model/: canned responses of each format decoded into a
  * struct model_turn — text, thoughts, signatures, calls (made-up ids, arguments that are not
  * JSON or not an object), finish reasons, usage — and the answers that are errors (Gemini's
- * blocked prompt, no candidates, no choices).
+ * blocked prompt, no candidates, no choices), the upstream's words on them (wire->why) and
+ * the redaction of the key from upstream text.
  */
 #include "model_test.h"
 
@@ -92,10 +93,10 @@ test_gemini_finish_and_errors(void **state)
         { "{'candidates':[{'finishReason':'SAFETY'}]}", MODEL_FINISH_OTHER, 0, NULL },
         { "{'candidates':[{'content':{'parts':[{'text':'x'}]}}]}", MODEL_FINISH_STOP, 0, NULL },
         { "{'promptFeedback':{'blockReason':'PROHIBITED_CONTENT'}}", -1, ERR_INVALID,
-          "blocked (blockReason PROHIBITED_CONTENT)" },
+          "the prompt was blocked" },
         { "{'candidates':[],'promptFeedback':{'blockReason':'SAFETY',"
           "'blockReasonMessage':'no'}}",
-          -1, ERR_INVALID, "SAFETY): no" },
+          -1, ERR_INVALID, "the prompt was blocked" },
         { "{'usageMetadata':{}}", -1, ERR_UPSTREAM, "no candidates" },
         { "[1]", -1, ERR_UPSTREAM, "not a JSON object" },
     };
@@ -198,7 +199,7 @@ test_openai_tolerance(void **state)
           "'finish_reason':'stop'}]}",
           NULL, MODEL_FINISH_TOOLS, NULL },
         { "{'choices':[]}", NULL, -1, "no choices[0].message" },
-        { "{'error':{'message':'model not loaded'}}", NULL, -1, "model not loaded" },
+        { "{'error':{'message':'model not loaded'}}", NULL, -1, "no choices[0].message" },
     };
     (void)state;
 
@@ -293,7 +294,7 @@ test_anthropic_finish_and_errors(void **state)
         { "{'content':[],'stop_reason':'refusal'}", MODEL_FINISH_OTHER, NULL },
         { "{'content':[],'stop_reason':'pause_turn'}", MODEL_FINISH_OTHER, NULL },
         { "{'type':'error','error':{'type':'overloaded_error','message':'Overloaded'}}", -1,
-          "no content: Overloaded" },
+          "no content" },
     };
     (void)state;
 
@@ -346,6 +347,83 @@ test_turn_round_trip(void **state)
     }
 }
 
+/* The upstream's words on an answer that is an error, which model_generate adds to the
+ * decoder's error after redacting the key: the decoders themselves never quote them. */
+static void
+test_why(void **state)
+{
+    static const struct {
+        const char *spec, *resp, *why; /* why NULL: none */
+    } cases[] = {
+        { "gemini-x", "{'promptFeedback':{'blockReason':'PROHIBITED_CONTENT'}}",
+          "blockReason PROHIBITED_CONTENT" },
+        { "gemini-x",
+          "{'candidates':[],'promptFeedback':{'blockReason':'SAFETY',"
+          "'blockReasonMessage':'no'}}",
+          "blockReason SAFETY: no" },
+        { "gemini-x", "[{'error':{'code':429,'message':'quota'}}]", "quota" },
+        { "gemini-x", "{'usageMetadata':{}}", NULL },
+        { "openai:x", "{'error':{'message':'model not loaded'}}", "model not loaded" },
+        { "openai:x", "{'error':'bad key'}", "bad key" },
+        { "openai:x", "{'detail':'Not Found'}", "Not Found" },
+        { "openai:x", "{'choices':[]}", NULL },
+        { "anthropic:x", "{'type':'error','error':{'type':'overloaded_error','message':'Busy'}}",
+          "Busy" },
+        { "anthropic:x", "[1]", NULL },
+    };
+    (void)state;
+
+    for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+        struct model_ref m;
+        struct err *e = NULL;
+        json_t *r = jl(cases[i].resp);
+        char *why;
+
+        ASSERT_NO_ERR(model_parse(cases[i].spec, &m, &e), &e);
+        why = model__wire(m.format)->why(r);
+        if (cases[i].why == NULL)
+            assert_null(why);
+        else
+            assert_string_equal(why, cases[i].why);
+        free(why);
+        json_decref(r);
+    }
+    assert_null(model__wire(MODEL_GEMINI)->why(NULL));
+}
+
+/* The key is redacted from upstream text before it is escaped and cut: a key across the cut
+ * leaves nothing of itself, a key shorter than 4 bytes is not looked for. */
+static void
+test_upstream_text(void **state)
+{
+    static const char key[] = "sk-abcdefghij";
+    static const struct {
+        const char *s, *secret;
+        size_t max;
+        const char *want;
+    } cases[] = {
+        { "bad key sk-abcdefghij, sk-abcdefghij!", key, 512, "bad key [redacted], [redacted]!" },
+        /* The key starts before the cut at 12 and ends after it. */
+        { "0123456789 sk-abcdefghij tail", key, 12, "0123456789 [..." },
+        { "0123456789sk-abcdefghij", key, 12, "0123456789[r..." },
+        /* Redaction shortens the text: what follows moves up into the kept part. */
+        { "sk-abcdefghijsk-abcdefghijab", key, 22, "[redacted][redacted]ab" },
+        { "a\"b\ncsk-abcdefghij", key, 512, "a\\\"b\\nc[redacted]" },
+        { "sk-abcdefghi", key, 512, "sk-abcdefghi" },
+        { "ab sk-abcdefghij", NULL, 512, "ab sk-abcdefghij" },
+        { "ab ab", "ab", 512, "ab ab" },
+        { "", key, 512, "" },
+    };
+    (void)state;
+
+    for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+        char *got =
+            model__upstream_text(cases[i].s, strlen(cases[i].s), cases[i].max, cases[i].secret);
+        assert_string_equal(got, cases[i].want);
+        free(got);
+    }
+}
+
 int
 test_decode_run(void)
 {
@@ -353,7 +431,8 @@ test_decode_run(void)
         cmocka_unit_test(test_gemini_decode),    cmocka_unit_test(test_gemini_finish_and_errors),
         cmocka_unit_test(test_openai_decode),    cmocka_unit_test(test_openai_tolerance),
         cmocka_unit_test(test_anthropic_decode), cmocka_unit_test(test_anthropic_finish_and_errors),
-        cmocka_unit_test(test_turn_round_trip),
+        cmocka_unit_test(test_turn_round_trip),  cmocka_unit_test(test_why),
+        cmocka_unit_test(test_upstream_text),
     };
     return cmocka_run_group_tests_name("decode", tests, NULL, NULL);
 }

@@ -3,7 +3,8 @@
  * small HTTP server on 127.0.0.1:0 that runs in a thread of the test and answers from a
  * script: retries on 429 and 5xx with Retry-After, the attempt count, bodies that are not
  * JSON or too large, an upstream that never answers, refusals with their message, the cancel
- * flag during a backoff and during a request, the deadline, and where the key goes.
+ * flag during a backoff and during a request, the deadline, and where the key goes (and
+ * that it stays out of errors, 2xx error answers included).
  */
 #include <poll.h>
 #include <pthread.h>
@@ -408,6 +409,63 @@ test_final_answers(void **state)
     }
 }
 
+/* A 2xx answer that is an error (some proxies answer errors with 200) names what was missing
+ * and the upstream's message, with the key redacted from it; a key across the cut of a long
+ * message or of a body that is not JSON leaves nothing of itself. */
+static void
+test_key_in_answers(void **state)
+{
+    /* Puts the key across the cut at MODEL_UPSTREAM_MSG_MAX bytes. */
+    char *long_msg =
+        xasprintf("{\"error\":{\"message\":\"%0*d " KEY "\"}}", MODEL_UPSTREAM_MSG_MAX - 6, 0);
+    char *long_body = xasprintf("%0*d " KEY, 100 - 6, 0);
+    const struct {
+        const char *spec;
+        int status;
+        const char *body;
+        enum err_code code;
+        const char *want;
+    } cases[] = {
+        { "openai:x", 200, "{\"error\":{\"message\":\"invalid key " KEY "\"}}", ERR_UPSTREAM,
+          "no choices[0].message: invalid key [redacted]" },
+        { "anthropic:x", 200,
+          "{\"type\":\"error\",\"error\":{\"message\":\"bad x-api-key " KEY "\"}}", ERR_UPSTREAM,
+          "no content: bad x-api-key [redacted]" },
+        { "gemini-x", 200,
+          "{\"promptFeedback\":{\"blockReason\":\"OTHER\",\"blockReasonMessage\":\"" KEY "\"}}",
+          ERR_INVALID, "the prompt was blocked: blockReason OTHER: [redacted]" },
+        { "gemini-x", 200, "[{\"error\":{\"message\":\"key " KEY " expired\"}}]", ERR_UPSTREAM,
+          "not a JSON object: key [redacted] expired" },
+        { "openai:x", 400, long_msg, ERR_INVALID, "(HTTP 400): 000" },
+        { "openai:x", 200, long_msg, ERR_UPSTREAM, "no choices[0].message: 000" },
+        { "anthropic:x", 200, long_body, ERR_UPSTREAM, "is not JSON: \"000" },
+    };
+    (void)state;
+
+    for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+        struct step st[] = { { .status = cases[i].status, .body = cases[i].body } };
+        struct model_config cfg;
+        struct model_turn t;
+        struct err *e = NULL;
+        struct srv s;
+        int64_t ms;
+
+        srv_start(&s, st, 1);
+        config_for(&cfg, s.port);
+        assert_int_equal(generate(&cfg, cases[i].spec, NULL, 0, &t, &ms, &e), -1);
+        assert_non_null(e);
+        /* Not even the key's start: "sk-" is where it begins. */
+        if (strstr(e->msg, "sk-") != NULL)
+            fail_msg("a piece of the key is in the error: %s", e->msg);
+        expect_err(&e, cases[i].code, cases[i].want);
+        assert_null(t.message);
+        model_config_clear(&cfg);
+        srv_stop(&s);
+    }
+    free(long_msg);
+    free(long_body);
+}
+
 /* A redirect is not followed: the key goes to the configured host and nowhere else. */
 static void
 test_no_redirect(void **state)
@@ -668,6 +726,7 @@ test_http_run(void)
         cmocka_unit_test(test_retry_429),
         cmocka_unit_test(test_500_forever),
         cmocka_unit_test(test_final_answers),
+        cmocka_unit_test(test_key_in_answers),
         cmocka_unit_test(test_no_redirect),
         cmocka_unit_test(test_config_from_env),
         cmocka_unit_test(test_bad_settings),
