@@ -230,15 +230,16 @@ decode_blocks(const json_t *blocks, size_t id_base, struct model_turn *out)
 static void
 decode_usage(const json_t *u, struct model_usage *out)
 {
-    int64_t read = model__int(u, "cache_read_input_tokens");
+    int64_t read = model__tokens(u, "cache_read_input_tokens");
 
     /* input_tokens counts only what came after the last cache breakpoint. */
     out->input =
-        model__int(u, "input_tokens") + read + model__int(u, "cache_creation_input_tokens");
+        model__tokens(u, "input_tokens") + read + model__tokens(u, "cache_creation_input_tokens");
     out->cached = read;
-    out->output = model__int(u, "output_tokens"); /* thinking included: not reported apart */
+    out->output = model__tokens(u, "output_tokens"); /* thinking included: not reported apart */
     out->thought = 0;
-    out->total = out->input + out->output;
+    out->total = 0; /* none reported: input + output */
+    model__usage_settle(out);
 }
 
 int

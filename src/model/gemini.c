@@ -274,13 +274,12 @@ decode_parts(const json_t *parts, size_t id_base, struct model_turn *out)
 static void
 decode_usage(const json_t *um, struct model_usage *u)
 {
-    u->input = model__int(um, "promptTokenCount") + model__int(um, "toolUsePromptTokenCount");
-    u->output = model__int(um, "candidatesTokenCount");
-    u->thought = model__int(um, "thoughtsTokenCount");
-    u->cached = model__int(um, "cachedContentTokenCount");
-    u->total = model__int(um, "totalTokenCount");
-    if (u->total == 0)
-        u->total = u->input + u->output + u->thought;
+    u->input = model__tokens(um, "promptTokenCount") + model__tokens(um, "toolUsePromptTokenCount");
+    u->output = model__tokens(um, "candidatesTokenCount");
+    u->thought = model__tokens(um, "thoughtsTokenCount");
+    u->cached = model__tokens(um, "cachedContentTokenCount");
+    u->total = model__tokens(um, "totalTokenCount");
+    model__usage_settle(u);
 }
 
 /* The error for an answer without a candidate; gemini_why says why a prompt was blocked. */

@@ -63,6 +63,15 @@ void model_config_from_env(struct model_config *cfg);
 /** Frees the strings, wiping the keys first. */
 void model_config_clear(struct model_config *cfg);
 
+/*
+ * The largest token count a turn reports in any field of struct model_usage: an upstream's
+ * larger (or non-integer huge) count is cut to it, a negative one is 0. A trillion tokens is
+ * far past any model's context; at this cap, 9 million turns of every count summed still fit
+ * an int64_t, so totals over a run need no overflow check.
+ */
+#define MODEL_TOKENS_MAX 1000000000000LL
+
+/* Token counts of one turn, each in [0, MODEL_TOKENS_MAX]; cached <= input. */
 struct model_usage {
     int64_t input;   /* prompt tokens, cached ones included */
     int64_t output;  /* generated tokens, thoughts excluded */

@@ -82,8 +82,18 @@ int model__anthropic_decode(const struct model_ref *m, json_t *resp, size_t id_b
 /** The string member key of obj, or NULL (borrowed). */
 const char *model__str(const json_t *obj, const char *key);
 
-/** A JSON integer or real member as int64 (reals truncated); 0 when absent or not a number. */
-int64_t model__int(const json_t *obj, const char *key);
+/**
+ * A token count member: a JSON integer or real (truncated) cut to [0, MODEL_TOKENS_MAX]; 0
+ * when absent or not a number. Sums of a few such counts cannot overflow.
+ */
+int64_t model__tokens(const json_t *obj, const char *key);
+
+/**
+ * Brings usage a decoder filled (each field a model__tokens value or a sum of a few) within
+ * struct model_usage's rules: every field at most MODEL_TOKENS_MAX, cached at most input, and
+ * a total of 0 (none reported) made input + output + thought.
+ */
+void model__usage_settle(struct model_usage *u);
 
 /**
  * The native message of a neutral assistant message when it was made by the format named

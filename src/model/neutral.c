@@ -35,15 +35,41 @@ model__str(const json_t *obj, const char *key)
 }
 
 int64_t
-model__int(const json_t *obj, const char *key)
+model__tokens(const json_t *obj, const char *key)
 {
     const json_t *v = json_object_get(obj, key);
 
-    if (json_is_integer(v))
-        return (int64_t)json_integer_value(v);
-    if (json_is_real(v) && json_real_value(v) > -9e18 && json_real_value(v) < 9e18)
-        return (int64_t)json_real_value(v);
+    /* Cut rather than refused: an absurd count still spends the budgets it is checked
+     * against, and a negative one must not give any back. */
+    if (json_is_integer(v)) {
+        json_int_t n = json_integer_value(v);
+        return n < 0 ? 0 : n > MODEL_TOKENS_MAX ? MODEL_TOKENS_MAX : (int64_t)n;
+    }
+    if (json_is_real(v)) {
+        double d = json_real_value(v);
+        return d > 0 ? (d < (double)MODEL_TOKENS_MAX ? (int64_t)d : MODEL_TOKENS_MAX) : 0;
+    }
     return 0;
+}
+
+static int64_t
+tokens_cut(int64_t n)
+{
+    return n < 0 ? 0 : n > MODEL_TOKENS_MAX ? MODEL_TOKENS_MAX : n;
+}
+
+void
+model__usage_settle(struct model_usage *u)
+{
+    u->input = tokens_cut(u->input);
+    u->output = tokens_cut(u->output);
+    u->thought = tokens_cut(u->thought);
+    u->cached = tokens_cut(u->cached);
+    if (u->cached > u->input)
+        u->cached = u->input;
+    if (u->total <= 0)
+        u->total = u->input + u->output + u->thought;
+    u->total = tokens_cut(u->total);
 }
 
 json_t *

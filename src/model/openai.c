@@ -270,16 +270,15 @@ static void
 decode_usage(const json_t *u, struct model_usage *out)
 {
     int64_t reasoning =
-        model__int(json_object_get(u, "completion_tokens_details"), "reasoning_tokens");
-    int64_t completion = model__int(u, "completion_tokens");
+        model__tokens(json_object_get(u, "completion_tokens_details"), "reasoning_tokens");
+    int64_t completion = model__tokens(u, "completion_tokens");
 
-    out->input = model__int(u, "prompt_tokens");
+    out->input = model__tokens(u, "prompt_tokens");
     out->thought = reasoning;
     out->output = completion > reasoning ? completion - reasoning : 0;
-    out->cached = model__int(json_object_get(u, "prompt_tokens_details"), "cached_tokens");
-    out->total = model__int(u, "total_tokens");
-    if (out->total == 0)
-        out->total = out->input + out->output + out->thought;
+    out->cached = model__tokens(json_object_get(u, "prompt_tokens_details"), "cached_tokens");
+    out->total = model__tokens(u, "total_tokens");
+    model__usage_settle(out);
 }
 
 int

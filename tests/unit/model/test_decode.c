@@ -1,9 +1,9 @@
 /*
  * Tests for the answer side of src/model/: canned responses of each format decoded into a
  * struct model_turn — text, thoughts, signatures, calls (made-up ids, arguments that are not
- * JSON or not an object), finish reasons, usage — and the answers that are errors (Gemini's
- * blocked prompt, no candidates, no choices), the upstream's words on them (wire->why) and
- * the redaction of the key from upstream text.
+ * JSON or not an object), finish reasons, usage (cut to its bounds) — and the answers that are
+ * errors (Gemini's blocked prompt, no candidates, no choices), the upstream's words on them
+ * (wire->why) and the redaction of the key from upstream text.
  */
 #include "model_test.h"
 
@@ -313,6 +313,71 @@ test_anthropic_finish_and_errors(void **state)
     }
 }
 
+/* Token counts an upstream reports are cut to [0, MODEL_TOKENS_MAX], and sums of them too:
+ * INT64_MAX must not overflow (undefined; the UBSan build aborts), a negative count must not
+ * lower a run's totals below what was spent, a huge real must not become 0. */
+static void
+test_usage_bounds(void **state)
+{
+#define I64MAX "9223372036854775807"
+#define M      MODEL_TOKENS_MAX
+    static const struct {
+        const char *spec, *resp;
+        struct model_usage want;
+    } cases[] = {
+        { "gemini-x",
+          "{'candidates':[{'finishReason':'STOP'}],'usageMetadata':{"
+          "'promptTokenCount':" I64MAX ",'toolUsePromptTokenCount':1,"
+          "'candidatesTokenCount':" I64MAX ",'thoughtsTokenCount':" I64MAX ","
+          "'cachedContentTokenCount':" I64MAX "}}",
+          { .input = M, .output = M, .thought = M, .cached = M, .total = M } },
+        { "gemini-x",
+          "{'candidates':[{'finishReason':'STOP'}],'usageMetadata':{"
+          "'promptTokenCount':-1000000000,'candidatesTokenCount':-5,'totalTokenCount':-7}}",
+          { 0 } },
+        { "gemini-x",
+          "{'candidates':[{'finishReason':'STOP'}],'usageMetadata':{"
+          "'promptTokenCount':1e30,'candidatesTokenCount':2.5,'cachedContentTokenCount':9}}",
+          { .input = M, .output = 2, .cached = 9, .total = M } },
+        { "openai:x",
+          "{'choices':[{'message':{'content':'x'}}],'usage':{'prompt_tokens':" I64MAX ","
+          "'completion_tokens':" I64MAX ",'completion_tokens_details':{'reasoning_tokens':5}}}",
+          { .input = M, .output = M - 5, .thought = 5, .total = M } },
+        { "openai:x",
+          "{'choices':[{'message':{'content':'x'}}],'usage':{'prompt_tokens':-1000000000,"
+          "'completion_tokens':10,'completion_tokens_details':{'reasoning_tokens':-20},"
+          "'prompt_tokens_details':{'cached_tokens':-3},'total_tokens':-1}}",
+          { .output = 10, .total = 10 } },
+        { "openai:x",
+          "{'choices':[{'message':{'content':'x'}}],'usage':{'prompt_tokens':4,"
+          "'completion_tokens':1,'prompt_tokens_details':{'cached_tokens':60}}}",
+          { .input = 4, .output = 1, .cached = 4, .total = 5 } },
+        { "anthropic:x",
+          "{'content':[],'usage':{'input_tokens':" I64MAX ",'cache_read_input_tokens':" I64MAX
+          ",'cache_creation_input_tokens':" I64MAX ",'output_tokens':" I64MAX "}}",
+          { .input = M, .output = M, .cached = M, .total = M } },
+        { "anthropic:x",
+          "{'content':[],'usage':{'input_tokens':-1000000000,'output_tokens':-1,"
+          "'cache_read_input_tokens':5}}",
+          { .input = 5, .cached = 5, .total = 5 } },
+    };
+#undef M
+#undef I64MAX
+    (void)state;
+
+    for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+        struct model_turn t;
+        struct err *e = NULL;
+        ASSERT_NO_ERR(decode(cases[i].spec, cases[i].resp, 0, &t, &e), &e);
+        assert_int_equal(t.usage.input, cases[i].want.input);
+        assert_int_equal(t.usage.output, cases[i].want.output);
+        assert_int_equal(t.usage.thought, cases[i].want.thought);
+        assert_int_equal(t.usage.cached, cases[i].want.cached);
+        assert_int_equal(t.usage.total, cases[i].want.total);
+        model_turn_clear(&t);
+    }
+}
+
 /* A decoded turn appended to the conversation is replayed verbatim in its own format: the
  * round trip that keeps signatures alive. */
 static void
@@ -432,7 +497,7 @@ test_decode_run(void)
         cmocka_unit_test(test_openai_decode),    cmocka_unit_test(test_openai_tolerance),
         cmocka_unit_test(test_anthropic_decode), cmocka_unit_test(test_anthropic_finish_and_errors),
         cmocka_unit_test(test_turn_round_trip),  cmocka_unit_test(test_why),
-        cmocka_unit_test(test_upstream_text),
+        cmocka_unit_test(test_upstream_text),    cmocka_unit_test(test_usage_bounds),
     };
     return cmocka_run_group_tests_name("decode", tests, NULL, NULL);
 }
