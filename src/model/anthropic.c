@@ -242,6 +242,17 @@ decode_usage(const json_t *u, struct model_usage *out)
     model__usage_settle(out);
 }
 
+/* stop_reason; refusal, pause_turn and the rest are MODEL_FINISH_OTHER. A tool_use block
+ * whose input is not an object is a call with args_error, not a finish. */
+static const struct model_finish_word finish_words[] = {
+    { "end_turn", MODEL_FINISH_STOP },
+    { "stop_sequence", MODEL_FINISH_STOP },
+    { "tool_use", MODEL_FINISH_TOOLS },
+    { "max_tokens", MODEL_FINISH_LENGTH },
+    /* The prompt and the answer filled the context window: the answer is cut as well. */
+    { "model_context_window_exceeded", MODEL_FINISH_LENGTH },
+};
+
 int
 model__anthropic_decode(const struct model_ref *m, json_t *resp, size_t id_base,
                         struct model_turn *out, struct err **errp)
@@ -256,17 +267,7 @@ model__anthropic_decode(const struct model_ref *m, json_t *resp, size_t id_base,
     if (!json_is_array(content))
         return err_set(errp, ERR_UPSTREAM, 0, "the answer has no content");
     decode_blocks(content, id_base, out);
-    if (sr != NULL)
-        out->finish_reason = xstrdup(sr);
-    if (out->ncalls > 0 && (sr == NULL || strcmp(sr, "tool_use") == 0))
-        out->finish = MODEL_FINISH_TOOLS;
-    else if (sr == NULL || strcmp(sr, "end_turn") == 0 || strcmp(sr, "stop_sequence") == 0 ||
-             strcmp(sr, "tool_use") == 0)
-        out->finish = MODEL_FINISH_STOP;
-    else if (strcmp(sr, "max_tokens") == 0)
-        out->finish = MODEL_FINISH_LENGTH;
-    else
-        out->finish = MODEL_FINISH_OTHER;
+    model__turn_set_finish(out, sr, finish_words, sizeof(finish_words) / sizeof(finish_words[0]));
     decode_usage(json_object_get(resp, "usage"), &out->usage);
     native = json_pack("{s:s, s:O}", "role", "assistant", "content", content);
     model__turn_finish(out, "anthropic", native);

@@ -304,6 +304,15 @@ gemini_why(const json_t *resp)
     return xasprintf("blockReason %s%s%s", reason, msg != NULL ? ": " : "", msg != NULL ? msg : "");
 }
 
+/* finishReason; SAFETY, RECITATION, PROHIBITED_CONTENT and the rest are MODEL_FINISH_OTHER.
+ * A malformed call comes with no functionCall part, often with no content at all. */
+static const struct model_finish_word finish_words[] = {
+    { "STOP", MODEL_FINISH_STOP },
+    { "MAX_TOKENS", MODEL_FINISH_LENGTH },
+    { "MALFORMED_FUNCTION_CALL", MODEL_FINISH_MALFORMED },
+    { "UNEXPECTED_TOOL_CALL", MODEL_FINISH_MALFORMED }, /* a call of a tool not offered */
+};
+
 int
 model__gemini_decode(const struct model_ref *m, json_t *resp, size_t id_base,
                      struct model_turn *out, struct err **errp)
@@ -318,16 +327,7 @@ model__gemini_decode(const struct model_ref *m, json_t *resp, size_t id_base,
     if (!json_is_object(cand))
         return no_candidate(resp, errp);
     decode_parts(json_object_get(content, "parts"), id_base, out);
-    if (fr != NULL)
-        out->finish_reason = xstrdup(fr);
-    if (out->ncalls > 0 && (fr == NULL || strcmp(fr, "STOP") == 0))
-        out->finish = MODEL_FINISH_TOOLS;
-    else if (fr == NULL || strcmp(fr, "STOP") == 0)
-        out->finish = MODEL_FINISH_STOP;
-    else if (strcmp(fr, "MAX_TOKENS") == 0)
-        out->finish = MODEL_FINISH_LENGTH;
-    else
-        out->finish = MODEL_FINISH_OTHER;
+    model__turn_set_finish(out, fr, finish_words, sizeof(finish_words) / sizeof(finish_words[0]));
     decode_usage(json_object_get(resp, "usageMetadata"), &out->usage);
     if (json_is_object(content)) {
         model__turn_finish(out, "gemini", content);

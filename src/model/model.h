@@ -89,10 +89,12 @@ struct model_call {
 };
 
 enum model_finish {
-    MODEL_FINISH_STOP = 0, /* the model is done */
-    MODEL_FINISH_TOOLS,    /* it asked for tool calls */
-    MODEL_FINISH_LENGTH,   /* cut at max output tokens */
-    MODEL_FINISH_OTHER,    /* safety, refusal, …: finish_reason says which */
+    MODEL_FINISH_STOP = 0,  /* the model is done */
+    MODEL_FINISH_TOOLS,     /* it asked for tool calls */
+    MODEL_FINISH_LENGTH,    /* cut at max output tokens, or at the context window */
+    MODEL_FINISH_OTHER,     /* safety, refusal, …: finish_reason says which */
+    MODEL_FINISH_MALFORMED, /* it tried to call a tool and the upstream could not read or
+                               did not allow the call: a format error, not an answer */
 };
 
 /** One assistant turn. */

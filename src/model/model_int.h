@@ -118,6 +118,20 @@ int model__check_message(const json_t *msg, size_t index, struct err **errp);
 void model__turn_add_call(struct model_turn *t, const char *id, const char *name, json_t *args,
                           const char *args_text, size_t id_base);
 
+/** One word of a format's finish reason and what it means. */
+struct model_finish_word {
+    const char *word;
+    enum model_finish finish;
+};
+
+/**
+ * Sets t->finish_reason to word (NULL: none given) and t->finish to what the n entries of map
+ * say it means (none given: STOP; not in map: OTHER), made to agree with t's calls: a STOP
+ * with calls is TOOLS, and TOOLS without calls (announced, none arrived) is MALFORMED.
+ */
+void model__turn_set_finish(struct model_turn *t, const char *word,
+                            const struct model_finish_word *map, size_t n);
+
 /** Appends text to *dst (owned, NULL when empty), without a separator. */
 void model__append_text(char **dst, const char *text);
 

@@ -242,6 +242,26 @@ model__turn_add_call(struct model_turn *t, const char *id, const char *name, jso
 }
 
 void
+model__turn_set_finish(struct model_turn *t, const char *word, const struct model_finish_word *map,
+                       size_t n)
+{
+    enum model_finish f = word == NULL ? MODEL_FINISH_STOP : MODEL_FINISH_OTHER;
+
+    for (size_t i = 0; word != NULL && i < n; i++)
+        if (strcmp(word, map[i].word) == 0)
+            f = map[i].finish;
+    /* llama-server says "stop" with tool calls; a server whose parser could not read the
+     * model's tool call may say "tool_calls" and send none. */
+    if (f == MODEL_FINISH_STOP && t->ncalls > 0)
+        f = MODEL_FINISH_TOOLS;
+    else if (f == MODEL_FINISH_TOOLS && t->ncalls == 0)
+        f = MODEL_FINISH_MALFORMED;
+    t->finish = f;
+    free(t->finish_reason);
+    t->finish_reason = word != NULL ? xstrdup(word) : NULL;
+}
+
+void
 model__append_text(char **dst, const char *text)
 {
     if (text == NULL || *text == '\0')

@@ -281,6 +281,15 @@ decode_usage(const json_t *u, struct model_usage *out)
     model__usage_settle(out);
 }
 
+/* finish_reason; content_filter and the rest are MODEL_FINISH_OTHER. The format has no
+ * word for a malformed call: calls announced and none sent is one (model__turn_set_finish). */
+static const struct model_finish_word finish_words[] = {
+    { "stop", MODEL_FINISH_STOP },
+    { "length", MODEL_FINISH_LENGTH },
+    { "tool_calls", MODEL_FINISH_TOOLS },
+    { "function_call", MODEL_FINISH_TOOLS },
+};
+
 int
 model__openai_decode(const struct model_ref *m, json_t *resp, size_t id_base,
                      struct model_turn *out, struct err **errp)
@@ -299,19 +308,7 @@ model__openai_decode(const struct model_ref *m, json_t *resp, size_t id_base,
     reasoning = model__str(msg, "reasoning_content");
     model__append_text(&out->thought, reasoning != NULL ? reasoning : model__str(msg, "reasoning"));
     decode_calls(json_object_get(msg, "tool_calls"), id_base, out);
-    if (fr != NULL)
-        out->finish_reason = xstrdup(fr);
-    if (out->ncalls > 0 && (fr == NULL || strcmp(fr, "stop") == 0 ||
-                            strcmp(fr, "tool_calls") == 0 || strcmp(fr, "function_call") == 0))
-        out->finish = MODEL_FINISH_TOOLS;
-    else if (fr == NULL || strcmp(fr, "stop") == 0)
-        out->finish = MODEL_FINISH_STOP;
-    else if (strcmp(fr, "length") == 0)
-        out->finish = MODEL_FINISH_LENGTH;
-    else if (strcmp(fr, "tool_calls") == 0)
-        out->finish = MODEL_FINISH_STOP; /* tool_calls announced, none sent */
-    else
-        out->finish = MODEL_FINISH_OTHER;
+    model__turn_set_finish(out, fr, finish_words, sizeof(finish_words) / sizeof(finish_words[0]));
     decode_usage(json_object_get(resp, "usage"), &out->usage);
     model__turn_finish(out, "openai", msg);
     return 0;

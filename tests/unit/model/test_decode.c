@@ -91,6 +91,12 @@ test_gemini_finish_and_errors(void **state)
         { "{'candidates':[{'content':{'parts':[{'text':'x'}]},'finishReason':'MAX_TOKENS'}]}",
           MODEL_FINISH_LENGTH, 0, NULL },
         { "{'candidates':[{'finishReason':'SAFETY'}]}", MODEL_FINISH_OTHER, 0, NULL },
+        /* A tool call Gemini could not read, or of a tool it was not offered: no answer. */
+        { "{'candidates':[{'finishReason':'MALFORMED_FUNCTION_CALL'}]}", MODEL_FINISH_MALFORMED, 0,
+          NULL },
+        { "{'candidates':[{'content':{'parts':[{'text':'x'}]},"
+          "'finishReason':'UNEXPECTED_TOOL_CALL'}]}",
+          MODEL_FINISH_MALFORMED, 0, NULL },
         { "{'candidates':[{'content':{'parts':[{'text':'x'}]}}]}", MODEL_FINISH_STOP, 0, NULL },
         { "{'promptFeedback':{'blockReason':'PROHIBITED_CONTENT'}}", -1, ERR_INVALID,
           "the prompt was blocked" },
@@ -198,6 +204,11 @@ test_openai_tolerance(void **state)
         { "{'choices':[{'message':{'tool_calls':[{'function':{'name':'a','arguments':'{}'}}]},"
           "'finish_reason':'stop'}]}",
           NULL, MODEL_FINISH_TOOLS, NULL },
+        /* Tool calls announced and none sent: the server could not read the model's call. */
+        { "{'choices':[{'message':{'content':'x'},'finish_reason':'tool_calls'}]}", "x",
+          MODEL_FINISH_MALFORMED, NULL },
+        { "{'choices':[{'message':{'role':'assistant'},'finish_reason':'function_call'}]}", NULL,
+          MODEL_FINISH_MALFORMED, NULL },
         { "{'choices':[]}", NULL, -1, "no choices[0].message" },
         { "{'error':{'message':'model not loaded'}}", NULL, -1, "no choices[0].message" },
     };
@@ -293,6 +304,10 @@ test_anthropic_finish_and_errors(void **state)
         { "{'content':[],'stop_reason':'max_tokens'}", MODEL_FINISH_LENGTH, NULL },
         { "{'content':[],'stop_reason':'refusal'}", MODEL_FINISH_OTHER, NULL },
         { "{'content':[],'stop_reason':'pause_turn'}", MODEL_FINISH_OTHER, NULL },
+        { "{'content':[{'type':'text','text':'x'}],'stop_reason':'model_context_window_exceeded'}",
+          MODEL_FINISH_LENGTH, NULL },
+        { "{'content':[{'type':'text','text':'x'}],'stop_reason':'tool_use'}",
+          MODEL_FINISH_MALFORMED, NULL },
         { "{'type':'error','error':{'type':'overloaded_error','message':'Overloaded'}}", -1,
           "no content" },
     };
