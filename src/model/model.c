@@ -1,8 +1,8 @@
 /*
  * model — parsing a model setting, the upstream settings from the environment, and
- * model_generate's loop of attempts (retries with backoff, Retry-After, the deadline and the
- * cancel flag). The formats are in gemini.c, openai.c and anthropic.c, what they share in
- * neutral.c; bytes travel through http.c; prices are in prices.c.
+ * model_generate's loop of attempts (retries with backoff, Retry-After or Gemini's RetryInfo,
+ * the deadline and the cancel flag). The formats are in gemini.c, openai.c and anthropic.c, what
+ * they share in neutral.c; bytes travel through http.c; prices are in prices.c.
  */
 #include <ctype.h>
 #include <errno.h>
@@ -12,7 +12,8 @@
 
 #include "model_int.h"
 
-/* A Retry-After longer than this is cut to it: the deadline, not the upstream, bounds a run. */
+/* A Retry-After or RetryInfo longer than this is cut to it: the deadline, not the upstream,
+ * bounds a run. */
 #define RETRY_AFTER_MAX_MS 300000
 /* The cancel flag is polled this often while waiting between attempts. */
 #define SLEEP_STEP_MS 10
@@ -342,6 +343,62 @@ add_why(const struct endpoint *ep, const json_t *root, struct err **errp)
     err_free(e);
 }
 
+/* A retryDelay longer than this many seconds is taken as this long: past any deadline. */
+#define DURATION_MAX_S 1000000000
+
+int64_t
+model__parse_duration_ms(const char *s)
+{
+    int64_t sec = 0, frac_ms = 0;
+    bool below_ms = false;
+    const char *p = s;
+    int digits = 0;
+
+    if (s == NULL || *p < '0' || *p > '9')
+        return -1;
+    for (; *p >= '0' && *p <= '9'; p++)
+        sec = sec >= DURATION_MAX_S ? DURATION_MAX_S : sec * 10 + (*p - '0');
+    if (sec > DURATION_MAX_S)
+        sec = DURATION_MAX_S;
+    if (*p == '.') {
+        for (p++; *p >= '0' && *p <= '9'; p++, digits++) {
+            if (digits < 3)
+                frac_ms = frac_ms * 10 + (*p - '0');
+            else if (*p != '0')
+                below_ms = true;
+        }
+        if (digits == 0 || digits > 9)
+            return -1;
+        for (int i = digits; i < 3; i++)
+            frac_ms *= 10;
+    }
+    if (p[0] != 's' || p[1] != '\0')
+        return -1;
+    /* What is below a millisecond rounds up: never a wait shorter than asked. */
+    return sec * 1000 + frac_ms + (below_ms ? 1 : 0);
+}
+
+int64_t
+model__retry_info_ms(const char *body, size_t len)
+{
+    json_t *root = json_loadb(body, len, 0, NULL);
+    /* Some Google endpoints wrap the error object in an array. */
+    const json_t *top = json_is_array(root) ? json_array_get(root, 0) : root;
+    const json_t *details = json_object_get(json_object_get(top, "error"), "details"), *d;
+    int64_t ms = -1;
+    size_t i;
+
+    json_array_foreach(details, i, d) {
+        const char *type = model__str(d, "@type");
+        if (type != NULL && strcmp(type, "type.googleapis.com/google.rpc.RetryInfo") == 0) {
+            ms = model__parse_duration_ms(model__str(d, "retryDelay"));
+            break;
+        }
+    }
+    json_decref(root);
+    return ms;
+}
+
 /* Turns a non-2xx answer into an error; true when it is worth another attempt. */
 static bool
 status_error(const struct endpoint *ep, const struct model_ref *m, const struct model_http_resp *r,
@@ -374,6 +431,32 @@ give_up(struct err *e, unsigned attempts, const char *why, struct err **errp)
 }
 
 /*
+ * The wait before the attempt after attempt: the upstream's hint (ms, -1 none: Retry-After,
+ * retry-after-ms or Gemini's RetryInfo) cut to RETRY_AFTER_MAX_MS, else the backoff. -1 when
+ * the wait would end past the deadline, with why (n bytes) saying so; a hint counts whole
+ * there, as a retry before it would only be refused again.
+ */
+static int64_t
+next_wait(const struct model_config *cfg, const struct model_request *req, unsigned attempt,
+          int64_t hint, char *why, size_t n)
+{
+    int64_t wait = hint < 0                    ? model__backoff_ms(cfg->backoff_ms, attempt)
+                   : hint < RETRY_AFTER_MAX_MS ? hint
+                                               : RETRY_AFTER_MAX_MS;
+    const char *cause = "; no time left for a retry before the deadline";
+
+    if (req->deadline_ms <= 0 || util_now_ms() + (hint < 0 ? wait : hint) < req->deadline_ms)
+        return wait;
+    if (hint < 0)
+        snprintf(why, n, "%s", cause);
+    else if (hint % 1000 == 0)
+        snprintf(why, n, "%s: the upstream asks to wait %lld s", cause, (long long)(hint / 1000));
+    else
+        snprintf(why, n, "%s: the upstream asks to wait %lld ms", cause, (long long)hint);
+    return -1;
+}
+
+/*
  * Posts body until an attempt gets a 2xx answer (left in out) or a final error: anything but
  * 429, 5xx and transport failures is final at once; those are retried max_retries times.
  */
@@ -397,8 +480,9 @@ run_attempts(const struct model_config *cfg, const struct model_request *req,
 
     for (unsigned attempt = 1;; attempt++) {
         struct err *e = NULL;
-        int64_t wait = -1, now = util_now_ms();
+        int64_t hint = -1, wait, now = util_now_ms();
         bool by_deadline = false;
+        char why[128];
 
         if (cancelled(req))
             return err_set(errp, ERR_CONFLICT, 0, "cancelled");
@@ -415,12 +499,13 @@ run_attempts(const struct model_config *cfg, const struct model_request *req,
         if (model__http_post(&hr, out, &e) == 0) {
             if (out->status >= 200 && out->status <= 299)
                 return 0;
-            wait = out->retry_after_ms;
             if (!status_error(ep, m, out, &e)) {
                 model__http_resp_clear(out);
                 *errp = e;
                 return -1;
             }
+            hint = out->retry_after_ms >= 0 ? out->retry_after_ms
+                                            : model__retry_info_ms(out->body, out->len);
             model__http_resp_clear(out);
         } else if (e->code == ERR_CONFLICT) {
             *errp = e;
@@ -436,12 +521,9 @@ run_attempts(const struct model_config *cfg, const struct model_request *req,
         }
         if (attempt > cfg->max_retries)
             return give_up(e, attempt, "", errp);
+        wait = next_wait(cfg, req, attempt, hint, why, sizeof(why));
         if (wait < 0)
-            wait = model__backoff_ms(cfg->backoff_ms, attempt);
-        else if (wait > RETRY_AFTER_MAX_MS)
-            wait = RETRY_AFTER_MAX_MS;
-        if (req->deadline_ms > 0 && util_now_ms() + wait >= req->deadline_ms)
-            return give_up(e, attempt, "; no time left for a retry before the deadline", errp);
+            return give_up(e, attempt, why, errp);
         err_free(e);
         if (sleep_cancellable(wait, req) < 0)
             return err_set(errp, ERR_CONFLICT, 0, "cancelled");

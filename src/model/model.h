@@ -54,7 +54,7 @@ struct model_config {
     char *anthropic_key, *anthropic_base; /* ANTHROPIC_API_KEY / ANTHROPIC_BASE_URL */
     int64_t timeout_ms;    /* one HTTP request; default 300 s */
     unsigned max_retries;  /* on 429, 5xx and transport errors; default 4 */
-    int64_t backoff_ms;    /* first retry delay, doubled each time (Retry-After wins); 500 */
+    int64_t backoff_ms; /* first retry delay, doubled each time (an upstream's delay wins); 500 */
     uint64_t max_response; /* bytes of one response body; default 32 MiB */
 };
 
@@ -126,7 +126,8 @@ struct model_request {
 };
 
 /**
- * One model call with retries: 429 and 5xx (honouring Retry-After) and transport errors are
+ * One model call with retries: 429 and 5xx (honouring Retry-After and Gemini's RetryInfo; one
+ * that would end past the deadline ends the call at once) and transport errors are
  * retried with backoff within max_retries and the deadline. Errors: ERR_INVALID (the
  * request was refused: 4xx other than 429, with the upstream's message), ERR_UPSTREAM
  * (unreachable, 5xx after retries, a body that is not the format's JSON), ERR_TIMEOUT,

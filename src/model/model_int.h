@@ -223,6 +223,19 @@ int64_t model__backoff_ms(int64_t base_ms, unsigned attempt);
 /** Parses a Retry-After / retry-after-ms header value into ms; -1 when not a plain number. */
 int64_t model__parse_retry_after(const char *value, size_t len, bool in_ms);
 
+/**
+ * Parses a google.protobuf.Duration in JSON ("37s", "1.5s": seconds, up to 9 decimals, and
+ * "s") into ms, rounded up; more than 10^9 s is taken as 10^9 s. -1 when s is NULL or not one.
+ */
+int64_t model__parse_duration_ms(const char *s);
+
+/**
+ * The retryDelay of the google.rpc.RetryInfo in an error body (Gemini's 429 and 503:
+ * {"error":{"details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo",
+ * "retryDelay":"37s"}, …]}}, or that object first in an array) in ms; -1 when there is none.
+ */
+int64_t model__retry_info_ms(const char *body, size_t len);
+
 /* ------------------------------------------------------------------ prices */
 
 /** Drops the operator's table (tests). */

@@ -1,10 +1,10 @@
 /*
  * Tests for model_generate's transport and retry loop (src/model/model.c, http.c) against a
  * small HTTP server on 127.0.0.1:0 that runs in a thread of the test and answers from a
- * script: retries on 429 and 5xx with Retry-After, the attempt count, bodies that are not
- * JSON or too large, an upstream that never answers, refusals with their message, the cancel
- * flag during a backoff and during a request, the deadline, and where the key goes (and
- * that it stays out of errors, 2xx error answers included).
+ * script: retries on 429 and 5xx with Retry-After or Gemini's RetryInfo, the attempt count, bodies
+ * that are not JSON or too large, an upstream that never answers, refusals with their message, the
+ * cancel flag during a backoff and during a request, the deadline, and where the key goes (and that
+ * it stays out of errors, 2xx error answers included).
  */
 #include <poll.h>
 #include <pthread.h>
@@ -636,6 +636,135 @@ test_retry_after_past_deadline(void **state)
     srv_stop(&s);
 }
 
+/* A Gemini 429 or 503 body's RetryInfo: an error body with the delay in ms (%s: retryDelay). */
+#define RETRY_INFO_BODY                                                                          \
+    "{\"error\":{\"code\":429,\"message\":\"Quota exceeded\",\"status\":\"RESOURCE_EXHAUSTED\"," \
+    "\"details\":[{\"@type\":\"type.googleapis.com/google.rpc.QuotaFailure\"},"                  \
+    "{\"@type\":\"type.googleapis.com/google.rpc.RetryInfo\",\"retryDelay\":\"%s\"}]}}"
+
+/* The body's RetryInfo is waited for when no header gives a delay; one past the deadline
+ * ends the call at once, naming the delay; a header's delay wins over the body's. */
+static void
+test_retry_info(void **state)
+{
+    char *short_delay = xasprintf(RETRY_INFO_BODY, "0.3s");
+    char *long_delay = xasprintf(RETRY_INFO_BODY, "37s");
+    const struct {
+        struct step st[2];
+        int64_t deadline_in; /* ms from now; 0: none */
+        int requests;
+        int64_t min_ms, max_ms;
+        const char *err; /* NULL: a turn */
+    } cases[] = {
+        { .st = { { .status = 429, .body = short_delay }, { .status = 200, .body = gemini_ok } },
+          .requests = 2,
+          .min_ms = 280,
+          .max_ms = 2000 },
+        { .st = { { .status = 503, .body = long_delay } },
+          .deadline_in = 3000,
+          .requests = 1,
+          .max_ms = 1500,
+          .err = "(1 attempt; no time left for a retry before the deadline: the upstream asks to "
+                 "wait 37 s)" },
+        { .st = { { .status = 429, .headers = "Retry-After: 0\r\n", .body = long_delay },
+                  { .status = 200, .body = gemini_ok } },
+          .deadline_in = 3000,
+          .requests = 2,
+          .max_ms = 1500 },
+    };
+    (void)state;
+
+    for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+        struct model_config cfg;
+        struct model_turn t;
+        struct err *e = NULL;
+        struct srv s;
+        int64_t ms, deadline = cases[i].deadline_in > 0 ? util_now_ms() + cases[i].deadline_in : 0;
+        int rc;
+
+        srv_start(&s, cases[i].st, cases[i].st[1].status != 0 ? 2 : 1);
+        config_for(&cfg, s.port);
+        cfg.backoff_ms = 1; /* the body's delay, not the backoff */
+        rc = generate(&cfg, "gemini-x", NULL, deadline, &t, &ms, &e);
+        if (cases[i].err == NULL) {
+            ASSERT_NO_ERR(rc, &e);
+            assert_string_equal(t.text, "ok");
+            model_turn_clear(&t);
+        } else {
+            assert_int_equal(rc, -1);
+            expect_err(&e, ERR_UPSTREAM, cases[i].err);
+        }
+        assert_int_equal(atomic_load(&s.requests), cases[i].requests);
+        if (ms < cases[i].min_ms || ms > cases[i].max_ms)
+            fail_msg("case %zu took %lld ms, not %lld to %lld", i, (long long)ms,
+                     (long long)cases[i].min_ms, (long long)cases[i].max_ms);
+        model_config_clear(&cfg);
+        srv_stop(&s);
+    }
+    free(short_delay);
+    free(long_delay);
+}
+
+static void
+test_retry_info_parse(void **state)
+{
+    static const struct {
+        const char *v;
+        int64_t want;
+    } durations[] = {
+        { "37s", 37000 },
+        { "1.5s", 1500 },
+        { "0.300s", 300 },
+        { "0s", 0 },
+        { "0.0001s", 1 },
+        { "2.000000001s", 2001 },
+        { "99999999999999999999999s", 1000000000000 },
+        { "37", -1 },
+        { "s", -1 },
+        { "-1s", -1 },
+        { " 3s", -1 },
+        { "1.s", -1 },
+        { "1.5sx", -1 },
+        { "1.1234567891s", -1 },
+        { "3m", -1 },
+    };
+    static const struct {
+        const char *body;
+        int64_t want;
+    } bodies[] = {
+        { "{'error':{'code':429,'details':[{'@type':'type.googleapis.com/google.rpc.QuotaFailure'},"
+          "{'@type':'type.googleapis.com/google.rpc.RetryInfo','retryDelay':'37s'}]}}",
+          37000 },
+        { "[{'error':{'details':[{'@type':'type.googleapis.com/google.rpc.RetryInfo',"
+          "'retryDelay':'1.5s'}]}}]",
+          1500 },
+        { "{'error':{'details':[{'@type':'type.googleapis.com/google.rpc.RetryInfo'}]}}", -1 },
+        { "{'error':{'details':[{'@type':'type.googleapis.com/google.rpc.RetryInfo',"
+          "'retryDelay':37}]}}",
+          -1 },
+        { "{'error':{'details':[{'@type':'type.googleapis.com/google.rpc.ErrorInfo',"
+          "'retryDelay':'37s'}]}}",
+          -1 },
+        { "{'error':{'message':'slow'}}", -1 },
+        { "{'details':[{'@type':'type.googleapis.com/google.rpc.RetryInfo','retryDelay':'9s'}]}",
+          -1 },
+        { "busy", -1 },
+    };
+    (void)state;
+
+    for (size_t i = 0; i < ARRAY_LEN(durations); i++)
+        assert_int_equal(model__parse_duration_ms(durations[i].v), durations[i].want);
+    assert_int_equal(model__parse_duration_ms(NULL), -1);
+    for (size_t i = 0; i < ARRAY_LEN(bodies); i++) {
+        char *b = xstrdup(bodies[i].body);
+        for (char *p = b; *p != '\0'; p++)
+            if (*p == '\'')
+                *p = '"';
+        assert_int_equal(model__retry_info_ms(b, strlen(b)), bodies[i].want);
+        free(b);
+    }
+}
+
 struct canceller {
     volatile int *flag;
     int delay_ms;
@@ -735,6 +864,8 @@ test_http_run(void)
         cmocka_unit_test(test_retry_after_past_deadline),
         cmocka_unit_test(test_cancel),
         cmocka_unit_test(test_retry_after_parse),
+        cmocka_unit_test(test_retry_info),
+        cmocka_unit_test(test_retry_info_parse),
     };
     return cmocka_run_group_tests_name("http", tests, NULL, NULL);
 }
