@@ -59,6 +59,7 @@ struct sse {
 
 /* Keep-alive comments while nothing happens, so proxies keep the stream open. */
 #define SSE_KEEPALIVE_MS 15000
+#define SSE_BATCH_MAX    (64u << 20) /* bytes of events one fill holds */
 
 static void
 sse_fill(struct sse *x)
@@ -70,7 +71,7 @@ sse_fill(struct sse *x)
     bool final;
 
     buf_free(&x->out);
-    buf_init(&x->out, 64u << 20);
+    buf_init(&x->out, SSE_BATCH_MAX);
     x->off = 0;
     for (;;) {
         /* The status first: once it is final every event is already stored. */
@@ -87,11 +88,28 @@ sse_fill(struct sse *x)
         if (store_events_after(s, x->id, x->cursor, 64, &v, &n, NULL) < 0)
             n = 0;
         if (n > 0) {
-            for (size_t i = 0; i < n; i++) {
-                buf_printf(&x->out, NULL, "id: %lld\ndata: %s\n\n", (long long)v[i].seq, v[i].data);
+            size_t i;
+            for (i = 0; i < n; i++) {
+                /* A batch ends before the event that would take it past its cap; that event
+                 * opens the next one (the cursor stays before it). */
+                if (x->out.len > 0 && strlen(v[i].data) + 32 > SSE_BATCH_MAX - x->out.len)
+                    break;
+                if (buf_printf(&x->out, NULL, "id: %lld\ndata: %s\n\n", (long long)v[i].seq,
+                               v[i].data) < 0) {
+                    /* One event over the whole cap: the stream says so, never skips it. */
+                    buf_init(&x->out, SSE_BATCH_MAX);
+                    buf_printf(&x->out, NULL,
+                               "data: {\"event_type\":\"error\",\"error\":{\"code\":"
+                               "\"internal\",\"message\":\"event %lld is larger than a "
+                               "stream sends\"}}\n\ndata: [DONE]\n\n",
+                               (long long)v[i].seq);
+                    x->done = true;
+                    break;
+                }
                 x->cursor = v[i].seq;
-                free(v[i].data);
             }
+            for (i = 0; i < n; i++)
+                free(v[i].data);
             free(v);
             x->quiet_since = util_mono_ms();
             return;

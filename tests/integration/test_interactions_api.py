@@ -3,6 +3,7 @@ whose model clients talk to a scripted fake model (fakemodel.py) in each of the 
 formats. Every test checks both sides: what the API answers, and what paddock sent the model.
 """
 
+import http.client
 import json
 import re
 import signal
@@ -444,6 +445,40 @@ def test_stream_get_follows_a_live_run(mag, fake):
     assert events[-1]["interaction"]["status"] == "completed"
     got = "".join(e["delta"].get("result", "") for e in rest if e["event_type"] == "step.delta")
     assert "after" in got, rest
+
+
+def test_stream_replay_of_events_larger_than_a_batch_loses_none(mag, fake):
+    """Twelve reads of a 1 MiB file of control bytes make step events of ~6 MiB of JSON each,
+    more than one fill of a stream holds (64 MiB): a replay still carries every event, in
+    order, once."""
+    fake.script([bash("head -c 1048576 /dev/zero | tr '\\0' '\\1' > /workspace/ctl.bin"),
+                 {"calls": [{"name": "file_system",
+                             "args": {"operation": "read", "path": "/workspace/ctl.bin"}}] * 12},
+                 {"text": "read them all"}])
+    it = mag.create(agent_body("read"), timeout=120)
+    assert it["status"] == "completed", it.get("errors")
+    s = mag.server
+    c = http.client.HTTPConnection(s.host, s.port, timeout=120 * SLOWDOWN)
+    c.request("GET", f"/{V}/interactions/{it['id']}?stream=true",
+              headers={"x-goog-api-key": mag.key})
+    r = c.getresponse()
+    assert r.status == 200, r.status
+    body = r.read()
+    c.close()
+    ids, results = [], 0
+    for block in body.split(b"\n\n"):
+        data = [l[6:] for l in block.split(b"\n") if l.startswith(b"data: ")]
+        if not data or data[0] == b"[DONE]":
+            continue
+        e = json.loads(data[0])
+        assert e["event_type"] != "error", e
+        ids.append(e.get("event_id"))
+        if e["event_type"] == "step.start" and e["step"]["type"] == "function_result":
+            results += 1
+            assert len(e["step"]["result"]) == 1 << 20
+    assert body.rstrip().endswith(b"data: [DONE]"), body[-200:]
+    assert results == 12, results
+    assert len(ids) == len(set(ids)), "an event came twice"
 
 
 def test_stream_bad_request_is_json_400(mag, fake):
