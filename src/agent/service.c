@@ -664,6 +664,23 @@ struct job {
     struct job *next;
 };
 
+/*
+ * What retention deletes goes a batch per janitor tick (a second) until none is left past it:
+ * every run and the proxy's audit writer wait while a delete holds the database, so a backlog
+ * (the first purge after an upgrade, or a week of busy agents) is taken a small bite at a time,
+ * never in one long run of deletes. An interaction takes its steps and events with it (up to
+ * tens of thousands of rows), so its batches are small.
+ */
+#define INTERACTION_PURGE_BATCH 10
+#define EGRESS_PURGE_BATCH      1000
+
+struct purge {
+    const char *what;
+    int (*fn)(struct store *, int64_t, size_t, size_t *, struct err **);
+    size_t batch;
+    bool behind; /* some past retention remain to be deleted */
+    size_t done; /* deleted so far in this round */
+};
 
 struct agent_service {
     struct agent_options o;
@@ -678,8 +695,7 @@ struct agent_service {
     unsigned nthreads;
     bool stopping;
     int64_t last_purge_ms; /* monotonic; the janitor thread (and recovery) */
-    bool egress_behind;    /* janitor: egress records past retention remain to be deleted */
-    size_t egress_purged;  /* janitor: deleted so far in this round */
+    struct purge purges[2]; /* janitor: interactions, egress records */
 };
 
 void
@@ -1023,19 +1039,33 @@ recover(struct agent_service *svc, struct store *s, struct err **errp)
     return 0;
 }
 
-/*
- * Egress records go EGRESS_PURGE_BATCH per janitor tick (a second) until none is left past
- * retention: the proxy's thread writes a record for every connection and waits while a delete
- * holds the database, so a backlog (the first purge after an upgrade) is taken a small bite at
- * a time, never in one long run of deletes.
- */
-#define EGRESS_PURGE_BATCH 1000
+/* Takes one bite of what p deletes; the round ends when a bite comes back short. */
+static void
+purge_bite(struct purge *p, struct store *s, int64_t before_ms)
+{
+    size_t purged = 0;
+    struct err *e = NULL;
+
+    if (!p->behind)
+        return;
+    if (p->fn(s, before_ms, p->batch, &purged, &e) < 0) {
+        log_warnx("janitor: purge %s: %s", p->what, e->msg); /* again in an hour */
+        err_free(e);
+        p->behind = false;
+        return;
+    }
+    p->done += purged;
+    if (purged < p->batch) {
+        if (p->done > 0)
+            log_info("purged %zu %s past retention", p->done, p->what);
+        p->done = 0;
+        p->behind = false;
+    }
+}
 
 void
 agent_housekeep(struct agent_service *svc, struct store *s)
 {
-    size_t purged = 0;
-    struct err *e = NULL;
     int64_t keep =
         svc->o.retention_ms > 0 ? svc->o.retention_ms : (int64_t)AGENT_RETENTION_DAYS * 86400000LL;
     int64_t now = util_now_ms(), mono = util_mono_ms();
@@ -1043,26 +1073,11 @@ agent_housekeep(struct agent_service *svc, struct store *s)
     /* Hourly by the monotonic clock; what is past retention, by the wall clock (stored times). */
     if (svc->last_purge_ms == 0 || mono - svc->last_purge_ms >= 3600 * 1000) {
         svc->last_purge_ms = mono;
-        if (store_interaction_purge(s, now - keep, &purged, NULL) == 0 && purged > 0)
-            log_info("purged %zu interactions past retention", purged);
-        svc->egress_behind = true;
+        for (size_t i = 0; i < sizeof(svc->purges) / sizeof(svc->purges[0]); i++)
+            svc->purges[i].behind = true;
     }
-    if (!svc->egress_behind)
-        return;
-    purged = 0;
-    if (store_egress_purge(s, now - keep, EGRESS_PURGE_BATCH, &purged, &e) < 0) {
-        log_warnx("janitor: purge egress records: %s", e->msg); /* again in an hour */
-        err_free(e);
-        svc->egress_behind = false;
-        return;
-    }
-    svc->egress_purged += purged;
-    if (purged < EGRESS_PURGE_BATCH) {
-        if (svc->egress_purged > 0)
-            log_info("purged %zu egress records past retention", svc->egress_purged);
-        svc->egress_purged = 0;
-        svc->egress_behind = false;
-    }
+    for (size_t i = 0; i < sizeof(svc->purges) / sizeof(svc->purges[0]); i++)
+        purge_bite(&svc->purges[i], s, now - keep);
 }
 
 int
@@ -1072,6 +1087,10 @@ agent_service_start(const struct agent_options *o, struct agent_service **out, s
     struct env_ctx *ctx = NULL;
 
     svc->o = *o;
+    svc->purges[0] = (struct purge){ "interactions", store_interaction_purge,
+                                     INTERACTION_PURGE_BATCH, false, 0 };
+    svc->purges[1] =
+        (struct purge){ "egress records", store_egress_purge, EGRESS_PURGE_BATCH, false, 0 };
     if (svc->o.workers == 0)
         svc->o.workers = 8;
     if (svc->o.per_key_max == 0)

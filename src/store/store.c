@@ -1683,16 +1683,21 @@ store_interaction_ids(struct store *s, const char *status, char (**out)[40], siz
 }
 
 int
-store_interaction_purge(struct store *s, int64_t before_ms, size_t *n_out, struct err **errp)
+store_interaction_purge(struct store *s, int64_t before_ms, size_t limit, size_t *n_out,
+                        struct err **errp)
 {
     cleanup_stmt sqlite3_stmt *st = NULL;
 
+    if (n_out != NULL)
+        *n_out = 0;
     if (sqlite3_prepare_v2(s->db,
-                           "DELETE FROM interactions WHERE updated_ms < ? AND status NOT IN"
-                           " ('queued', 'in_progress')",
+                           "DELETE FROM interactions WHERE id IN (SELECT id FROM interactions"
+                           " WHERE updated_ms < ? AND status NOT IN ('queued', 'in_progress')"
+                           " ORDER BY updated_ms LIMIT ?)",
                            -1, &st, NULL) != SQLITE_OK)
         return db_err(s, errp, "purge interactions");
     sqlite3_bind_int64(st, 1, before_ms);
+    sqlite3_bind_int64(st, 2, (int64_t)limit);
     if (sqlite3_step(st) != SQLITE_DONE)
         return db_err(s, errp, "purge interactions");
     if (n_out != NULL)

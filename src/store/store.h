@@ -310,8 +310,10 @@ int store_interaction_delete(struct store *s, const char *id, struct err **errp)
 /** Ids of the interactions in one status, oldest first. *out owned (char[40] each). */
 int store_interaction_ids(struct store *s, const char *status, char (**out)[40], size_t *n_out,
                           struct err **errp);
-/** Deletes interactions not updated since before_ms; *n_out how many (may be NULL). */
-int store_interaction_purge(struct store *s, int64_t before_ms, size_t *n_out, struct err **errp);
+/** Deletes up to limit ended interactions not updated since before_ms, oldest first, with their
+ * steps and events; *n_out how many (may be NULL). */
+int store_interaction_purge(struct store *s, int64_t before_ms, size_t limit, size_t *n_out,
+                            struct err **errp);
 
 /** Inserts or replaces step idx of an interaction. */
 int store_step_put(struct store *s, const char *iid, int64_t idx, const char *step,

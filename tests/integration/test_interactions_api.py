@@ -1207,15 +1207,23 @@ def test_queued_cancel_and_restart_requeues(pd, fake):
 
 
 def test_retention_purges_old_interactions(pd, fake):
+    """Past retention, interactions go: a batch per janitor tick (each takes its steps and
+    events with it), every one of them within a few ticks."""
     a = AgentServer(pd, fake, args=["--retention", "1s"]).start()
     try:
-        fake.script([{"text": "short-lived"}])
-        it = a.create({"model": "openai:fake", "input": "x"})
-        assert a.get(it["id"])["status"] == "completed"
+        fake.script([{"text": "short-lived", "repeat": True}])
+        ids = [a.create({"model": "openai:fake", "input": f"x{i}"})["id"] for i in range(25)]
+        assert a.get(ids[0])["status"] == "completed"
         time.sleep(1.5)
         a.server.stop()
         a.server.start()
-        assert_error_shape(a.http.get(f"/{V}/interactions/{it['id']}"), 404)
+        end = time.monotonic() + 15 * SLOWDOWN
+        left = ids
+        while left:
+            left = [i for i in left if a.http.get(f"/{V}/interactions/{i}").status != 404]
+            assert time.monotonic() < end, f"{len(left)} of 25 were not purged"
+            time.sleep(0.2)
+        assert_error_shape(a.http.get(f"/{V}/interactions/{ids[-1]}"), 404)
     finally:
         a.stop()
 

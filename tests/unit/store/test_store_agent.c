@@ -162,7 +162,9 @@ test_recovery_lists_and_retention(void **state)
     assert_string_equal(ids[0], "int_run");
     free(ids);
     /* retention removes ended interactions only */
-    ASSERT_NO_ERR(store_interaction_purge(f->s, 1000, &purged, &e), &e);
+    ASSERT_NO_ERR(store_interaction_purge(f->s, 1000, 0, &purged, &e), &e);
+    assert_int_equal(purged, 0); /* a batch of none */
+    ASSERT_NO_ERR(store_interaction_purge(f->s, 1000, 10, &purged, &e), &e);
     assert_int_equal(purged, 1);
     {
         struct store_interaction got;
