@@ -7,11 +7,14 @@
 #include "agent.h"
 
 #define AGENT_STEPS_MAX 10000      /* steps one interaction may record */
+#define AGENT_CHAIN_MAX         1000 /* interactions without a conversation a chain goes back through */
 #define AGENT_BASE_DEPTH 8         /* base_agent chain */
 #define AGENT_PROMPT_FILE_MAX (64u * 1024)
 #define AGENT_SKILLS_MAX 64
 #define AGENT_MODEL_RETRIES 2      /* model calls that failed after the client's own retries */
 #define AGENT_FORMAT_ERRORS_MAX 3  /* malformed tool calls in a row before giving up */
+#define AGENT_FINISH_TRIES      5  /* tries of an interaction's final write (~15 s of waits) */
+#define AGENT_CANCEL_WAIT_MS    30000 /* a cancel waits this long for the run to record its end */
 
 /** What an interaction runs with, resolved from its request and its agent. */
 struct agent_plan {
@@ -69,8 +72,9 @@ void agent__flush(struct agent_run *r);
 
 /** Records an event (steals ev), shows it to the observer and wakes waiters. */
 int agent__emit(struct agent_run *r, json_t *ev, struct err **errp);
-/** Records r->it (its final status) and the interaction.completed event atomically. */
-int agent__finish(struct agent_run *r, struct err **errp);
+/** Records r->it (its final status) and the interaction.completed event atomically; the
+ * observer hears of it when it is recorded, or at the last try. */
+int agent__finish(struct agent_run *r, bool last, struct err **errp);
 /** Wakes everything waiting in agent_wait(). */
 void agent__wake(struct agent_service *svc);
 
@@ -92,9 +96,11 @@ const char *agent__mcp_name(const struct mcp_server *m);
 /** Appends the server's tools as declarations {name, description, parameters}. */
 void agent__mcp_declare(const struct mcp_server *m, json_t *decls);
 bool agent__mcp_has(const struct mcp_server *m, const char *tool);
-/** tools/call: *text (owned) is the result's text content. */
+/** tools/call: *text (owned) is the result's text content; a set *cancel (may be NULL) ends
+ * the call within a second, ERR_CONFLICT. */
 int agent__mcp_call(const struct agent_options *o, struct mcp_server *m, const char *tool,
-                    json_t *args, char **text, bool *is_error, struct err **errp);
+                    json_t *args, const volatile int *cancel, char **text, bool *is_error,
+                    struct err **errp);
 
 /** The calls of the conversation's last assistant message that have no result yet (owned). */
 json_t *agent__pending_calls(json_t *history);

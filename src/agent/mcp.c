@@ -5,6 +5,7 @@
  * followed, and the operator's outbound rules (address vetting, name overrides, CAs) apply
  * to every connection, because the URL comes from an API caller.
  */
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -114,8 +115,22 @@ from_sse(const char *body, size_t len, int64_t id)
     return found;
 }
 
+/* libcurl's progress callback (at least once a second, and on every chunk): a set cancel flag
+ * ends the transfer. */
+static int
+on_progress(void *arg, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_off_t un)
+{
+    const volatile int *cancel = arg;
+
+    (void)dt;
+    (void)dn;
+    (void)ut;
+    (void)un;
+    return *cancel != 0;
+}
+
 /* One JSON-RPC call (id > 0) or notification (id 0); params (may be NULL) is stolen. *result
- * owned (NULL for notifications). */
+ * owned (NULL for notifications). A set *cancel (may be NULL) ends it, ERR_CONFLICT. */
 static int
 rpc(const struct agent_options *o, struct mcp_server *m, const char *method, json_t *params,
     json_t **result, const volatile int *cancel, struct err **errp)
@@ -133,7 +148,6 @@ rpc(const struct agent_options *o, struct mcp_server *m, const char *method, jso
     const char *k;
     json_t *v;
 
-    (void)cancel;
     if (c == NULL) {
         json_decref(params);
         return err_set(errp, ERR_INTERNAL, 0, "mcp: no curl handle");
@@ -170,10 +184,19 @@ rpc(const struct agent_options *o, struct mcp_server *m, const char *method, jso
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &rep);
     curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(c, CURLOPT_HEADERDATA, &rep);
+    if (cancel != NULL) {
+        curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
+        curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, on_progress);
+        curl_easy_setopt(c, CURLOPT_XFERINFODATA, (void *)(uintptr_t)cancel);
+    }
     if (o->outbound_prepare != NULL)
         out_state = o->outbound_prepare(c, m->url);
     rc = curl_easy_perform(c);
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    if (rc == CURLE_ABORTED_BY_CALLBACK) {
+        err_set(errp, ERR_CONFLICT, 0, "mcp server %s: %s: cancelled", m->name, method);
+        goto out;
+    }
     if (rc != CURLE_OK) {
         const char *why =
             out_state != NULL && o->outbound_why != NULL ? o->outbound_why(out_state) : NULL;
@@ -337,34 +360,58 @@ agent__mcp_has(const struct mcp_server *m, const char *tool)
     return false;
 }
 
+/* Appends s (len bytes) to b, behind a newline if b has something; what does not fit in
+ * AGENT_TOOL_KEEP_MAX bytes is counted in dropped. */
+static void
+keep_part(struct buf *b, const char *s, size_t len, uint64_t *dropped)
+{
+    size_t room = AGENT_TOOL_KEEP_MAX - b->len, n;
+
+    if (b->len > 0) {
+        if (room == 0) {
+            *dropped += len + 1;
+            return;
+        }
+        buf_append(b, "\n", 1, NULL);
+        room--;
+    }
+    n = len < room ? len : room;
+    buf_append(b, s, n, NULL);
+    *dropped += len - n;
+}
+
 int
 agent__mcp_call(const struct agent_options *o, struct mcp_server *m, const char *tool, json_t *args,
-                char **text, bool *is_error, struct err **errp)
+                const volatile int *cancel, char **text, bool *is_error, struct err **errp)
 {
     json_t *res = NULL, *content;
+    uint64_t dropped = 0;
     struct buf b;
     size_t i;
     json_t *c;
 
     if (rpc(o, m, "tools/call", json_pack("{s:s, s:O}", "name", tool, "arguments", args), &res,
-            NULL, errp) < 0)
+            cancel, errp) < 0)
         return -1;
-    buf_init(&b, AGENT_TOOL_KEEP_MAX);
+    /* Up to the cap a bash result has, and a note of what was left out (never a silent cut). */
+    buf_init(&b, AGENT_TOOL_KEEP_MAX + 64);
     content = json_object_get(res, "content");
     json_array_foreach(content, i, c) {
         const char *type = json_string_value(json_object_get(c, "type"));
-        if (type != NULL && strcmp(type, "text") == 0)
-            buf_printf(&b, NULL, "%s%s", b.len > 0 ? "\n" : "",
-                       json_string_value(json_object_get(c, "text")));
-        else {
+        const char *t = json_string_value(json_object_get(c, "text"));
+        if (type != NULL && strcmp(type, "text") == 0 && t != NULL) {
+            keep_part(&b, t, json_string_length(json_object_get(c, "text")), &dropped);
+        } else {
             cleanup_free char *j = json_dumps(c, JSON_COMPACT);
-            buf_printf(&b, NULL, "%s%s", b.len > 0 ? "\n" : "", j != NULL ? j : "");
+            keep_part(&b, j != NULL ? j : "", j != NULL ? strlen(j) : 0, &dropped);
         }
     }
     if (json_is_object(json_object_get(res, "structuredContent")) && b.len == 0) {
         cleanup_free char *j = json_dumps(json_object_get(res, "structuredContent"), JSON_COMPACT);
-        buf_printf(&b, NULL, "%s", j != NULL ? j : "");
+        keep_part(&b, j != NULL ? j : "", j != NULL ? strlen(j) : 0, &dropped);
     }
+    if (dropped > 0)
+        buf_printf(&b, NULL, "\n[%llu bytes of the result not kept]", (unsigned long long)dropped);
     *is_error = json_is_true(json_object_get(res, "isError"));
     *text = agent__utf8(b.data != NULL ? b.data : "", b.len);
     buf_free(&b);

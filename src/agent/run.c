@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "agent_int.h"
@@ -235,7 +236,7 @@ run_bash(struct agent_run *r, const char *call_id, json_t *args, int64_t deadlin
     const char *cmd = json_string_value(json_object_get(args, "command"));
     json_t *tmo = json_object_get(args, "timeout_s");
     int64_t timeout_ms = (int64_t)AGENT_BASH_TIMEOUT_S * 1000;
-    struct out_acc a = { .r = r };
+    struct out_acc a = { .r = r, .idx = -1 };
     struct sandbox_exec_result res;
     struct sandbox_exec_opts o;
     struct err *e = NULL;
@@ -308,7 +309,8 @@ fail:
 done:
     json_object_set_new(step, "result", json_string(out->text));
     json_object_set_new(step, "is_error", json_boolean(out->is_error));
-    step_end(r, a.idx, step, NULL, NULL);
+    if (a.idx >= 0) /* else no step was begun (over the cap): none to end */
+        step_end(r, a.idx, step, NULL, NULL);
     json_decref(step);
     buf_free(&a.all);
 }
@@ -394,8 +396,9 @@ read_small(struct agent_run *r, const char *dir, const char *path)
     char *s = NULL;
 
     buf_init(&b, AGENT_PROMPT_FILE_MAX + 1);
+    /* The sandbox wrote it: any bytes at all, NULs and Latin-1 included. */
     if (sandbox_file_read(dir, path, 0, AGENT_PROMPT_FILE_MAX, collect, &b, NULL) == 0 && b.len > 0)
-        s = buf_steal(&b, NULL);
+        s = agent__utf8(b.data, b.len);
     buf_free(&b);
     (void)r;
     return s;
@@ -496,7 +499,9 @@ build_system(struct agent_run *r, const struct agent_plan *p, bool have_env)
             buf_free(&sk);
         }
     }
-    s = b.len > 0 ? buf_steal(&b, NULL) : NULL;
+    /* Valid UTF-8 throughout, or the encoders' JSON strings fail: the skills' fields were cut
+     * to a byte count, possibly inside a character. */
+    s = b.len > 0 ? agent__utf8(b.data, b.len) : NULL;
     buf_free(&b);
     return s;
 }
@@ -597,6 +602,7 @@ struct loop {
     int64_t deadline;
     int64_t turns;
     int format_errors;
+    bool cut;                              /* the last turn stopped at the output limit */
     int model_retries;                     /* failed model calls in a row */
     int64_t turn_end_ns, turn_end_tool_ns; /* when the last model call returned */
     int64_t between_ns, betweens;          /* the loop's own time between model calls */
@@ -734,6 +740,12 @@ check_budgets(struct loop *l)
         l->end = "cancelled";
         return false;
     }
+    if (l->r->next_step >= AGENT_STEPS_MAX) {
+        add_error(l, "paddock/budget/steps", "%d steps recorded, the most one interaction keeps",
+                  AGENT_STEPS_MAX);
+        l->end = "budget_exceeded";
+        return false;
+    }
     if (util_now_ms() >= l->deadline) {
         add_error(l, "paddock/budget/timeout", "wall time budget of %lld s used up",
                   (long long)(l->plan.timeout_ms / 1000));
@@ -814,6 +826,9 @@ run_calls(struct loop *l, const struct model_turn *t, struct err **errp)
     struct agent_run *r = l->r;
     bool any_client = false, bad_format = false;
 
+    /* A turn cut at the output limit may have cut its last call's arguments short (Anthropic
+     * sends what it had of them): none of its calls runs, and the model is told why. */
+    l->cut = t->finish == MODEL_FINISH_LENGTH;
     for (size_t i = 0; i < t->ncalls; i++) {
         const struct model_call *c = &t->calls[i];
         struct tool_out out = { NULL, false };
@@ -821,6 +836,11 @@ run_calls(struct loop *l, const struct model_turn *t, struct err **errp)
         bool known = strcmp(c->name, "bash") == 0 || strcmp(c->name, "file_system") == 0;
         bool builtin = known && r->it.env_id[0] != '\0';
         struct mcp_server *m = builtin ? NULL : mcp_of(l, c->name);
+
+        if (r->cancel) { /* cancelled: no further call starts; the end closes them */
+            json_decref(args);
+            break;
+        }
 
         if (builtin && strcmp(c->name, "bash") == 0) {
             json_t *code = json_object_get(args, "command");
@@ -851,7 +871,14 @@ run_calls(struct loop *l, const struct model_turn *t, struct err **errp)
                 return -1;
             }
         }
-        if (c->args == NULL) {
+        if (l->cut) {
+            bad_format = true;
+            out.is_error = true;
+            out.text = xasprintf("not run: your answer stopped at the output token limit, so "
+                                 "the arguments of %s may be cut short; call it again with "
+                                 "less in one call (write a long file in parts)",
+                                 c->name);
+        } else if (c->args == NULL) {
             bad_format = true;
             out.is_error = true;
             out.text = xasprintf("the arguments of %s were not a JSON object (%s); call the "
@@ -882,7 +909,8 @@ run_calls(struct loop *l, const struct model_turn *t, struct err **errp)
             int mrc;
             agent__flush(r);
             t0 = util_mono_ns();
-            mrc = agent__mcp_call(r->o, m, c->name, args, &out.text, &out.is_error, &me);
+            mrc =
+                agent__mcp_call(r->o, m, c->name, args, &r->cancel, &out.text, &out.is_error, &me);
             r->tool_ns += util_mono_ns() - t0;
             if (mrc < 0) {
                 out.is_error = true;
@@ -916,7 +944,7 @@ run_calls(struct loop *l, const struct model_turn *t, struct err **errp)
         json_decref(args);
     }
     l->format_errors = bad_format ? l->format_errors + 1 : 0;
-    if (any_client)
+    if (any_client && !r->cancel) /* cancelled: the next budget check says so */
         l->end = "requires_action";
     return 0;
 }
@@ -1024,6 +1052,14 @@ loop_body(struct loop *l)
             goto store_failed;
         if (l->end != NULL)
             return;
+        if (l->format_errors >= AGENT_FORMAT_ERRORS_MAX && l->cut) {
+            add_error(l, "paddock/model/length",
+                      "the model stopped at its output limit in the middle of its tool calls, "
+                      "%d turns in a row",
+                      l->format_errors);
+            l->end = "incomplete";
+            return;
+        }
         if (l->format_errors >= AGENT_FORMAT_ERRORS_MAX) {
             add_error(l, "paddock/model/format", "%d malformed tool calls in a row",
                       l->format_errors);
@@ -1032,32 +1068,24 @@ loop_body(struct loop *l)
         }
     }
 store_failed:
-    add_error(l, "paddock/internal", "recording the interaction failed: %s",
-              e != NULL ? e->msg : "error");
+    if (e != NULL && e->code == ERR_LIMIT) { /* step_begin: the steps' cap, mid-turn */
+        add_error(l, "paddock/budget/steps", "%s", e->msg);
+        l->end = "budget_exceeded";
+    } else {
+        add_error(l, "paddock/internal", "recording the interaction failed: %s",
+                  e != NULL ? e->msg : "error");
+        l->end = "failed";
+    }
     err_free(e);
-    l->end = "failed";
 }
 
-/* The conversation so far: the previous interaction's, then this input. */
-static int
-load_history(struct loop *l, json_t *steps, struct err **errp)
+/* Appends one interaction's input (its steps) to the conversation. */
+static void
+append_input(struct loop *l, json_t *steps)
 {
-    struct agent_run *r = l->r;
     size_t i;
     json_t *s;
 
-    if (r->it.previous_id[0] != '\0') {
-        struct store_interaction prev = { 0 };
-        if (store_interaction_get(r->st, r->it.previous_id, &prev, errp) < 0)
-            return err_wrap(errp, "previous_interaction_id");
-        if (prev.history != NULL) {
-            json_decref(l->history);
-            l->history = json_loads(prev.history, 0, NULL);
-            if (!json_is_array(l->history))
-                l->history = json_array();
-        }
-        store_interaction_clear(&prev);
-    }
     {
         /* Calls the caller went on from without answering get a result that says so. */
         bool answers = false;
@@ -1067,32 +1095,131 @@ load_history(struct loop *l, json_t *steps, struct err **errp)
         if (!answers)
             close_pending(l, "no result: the caller went on without answering this call");
     }
-    json_array_foreach(steps, i, s) {
-        const char *type = json_string_value(json_object_get(s, "type"));
-        if (strcmp(type, "user_input") == 0) {
-            cleanup_free char *text = content_text(json_object_get(s, "content"));
-            json_array_append_new(l->history,
-                                  json_pack("{s:s, s:s}", "role", "user", "text", text));
-        } else {
-            json_t *res = json_object_get(s, "result");
-            cleanup_free char *text = json_is_string(res)  ? xstrdup(json_string_value(res))
-                                      : json_is_array(res) ? content_text(res)
-                                                           : json_dumps(res, JSON_COMPACT);
-            const char *name = json_string_value(json_object_get(s, "name"));
-            const char *cid = json_string_value(json_object_get(s, "call_id"));
-            json_t *pending = agent__pending_calls(l->history);
-            size_t k;
-            json_t *c;
-            /* The name is optional on the wire; the pending call knows it. */
-            json_array_foreach(pending, k, c)
-                if (name == NULL && strcmp(json_string_value(json_object_get(c, "id")), cid) == 0)
-                    name = json_string_value(json_object_get(c, "name"));
-            add_tool_message(l, cid, name != NULL ? name : "function", text != NULL ? text : "",
-                             json_is_true(json_object_get(s, "is_error")));
-            json_decref(pending);
+    /* Results first, then text, whatever order the input gave them in: every format wants a
+     * call's result right after the call (OpenAI and Gemini refuse a user turn between them,
+     * Anthropic a text block ahead of the tool_result blocks). */
+    for (int pass = 0; pass < 2; pass++)
+        json_array_foreach(steps, i, s) {
+            const char *type = json_string_value(json_object_get(s, "type"));
+            if ((strcmp(type, "user_input") == 0) != (pass == 1))
+                continue;
+            if (pass == 1) {
+                cleanup_free char *text = content_text(json_object_get(s, "content"));
+                json_array_append_new(l->history,
+                                      json_pack("{s:s, s:s}", "role", "user", "text", text));
+            } else {
+                json_t *res = json_object_get(s, "result");
+                cleanup_free char *text = json_is_string(res)  ? xstrdup(json_string_value(res))
+                                          : json_is_array(res) ? content_text(res)
+                                                               : json_dumps(res, JSON_COMPACT);
+                const char *name = json_string_value(json_object_get(s, "name"));
+                const char *cid = json_string_value(json_object_get(s, "call_id"));
+                json_t *pending = agent__pending_calls(l->history);
+                size_t k;
+                json_t *c;
+                /* The name is optional on the wire; the pending call knows it. */
+                json_array_foreach(pending, k, c)
+                    if (name == NULL &&
+                        strcmp(json_string_value(json_object_get(c, "id")), cid) == 0)
+                        name = json_string_value(json_object_get(c, "name"));
+                add_tool_message(l, cid, name != NULL ? name : "function", text != NULL ? text : "",
+                                 json_is_true(json_object_get(s, "is_error")));
+                json_decref(pending);
+            }
         }
+}
+
+/* Whether a stored history holds a conversation: one that ended before its run got to it
+ * stored none ("[]" from builds before the conversation was loaded first). */
+static json_t *
+stored_history(const char *text)
+{
+    json_t *h = text != NULL ? json_loads(text, 0, NULL) : NULL;
+
+    if (json_is_array(h) && json_array_size(h) > 0)
+        return h;
+    json_decref(h);
+    return NULL;
+}
+
+/*
+ * The conversation so far: the previous interaction's, then this input. A previous
+ * interaction that ended before its run stored a conversation (cancelled while queued, failed
+ * by a restart, or by its plan before this was loaded first) stands for the conversation
+ * before it and its own input, so a chain goes on whole through it.
+ */
+static int
+load_history(struct loop *l, json_t *steps, struct err **errp)
+{
+    struct agent_run *r = l->r;
+    json_t *inputs =
+        json_array(); /* the inputs of previous ones without a conversation, newest first */
+    char id[sizeof(r->it.previous_id)];
+    int depth = 0;
+    size_t i;
+
+    snprintf(id, sizeof(id), "%s", r->it.previous_id);
+    while (id[0] != '\0') {
+        struct store_interaction prev = { 0 };
+        json_t *h, *req;
+        if (++depth > AGENT_CHAIN_MAX) {
+            json_decref(inputs);
+            return err_set(errp, ERR_INVALID, 0,
+                           "previous_interaction_id: more than %d interactions in a row ended "
+                           "without a conversation",
+                           AGENT_CHAIN_MAX);
+        }
+        if (store_interaction_get(r->st, id, &prev, errp) < 0) {
+            json_decref(inputs);
+            return err_wrap(errp, "previous_interaction_id");
+        }
+        if ((h = stored_history(prev.history)) != NULL) {
+            json_decref(l->history);
+            l->history = h;
+            store_interaction_clear(&prev);
+            break;
+        }
+        req = json_loads(prev.request != NULL ? prev.request : "{}", 0, NULL);
+        json_array_append_new(inputs, input_steps(json_object_get(req, "input")));
+        json_decref(req);
+        snprintf(id, sizeof(id), "%s", prev.previous_id);
+        store_interaction_clear(&prev);
     }
+    for (i = json_array_size(inputs); i > 0; i--)
+        append_input(l, json_array_get(inputs, i - 1));
+    json_decref(inputs);
+    append_input(l, steps);
     return 0;
+}
+
+/*
+ * The final write, tried again while the database stays busy or full for a while: an
+ * interaction left in_progress by a failed write looks alive to every client (and to a cancel)
+ * until the server restarts. Up to AGENT_FINISH_TRIES tries, 1, 2, 4... s apart, fewer when the
+ * server stops.
+ */
+static void
+finish_run(struct agent_run *r)
+{
+    struct err *e = NULL;
+
+    for (int i = 0;; i++) {
+        bool last = i + 1 >= AGENT_FINISH_TRIES || (r->svc != NULL && agent_stopping(r->svc));
+        struct timespec ts = { (time_t)1 << i, 0 };
+        if (agent__finish(r, last, &e) == 0) {
+            if (i > 0)
+                log_info("interaction %s: its end (%s) recorded at try %d", r->it.id, r->it.status,
+                         i + 1);
+            return;
+        }
+        log_warnx("interaction %s: recording its end (%s): %s%s", r->it.id, r->it.status, e->msg,
+                  last ? "; it stays in_progress until the server restarts" : "; trying again");
+        err_free(e);
+        e = NULL;
+        if (last)
+            return;
+        nanosleep(&ts, NULL);
+    }
 }
 
 void
@@ -1119,6 +1246,25 @@ agent__run(struct agent_run *r)
         err_free(e);
         e = NULL;
     }
+    /* The input and the conversation first: whatever ends this run, both are kept, and a
+     * later interaction goes on from them. */
+    steps = input_steps(json_object_get(r->req, "input"));
+    json_array_foreach(steps, i, s) {
+        if (step_whole(r, json_incref(s), NULL, &e) < 0)
+            break;
+    }
+    if (e == NULL)
+        load_history(&l, steps, &e);
+    json_decref(steps);
+    if (e != NULL) {
+        add_error(&l,
+                  e->code == ERR_INVALID || e->code == ERR_NOT_FOUND ? "paddock/invalid"
+                                                                     : "paddock/internal",
+                  "%s", e->msg);
+        err_free(e);
+        l.end = "failed";
+        goto finish;
+    }
     if (agent__plan(r->st, r->it.project, r->o->default_model, r->req, &l.plan, &e) < 0) {
         add_error(&l, "paddock/config", "%s", e->msg);
         err_free(e);
@@ -1128,33 +1274,21 @@ agent__run(struct agent_run *r)
     l.deadline = r->it.created_ms + l.plan.timeout_ms;
     if (l.deadline < util_now_ms() + 1000)
         l.deadline = util_now_ms() + l.plan.timeout_ms; /* queued for long: count from now */
-    steps = input_steps(json_object_get(r->req, "input"));
-    json_array_foreach(steps, i, s) {
-        if (step_whole(r, json_incref(s), NULL, &e) < 0)
-            break;
-    }
     agent__flush(r);
-    if (e == NULL && r->it.env_id[0] == '\0' && (l.plan.wants_env || l.plan.env_spec != NULL)) {
+    if (r->it.env_id[0] == '\0' && (l.plan.wants_env || l.plan.env_spec != NULL)) {
         char id[40] = "";
         if (r->o->resolve_env(r->o->resolve_arg, r->ctx, r->it.project, l.plan.env_spec, false, id,
-                              &e) == 0) {
-            snprintf(r->it.env_id, sizeof(r->it.env_id), "%s", id);
-            store_interaction_update(r->st, &r->it, NULL);
-        } else {
-            err_wrap(&e, "environment");
+                              &e) < 0) {
+            add_error(&l,
+                      e->code == ERR_INVALID || e->code == ERR_NOT_FOUND ? "paddock/invalid"
+                                                                         : "paddock/environment",
+                      "environment: %s", e->msg);
+            err_free(e);
+            l.end = "failed";
+            goto finish;
         }
-    }
-    if (e == NULL)
-        load_history(&l, steps, &e);
-    json_decref(steps);
-    if (e != NULL) {
-        add_error(&l,
-                  e->code == ERR_INVALID || e->code == ERR_NOT_FOUND ? "paddock/invalid"
-                                                                     : "paddock/environment",
-                  "%s", e->msg);
-        err_free(e);
-        l.end = "failed";
-        goto finish;
+        snprintf(r->it.env_id, sizeof(r->it.env_id), "%s", id);
+        store_interaction_update(r->st, &r->it, NULL);
     }
     if (r->it.env_id[0] != '\0') {
         json_t *b = builtin_tools();
@@ -1209,10 +1343,7 @@ finish:
         r->it.errors = json_array_size(l.errors) > 0 ? json_dumps(l.errors, JSON_COMPACT) : NULL;
         snprintf(r->it.status, sizeof(r->it.status), "%s", l.end);
         r->it.updated_ms = util_now_ms();
-        if (agent__finish(r, &e) < 0) {
-            log_warnx("interaction %s: %s", r->it.id, e->msg);
-            err_free(e);
-        }
+        finish_run(r);
     }
     {
         /* What the loop costs (bench/agent_bench.py reads these): per model turn, its wall time

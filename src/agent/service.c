@@ -776,7 +776,7 @@ fin_tx(struct store *s, void *arg, struct err **errp)
 }
 
 int
-agent__finish(struct agent_run *r, struct err **errp)
+agent__finish(struct agent_run *r, bool last, struct err **errp)
 {
     json_t *ev = json_pack("{s:s, s:o}", "event_type", "interaction.completed", "interaction",
                            agent__brief(&r->it, r->req));
@@ -793,7 +793,7 @@ agent__finish(struct agent_run *r, struct err **errp)
     rc = store_tx(r->st, fin_tx, &f, errp);
     if (rc == 0)
         r->next_seq++;
-    if (r->o->observer != NULL)
+    if (r->o->observer != NULL && (rc == 0 || last))
         r->o->observer(r->o->observer_arg, r->it.id, ev);
     json_decref(ev);
     if (!r->in_tx)
@@ -988,7 +988,7 @@ end_unrun(struct store *s, const char *id, const char *status, const char *why, 
         r.it.errors = json_dumps(errs, JSON_COMPACT);
     }
     json_decref(errs);
-    if (agent__finish(&r, errp) < 0) {
+    if (agent__finish(&r, true, errp) < 0) {
         run_close(&r);
         return -1;
     }
@@ -1264,6 +1264,27 @@ agent_create(struct agent_service *svc, struct env_ctx *ctx, const struct agent_
     return 0;
 }
 
+/* Whether the run of id (if any) has ended, waiting up to ms for it. */
+static bool
+ended_within(struct agent_service *svc, const char *id, int ms)
+{
+    int64_t until = util_mono_ms() + ms;
+
+    for (;;) {
+        bool running = false;
+        int64_t left;
+        pthread_mutex_lock(&svc->mu);
+        for (struct agent_run *r = svc->running; r != NULL; r = r->next)
+            if (strcmp(r->id, id) == 0)
+                running = true;
+        pthread_mutex_unlock(&svc->mu);
+        left = until - util_mono_ms();
+        if (!running || left <= 0)
+            return !running;
+        agent_wait(svc, id, 0, left < 100 ? (int)left : 100);
+    }
+}
+
 int
 agent_cancel(struct agent_service *svc, struct store *s, const char *project, const char *id,
              struct err **errp)
@@ -1313,17 +1334,7 @@ agent_cancel(struct agent_service *svc, struct store *s, const char *project, co
     }
     pthread_mutex_unlock(&svc->mu);
     /* Wait (briefly) for the run to record its end, so the answer shows it. */
-    for (int i = 0; i < 300; i++) {
-        bool running = false;
-        pthread_mutex_lock(&svc->mu);
-        for (struct agent_run *r = svc->running; r != NULL; r = r->next)
-            if (strcmp(r->id, id) == 0)
-                running = true;
-        pthread_mutex_unlock(&svc->mu);
-        if (!running)
-            break;
-        agent_wait(svc, id, 0, 100);
-    }
+    (void)ended_within(svc, id, AGENT_CANCEL_WAIT_MS);
     return 0;
 }
 
@@ -1339,8 +1350,17 @@ agent_delete(struct agent_service *svc, struct store *s, const char *project, co
         store_interaction_clear(&it);
         return err_set(errp, ERR_NOT_FOUND, 0, "interaction %s not found", id);
     }
-    if (!agent_status_final(it.status))
+    if (!agent_status_final(it.status)) {
         agent_cancel(svc, s, project, id, NULL);
+        /* A run that goes on would record into rows that are gone. */
+        if (!ended_within(svc, id, 0)) {
+            store_interaction_clear(&it);
+            return err_set(errp, ERR_CONFLICT, 0,
+                           "interaction %s is still stopping its current step; delete it again "
+                           "once it has ended",
+                           id);
+        }
+    }
     store_interaction_clear(&it);
     return store_interaction_delete(s, id, errp);
 }

@@ -15,6 +15,7 @@ import argparse
 import json
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 TOOLS = [
@@ -24,6 +25,11 @@ TOOLS = [
     {"name": "add", "description": "Adds two numbers.",
      "inputSchema": {"type": "object", "properties": {"a": {"type": "number"},
                                                        "b": {"type": "number"}}}},
+    {"name": "big", "description": "Answers `items` text items of `size` bytes each.",
+     "inputSchema": {"type": "object", "properties": {"items": {"type": "integer"},
+                                                       "size": {"type": "integer"}}}},
+    {"name": "slow", "description": "Answers after `seconds`.",
+     "inputSchema": {"type": "object", "properties": {"seconds": {"type": "number"}}}},
     {"name": "secret_tool", "description": "Should be hidden by allowed_tools.",
      "inputSchema": {"type": "object"}},
 ]
@@ -94,6 +100,13 @@ def make_handler(st):
                 name, args = params.get("name"), params.get("arguments") or {}
                 if name == "echo":
                     result = {"content": [{"type": "text", "text": "echo: " + str(args.get("text"))}]}
+                elif name == "big":
+                    n, size = int(args.get("items", 1)), int(args.get("size", 1))
+                    result = {"content": [{"type": "text", "text": f"item{i}:" + "x" * size}
+                                          for i in range(n)]}
+                elif name == "slow":
+                    time.sleep(float(args.get("seconds", 1)))
+                    result = {"content": [{"type": "text", "text": "slept"}]}
                 elif name == "add":
                     result = {"content": [{"type": "text",
                                            "text": str(args.get("a", 0) + args.get("b", 0))}]}

@@ -8,6 +8,7 @@ import json
 import re
 import signal
 import socket
+import sqlite3
 import threading
 import time
 
@@ -550,6 +551,22 @@ def test_cancel_while_the_model_thinks(mag, fake):
     assert not steps_of(g, "model_output"), g
 
 
+def test_cancel_during_a_command_beside_a_client_call(mag, fake):
+    """A turn that calls the caller's function and bash, cancelled while bash runs, ends
+    cancelled: not requires_action, which would ask the caller for results of paddock's own
+    calls."""
+    tool = {"type": "function", "name": "get_weather", "parameters": {"type": "object"}}
+    fake.script([{"calls": [{"name": "get_weather", "args": {}},
+                            {"name": "bash", "args": {"command": "sleep 60"}}]}])
+    it = mag.create(agent_body("both", tools=[tool], background=True))
+    wait_step(mag, it["id"], "code_execution_call")
+    time.sleep(0.2)
+    r = mag.cancel(it["id"])
+    assert r.status == 200, r
+    g = mag.wait(it["id"], timeout=10)
+    assert g["status"] == "cancelled", g
+
+
 # ------------------------------------------------------------------ conversations, actions
 
 
@@ -581,32 +598,54 @@ def test_previous_interaction_continues_in_the_same_environment(mag, fake, fmt):
 
 
 def assert_calls_paired(q):
-    """Every tool result in a recorded request answers a call made earlier in it."""
+    """Every tool result in a recorded request answers a call made earlier in it, and the
+    results of a turn's calls come right after it, ahead of anything else: every format refuses
+    a request where other content stands between a call and its result."""
     b, fmt = q["body"], q["format"]
     if fmt == "openai":
-        ids = []
+        ids, want = [], []
         for m in b["messages"]:
+            if want:
+                assert m["role"] == "tool", f"{m} between the calls {want} and their results"
+                want.remove(m["tool_call_id"])
             ids += [c["id"] for c in m.get("tool_calls") or []]
+            want += [c["id"] for c in m.get("tool_calls") or []]
             if m["role"] == "tool":
                 assert m["tool_call_id"] in ids, (m, ids)
+        assert not want, f"calls {want} have no result"
     elif fmt == "anthropic":
-        ids = []
+        ids, want = [], []
         for m in b["messages"]:
-            for blk in m["content"] if isinstance(m["content"], list) else []:
+            blocks = m["content"] if isinstance(m["content"], list) else [{"type": "text"}]
+            if want:
+                lead = [x["tool_use_id"] for x in blocks[:len(want)] if x.get("type") == "tool_result"]
+                assert sorted(lead) == sorted(want), f"{blocks} must open with results for {want}"
+                want = []
+            for blk in blocks:
                 if blk.get("type") == "tool_use":
                     ids.append(blk["id"])
+                    want.append(blk["id"])
                 if blk.get("type") == "tool_result":
                     assert blk["tool_use_id"] in ids, (blk, ids)
+        assert not want, f"calls {want} have no result"
         roles = [m["role"] for m in b["messages"]]
         assert all(x != y for x, y in zip(roles, roles[1:])), f"roles must alternate: {roles}"
     else:
-        names = []
+        names, want = [], []
         for c in b["contents"]:
-            for p in c.get("parts", []):
+            parts = c.get("parts", [])
+            if want:
+                got = [p["functionResponse"]["name"] for p in parts if "functionResponse" in p]
+                assert sorted(got) == sorted(want) and len(got) == len(parts), \
+                    f"{parts} must be the results of {want}, alone"
+                want = []
+            for p in parts:
                 if "functionCall" in p:
                     names.append(p["functionCall"]["name"])
+                    want.append(p["functionCall"]["name"])
                 if "functionResponse" in p:
                     assert p["functionResponse"]["name"] in names, (p, names)
+        assert not want, f"calls {want} have no result"
         assert b["contents"][0]["role"] == "user"
 
 
@@ -688,6 +727,28 @@ def test_requires_action_round_trip(mag, fake, fmt):
     assert_calls_paired(q)
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_requires_action_result_with_text(mag, fake, fmt):
+    """A continuation may carry text beside its function_result, in either order: the model
+    gets the result right after its call, and the text after that."""
+    tool = {"type": "function", "name": "get_weather", "parameters": {"type": "object"}}
+    fake.script([{"calls": [{"name": "get_weather", "args": {}}]}])
+    a = mag.create({"model": WIRE[fmt], "input": "weather?", "tools": [tool]}, timeout=30)
+    check_interaction(a, "requires_action")
+    call = a["steps"][-1]
+    fake.reset()
+    fake.script([{"text": "done"}])
+    b = mag.create({"model": WIRE[fmt], "previous_interaction_id": a["id"], "tools": [tool],
+                    "input": [{"type": "text", "text": "ALSO-THIS"},
+                              {"type": "function_result", "call_id": call["id"],
+                               "name": "get_weather", "result": "RAINY"}]}, timeout=30)
+    check_interaction(b, "completed")
+    q = model_calls(fake, 1)[0]
+    assert_calls_paired(q)
+    text = json.dumps(q["body"])
+    assert text.index("RAINY") < text.index("ALSO-THIS"), text
+
+
 def test_requires_action_needs_the_result(mag, fake):
     """Continuing a requires_action interaction without a function_result for its call is a
     400 (the model would see a dangling call)."""
@@ -698,6 +759,71 @@ def test_requires_action_needs_the_result(mag, fake):
     r = mag.post({"model": "openai:fake", "previous_interaction_id": a["id"], "tools": [tool],
                   "input": [{"type": "function_result", "call_id": "wrong-id", "result": "x"}]})
     assert_names(r, "call_id", "function_result", status=400)
+
+
+def test_continue_through_an_interaction_that_never_ran(pd, fake):
+    """A conversation goes on whole through an interaction cancelled while it was queued (it
+    stored no conversation): the model sees the first exchange, the cancelled one's input and
+    the new input, in order."""
+    a = AgentServer(pd, fake, args=["--workers", "1"]).start()
+    try:
+        fake.script([{"text": "ALPHA-ANSWER"}, {"hang": True}])
+        first = a.create({"model": "openai:fake", "input": "first question ONE"})
+        assert first["status"] == "completed", first
+        x = a.create({"model": "openai:fake", "input": "blocker", "background": True})
+        model_calls(fake, 2)
+        y = a.create({"model": "openai:fake", "input": "second question TWO",
+                      "previous_interaction_id": first["id"], "background": True})
+        assert a.get(y["id"])["status"] == "queued"
+        assert a.cancel(y["id"]).json()["status"] == "cancelled"
+        assert a.cancel(x["id"]).status == 200
+        assert a.wait(x["id"])["status"] == "cancelled"
+        fake.reset()
+        fake.script([{"text": "third answer"}])
+        z = a.create({"model": "openai:fake", "input": "third question THREE",
+                      "previous_interaction_id": y["id"]})
+        assert z["status"] == "completed", z
+        seen = all_text(model_calls(fake, 1)[0])
+        marks = ["first question ONE", "ALPHA-ANSWER", "second question TWO",
+                 "third question THREE"]
+        assert all(m in seen for m in marks), seen
+        assert [seen.index(m) for m in marks] == sorted(seen.index(m) for m in marks), seen
+        assert "blocker" not in seen
+    finally:
+        a.stop()
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_calls_cut_at_the_output_limit_do_not_run(mag, fake, fmt):
+    """A turn that stopped at the output limit may have cut its calls' arguments short: none
+    runs, the model is told why, and a model that keeps being cut ends the interaction
+    incomplete, saying so."""
+    fake.script([dict(bash("echo RAN > /workspace/cut.txt"), finish="length"), {"text": "ok"}])
+    it = mag.create(agent_body("cut", model=WIRE[fmt]), timeout=60)
+    check_interaction(it, "completed")
+    assert mag.file(it["environment_id"], "workspace/cut.txt").status == 404
+    seen = model_result_texts(model_calls(fake, 2)[1])
+    assert len(seen) == 1 and "output token limit" in seen[0], seen
+    fake.reset()
+    fake.script([dict(bash("true"), finish="length", repeat=True)])
+    it = mag.create(agent_body("cut again", model=WIRE[fmt]), timeout=60)
+    check_interaction(it, "incomplete")
+    assert "output limit" in json.dumps(it["errors"]), it["errors"]
+    assert len(fake.requests()) == 3, fake.requests()
+
+
+def test_the_step_cap_keeps_the_input(mag, fake):
+    """A turn whose calls reach the 10,000 steps an interaction keeps ends budget_exceeded,
+    with its first step (the input) intact and the command that fell over the cap not run."""
+    calls = [{"name": "no_such_tool", "args": {}}] * 4999
+    calls.append({"name": "bash", "args": {"command": "echo RAN > /workspace/capped.txt"}})
+    fake.script([{"calls": calls}, {"text": "never"}])
+    it = mag.create(agent_body("many calls"), timeout=120)
+    assert it["status"] == "budget_exceeded", it.get("errors")
+    assert it["steps"][0]["type"] == "user_input", it["steps"][0]
+    assert "steps" in json.dumps(it["errors"]), it["errors"]
+    assert mag.file(it["environment_id"], "workspace/capped.txt").status == 404
+    assert len(fake.requests()) == 1
 
 
 # ----------------------------------------------------------------------------- budgets
@@ -955,6 +1081,28 @@ def test_agents_md_and_skills_reach_the_system_prompt(mag, fake):
     assert "LATER-RULE-31" in system_text(reqs[2]), system_text(reqs[2])
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_system_prompt_survives_bytes_that_are_not_utf8(mag, fake, fmt):
+    """AGENTS.md in Latin-1 (with a NUL in it) and a skill description cut inside a
+    multi-byte character still reach the model: the bytes that are not UTF-8 become U+FFFD,
+    and the rest of the system prompt stays."""
+    desc = "\u00e9" * 300  # 600 bytes: the description's cut lands inside a character
+    fake.script([bash("printf 'LATIN1-MARK \\351t\\351 \\000 AFTER-NUL\\n' > "
+                      "/workspace/AGENTS.md && mkdir -p /.agent/skills/acc && "
+                      f"printf -- '---\\nname: acc\\ndescription: {desc}\\n---\\n' > "
+                      "/.agent/skills/acc/SKILL.md"), {"text": "written"}, {"text": "ok"}])
+    a = mag.create(agent_body("write", model=WIRE[fmt], system_instruction="SYS-MARK-2"),
+                   timeout=60)
+    assert a["status"] == "completed", a
+    b = mag.create(agent_body("again", model=WIRE[fmt], system_instruction="SYS-MARK-2",
+                              previous_interaction_id=a["id"]), timeout=60)
+    assert b["status"] == "completed", b
+    sys_ = system_text(model_calls(fake, 3)[2])
+    assert "SYS-MARK-2" in sys_ and "persistent Linux sandbox" in sys_, sys_
+    assert "LATIN1-MARK \ufffdt\ufffd \ufffd AFTER-NUL" in sys_, sys_
+    assert "- acc: " + "\u00e9" * 200 in sys_, sys_
+
+
 # ------------------------------------------------------- concurrency, restarts, disconnects
 
 
@@ -1202,6 +1350,32 @@ def test_queued_cancel_and_restart_requeues(pd, fake):
         assert [q for q in fake.requests() if "waits too" in all_text(q)]
         assert not [q for q in fake.requests() if "waits\n" in all_text(q) + "\n"
                     and "waits too" not in all_text(q)], "the cancelled one ran"
+    finally:
+        a.stop()
+
+
+@pytest.mark.slow
+def test_the_end_is_recorded_after_the_database_was_busy(pd, fake):
+    """The database held by another writer for longer than the run's writes wait for it
+    (10 s each): the run's record of its model's answer fails, and so does the first write of
+    its end; the end is tried again until it is recorded, never left in_progress until a
+    restart."""
+    a = AgentServer(pd, fake).start()
+    try:
+        fake.script([{"delay_s": 1, "text": "late answer"}])
+        it = a.create({"model": "openai:fake", "input": "x", "background": True})
+        model_calls(fake, 1)
+        db = sqlite3.connect(str(pd.data / "paddock.db"), timeout=30, isolation_level=None)
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            time.sleep(36)
+            assert a.get(it["id"])["status"] == "in_progress"
+        finally:
+            db.execute("ROLLBACK")
+            db.close()
+        g = a.wait(it["id"], timeout=30)
+        assert g["status"] == "failed", g
+        assert "recording the interaction failed" in json.dumps(g["errors"]), g["errors"]
     finally:
         a.stop()
 

@@ -10,6 +10,7 @@ Upstreams: tests/fakes/fake_model.py (OpenAI format) and tests/fakes/mcp_server.
 import json
 import re
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 
@@ -104,6 +105,71 @@ def test_mcp_tools_are_listed_called_and_recorded(pd, model, sse):
         assert seen[-1]["headers"].get("mcp-session-id") == "sess-42"
         # The header never reached the model.
         assert "mcp-secret-123" not in json.dumps(reqs)
+    finally:
+        finish(s)
+        mcp.stop()
+
+
+def test_mcp_result_over_the_cap_keeps_its_head_and_says_so(pd, model):
+    """A tools/call answer larger than a step keeps (1 MiB) reaches the record and the model as
+    its first MiB and a note of what was left out, never as an empty success."""
+    mcp = Proc(str(FAKES / "mcp_server.py"), "--port", "0")
+    s, http = serve(pd, model)
+    try:
+        model.call("POST", "/_script", [
+            {"calls": [{"name": "big", "args": {"items": 3, "size": 600000}}]},
+            {"text": "done"}])
+        it = run(http, {"agent": AGENT, "input": "fetch it",
+                        "environment": {"type": "remote", "network": "disabled"},
+                        "tools": [mcp_tool(mcp.url + "/")]})
+        assert it["status"] == "completed", it
+        res = [st for st in it["steps"] if st["type"] == "mcp_server_tool_result"][0]["result"]
+        assert res.startswith("item0:xxx") and "item1:xxx" in res, res[:100]
+        assert "item2:" not in res
+        assert 1 << 20 <= len(res) < (1 << 20) + 100, len(res)
+        dropped = 3 * 600006 + 2 - (1 << 20)
+        assert res.endswith(f"[{dropped} bytes of the result not kept]"), res[-100:]
+    finally:
+        finish(s)
+        mcp.stop()
+
+
+def test_mcp_call_in_flight_is_cancelled(pd, model):
+    """A cancel stops an MCP call under way within about a second (not at the call's own
+    60 s timeout), answers cancelled, and starts none of the turn's later calls; a delete of
+    a running interaction works the same way."""
+    mcp = Proc(str(FAKES / "mcp_server.py"), "--port", "0")
+    s, http = serve(pd, model)
+    try:
+        for verb in ("cancel", "delete"):
+            model.call("POST", "/_reset", {})
+            model.call("POST", "/_script", [
+                {"calls": [{"name": "slow", "args": {"seconds": 30}},
+                           {"name": "add", "args": {"a": 1, "b": 2}}]},
+                {"text": "never"}])
+            r = http.post("/v1beta/interactions", json_body={
+                "agent": AGENT, "input": "slow", "background": True,
+                "environment": {"type": "remote", "network": "disabled"},
+                "tools": [mcp_tool(mcp.url + "/")]})
+            assert r.status == 200, r
+            iid = r.json()["id"]
+            deadline = time.monotonic() + 15
+            while not [q for q in mcp.call("GET", "/_requests")
+                       if q["body"].get("params", {}).get("name") == "slow"]:
+                assert time.monotonic() < deadline, "the slow call never started"
+                time.sleep(0.05)
+            t0 = time.monotonic()
+            if verb == "cancel":
+                r = http.post(f"/v1beta/interactions/{iid}/cancel")
+                assert r.status == 200 and r.json()["status"] == "cancelled", r
+            else:
+                r = http.delete(f"/v1beta/interactions/{iid}")
+                assert r.status == 200, r
+                assert http.get(f"/v1beta/interactions/{iid}").status == 404
+            assert time.monotonic() - t0 < 5, "the MCP call was not cut short"
+            calls = [q["body"]["params"]["name"] for q in mcp.call("GET", "/_requests")
+                     if q["body"].get("method") == "tools/call"]
+            assert calls.count("add") == 0, calls
     finally:
         finish(s)
         mcp.stop()
