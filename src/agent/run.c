@@ -1032,6 +1032,27 @@ loop_body(struct loop *l)
         if (record_turn(l, &t, &e) < 0)
             goto store_failed;
         json_array_append(l->history, t.message);
+        if (t.ncalls == 0 && t.finish == MODEL_FINISH_MALFORMED) {
+            /* A call the upstream could not read (Gemini's MALFORMED_FUNCTION_CALL): a format
+             * error like arguments that do not parse, not an answer. The model is told, and
+             * tries again within the format errors' limit. */
+            if (++l->format_errors >= AGENT_FORMAT_ERRORS_MAX) {
+                add_error(l, "paddock/model/format", "%d malformed tool calls in a row (%s)",
+                          l->format_errors, t.finish_reason != NULL ? t.finish_reason : "?");
+                l->end = "failed";
+                model_turn_clear(&t);
+                return;
+            }
+            json_array_append_new(
+                l->history,
+                json_pack("{s:s, s:s++}", "role", "user", "text",
+                          "Your last tool call could not be read (",
+                          t.finish_reason != NULL ? t.finish_reason : "malformed",
+                          "); call the tool again with valid JSON arguments, using only the "
+                          "tools you were given."));
+            model_turn_clear(&t);
+            continue;
+        }
         if (t.ncalls == 0) {
             l->end = t.finish == MODEL_FINISH_LENGTH ? "incomplete" : "completed";
             if (t.finish == MODEL_FINISH_LENGTH)

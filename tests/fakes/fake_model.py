@@ -128,7 +128,8 @@ def render_gemini(step, script, model, req_len):
         if i == 0:
             part["thoughtSignature"] = "fake-sig-%d" % script.next_id()
         parts.append(part)
-    finish = {"length": "MAX_TOKENS", "other": "SAFETY"}.get(step.get("finish"), "STOP")
+    finish = {"length": "MAX_TOKENS", "other": "SAFETY",
+              "malformed": "MALFORMED_FUNCTION_CALL"}.get(step.get("finish"), "STOP")
     u = _usage(step, req_len)
     usage = {"promptTokenCount": u["input"], "candidatesTokenCount": u["output"],
              "totalTokenCount": u["input"] + u["output"] + u["thought"]}
@@ -157,7 +158,7 @@ def render_openai(step, script, model, req_len):
     if step.get("block"):
         finish = "content_filter"
     else:
-        finish = {"length": "length", "other": "content_filter"}.get(
+        finish = {"length": "length", "other": "content_filter", "malformed": "tool_calls"}.get(
             step.get("finish"), "tool_calls" if calls else "stop")
     u = _usage(step, req_len)
     return {"id": "chatcmpl-fake-%d" % script.next_id(), "object": "chat.completion",
@@ -185,7 +186,7 @@ def render_anthropic(step, script, model, req_len):
     if step.get("block"):
         stop = "refusal"
     else:
-        stop = {"length": "max_tokens", "other": "refusal"}.get(
+        stop = {"length": "max_tokens", "other": "refusal", "malformed": "tool_use"}.get(
             step.get("finish"), "tool_use" if calls else "end_turn")
     u = _usage(step, req_len)
     return {"id": "msg_fake_%d" % script.next_id(), "type": "message", "role": "assistant",

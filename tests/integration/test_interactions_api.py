@@ -812,6 +812,24 @@ def test_calls_cut_at_the_output_limit_do_not_run(mag, fake, fmt):
     assert len(fake.requests()) == 3, fake.requests()
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_tool_call_the_upstream_could_not_read_is_tried_again(mag, fake, fmt):
+    """A turn that ends in a tool call the upstream could not read (Gemini's
+    MALFORMED_FUNCTION_CALL; a tool_calls/tool_use finish with no call) is a format error:
+    the model is told and tries again; three in a row fail the interaction, saying why."""
+    fake.script([{"finish": "malformed", "text": ""}, {"text": "recovered"}])
+    it = mag.create({"model": WIRE[fmt], "input": "go"}, timeout=30)
+    check_interaction(it, "completed")
+    assert output_text(it) == "recovered"
+    assert "could not be read" in all_text(model_calls(fake, 2)[1])
+    fake.reset()
+    fake.script([{"finish": "malformed", "text": "", "repeat": True}])
+    it = mag.create({"model": WIRE[fmt], "input": "go again"}, timeout=30)
+    check_interaction(it, "failed")
+    assert "malformed tool calls in a row" in json.dumps(it["errors"]), it["errors"]
+    assert len(fake.requests()) == 3
+
+
 def test_the_step_cap_keeps_the_input(mag, fake):
     """A turn whose calls reach the 10,000 steps an interaction keeps ends budget_exceeded,
     with its first step (the input) intact and the command that fell over the cap not run."""
