@@ -249,22 +249,55 @@ limit_fd(int fd, uint64_t disk_bytes, struct err **errp)
     return 0;
 }
 
+/*
+ * Makes the directory path (relative to dfd; its parents made before it) unless it is there,
+ * gives it to owner with mode, and returns it open; errors call it what. No link is followed on the
+ * way: in a copied volume, upper/root is what a sandbox made of its /, so upper/root/etc may be a
+ * link to anywhere on the host, and the server is the host's root here.
+ */
 static int
-mkdir_owned(int dfd, const char *name, unsigned mode, uint32_t owner, struct err **errp)
+mkdir_owned(int dfd, const char *path, const char *what, unsigned mode, uint32_t owner,
+            struct err **errp)
 {
-    if (mkdirat(dfd, name, mode) < 0 && errno != EEXIST)
-        return err_set(errp, ERR_IO, errno, "mkdir %s", name);
-    if (fchownat(dfd, name, owner, owner, AT_SYMLINK_NOFOLLOW) < 0 ||
-        fchmodat(dfd, name, mode, 0) < 0)
-        return err_set(errp, ERR_IO, errno, "chown %s", name);
-    return 0;
+    cleanup_free char *p = xstrdup(path);
+    char *save = NULL;
+    int fd = -1;
+
+    for (char *c = strtok_r(p, "/", &save); c != NULL; c = strtok_r(NULL, "/", &save)) {
+        int at = fd >= 0 ? fd : dfd, next;
+        if (mkdirat(at, c, mode) < 0 && errno != EEXIST) {
+            int e = errno;
+            if (fd >= 0)
+                close(fd);
+            return err_set(errp, ERR_IO, e, "mkdir %s", what);
+        }
+        next = openat(at, c, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd >= 0)
+            close(fd);
+        if (next < 0) {
+            if (errno == ELOOP || errno == ENOTDIR)
+                return err_set(errp, ERR_CONFLICT, 0, "%s is not a directory (a link?)", what);
+            return err_set(errp, ERR_IO, errno, "open %s", what);
+        }
+        fd = next;
+    }
+    if (fd < 0)
+        return err_set(errp, ERR_INVALID, 0, "empty directory path");
+    if (fchown(fd, owner, owner) < 0 || fchmod(fd, mode) < 0) {
+        int e = errno;
+        close(fd);
+        return err_set(errp, ERR_IO, e, "chown %s", what);
+    }
+    return fd;
 }
 
 static int
 write_owned(int dfd, const char *name, const char *content, uint32_t owner, struct err **errp)
 {
     /* No fsync: the volume is brand new, and a crash before btrfs commits loses the whole
-     * half-made environment, which reconcile removes anyway. */
+     * half-made environment, which reconcile removes anyway. The file is made under a name
+     * of its own (never through a link) and renamed over whatever name was: a copied
+     * sandbox's hosts may be a link too. */
     if (util_write_file_at(dfd, name, content, strlen(content), 0644 | UTIL_WRITE_NOSYNC, errp) <
         0)
         return -1;
@@ -273,24 +306,32 @@ write_owned(int dfd, const char *name, const char *content, uint32_t owner, stru
     return 0;
 }
 
-/* The layout a sandbox start expects in a fresh volume (see mounts.c). */
+/* The layout a sandbox start expects in a fresh volume (see mounts.c), or in a copied one. */
 static int
 populate(int vfd, const char *id, uint32_t owner, struct err **errp)
 {
-    static const char *const dirs[] = {"upper", "upper/root", "upper/usr", "work", "work/root",
-                                       "work/usr", "rootfs", "lower", "usrlower",
-                                       "upper/root/etc"};
+    static const char *const dirs[] = { "upper",  "upper/root", "upper/usr",
+                                        "work",   "work/root",  "work/usr",
+                                        "rootfs", "lower",      "usrlower" };
     cleanup_free char *hosts = xasprintf("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost "
                                          "ip6-loopback\n127.0.1.1\t%s\n",
                                          id);
     cleanup_free char *hostname = xasprintf("%s\n", id);
+    cleanup_close int etc = -1;
 
-    for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++)
-        if (mkdir_owned(vfd, dirs[i], 0755, owner, errp) < 0)
+    for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
+        int fd = mkdir_owned(vfd, dirs[i], dirs[i], 0755, owner, errp);
+        if (fd < 0)
             return -1;
-    if (write_owned(vfd, "upper/root/etc/hosts", hosts, owner, errp) < 0 ||
-        write_owned(vfd, "upper/root/etc/hostname", hostname, owner, errp) < 0)
+        close(fd);
+    }
+    /* The sandbox's /etc: a copy's may be anything its sandbox made it. */
+    etc = mkdir_owned(vfd, "upper/root/etc", "the environment's /etc", 0755, owner, errp);
+    if (etc < 0)
         return -1;
+    if (write_owned(etc, "hosts", hosts, owner, errp) < 0 ||
+        write_owned(etc, "hostname", hostname, owner, errp) < 0)
+        return err_wrap(errp, "the environment's /etc");
     if (fchown(vfd, owner, owner) < 0 || fchmod(vfd, 0700) < 0)
         return err_set(errp, ERR_IO, errno, "chown volume");
     return 0;

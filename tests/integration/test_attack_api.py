@@ -764,6 +764,38 @@ def test_from_environment_keeps_owners_modes_and_shifts_host_ids(mapi):
     assert hc.st_uid == cmin
 
 
+def test_from_environment_never_follows_a_planted_etc(mapi):
+    """A sandbox that makes its /etc a link to a host directory, then is copied: the copy is
+    refused with a 409 that names /etc, and the host directory and what is in it keep their
+    modes and contents (the server writes the copy's /etc/hosts and /etc/hostname as the
+    host's root)."""
+    pd = mapi.pd
+    src = new_env(mapi)
+    t = tok()
+    victim = Path(f"/root/paddock-victim-{t}")
+    victim.mkdir(mode=0o700)
+    try:
+        (victim / "hosts").write_text(f"HOSTMARKER-{t}\n")
+        (victim / "hosts").chmod(0o600)
+        before = [(p.name, p.stat().st_mode, p.stat().st_uid, p.read_bytes())
+                  for p in sorted(victim.iterdir())]
+        vmode = victim.stat().st_mode
+        sh_ok(pd, src, f"rm -rf /etc && ln -s {victim} /etc")
+        vols = set(user_volumes(pd))
+        r = mapi.http.post(f"/{V}/environments",
+                           json_body={"from_environment": f"environments/{src}"})
+        assert_error_shape(r, 409)
+        assert "/etc" in r.json()["error"]["message"], r.json()
+        assert victim.stat().st_mode == vmode
+        assert [(p.name, p.stat().st_mode, p.stat().st_uid, p.read_bytes())
+                for p in sorted(victim.iterdir())] == before
+        assert set(user_volumes(pd)) <= vols, "the refused copy left its volume"
+    finally:
+        for p in victim.iterdir():
+            p.unlink()
+        victim.rmdir()
+
+
 def user_volumes(pd):
     """The volumes under envs/ but for the warm pool's (the server refills its pool after a
     create, at any moment of a test)."""
