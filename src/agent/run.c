@@ -949,6 +949,19 @@ run_calls(struct loop *l, const struct model_turn *t, struct err **errp)
     return 0;
 }
 
+/* Waits ms, or less when the run is cancelled or its deadline (wall clock) comes. The cancel
+ * flag has no condition variable of its own: it is looked at every 50 ms. */
+static void
+pause_run(struct agent_run *r, int64_t deadline, int64_t ms)
+{
+    int64_t until = util_mono_ms() + ms;
+
+    while (!r->cancel && util_mono_ms() < until && util_now_ms() < deadline) {
+        struct timespec ts = { 0, 50 * 1000000L };
+        nanosleep(&ts, NULL);
+    }
+}
+
 static void
 loop_body(struct loop *l)
 {
@@ -1014,6 +1027,9 @@ loop_body(struct loop *l)
                           l->plan.model.spec, e->msg, l->model_retries, AGENT_MODEL_RETRIES);
                 err_free(e);
                 e = NULL;
+                /* Not at once: the client's own retries are spent, so what failed had
+                 * failed for a while (1 s, then 2 s). */
+                pause_run(r, l->deadline, 1000LL << (l->model_retries - 1));
                 continue;
             } else {
                 add_error(l, "paddock/model", "model %s: %s", l->plan.model.spec, e->msg);

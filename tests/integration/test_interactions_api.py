@@ -977,10 +977,15 @@ def test_upstream_400_fails_naming_the_model(mag, fake):
 
 
 def test_upstream_garbage_fails(mag, fake):
+    """An answer that is not the format's JSON is tried twice more by the loop, 1 s and then
+    2 s later (the client's own retries do not cover it), then fails the interaction."""
     fake.script([{"garbage": "<html>bad gateway</html>", "repeat": True}])
     it = mag.create({"model": "openai:fake", "input": "x"}, timeout=60)
     assert it["status"] == "failed" and it.get("errors"), it
     assert mag.server.alive()
+    t = [q["time"] for q in fake.requests()]
+    assert len(t) == 3, t
+    assert t[1] - t[0] >= 0.9 and t[2] - t[1] >= 1.9, t
 
 
 def test_upstream_wrong_json_shape_fails(mag, fake):
