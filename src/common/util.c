@@ -354,7 +354,10 @@ util_write_file_at(int dirfd, const char *path, const void *data, size_t len, un
     bool sync = !(mode & UTIL_WRITE_NOSYNC);
 
     mode &= 07777;
-    fd = openat(dirfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, mode);
+    /* A new file, never whatever had the name (a FIFO would block the open; in a volume a
+     * sandbox filled, it may be anything): what a crash left there goes first. */
+    unlinkat(dirfd, tmp, 0);
+    fd = openat(dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
     if (fd < 0)
         return err_set(errp, ERR_IO, errno, "create %s", tmp);
     if (util_write_all(fd, data, len) < 0 || fchmod(fd, mode) < 0 || (sync && fsync(fd) < 0)) {

@@ -276,7 +276,8 @@ mkdir_owned(int dfd, const char *path, const char *what, unsigned mode, uint32_t
             close(fd);
         if (next < 0) {
             if (errno == ELOOP || errno == ENOTDIR)
-                return err_set(errp, ERR_CONFLICT, 0, "%s is not a directory (a link?)", what);
+                /* 400, not 409: the SDK would send a 409 again, copy and all. */
+                return err_set(errp, ERR_INVALID, 0, "%s is not a directory (a link?)", what);
             return err_set(errp, ERR_IO, errno, "open %s", what);
         }
         fd = next;

@@ -766,7 +766,7 @@ def test_from_environment_keeps_owners_modes_and_shifts_host_ids(mapi):
 
 def test_from_environment_never_follows_a_planted_etc(mapi):
     """A sandbox that makes its /etc a link to a host directory, then is copied: the copy is
-    refused with a 409 that names /etc, and the host directory and what is in it keep their
+    refused with a 400 that names /etc, and the host directory and what is in it keep their
     modes and contents (the server writes the copy's /etc/hosts and /etc/hostname as the
     host's root)."""
     pd = mapi.pd
@@ -784,7 +784,7 @@ def test_from_environment_never_follows_a_planted_etc(mapi):
         vols = set(user_volumes(pd))
         r = mapi.http.post(f"/{V}/environments",
                            json_body={"from_environment": f"environments/{src}"})
-        assert_error_shape(r, 409)
+        assert_error_shape(r, 400)
         assert "/etc" in r.json()["error"]["message"], r.json()
         assert victim.stat().st_mode == vmode
         assert [(p.name, p.stat().st_mode, p.stat().st_uid, p.read_bytes())
@@ -794,6 +794,22 @@ def test_from_environment_never_follows_a_planted_etc(mapi):
         for p in victim.iterdir():
             p.unlink()
         victim.rmdir()
+
+
+def test_from_environment_with_a_fifo_for_hosts_does_not_hang(mapi):
+    """A sandbox that leaves FIFOs where the server writes its copy's /etc/hosts (the name and
+    the server's temporary names) is copied all the same, and the copy has its own hosts."""
+    pd = mapi.pd
+    src = new_env(mapi)
+    pid = mapi.server.proc.pid
+    sh_ok(pd, src, f"cd /etc && rm -f hosts && mkfifo hosts hosts.tmp.{pid} "
+                   f"hostname.tmp.{pid}")
+    r = mapi.http.post(f"/{V}/environments",
+                       json_body={"from_environment": f"environments/{src}"}, timeout=30)
+    assert r.status == 200, r
+    cp = r.json()["id"]
+    pd.ids.add(cp)
+    assert cp in sh_ok(pd, cp, "cat /etc/hosts").text
 
 
 def user_volumes(pd):
