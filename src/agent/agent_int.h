@@ -13,7 +13,7 @@
 #define AGENT_SKILLS_MAX 64
 #define AGENT_MODEL_RETRIES 2      /* model calls that failed after the client's own retries */
 #define AGENT_FORMAT_ERRORS_MAX 3  /* malformed tool calls in a row before giving up */
-#define AGENT_FINISH_TRIES      5  /* tries of an interaction's final write (~15 s of waits) */
+#define AGENT_FINISH_TRIES      5  /* tries of an interaction's final write, 1 to 8 s apart */
 #define AGENT_CANCEL_WAIT_MS    30000 /* a cancel waits this long for the run to record its end */
 
 /** What an interaction runs with, resolved from its request and its agent. */
@@ -88,9 +88,10 @@ char *agent__utf8(const char *s, size_t len);
 
 /* mcp.c */
 struct mcp_server;
-/** Connects to an MCP server (initialize, tools/list) from its mcp_server tool config. */
-int agent__mcp_open(const struct agent_options *o, json_t *cfg, struct mcp_server **out,
-                    struct err **errp);
+/** Connects to an MCP server (initialize, tools/list) from its mcp_server tool config; a set
+ * *cancel (may be NULL) ends it within a second, ERR_CONFLICT. */
+int agent__mcp_open(const struct agent_options *o, json_t *cfg, const volatile int *cancel,
+                    struct mcp_server **out, struct err **errp);
 void agent__mcp_free(struct mcp_server *m);
 const char *agent__mcp_name(const struct mcp_server *m);
 /** Appends the server's tools as declarations {name, description, parameters}. */

@@ -23,6 +23,8 @@ struct mcp_server {
     char *name;
     char *url;
     json_t *headers; /* object name → value */
+    const char **secrets; /* the header values, and each one's part after its scheme ("Bearer
+                             x": x), for redaction; NULL-terminated, pointing into headers */
     json_t *allowed; /* array of tool names, or NULL: all */
     char *session;   /* Mcp-Session-Id, once the server gave one */
     json_t *tools;   /* [{name, description, inputSchema}] */
@@ -230,8 +232,9 @@ rpc(const struct agent_options *o, struct mcp_server *m, const char *method, jso
     if (json_is_object(json_object_get(ans, "error"))) {
         const char *em =
             json_string_value(json_object_get(json_object_get(ans, "error"), "message"));
-        cleanup_free char *esc =
-            log_escape(em != NULL ? em : "error", em != NULL ? strlen(em) : 5, 300);
+        /* The server's words, without the secrets it was sent (a server may echo them). */
+        cleanup_free char *esc = log_escape_redact(em != NULL ? em : "error",
+                                                   em != NULL ? strlen(em) : 5, 300, m->secrets);
         err_set(errp, ERR_UPSTREAM, 0, "mcp server %s: %s: %s", m->name, method, esc);
         goto out;
     }
@@ -258,6 +261,7 @@ agent__mcp_free(struct mcp_server *m)
         return;
     free(m->name);
     free(m->url);
+    free(m->secrets);
     json_decref(m->headers);
     json_decref(m->allowed);
     free(m->session);
@@ -266,8 +270,8 @@ agent__mcp_free(struct mcp_server *m)
 }
 
 int
-agent__mcp_open(const struct agent_options *o, json_t *cfg, struct mcp_server **out,
-                struct err **errp)
+agent__mcp_open(const struct agent_options *o, json_t *cfg, const volatile int *cancel,
+                struct mcp_server **out, struct err **errp)
 {
     struct mcp_server *m = xcalloc(1, sizeof(*m));
     json_t *res = NULL, *tools;
@@ -282,6 +286,23 @@ agent__mcp_open(const struct agent_options *o, json_t *cfg, struct mcp_server **
     m->headers = json_is_object(json_object_get(cfg, "headers"))
                      ? json_incref(json_object_get(cfg, "headers"))
                      : json_object();
+    {
+        const char *k;
+        json_t *v;
+        size_t n = 0;
+        m->secrets = xcalloc(2 * json_object_size(m->headers) + 1, sizeof(*m->secrets));
+        json_object_foreach(m->headers, k, v) {
+            const char *s = json_string_value(v), *sp;
+            if (s == NULL)
+                continue;
+            m->secrets[n++] = s;
+            if ((sp = strchr(s, ' ')) != NULL) {
+                sp += strspn(sp, " ");
+                if (*sp != '\0')
+                    m->secrets[n++] = sp;
+            }
+        }
+    }
     /* allowed_tools: [{mode, tools: [...]}]; the names of every entry together */
     if (json_is_array(allowed) && json_array_size(allowed) > 0) {
         m->allowed = json_array();
@@ -291,13 +312,13 @@ agent__mcp_open(const struct agent_options *o, json_t *cfg, struct mcp_server **
     if (rpc(o, m, "initialize",
             json_pack("{s:s, s:{}, s:{s:s, s:s}}", "protocolVersion", MCP_PROTOCOL, "capabilities",
                       "clientInfo", "name", "paddock", "version", "1"),
-            &res, NULL, errp) < 0)
+            &res, cancel, errp) < 0)
         goto fail;
     json_decref(res);
     res = NULL;
-    if (rpc(o, m, "notifications/initialized", NULL, NULL, NULL, errp) < 0)
+    if (rpc(o, m, "notifications/initialized", NULL, NULL, cancel, errp) < 0)
         goto fail;
-    if (rpc(o, m, "tools/list", json_object(), &res, NULL, errp) < 0)
+    if (rpc(o, m, "tools/list", json_object(), &res, cancel, errp) < 0)
         goto fail;
     tools = json_object_get(res, "tools");
     m->tools = json_array();

@@ -949,14 +949,19 @@ run_calls(struct loop *l, const struct model_turn *t, struct err **errp)
     return 0;
 }
 
-/* Waits ms, or less when the run is cancelled or its deadline (wall clock) comes. The cancel
- * flag has no condition variable of its own: it is looked at every 50 ms. */
+/*
+ * Waits ms, or less once the server stops, the run is cancelled (when cancels counts) or its
+ * deadline (wall clock; 0: none) comes. Neither the cancel flag nor the server's stop has a
+ * condition variable a run could wait on: they are looked at every 50 ms.
+ */
 static void
-pause_run(struct agent_run *r, int64_t deadline, int64_t ms)
+pause_run(struct agent_run *r, int64_t deadline, int64_t ms, bool cancels)
 {
     int64_t until = util_mono_ms() + ms;
 
-    while (!r->cancel && util_mono_ms() < until && util_now_ms() < deadline) {
+    while (util_mono_ms() < until && !(cancels && r->cancel) &&
+           !(deadline != 0 && util_now_ms() >= deadline) &&
+           !(r->svc != NULL && agent_stopping(r->svc))) {
         struct timespec ts = { 0, 50 * 1000000L };
         nanosleep(&ts, NULL);
     }
@@ -1029,7 +1034,7 @@ loop_body(struct loop *l)
                 e = NULL;
                 /* Not at once: the client's own retries are spent, so what failed had
                  * failed for a while (1 s, then 2 s). */
-                pause_run(r, l->deadline, 1000LL << (l->model_retries - 1));
+                pause_run(r, l->deadline, 1000LL << (l->model_retries - 1), true);
                 continue;
             } else {
                 add_error(l, "paddock/model", "model %s: %s", l->plan.model.spec, e->msg);
@@ -1045,8 +1050,10 @@ loop_body(struct loop *l)
         if (l->turns == 1)
             l->tot.initial_input = t.usage.input;
         l->tot.cost += model_cost_usd(&l->plan.model, &t.usage);
-        if (record_turn(l, &t, &e) < 0)
+        if (record_turn(l, &t, &e) < 0) {
+            model_turn_clear(&t);
             goto store_failed;
+        }
         json_array_append(l->history, t.message);
         if (t.ncalls == 0 && t.finish == MODEL_FINISH_MALFORMED) {
             /* A call the upstream could not read (Gemini's MALFORMED_FUNCTION_CALL): a format
@@ -1207,6 +1214,12 @@ load_history(struct loop *l, json_t *steps, struct err **errp)
                            AGENT_CHAIN_MAX);
         }
         if (store_interaction_get(r->st, id, &prev, errp) < 0) {
+            if (depth > 1 && (*errp)->code == ERR_NOT_FOUND) {
+                /* An earlier one, deleted or past retention since: the chain starts after it. */
+                err_free(*errp);
+                *errp = NULL;
+                break;
+            }
             json_decref(inputs);
             return err_wrap(errp, "previous_interaction_id");
         }
@@ -1232,8 +1245,8 @@ load_history(struct loop *l, json_t *steps, struct err **errp)
 /*
  * The final write, tried again while the database stays busy or full for a while: an
  * interaction left in_progress by a failed write looks alive to every client (and to a cancel)
- * until the server restarts. Up to AGENT_FINISH_TRIES tries, 1, 2, 4... s apart, fewer when the
- * server stops.
+ * until the server restarts. Up to AGENT_FINISH_TRIES tries, 1, 2, 4... s apart (each may
+ * itself wait the database's busy timeout), fewer when the server stops.
  */
 static void
 finish_run(struct agent_run *r)
@@ -1242,7 +1255,6 @@ finish_run(struct agent_run *r)
 
     for (int i = 0;; i++) {
         bool last = i + 1 >= AGENT_FINISH_TRIES || (r->svc != NULL && agent_stopping(r->svc));
-        struct timespec ts = { (time_t)1 << i, 0 };
         if (agent__finish(r, last, &e) == 0) {
             if (i > 0)
                 log_info("interaction %s: its end (%s) recorded at try %d", r->it.id, r->it.status,
@@ -1255,7 +1267,7 @@ finish_run(struct agent_run *r)
         e = NULL;
         if (last)
             return;
-        nanosleep(&ts, NULL);
+        pause_run(r, 0, 1000LL << i, false);
     }
 }
 
@@ -1347,10 +1359,18 @@ agent__run(struct agent_run *r)
                 goto finish;
             }
             agent__flush(r);
-            if (agent__mcp_open(r->o, cfg, &l.mcp[l.nmcp], &e) < 0) {
-                add_error(&l, "paddock/mcp", "%s", e->msg);
+            if (r->cancel) {
+                l.end = "cancelled";
+                goto finish;
+            }
+            if (agent__mcp_open(r->o, cfg, &r->cancel, &l.mcp[l.nmcp], &e) < 0) {
+                if (r->cancel) {
+                    l.end = "cancelled";
+                } else {
+                    add_error(&l, "paddock/mcp", "%s", e->msg);
+                    l.end = "failed";
+                }
                 err_free(e);
-                l.end = "failed";
                 goto finish;
             }
             agent__mcp_declare(l.mcp[l.nmcp], l.tools);

@@ -996,6 +996,17 @@ end_unrun(struct store *s, const char *id, const char *status, const char *why, 
     return 0;
 }
 
+/* Whether another process (a paddock run) is running it now, by the runner it recorded. */
+static bool
+runner_alive(const struct store_interaction *it)
+{
+    int pid = 0;
+    unsigned long long start = 0;
+
+    return sscanf(it->runner, "%d:%llu", &pid, &start) == 2 && pid != (int)getpid() && start != 0 &&
+           util_proc_start_time(pid) == start;
+}
+
 static int
 recover(struct agent_service *svc, struct store *s, struct err **errp)
 {
@@ -1006,12 +1017,9 @@ recover(struct agent_service *svc, struct store *s, struct err **errp)
         return -1;
     for (size_t i = 0; i < n; i++) {
         struct store_interaction it = { 0 };
-        int pid = 0;
-        unsigned long long start = 0;
         bool alive = false;
         if (store_interaction_get(s, ids[i], &it, NULL) == 0) {
-            alive = sscanf(it.runner, "%d:%llu", &pid, &start) == 2 && pid != (int)getpid() &&
-                    start != 0 && util_proc_start_time(pid) == start;
+            alive = runner_alive(&it);
             store_interaction_clear(&it);
         }
         if (!alive) /* else another process (paddock run) is running it now */
@@ -1279,7 +1287,7 @@ ended_within(struct agent_service *svc, const char *id, int ms)
                 running = true;
         pthread_mutex_unlock(&svc->mu);
         left = until - util_mono_ms();
-        if (!running || left <= 0)
+        if (!running || left <= 0 || agent_stopping(svc)) /* stopping: agent_wait waits no more */
             return !running;
         agent_wait(svc, id, 0, left < 100 ? (int)left : 100);
     }
@@ -1349,6 +1357,14 @@ agent_delete(struct agent_service *svc, struct store *s, const char *project, co
     if (strcmp(it.project, project) != 0) {
         store_interaction_clear(&it);
         return err_set(errp, ERR_NOT_FOUND, 0, "interaction %s not found", id);
+    }
+    if (!agent_status_final(it.status) && runner_alive(&it)) {
+        int rc = err_set(errp, ERR_CONFLICT, 0,
+                         "interaction %s is being run by another paddock process (%s); cancel "
+                         "it there first",
+                         id, it.runner);
+        store_interaction_clear(&it);
+        return rc;
     }
     if (!agent_status_final(it.status)) {
         agent_cancel(svc, s, project, id, NULL);

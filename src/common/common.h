@@ -176,6 +176,14 @@ void log_err(const struct err *e);
  */
 char *log_escape(const void *data, size_t len, size_t max);
 
+/**
+ * log_escape() of text from outside (an upstream's error message) after every occurrence of
+ * each of secrets (NULL-terminated; NULL: none; ones shorter than 4 bytes are not looked for,
+ * as they would match ordinary words) is replaced by "[redacted]": in that order, so that no
+ * cut leaves a piece of a secret. Owned.
+ */
+char *log_escape_redact(const void *data, size_t len, size_t max, const char *const *secrets);
+
 /* --------------------------------------------------------------- buffers */
 
 /** A growable byte buffer with a mandatory cap (STYLE R-24). Always NUL-terminated. */

@@ -73,6 +73,40 @@ log_escape(const void *data, size_t len, size_t max)
     return escape_impl(data, len, max, false);
 }
 
+/* What a redacted secret becomes; a secret shorter than REDACT_MIN is not looked for. */
+#define REDACTED   "[redacted]"
+#define REDACT_MIN 4
+
+char *
+log_escape_redact(const void *data, size_t len, size_t max, const char *const *secrets)
+{
+    const char *s = data;
+    size_t n = 0, i = 0;
+    cleanup_free char *r = NULL;
+
+    if (secrets == NULL)
+        return log_escape(data, len, max);
+    /* Redacted first, cut after: a secret across the cut would otherwise leave its start.
+     * Keeping one byte past max is enough for the escape to cut there and say so. */
+    r = xmalloc(max + sizeof(REDACTED));
+    while (i < len && n <= max) {
+        size_t k, klen = 0;
+        for (k = 0; secrets[k] != NULL; k++) {
+            klen = strlen(secrets[k]);
+            if (klen >= REDACT_MIN && len - i >= klen && memcmp(s + i, secrets[k], klen) == 0)
+                break;
+        }
+        if (secrets[k] != NULL) {
+            memcpy(r + n, REDACTED, sizeof(REDACTED) - 1);
+            n += sizeof(REDACTED) - 1;
+            i += klen;
+        } else {
+            r[n++] = s[i++];
+        }
+    }
+    return log_escape(r, n, max);
+}
+
 static void vlog(enum log_level level, int errnum, const char *fmt, va_list ap)
     __attribute__((format(printf, 3, 0)));
 

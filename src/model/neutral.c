@@ -331,32 +331,12 @@ model__error_why(const json_t *resp)
     return msg != NULL ? xstrdup(msg) : NULL;
 }
 
-/* What a redacted secret becomes; a secret shorter than REDACT_MIN is not looked for, as it
- * would match ordinary words. */
-#define REDACTED   "[redacted]"
-#define REDACT_MIN 4
-
 char *
 model__upstream_text(const char *s, size_t len, size_t max, const char *secret)
 {
-    size_t klen = secret != NULL ? strlen(secret) : 0, n = 0, i = 0;
-    cleanup_free char *r = NULL;
+    const char *const secrets[] = { secret, NULL };
 
-    if (klen < REDACT_MIN)
-        return log_escape(s, len, max);
-    /* Redacted first, cut after: a secret across the cut would otherwise leave its start.
-     * Keeping one byte past max is enough for the escape to cut there and say so. */
-    r = xmalloc(max + sizeof(REDACTED));
-    while (i < len && n <= max) {
-        if (len - i >= klen && memcmp(s + i, secret, klen) == 0) {
-            memcpy(r + n, REDACTED, sizeof(REDACTED) - 1);
-            n += sizeof(REDACTED) - 1;
-            i += klen;
-        } else {
-            r[n++] = s[i++];
-        }
-    }
-    return log_escape(r, n, max);
+    return log_escape_redact(s, len, max, secrets);
 }
 
 /* ------------------------------------------------------------- generation */

@@ -28,6 +28,8 @@ TOOLS = [
     {"name": "big", "description": "Answers `items` text items of `size` bytes each.",
      "inputSchema": {"type": "object", "properties": {"items": {"type": "integer"},
                                                        "size": {"type": "integer"}}}},
+    {"name": "fail_echo", "description": "Fails, echoing the Authorization header it got.",
+     "inputSchema": {"type": "object"}},
     {"name": "slow", "description": "Answers after `seconds`.",
      "inputSchema": {"type": "object", "properties": {"seconds": {"type": "number"}}}},
     {"name": "secret_tool", "description": "Should be hidden by allowed_tools.",
@@ -36,8 +38,8 @@ TOOLS = [
 
 
 class State:
-    def __init__(self, sse, redirect):
-        self.sse, self.redirect = sse, redirect
+    def __init__(self, sse, redirect, slow_init=0.0):
+        self.sse, self.redirect, self.slow_init = sse, redirect, slow_init
         self.lock = threading.Lock()
         self.requests = []
 
@@ -88,6 +90,7 @@ def make_handler(st):
             method, params = msg.get("method"), msg.get("params") or {}
             headers = {}
             if method == "initialize":
+                time.sleep(st.slow_init)
                 result = {"protocolVersion": "2025-03-26", "capabilities": {"tools": {}},
                           "serverInfo": {"name": "fake-mcp", "version": "1"}}
                 headers["Mcp-Session-Id"] = "sess-42"
@@ -104,6 +107,13 @@ def make_handler(st):
                     n, size = int(args.get("items", 1)), int(args.get("size", 1))
                     result = {"content": [{"type": "text", "text": f"item{i}:" + "x" * size}
                                           for i in range(n)]}
+                elif name == "fail_echo":
+                    # A server that echoes what it was sent in its error: the header's secret.
+                    answer = {"jsonrpc": "2.0", "id": msg["id"],
+                              "error": {"code": -32000, "message": "denied for " +
+                                        str(self.headers.get("Authorization"))}}
+                    self.send(200, json.dumps(answer).encode(), headers=headers)
+                    return
                 elif name == "slow":
                     time.sleep(float(args.get("seconds", 1)))
                     result = {"content": [{"type": "text", "text": "slept"}]}
@@ -135,8 +145,10 @@ def main():
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--sse", action="store_true")
     ap.add_argument("--redirect-to")
+    ap.add_argument("--slow-init", type=float, default=0.0, help="seconds initialize takes")
     a = ap.parse_args()
-    srv = ThreadingHTTPServer(("127.0.0.1", a.port), make_handler(State(a.sse, a.redirect_to)))
+    srv = ThreadingHTTPServer(("127.0.0.1", a.port),
+                              make_handler(State(a.sse, a.redirect_to, a.slow_init)))
     srv.daemon_threads = True
     print(f"listening on http://127.0.0.1:{srv.server_address[1]}", flush=True)
     try:

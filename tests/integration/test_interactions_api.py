@@ -789,6 +789,16 @@ def test_continue_through_an_interaction_that_never_ran(pd, fake):
         assert all(m in seen for m in marks), seen
         assert [seen.index(m) for m in marks] == sorted(seen.index(m) for m in marks), seen
         assert "blocker" not in seen
+        # The first one deleted since: the chain starts after it.
+        assert a.http.delete(f"/{V}/interactions/{first['id']}").status == 200
+        fake.reset()
+        fake.script([{"text": "fourth answer"}])
+        w = a.create({"model": "openai:fake", "input": "fourth question FOUR",
+                      "previous_interaction_id": y["id"]})
+        assert w["status"] == "completed", w
+        seen = all_text(model_calls(fake, 1)[0])
+        assert "second question TWO" in seen and "fourth question FOUR" in seen, seen
+        assert "first question ONE" not in seen and "ALPHA-ANSWER" not in seen, seen
     finally:
         a.stop()
 

@@ -7,8 +7,10 @@ import json
 import os
 import pty
 import re
+import sqlite3
 import subprocess
 
+from apiserver import assert_error_shape
 from agentkit import *  # noqa: F401,F403
 
 LAST_RE = re.compile(r"interaction (int_[0-9a-z]+) (\w+); environment (env_[0-9a-z]+)")
@@ -151,3 +153,31 @@ def test_run_tokens_so_far_count_every_turn(pd, fake):
     out, text = run_on_a_terminal(pd, fake, "--model", "openai:gpt-4o", "count")
     # Both turns: 1020 + 1105 tokens.
     assert re.search(r"\b2,?125 tokens", text), f"the tokens so far are not the run's: {text}"
+
+
+def test_delete_of_a_run_another_process_runs_is_refused(pd, fake):
+    """While `paddock run` runs an interaction, the server's DELETE of it answers 409 naming
+    the other process, rather than deleting rows that process goes on writing."""
+    a = AgentServer(pd, fake).start()
+    p = None
+    try:
+        fake.script([{"hang": True}])
+        env = dict(pd.env)
+        env.pop("PADDOCK_MODEL", None)
+        env.update(fake.env())
+        p = subprocess.Popen(pd.argv("run", "--model", "openai:fake", "hello"), env=env,
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+        model_calls(fake, 1)
+        db = sqlite3.connect(str(pd.data / "paddock.db"), timeout=10)
+        (iid,) = db.execute("SELECT id FROM interactions WHERE status = 'in_progress'").fetchone()
+        db.close()
+        r = a.http.delete(f"/{V}/interactions/{iid}")
+        assert_error_shape(r, 409)
+        assert "another paddock process" in r.json()["error"]["message"], r.json()
+        assert a.get(iid)["status"] == "in_progress"
+    finally:
+        if p is not None:
+            p.kill()
+            p.wait()
+        a.stop()

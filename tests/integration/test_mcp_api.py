@@ -175,6 +175,56 @@ def test_mcp_call_in_flight_is_cancelled(pd, model):
         mcp.stop()
 
 
+def test_mcp_server_slow_to_open_is_cancelled(pd, model):
+    """A cancel while paddock connects to an MCP server (its initialize takes 30 s) ends the
+    interaction cancelled within seconds."""
+    mcp = Proc(str(FAKES / "mcp_server.py"), "--port", "0", "--slow-init", "30")
+    s, http = serve(pd, model)
+    try:
+        model.call("POST", "/_script", [{"text": "never"}])
+        r = http.post("/v1beta/interactions", json_body={
+            "agent": AGENT, "input": "x", "background": True,
+            "environment": {"type": "remote", "network": "disabled"},
+            "tools": [mcp_tool(mcp.url + "/")]})
+        assert r.status == 200, r
+        iid = r.json()["id"]
+        deadline = time.monotonic() + 15
+        while not mcp.call("GET", "/_requests"):
+            assert time.monotonic() < deadline, "paddock never connected"
+            time.sleep(0.05)
+        t0 = time.monotonic()
+        r = http.post(f"/v1beta/interactions/{iid}/cancel")
+        assert r.status == 200 and r.json()["status"] == "cancelled", r
+        assert time.monotonic() - t0 < 5
+        assert not model.call("GET", "/_requests"), "the model was called after the cancel"
+    finally:
+        finish(s)
+        mcp.stop()
+
+
+def test_mcp_error_never_carries_the_header_secret(pd, model):
+    """An MCP server that echoes its Authorization header in a JSON-RPC error: the result the
+    model and the step see, and the server's log, have it redacted."""
+    mcp = Proc(str(FAKES / "mcp_server.py"), "--port", "0")
+    s, http = serve(pd, model)
+    try:
+        model.call("POST", "/_script", [{"calls": [{"name": "fail_echo", "args": {}}]},
+                                        {"text": "done"}])
+        it = run(http, {"agent": AGENT, "input": "x",
+                        "environment": {"type": "remote", "network": "disabled"},
+                        "tools": [mcp_tool(mcp.url + "/")]})
+        assert it["status"] == "completed", it
+        res = [st for st in it["steps"] if st["type"] == "mcp_server_tool_result"][0]
+        assert res["is_error"] and "denied for" in res["result"], res
+        assert "[redacted]" in res["result"], res
+        assert "mcp-secret-123" not in json.dumps([it["steps"], it.get("errors")])
+        assert "mcp-secret-123" not in json.dumps(model.call("GET", "/_requests"))
+        assert "mcp-secret-123" not in "\n".join(s.log_lines())
+    finally:
+        finish(s)
+        mcp.stop()
+
+
 def test_mcp_headers_never_follow_a_redirect(pd, model):
     other = Proc(str(FAKES / "mcp_server.py"), "--port", "0")
     mcp = Proc(str(FAKES / "mcp_server.py"), "--port", "0", "--redirect-to", other.url + "/")
