@@ -1,5 +1,6 @@
 /* The caller's side of exec: send the request, relay stdin, hand output to a callback. */
 #include <errno.h>
+#include <limits.h>
 #include <poll.h>
 #include <stdio.h>
 #include <string.h>
@@ -95,10 +96,33 @@ on_frame(struct proto_frame *f, const struct sandbox_exec_opts *o, struct sandbo
     return err_set(errp, ERR_IO, 0, "unexpected frame %u from sandbox init", f->type);
 }
 
+/*
+ * How long the next poll may wait. A command may run silent for as long as its timeout, so
+ * exec has no limit on the wait for output; but the handler kills the command at its timeout
+ * and answers right after, so a result that has not come PROTO_TIMEOUT_MS later never will
+ * (a handler stopped by a process of the sandbox). Without a timeout there is no deadline.
+ */
+static int
+poll_ms(const struct sandbox_exec_opts *o, int64_t deadline_ms)
+{
+    int64_t left;
+
+    if (deadline_ms < 0)
+        return o->cancel != NULL ? 100 : -1;
+    left = deadline_ms - util_mono_ms();
+    if (left < 0)
+        left = 0;
+    if (o->cancel != NULL && left > 100)
+        left = 100; /* to see a cancel */
+    return left > INT_MAX ? INT_MAX : (int)left;
+}
+
 int
 sandbox_exec(const char *env_dir, const struct sandbox_exec_opts *o,
              struct sandbox_exec_result *out, struct err **errp)
 {
+    int64_t deadline_ms =
+        o->timeout_ms > 0 ? util_mono_ms() + (int64_t)o->timeout_ms + PROTO_TIMEOUT_MS : -1;
     cleanup_close int conn = sandbox__connect(env_dir, errp);
     json_t *req;
     struct proto_sendq q;
@@ -106,12 +130,12 @@ sandbox_exec(const char *env_dir, const struct sandbox_exec_opts *o,
     int rc = -1;
 
     if (conn < 0)
-        return -1;
+        return err_wrap(errp, "exec");
     req = exec_request(o);
     rc = sandbox__proto_send_json(conn, PROTO_REQ, req, errp);
     json_decref(req);
     if (rc < 0)
-        return -1;
+        return err_wrap(errp, "exec");
     sandbox__sendq_init(&q);
     for (;;) {
         struct pollfd p[2] = {
@@ -119,11 +143,19 @@ sandbox_exec(const char *env_dir, const struct sandbox_exec_opts *o,
             {in_fd, (short)(sandbox__sendq_pending(&q) ? 0 : POLLIN), 0},
         };
         struct proto_frame f;
+        int n = poll(p, 2, poll_ms(o, deadline_ms));
 
-        if (poll(p, 2, o->cancel != NULL ? 100 : -1) < 0) {
+        if (n < 0) {
             if (errno == EINTR)
                 continue;
             rc = err_set(errp, ERR_IO, errno, "poll");
+            break;
+        }
+        if (n == 0 && deadline_ms >= 0 && util_mono_ms() >= deadline_ms) {
+            rc = err_set(errp, ERR_TIMEOUT, 0,
+                         "the sandbox sent no result %d s after the command's %.1f s timeout "
+                         "(is its handler stopped?)",
+                         PROTO_TIMEOUT_MS / 1000, (double)o->timeout_ms / 1000);
             break;
         }
         if (o->cancel != NULL && *o->cancel) {

@@ -43,6 +43,18 @@ sandbox_path_resolve(const char *path, char **abs_out, struct err **errp)
     return 0;
 }
 
+/*
+ * A timeout from the control protocol names the socket, not what was asked of it: the
+ * operation and its path are added here. Other errors already say both. Returns -1.
+ */
+static int
+name_timeout(struct err **errp, const char *op, const char *path)
+{
+    if (errp != NULL && *errp != NULL && (*errp)->code == ERR_TIMEOUT)
+        err_wrap(errp, "%s %s", op, path);
+    return -1;
+}
+
 /* Connects and sends a request {op, path, ...extra}; returns the connection. */
 static int
 request(const char *env_dir, const char *op, const char *path, json_t *extra, struct err **errp)
@@ -124,9 +136,9 @@ sandbox_file_read(const char *env_dir, const char *path, uint64_t offset, uint64
         env_dir, "read", path,
         json_pack("{s:I, s:I}", "offset", (json_int_t)offset, "max", (json_int_t)max), errp);
 
-    if (conn < 0)
-        return -1;
-    return until_result(conn, cb, NULL, arg, errp);
+    if (conn < 0 || until_result(conn, cb, NULL, arg, errp) < 0)
+        return name_timeout(errp, "read", path);
+    return 0;
 }
 
 /* Sends in_fd's content to a request that answers an empty DATA frame when it is ready. */
@@ -136,6 +148,7 @@ send_content(const char *env_dir, const char *op, const char *path, json_t *extr
 {
     cleanup_close int conn = request(env_dir, op, path, extra, errp);
     struct proto_frame f;
+    struct err *se = NULL;
     char chunk[PROTO_CHUNK];
     uint64_t n = 0;
 
@@ -162,7 +175,16 @@ send_content(const char *env_dir, const char *op, const char *path, json_t *extr
         if (max > 0 && n > max)
             return err_set(errp, ERR_LIMIT, 0, "input is larger than %llu bytes",
                            (unsigned long long)max);
-        if (sandbox__proto_send(conn, PROTO_DATA, chunk, (size_t)r, NULL) < 0) {
+        if (sandbox__proto_send(conn, PROTO_DATA, chunk, (size_t)r, &se) < 0) {
+            /* A handler that stopped taking data has no result to wait for. */
+            if (se->code == ERR_TIMEOUT) {
+                if (errp != NULL)
+                    *errp = se;
+                else
+                    err_free(se);
+                return -1;
+            }
+            err_free(se);
             /* Init gave up (disk full, say): its result says why. */
             if (until_result(conn, NULL, NULL, NULL, errp) < 0)
                 return -1;
@@ -178,17 +200,20 @@ int
 sandbox_file_write(const char *env_dir, const char *path, unsigned mode, int in_fd, uint64_t max,
                    struct err **errp)
 {
-    return send_content(
-        env_dir, "write", path,
-        json_pack("{s:i, s:I}", "mode", (int)(mode & 07777), "max", (json_int_t)max), in_fd, max,
-        errp);
+    if (send_content(env_dir, "write", path,
+                     json_pack("{s:i, s:I}", "mode", (int)(mode & 07777), "max", (json_int_t)max),
+                     in_fd, max, errp) < 0)
+        return name_timeout(errp, "write", path);
+    return 0;
 }
 
 int
 sandbox_extract(const char *env_dir, const char *dir, int in_fd, uint64_t max, struct err **errp)
 {
-    return send_content(env_dir, "extract", dir, json_pack("{s:I}", "max", (json_int_t)max),
-                        in_fd, max, errp);
+    if (send_content(env_dir, "extract", dir, json_pack("{s:I}", "max", (json_int_t)max), in_fd,
+                     max, errp) < 0)
+        return name_timeout(errp, "extract into", dir);
+    return 0;
 }
 
 int
@@ -201,9 +226,9 @@ sandbox_file_list(const char *env_dir, const char *path, bool recursive, const c
     if (after != NULL)
         json_object_set_new(extra, "after", sandbox__json_bytes(after));
     conn = request(env_dir, "list", path, extra, errp);
-    if (conn < 0)
-        return -1;
-    return until_result(conn, NULL, cb, arg, errp);
+    if (conn < 0 || until_result(conn, NULL, cb, arg, errp) < 0)
+        return name_timeout(errp, "list", path);
+    return 0;
 }
 
 int
@@ -216,12 +241,12 @@ sandbox_snapshot(const char *env_dir, bool count_only, sandbox_output_cb *cb, vo
     int r;
 
     if (conn < 0)
-        return -1;
+        return err_wrap(errp, "snapshot");
     req = json_pack("{s:s, s:b}", "op", "snapshot", "count_only", count_only);
     r = sandbox__proto_send_json(conn, PROTO_REQ, req, errp);
     json_decref(req);
     if (r < 0)
-        return -1;
+        return err_wrap(errp, "snapshot");
     for (;;) {
         if (sandbox__proto_recv(conn, &f, errp) < 0)
             return err_wrap(errp, "snapshot");
@@ -254,9 +279,9 @@ sandbox_file_delete(const char *env_dir, const char *path, bool recursive, struc
     cleanup_close int conn =
         request(env_dir, "delete", path, json_pack("{s:b}", "recursive", recursive), errp);
 
-    if (conn < 0)
-        return -1;
-    return until_result(conn, NULL, NULL, NULL, errp);
+    if (conn < 0 || until_result(conn, NULL, NULL, NULL, errp) < 0)
+        return name_timeout(errp, "delete", path);
+    return 0;
 }
 
 /* ---------------------------------------------------------------- streams */
@@ -267,6 +292,7 @@ sandbox_file_delete(const char *env_dir, const char *path, bool recursive, struc
  */
 struct sandbox_stream {
     int conn;
+    char *what;    /* "read PATH" or "snapshot", for errors */
     uint32_t left; /* bytes of the current DATA frame not read yet */
     bool done;
 };
@@ -278,16 +304,15 @@ stream_next(struct sandbox_stream *s, struct err **errp)
     while (s->left == 0 && !s->done) {
         uint32_t type, len;
         if (sandbox__proto_recv_header(s->conn, &type, &len, errp) < 0)
-            return -1;
+            return err_wrap(errp, "%s", s->what);
         if (type == PROTO_DATA) {
             s->left = len;
         } else if (type == PROTO_RESULT) {
             struct proto_frame f = {type, len, xmalloc((size_t)len + 1)};
-            int r = util_read_exact(s->conn, f.data, len);
+            int r = sandbox__proto_recv_payload(s->conn, f.data, len, errp);
             f.data[len] = '\0';
             s->done = true;
-            r = r < 0 ? err_set(errp, ERR_IO, errno, "truncated result from sandbox init")
-                      : sandbox__proto_result(&f, NULL, errp);
+            r = r < 0 ? err_wrap(errp, "%s", s->what) : sandbox__proto_result(&f, NULL, errp);
             sandbox__proto_frame_free(&f);
             return r;
         } else {
@@ -297,13 +322,14 @@ stream_next(struct sandbox_stream *s, struct err **errp)
     return 0;
 }
 
-/* Takes a connection with a request sent and waits for its first frame. */
+/* Takes a connection with a request sent and waits for its first frame; takes what. */
 static int
-stream_start(int conn, struct sandbox_stream **out, struct err **errp)
+stream_start(int conn, char *what, struct sandbox_stream **out, struct err **errp)
 {
     struct sandbox_stream *s = xcalloc(1, sizeof(*s));
 
     s->conn = conn;
+    s->what = what;
     if (stream_next(s, errp) < 0) {
         sandbox_stream_close(s);
         return -1;
@@ -320,8 +346,8 @@ sandbox_stream_open_read(const char *env_dir, const char *path, struct sandbox_s
                        errp);
 
     if (conn < 0)
-        return -1;
-    return stream_start(conn, out, errp);
+        return name_timeout(errp, "read", path);
+    return stream_start(conn, xasprintf("read %s", path), out, errp);
 }
 
 int
@@ -331,15 +357,15 @@ sandbox_stream_open_snapshot(const char *env_dir, struct sandbox_stream **out, s
     json_t *req;
 
     if (conn < 0)
-        return -1;
+        return err_wrap(errp, "snapshot");
     req = json_pack("{s:s, s:b}", "op", "snapshot", "count_only", 0);
     if (sandbox__proto_send_json(conn, PROTO_REQ, req, errp) < 0) {
         json_decref(req);
         close(conn);
-        return -1;
+        return err_wrap(errp, "snapshot");
     }
     json_decref(req);
-    return stream_start(conn, out, errp);
+    return stream_start(conn, xstrdup("snapshot"), out, errp);
 }
 
 ssize_t
@@ -351,11 +377,9 @@ sandbox_stream_read(struct sandbox_stream *s, void *buf, size_t len, struct err 
         return -1;
     if (s->done)
         return 0;
-    do
-        n = recv(s->conn, buf, len < s->left ? len : s->left, 0);
-    while (n < 0 && errno == EINTR);
-    if (n <= 0)
-        return err_set(errp, ERR_IO, n < 0 ? errno : 0, "sandbox init broke off the stream");
+    n = sandbox__proto_recv_some(s->conn, buf, len < s->left ? len : s->left, errp);
+    if (n < 0)
+        return err_wrap(errp, "%s", s->what);
     s->left -= (uint32_t)n;
     return n;
 }
@@ -366,5 +390,6 @@ sandbox_stream_close(struct sandbox_stream *s)
     if (s == NULL)
         return;
     close(s->conn);
+    free(s->what);
     free(s);
 }

@@ -266,6 +266,7 @@ path_cmp(const char *a, const char *b)
 
 struct list_walk {
     int conn;
+    struct proto_alive alive; /* for stretches that emit nothing (before a resume point) */
     bool recursive;
     const char *after; /* resume strictly after this path in walk order; NULL: from the start */
     size_t limit;      /* stop after this many entries; 0: no limit */
@@ -352,6 +353,7 @@ list_dir(struct list_walk *w, int dfd, const char *path, int depth, struct err *
             xasprintf("%s%s%s", path, strcmp(path, "/") == 0 ? "" : "/", names[i]);
         bool emit = true, descend = w->recursive;
 
+        sandbox__proto_alive(&w->alive);
         if (w->after != NULL) {
             int c = path_cmp(child, w->after);
             size_t cl = strlen(child);
@@ -394,7 +396,7 @@ sandbox__handle_list(int conn, json_t *req)
     cleanup_free char *after = NULL;
     struct err *e = NULL;
     struct stat st;
-    struct list_walk w = {.conn = conn};
+    struct list_walk w = { .conn = conn, .alive = { conn, 0 } };
     json_t *ja = json_object_get(req, "after");
     int dfd, rc;
 
@@ -426,9 +428,12 @@ sandbox__handle_list(int conn, json_t *req)
                               rc == LIST_STOP));
 }
 
-/* Removes everything below the directory open at dfd without following any symlink. */
+/*
+ * Removes everything below the directory open at dfd without following any symlink; alive
+ * keeps the caller waiting for as long as that takes.
+ */
 static int
-remove_tree(int dfd, const char *path, int depth, struct err **errp)
+remove_tree(int dfd, const char *path, int depth, struct proto_alive *alive, struct err **errp)
 {
     DIR *d;
     struct dirent *de;
@@ -447,6 +452,7 @@ remove_tree(int dfd, const char *path, int depth, struct err **errp)
     while (rc == 0 && (de = readdir(d)) != NULL) {
         if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
             continue;
+        sandbox__proto_alive(alive);
         if (unlinkat(dirfd(d), de->d_name, 0) == 0)
             continue;
         if (errno == EISDIR || errno == EPERM) {
@@ -456,7 +462,7 @@ remove_tree(int dfd, const char *path, int depth, struct err **errp)
                 rc = err_set(errp, sandbox__errno_code(errno), errno, "delete %s/%s", path, de->d_name);
                 break;
             }
-            rc = remove_tree(cfd, path, depth + 1, errp);
+            rc = remove_tree(cfd, path, depth + 1, alive, errp);
             if (rc == 0 && unlinkat(dirfd(d), de->d_name, AT_REMOVEDIR) < 0)
                 rc = err_set(errp, sandbox__errno_code(errno), errno, "delete %s/%s", path, de->d_name);
         } else if (errno != ENOENT) {
@@ -473,6 +479,7 @@ sandbox__handle_delete(int conn, json_t *req)
     cleanup_free char *path = NULL;
     struct err *e = NULL;
     struct stat st;
+    struct proto_alive alive = { conn, 0 };
     bool recursive = json_is_true(json_object_get(req, "recursive"));
 
     if (req_path(req, &path, &e) < 0)
@@ -496,7 +503,7 @@ sandbox__handle_delete(int conn, json_t *req)
         }
         if (recursive) {
             dfd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-            if (dfd < 0 || remove_tree(dfd, path, 0, &e) < 0 || rmdir(path) < 0) {
+            if (dfd < 0 || remove_tree(dfd, path, 0, &alive, &e) < 0 || rmdir(path) < 0) {
                 if (e == NULL)
                     err_set(&e, sandbox__errno_code(errno), errno, "delete %s", path);
                 return fail(conn, e);

@@ -372,13 +372,46 @@ reap_all(struct init_state *st)
         idle_remove(st, pid); /* died while waiting for a connection */
 }
 
-/* True when pid is a child of init that has not exited (a zombie or a reaped pid is not). */
-static bool
-child_running(pid_t pid)
+enum child_state {
+    CHILD_GONE,    /* exited (a zombie), or no longer a child */
+    CHILD_STOPPED, /* stopped by a signal (SIGSTOP, SIGTSTP, ...) */
+    CHILD_RUNNING,
+};
+
+/* Where a child of init stands, without reaping it or consuming its stop. */
+static enum child_state
+child_state(pid_t pid)
 {
     siginfo_t si = {0};
 
-    return waitid(P_PID, (id_t)pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 && si.si_pid == 0;
+    if (waitid(P_PID, (id_t)pid, &si, WEXITED | WSTOPPED | WNOHANG | WNOWAIT) < 0)
+        return CHILD_GONE;
+    if (si.si_pid == 0)
+        return CHILD_RUNNING;
+    return si.si_code == CLD_STOPPED ? CHILD_STOPPED : CHILD_GONE;
+}
+
+/*
+ * Processes of the sandbox run as the handlers' uid and may stop them: `kill -STOP -1` reaches
+ * every process but pid 1. A stopped handler takes no connection, and while init counted it
+ * as waiting it forked no other, so connections would wait in the listen queue for ever. The
+ * kernel tells init of the stop (SIGCHLD with CLD_STOPPED, on the signalfd it reads anyway):
+ * init kills a stopped idle handler and forgets it, and the next spare is forked as for any
+ * handler gone. A busy handler that is stopped is left alone: its caller times out.
+ */
+static void
+idle_drop_stopped(struct init_state *st)
+{
+    for (size_t i = 0; i < st->n_idle;) {
+        pid_t pid = st->idle[i];
+
+        if (child_state(pid) != CHILD_STOPPED) {
+            i++;
+            continue;
+        }
+        kill(pid, SIGKILL);
+        idle_remove(st, pid); /* moves the last one to i */
+    }
 }
 
 /*
@@ -391,12 +424,16 @@ on_msg(struct init_state *st, const struct init_msg *m)
 {
     if (m->kind == INIT_MSG_TOOK) {
         idle_remove(st, m->pid);
-    } else if (m->kind == INIT_MSG_BACK && child_running(m->pid)) {
+    } else if (m->kind == INIT_MSG_BACK) {
+        enum child_state cs = child_state(m->pid);
+
         idle_remove(st, m->pid);
-        if (st->n_idle < INIT_MAX_IDLE)
+        if (cs == CHILD_RUNNING && st->n_idle < INIT_MAX_IDLE)
             st->idle[st->n_idle++] = m->pid;
-        else
+        else if (cs == CHILD_RUNNING)
             kill(m->pid, SIGUSR1);
+        else if (cs == CHILD_STOPPED)
+            kill(m->pid, SIGKILL); /* stopped on its way back: see idle_drop_stopped() */
     }
 }
 
@@ -456,6 +493,7 @@ sandbox__init_main(int listen_fd)
             while (read(st.sfd, &si, sizeof(si)) > 0)
                 ;
             reap_all(&st);
+            idle_drop_stopped(&st);
         }
         if (p[2].revents & POLLIN && st.n_idle == 0)
             on_conn_waiting(&st);

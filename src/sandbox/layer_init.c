@@ -30,6 +30,7 @@
 
 struct walk {
     int conn;
+    struct proto_alive alive;
     struct archive *ar; /* NULL: only count */
     uint64_t files;
     uint64_t bytes;
@@ -142,6 +143,7 @@ walk_dir(struct walk *w, int dfd, const char *prefix, int depth, const char *ski
         struct stat st;
         cleanup_free char *path = xasprintf("%s%s%s", prefix, *prefix ? "/" : "", names[i]);
 
+        sandbox__proto_alive(&w->alive);
         if (fstatat(dirfd(d), names[i], &st, AT_SYMLINK_NOFOLLOW) < 0)
             continue;
         rc = add_entry(w, dirfd(d), names[i], path, &st);
@@ -175,7 +177,7 @@ walk_layer(struct walk *w, int layer_fd, const char *prefix, const char *skip)
 int
 sandbox__handle_snapshot(int conn, json_t *req)
 {
-    struct walk w = {.conn = conn};
+    struct walk w = { .conn = conn, .alive = { conn, 0 } };
     bool count_only = json_is_true(json_object_get(req, "count_only"));
     cleanup_free char *buf = NULL;
     json_t *res;
@@ -469,16 +471,72 @@ see_entry(struct seen_set *s, struct archive_entry *ent, struct err **errp)
     return 0;
 }
 
-/* Opens the archive on the spooled copy at fd (rewound). */
+/*
+ * The spooled archive, read by both passes. Its reader is archive_read_open_fd()'s, plus a
+ * keep-alive to the caller at every block: checking or extracting a large archive sends
+ * nothing else until the result.
+ */
+struct spool {
+    int fd;
+    struct proto_alive alive;
+    char *buf; /* TAR_BLOCK bytes */
+};
+
+static la_ssize_t
+spool_read(struct archive *a, void *arg, const void **buf)
+{
+    struct spool *s = arg;
+    ssize_t n;
+
+    sandbox__proto_alive(&s->alive);
+    do
+        n = read(s->fd, s->buf, TAR_BLOCK);
+    while (n < 0 && errno == EINTR);
+    if (n < 0)
+        archive_set_error(a, errno, "read the spooled archive");
+    *buf = s->buf;
+    return n;
+}
+
+/* Skips by seeking; 0 (nothing skipped) makes libarchive read through instead. */
+static la_int64_t
+spool_skip(struct archive *a, void *arg, la_int64_t request)
+{
+    struct spool *s = arg;
+    off_t from = lseek(s->fd, 0, SEEK_CUR);
+    off_t to = from < 0 ? -1 : lseek(s->fd, request, SEEK_CUR);
+
+    (void)a;
+    return to < 0 ? 0 : to - from;
+}
+
+static la_int64_t
+spool_seek(struct archive *a, void *arg, la_int64_t offset, int whence)
+{
+    struct spool *s = arg;
+    off_t r = lseek(s->fd, offset, whence);
+
+    if (r < 0) {
+        archive_set_error(a, errno, "seek in the spooled archive");
+        return ARCHIVE_FATAL;
+    }
+    return r;
+}
+
+/* Opens the archive on the spooled copy (rewound). */
 static struct archive *
-open_spool(int fd, struct err **errp)
+open_spool(struct spool *s, struct err **errp)
 {
     struct archive *a = archive_read_new();
 
     archive_read_support_filter_all(a);
     archive_read_support_format_tar(a);
     archive_read_support_format_zip(a);
-    if (lseek(fd, 0, SEEK_SET) < 0 || archive_read_open_fd(a, fd, TAR_BLOCK) != ARCHIVE_OK) {
+    archive_read_set_callback_data(a, s);
+    archive_read_set_read_callback(a, spool_read);
+    archive_read_set_skip_callback(a, spool_skip);
+    archive_read_set_seek_callback(a, spool_seek);
+    if (lseek(s->fd, 0, SEEK_SET) < 0 || archive_read_open1(a) != ARCHIVE_OK) {
         err_set(errp, ERR_INVALID, 0, "not a tar or zip archive: %s",
                 archive_error_string(a) ? archive_error_string(a) : "unreadable");
         archive_read_free(a);
@@ -493,9 +551,9 @@ open_spool(int fd, struct err **errp)
  * walk out of the target one innocent-looking step at a time).
  */
 static int
-check_archive(int fd, uint64_t *entries, struct err **errp)
+check_archive(struct spool *s, uint64_t *entries, struct err **errp)
 {
-    struct archive *a = open_spool(fd, errp);
+    struct archive *a = open_spool(s, errp);
     struct archive_entry *ent;
     int r;
 
@@ -532,9 +590,9 @@ disk_fail(struct archive *disk, struct archive_entry *ent, struct err **errp)
 
 /* Second pass: write, with libarchive's own guards on as well (symlinks, "..", "/"). */
 static int
-extract_archive(int fd, struct err **errp)
+extract_archive(struct spool *s, struct err **errp)
 {
-    struct archive *a = open_spool(fd, errp);
+    struct archive *a = open_spool(s, errp);
     struct archive *disk;
     struct archive_entry *ent;
     int r, rc = 0;
@@ -579,7 +637,9 @@ sandbox__handle_extract(int conn, json_t *req)
 {
     struct pull p = {.conn = conn};
     cleanup_free char *dir = NULL;
+    cleanup_free char *buf = NULL;
     cleanup_close int spool = -1;
+    struct spool sp;
     struct err *e = NULL;
     uint64_t entries = 0;
     bool made_dir = false;
@@ -630,7 +690,9 @@ sandbox__handle_extract(int conn, json_t *req)
             goto fail;
         }
     }
-    if (check_archive(spool, &entries, &e) < 0 || extract_archive(spool, &e) < 0)
+    buf = xmalloc(TAR_BLOCK);
+    sp = (struct spool){ spool, { conn, 0 }, buf };
+    if (check_archive(&sp, &entries, &e) < 0 || extract_archive(&sp, &e) < 0)
         goto fail;
     res = json_pack("{s:b, s:I}", "ok", 1, "entries", (json_int_t)entries);
     r = sandbox__proto_send_json(conn, PROTO_RESULT, res, NULL);

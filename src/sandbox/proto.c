@@ -8,10 +8,35 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include "sandbox_int.h"
+
+/* The send or receive timeout set on fd, in seconds, for messages. */
+static double
+timeout_s(int fd, int optname)
+{
+    struct timeval tv = { 0, 0 };
+    socklen_t n = sizeof(tv);
+
+    if (getsockopt(fd, SOL_SOCKET, optname, &tv, &n) < 0)
+        return 0;
+    return (double)tv.tv_sec + (double)tv.tv_usec / 1e6;
+}
+
+int
+sandbox__proto_set_timeout(int fd, int timeout_ms, struct err **errp)
+{
+    struct timeval tv = { timeout_ms / 1000, (timeout_ms % 1000) * 1000 };
+
+    /* SO_SNDTIMEO also bounds a connect() that waits for room in a full listen queue. */
+    if (setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) < 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0)
+        return err_set(errp, ERR_IO, errno, "set the control socket's timeouts");
+    return 0;
+}
 
 int
 sandbox__proto_send(int fd, uint32_t type, const void *data, size_t len, struct err **errp)
@@ -26,6 +51,11 @@ sandbox__proto_send(int fd, uint32_t type, const void *data, size_t len, struct 
         ssize_t w = sendmsg(fd, &mh, MSG_NOSIGNAL);
         if (w < 0 && errno == EINTR)
             continue;
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return err_set(errp, ERR_TIMEOUT, 0,
+                           "the sandbox's control socket took nothing for %g s (is its "
+                           "handler stopped?)",
+                           timeout_s(fd, SO_SNDTIMEO));
         if (w < 0)
             return err_set(errp, ERR_IO, errno, "send to sandbox init");
         total -= (size_t)w;
@@ -57,6 +87,41 @@ sandbox__proto_send_json(int fd, uint32_t type, json_t *obj, struct err **errp)
     return sandbox__proto_send(fd, type, s, strlen(s), errp);
 }
 
+/*
+ * Reads exactly len bytes. Every recv() waits at most the socket's receive timeout, so the
+ * limit is on inactivity: a frame that arrives slowly but steadily is read to its end.
+ * Returns how many bytes came before the peer closed, or -1 (errno set).
+ */
+static ssize_t
+recv_full(int fd, void *data, size_t len)
+{
+    size_t got = 0;
+
+    while (got < len) {
+        ssize_t r = recv(fd, (char *)data + got, len - got, MSG_WAITALL);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return -1;
+        if (r == 0)
+            break;
+        got += (size_t)r;
+    }
+    return (ssize_t)got;
+}
+
+/* The error for a failed recv_full(); what names the part of a frame that did not come. */
+static int
+recv_fail(int fd, const char *what, struct err **errp)
+{
+    if (errno == EAGAIN || errno == EWOULDBLOCK)
+        return err_set(errp, ERR_TIMEOUT, 0,
+                       "the sandbox's control socket did not answer within %g s (is its "
+                       "handler stopped?)",
+                       timeout_s(fd, SO_RCVTIMEO));
+    return err_set(errp, ERR_IO, errno, "receive %s from sandbox init", what);
+}
+
 int
 sandbox__proto_recv_header(int fd, uint32_t *type, uint32_t *len, struct err **errp)
 {
@@ -64,14 +129,16 @@ sandbox__proto_recv_header(int fd, uint32_t *type, uint32_t *len, struct err **e
     ssize_t r;
 
     do {
-        r = recv(fd, hdr, sizeof(hdr), MSG_WAITALL);
-    } while (r < 0 && errno == EINTR);
-    if (r == 0)
-        return err_set(errp, ERR_IO, 0, "sandbox init closed the connection");
-    if (r < 0)
-        return err_set(errp, ERR_IO, errno, "receive from sandbox init");
-    if ((size_t)r < sizeof(hdr))
-        return err_set(errp, ERR_IO, 0, "short frame header from sandbox init");
+        r = recv_full(fd, hdr, sizeof(hdr));
+        if (r < 0)
+            return recv_fail(fd, "a frame", errp);
+        if (r == 0)
+            return err_set(errp, ERR_IO, 0, "sandbox init closed the connection");
+        if ((size_t)r < sizeof(hdr))
+            return err_set(errp, ERR_IO, 0, "short frame header from sandbox init");
+        if (hdr[0] == PROTO_ALIVE && hdr[1] != 0)
+            return err_set(errp, ERR_IO, 0, "keep-alive frame with a payload from sandbox init");
+    } while (hdr[0] == PROTO_ALIVE);
     if (hdr[0] < PROTO_REQ || hdr[0] > PROTO_RESULT)
         return err_set(errp, ERR_IO, 0, "unknown frame type %u from sandbox init", hdr[0]);
     if (hdr[1] > PROTO_MAX_FRAME)
@@ -83,25 +150,59 @@ sandbox__proto_recv_header(int fd, uint32_t *type, uint32_t *len, struct err **e
 }
 
 int
-sandbox__proto_recv(int fd, struct proto_frame *f, struct err **errp)
+sandbox__proto_recv_payload(int fd, void *data, size_t len, struct err **errp)
+{
+    ssize_t r = recv_full(fd, data, len);
+
+    if (r < 0)
+        return recv_fail(fd, "a frame's payload", errp);
+    if ((size_t)r < len)
+        return err_set(errp, ERR_IO, 0, "truncated frame from sandbox init");
+    return 0;
+}
+
+ssize_t
+sandbox__proto_recv_some(int fd, void *data, size_t len, struct err **errp)
 {
     ssize_t r;
 
+    do
+        r = recv(fd, data, len, 0);
+    while (r < 0 && errno == EINTR);
+    if (r < 0)
+        return recv_fail(fd, "a frame's payload", errp);
+    if (r == 0 && len > 0)
+        return err_set(errp, ERR_IO, 0, "sandbox init broke off the stream");
+    return r;
+}
+
+int
+sandbox__proto_recv(int fd, struct proto_frame *f, struct err **errp)
+{
     f->data = NULL;
     if (sandbox__proto_recv_header(fd, &f->type, &f->len, errp) < 0)
         return -1;
     f->data = xmalloc((size_t)f->len + 1);
-    if (f->len > 0) {
-        do {
-            r = recv(fd, f->data, f->len, MSG_WAITALL);
-        } while (r < 0 && errno == EINTR);
-        if (r != (ssize_t)f->len) {
-            sandbox__proto_frame_free(f);
-            return err_set(errp, ERR_IO, r < 0 ? errno : 0, "truncated frame from sandbox init");
-        }
+    if (sandbox__proto_recv_payload(fd, f->data, f->len, errp) < 0) {
+        sandbox__proto_frame_free(f);
+        return -1;
     }
     f->data[f->len] = '\0';
     return 0;
+}
+
+void
+sandbox__proto_alive(struct proto_alive *a)
+{
+    int64_t now = util_mono_ns();
+
+    if (a->next_ns == 0)
+        a->next_ns = now + PROTO_ALIVE_NS; /* the work starts: nothing to say yet */
+    if (now < a->next_ns)
+        return;
+    /* A caller that went away is found out by the next frame that matters. */
+    sandbox__proto_send(a->conn, PROTO_ALIVE, NULL, 0, NULL);
+    a->next_ns = now + PROTO_ALIVE_NS;
 }
 
 void
@@ -249,9 +350,15 @@ sandbox__connect(const char *env_dir, struct err **errp)
     fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return err_set(errp, ERR_IO, errno, "socket");
+    if (sandbox__proto_set_timeout(fd, PROTO_TIMEOUT_MS, errp) < 0)
+        return -1;
     if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
         if (errno == ECONNREFUSED || errno == ENOENT)
             return err_set(errp, ERR_CONFLICT, 0, "sandbox is not running");
+        if (errno == EAGAIN)
+            return err_set(errp, ERR_TIMEOUT, 0,
+                           "the sandbox's control socket accepted no connection within %g s",
+                           timeout_s(fd, SO_SNDTIMEO));
         return err_set(errp, ERR_IO, errno, "connect to sandbox init");
     }
     return steal_fd(&fd);

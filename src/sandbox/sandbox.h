@@ -164,6 +164,14 @@ int sandbox_stop(const char *id, const struct sandbox_init *init, struct err **e
 
 /* ------------------------------------------------------ exec and files */
 
+/*
+ * Every call below talks to the sandbox's init over its control socket and never waits on
+ * it without a limit: a connect, send or read that makes no progress for 10 s fails with
+ * ERR_TIMEOUT naming the operation (processes of the sandbox can stop its handlers). The
+ * limit is on inactivity: a transfer of any size goes on while bytes flow. Exec waits for
+ * output as long as the command runs, and for its result at most 10 s past its timeout.
+ */
+
 /** Called for each chunk of output; stream is 1 (stdout) or 2 (stderr). */
 typedef int sandbox_output_cb(int stream, const void *data, size_t len, void *arg);
 
@@ -192,7 +200,7 @@ struct sandbox_exec_result {
 /**
  * Runs a command in the running sandbox whose volume is env_dir, streaming output to
  * opts->on_output while it runs. Several execs may run at once. ERR_CONFLICT when the
- * sandbox is not running.
+ * sandbox is not running; ERR_TIMEOUT when no result came 10 s after opts->timeout_ms.
  */
 int sandbox_exec(const char *env_dir, const struct sandbox_exec_opts *opts,
                  struct sandbox_exec_result *out, struct err **errp);

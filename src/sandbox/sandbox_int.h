@@ -29,11 +29,23 @@ enum proto_type {
     PROTO_DATA_EOF,  /* end of file content */
     PROTO_ENTRY,     /* JSON file-list entry */
     PROTO_RESULT,    /* JSON {"ok":true,...} or {"ok":false,"code":..,"message":..} */
+    PROTO_ALIVE,     /* empty: the handler is still at work (read past by the receiver) */
 };
 
 #define PROTO_MAX_FRAME (1u << 20)
 #define PROTO_CHUNK     (64u * 1024)
 #define PROTO_SOCK_NAME "ctl.sock"
+
+/*
+ * A caller waits at most this long for init at each step of a control connection: the
+ * connect, each send and each read. It bounds inactivity, not the whole operation: a
+ * transfer of any size goes on while bytes move, and a handler busy without sending (a
+ * walk, an extraction, a recursive delete) sends PROTO_ALIVE every PROTO_ALIVE_NS. A
+ * handler stopped by a process of the sandbox (SIGSTOP) then costs its caller this long,
+ * never a hang. Exec waits for the command's output without this limit (exec_client.c).
+ */
+#define PROTO_TIMEOUT_MS 10000
+#define PROTO_ALIVE_NS   (1000 * 1000000LL)
 
 struct proto_frame {
     uint32_t type;
@@ -41,14 +53,42 @@ struct proto_frame {
     char *data; /* owned, NUL-terminated for convenience */
 };
 
-/** Writes one frame (blocking). */
+/**
+ * Writes one frame (blocking). ERR_TIMEOUT when the socket has a send timeout
+ * (sandbox__proto_set_timeout) and the peer took nothing for that long.
+ */
 int sandbox__proto_send(int fd, uint32_t type, const void *data, size_t len, struct err **errp);
 /** Writes a JSON object as one frame of the given type. */
 int sandbox__proto_send_json(int fd, uint32_t type, json_t *obj, struct err **errp);
-/** Reads one frame header (blocking), checking type and length cap. */
+/**
+ * Reads one frame header (blocking), checking type and length cap; PROTO_ALIVE frames are
+ * read past. ERR_TIMEOUT when the socket has a receive timeout and nothing came for that long.
+ */
 int sandbox__proto_recv_header(int fd, uint32_t *type, uint32_t *len, struct err **errp);
+/**
+ * Reads exactly len bytes of a frame's payload; ERR_IO "truncated" when the peer closes first,
+ * ERR_TIMEOUT as for sandbox__proto_recv_header().
+ */
+int sandbox__proto_recv_payload(int fd, void *data, size_t len, struct err **errp);
+/** Reads what has come of a payload, 1 to len bytes (len > 0); errors as above. */
+ssize_t sandbox__proto_recv_some(int fd, void *data, size_t len, struct err **errp);
 /** Reads one frame (blocking). ERR_IO with errnum 0 and "closed" on a clean EOF. */
 int sandbox__proto_recv(int fd, struct proto_frame *f, struct err **errp);
+/** Makes every connect, send and receive on fd give up after timeout_ms without progress. */
+int sandbox__proto_set_timeout(int fd, int timeout_ms, struct err **errp);
+
+/*
+ * In a handler: sends PROTO_ALIVE when PROTO_ALIVE_NS passed since the last, so that the
+ * caller's timeout measures the handler's inactivity rather than the length of its work.
+ * Called between the steps of long work that sends nothing else; next_ns starts at 0, and
+ * the first call only starts the clock.
+ */
+struct proto_alive {
+    int conn;
+    int64_t next_ns;
+};
+
+void sandbox__proto_alive(struct proto_alive *a);
 void sandbox__proto_frame_free(struct proto_frame *f);
 /** Parses a frame's payload as a JSON object (depth and size already capped). */
 json_t *sandbox__proto_parse_json(const struct proto_frame *f, struct err **errp);

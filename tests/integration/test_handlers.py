@@ -8,6 +8,7 @@ import os
 import re
 import socket
 import struct
+import subprocess
 import time
 
 import pdk
@@ -174,3 +175,88 @@ def test_handler_is_free_once_the_result_is_out(env):
         assert refused, "stdin sent after the result was still read"
     finally:
         s.close()
+
+
+# ------------------------------------------------ handlers stopped from inside the sandbox
+#
+# Processes of the sandbox run as the handlers' uid and may stop them (only pid 1 is out of
+# their reach). Nothing below may make a caller wait for ever: a stopped idle handler is
+# replaced by init, and a stopped busy one costs its caller the control socket's timeout
+# (PROTO_TIMEOUT_MS in src/sandbox/sandbox_int.h).
+CTL_TIMEOUT_S = 10
+
+
+def host_procs(env):
+    """(pid, comm, state) of every live process of the sandbox, read from the host: nothing
+    here goes through the sandbox's control socket."""
+    out = []
+    for pid in pdk.procs_in_cgroup_of(env.id):
+        stat = pdk.read_text(f"/proc/{pid}/stat")
+        if stat:
+            out.append((pid, stat[stat.index("(") + 1:stat.rindex(")")],
+                        stat[stat.rindex(")") + 2:][:1]))
+    return out
+
+
+def left_to_init(env, script):
+    """Runs script in a process of the sandbox that outlives this exec (its handler exits and
+    leaves it to init), a moment later, so that the handler of this exec is gone by then."""
+    r = env.sh(f"setsid sh -c '{script}' </dev/null >/dev/null 2>&1 &")
+    assert r.rc == 0, r
+
+
+def test_stopped_idle_handlers_are_replaced(env):
+    """`kill -STOP -1` from a process of the sandbox stops every idle handler: init replaces
+    them rather than counting them as waiting, so requests are still served, at once. (Init
+    used to wait for one of them to come back, and the request waited in the listen queue for
+    ever.) The process keeps running, as a busy sandbox's would."""
+    left_to_init(env, "sleep 0.3; kill -STOP -1; exec tail -f /dev/null")
+    assert pdk.wait_until(lambda: any(c == "tail" for _, c, _ in host_procs(env)), 10), \
+        host_procs(env)
+    t0 = time.monotonic()
+    r = env.files("/workspace", timeout=3 * CTL_TIMEOUT_S)
+    assert r.rc == 0, r
+    assert env.read("/etc/hostname", timeout=3 * CTL_TIMEOUT_S).rc == 0
+    assert env.exec("echo", "alive", timeout=3 * CTL_TIMEOUT_S).text == "alive\n"
+    took = time.monotonic() - t0
+    assert took < 5 * pdk.SLOWDOWN, f"three requests took {took:.1f}s"
+
+    def stopped_handlers():
+        return [p for p in host_procs(env) if p[1] in HANDLER_NAMES and p[2] == "T"]
+    assert pdk.wait_until(lambda: not stopped_handlers(), 5), stopped_handlers()
+
+
+def test_exec_whose_handler_is_stopped_fails_after_its_timeout(env):
+    """A command that stops its own handler, which would have sent its result: the caller
+    gives up the control socket's timeout after the command's own, and says why."""
+    t0 = time.monotonic()
+    r = env.sh("kill -STOP $PPID", opts=["--timeout", "1"], timeout=4 * CTL_TIMEOUT_S)
+    took = time.monotonic() - t0
+    assert r.rc not in (0, 124), r
+    pdk.one_line_error(r, "no result")
+    assert 1 + CTL_TIMEOUT_S - 1 <= took < 1 + CTL_TIMEOUT_S + 5 * pdk.SLOWDOWN, took
+    assert env.exec("echo", "alive").text == "alive\n"
+
+
+def test_read_whose_handler_is_stopped_fails_within_the_timeout(env):
+    """A download whose handler a process of the sandbox stops midway fails once nothing came
+    for the control socket's timeout, naming the operation: bytes that flow keep it going
+    (8 GiB take longer than the timeout), a stall ends it."""
+    env.sh_ok("truncate -s 8G /workspace/big")
+    left_to_init(env, "sleep 0.3; while :; do for p in /proc/[0-9]*; do "
+                      "read c < $p/comm && [ \"$c\" = paddock-handler ] && kill -STOP ${p#/proc/}; "
+                      "done 2>/dev/null; sleep 0.01; done")
+    assert pdk.wait_until(lambda: any(c == "sleep" for _, c, _ in host_procs(env)), 10)
+    t0 = time.monotonic()
+    try:
+        p = subprocess.run(env.pd.argv("env", "read", env.id, "/workspace/big"),
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, env=env.pd.env,
+                           timeout=4 * CTL_TIMEOUT_S * pdk.SLOWDOWN)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("the read of a stopped handler's file never ended") from None
+    took = time.monotonic() - t0
+    err = p.stderr.decode(errors="replace")
+    assert p.returncode != 0, err
+    assert "read /workspace/big" in err and f"did not answer within {CTL_TIMEOUT_S} s" in err, err
+    assert took < CTL_TIMEOUT_S + 5 * pdk.SLOWDOWN, took

@@ -3,6 +3,7 @@ stopped, files kept) -> offline -> expired (files deleted, the record kept), wit
 running counting as activity, any use resuming an idle or offline environment, and file counts
 refreshed after changes. The timings are made short with the server's flags."""
 
+import signal
 import time
 
 import pytest
@@ -162,3 +163,43 @@ def test_listing_never_takes_a_finishing_create_for_a_dead_one(api):
     for eid in fresh:
         assert state(api, eid)["state"] == "running", eid
         assert api.pd.ok("env", "exec", eid, "-c", "echo alive").text == "alive\n", eid
+
+
+# ------------------------------------------------ handlers stopped from inside the sandbox
+
+CTL_TIMEOUT_S = 10  # PROTO_TIMEOUT_MS in src/sandbox/sandbox_int.h
+
+
+def comms(env_id):
+    """The names of the sandbox's processes, read from the host (not through the sandbox)."""
+    return [pdk.read_text(f"/proc/{pid}/comm").strip() for pid in pdk.procs_in_cgroup_of(env_id)]
+
+
+def left_to_init(api, env_id, script):
+    """Runs script a moment later in a process of the sandbox left to its init."""
+    api.pd.ok("env", "exec", env_id, "-c",
+              f"setsid sh -c '{script}' </dev/null >/dev/null 2>&1 &")
+
+
+def test_stopped_handlers_stall_neither_requests_nor_the_server(api):
+    """A busy environment whose idle handlers a process inside stopped (`kill -STOP -1`): its
+    requests are answered, the janitor goes on counting its files, another environment is
+    served and SIGTERM stops the server. (The requests and the janitor's count, on the
+    server's main thread, used to wait for ever in the listen queue.)"""
+    # Counted at create (a source changes the count), so the janitor's recount is seen below.
+    a = api.http.create({"sources": [{"type": "inline", "target": "/workspace/a.txt",
+                                       "content": "12345"}]})["id"]
+    b = api.http.create()["id"]
+    n0 = int(state(api, a)["file_count"])
+    assert n0 >= 1
+    left_to_init(api, a, "sleep 0.3; kill -STOP -1; exec tail -f /dev/null")
+    wait_for(lambda: "tail" in comms(a), 10, "the process that stops the handlers")
+    r = api.http.get(f"/v1beta/environments/{a}/files/workspace", timeout=3 * CTL_TIMEOUT_S)
+    assert r.status == 200, r
+    r = api.http.upload(a, "workspace/n.txt", b"12345")
+    assert r.status == 200, r
+    wait_for(lambda: int(state(api, a)["file_count"]) == n0 + 1, 15, "the janitor to recount")
+    r = api.http.get(f"/v1beta/environments/{b}/files/workspace?recursive=true")
+    assert r.status == 200, r
+    api.server.proc.send_signal(signal.SIGTERM)
+    assert api.server.proc.wait(10 * SLOWDOWN) == 0

@@ -196,7 +196,7 @@ static void
 test_recv_unknown_type(void **state)
 {
     struct pair *p = *state;
-    static const uint32_t bad[] = { 0, PROTO_RESULT + 1, 100, 0x80000000u, 0xffffffffu };
+    static const uint32_t bad[] = { 0, PROTO_ALIVE + 1, 100, 0x80000000u, 0xffffffffu };
 
     for (size_t i = 0; i < ARRAY_LEN(bad); i++) {
         struct proto_frame f;
@@ -301,6 +301,123 @@ test_send_to_closed_peer(void **state)
     assert_non_null(e);
     assert_int_equal(e->errnum, EPIPE);
     ASSERT_ERR(&e, ERR_IO);
+}
+
+/* ----------------------------------------------------- timeouts and keep-alives */
+
+/* A peer that sends nothing: every read gives up after the socket's timeout, as ERR_TIMEOUT. */
+static void
+test_recv_timeout(void **state)
+{
+    struct pair *p = *state;
+    struct proto_frame f;
+    struct err *e = NULL;
+    int64_t t0;
+
+    ASSERT_NO_ERR(sandbox__proto_set_timeout(p->a, 100, &e), &e);
+    t0 = util_mono_ms();
+    assert_int_equal(sandbox__proto_recv(p->a, &f, &e), -1);
+    assert_true(util_mono_ms() - t0 >= 90);
+    assert_null(f.data);
+    ASSERT_ERR_CONTAINS(&e, ERR_TIMEOUT, "did not answer within 0.1 s");
+
+    /* Stalled in the middle of a payload: the same, and what came is not taken for a frame. */
+    raw_header(p->b, PROTO_DATA, 100);
+    raw_write(p->b, "0123456789", 10);
+    assert_int_equal(sandbox__proto_recv(p->a, &f, &e), -1);
+    assert_null(f.data);
+    ASSERT_ERR(&e, ERR_TIMEOUT);
+}
+
+/* A payload that arrives slowly but steadily is read to its end: the limit is on inactivity. */
+static void
+test_recv_slow_payload_is_not_a_timeout(void **state)
+{
+    struct pair *p = *state;
+    struct proto_frame f = { 0 };
+    struct err *e = NULL;
+    pid_t pid;
+
+    ASSERT_NO_ERR(sandbox__proto_set_timeout(p->a, 200, &e), &e);
+    fflush(stdout);
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        uint32_t hdr[2] = { PROTO_DATA, 8 };
+        (void)!write(p->b, hdr, sizeof(hdr));
+        for (int i = 0; i < 8; i++) {
+            usleep(60 * 1000); /* 480 ms in all, each byte well within the timeout */
+            (void)!write(p->b, "x", 1);
+        }
+        _exit(0);
+    }
+    ASSERT_NO_ERR(sandbox__proto_recv(p->a, &f, &e), &e);
+    reap_ok(pid);
+    assert_int_equal(f.len, 8);
+    assert_string_equal(f.data, "xxxxxxxx");
+    sandbox__proto_frame_free(&f);
+}
+
+/* A peer that takes nothing: a send gives up after the socket's timeout. */
+static void
+test_send_timeout(void **state)
+{
+    struct pair *p = *state;
+    struct err *e = NULL;
+    char *payload = xcalloc(1, PROTO_MAX_FRAME);
+    int r = 0;
+
+    ASSERT_NO_ERR(sandbox__proto_set_timeout(p->a, 100, &e), &e);
+    /* A few frames of the cap fill any socket buffer; the peer never reads. */
+    for (int i = 0; i < 16 && r == 0; i++)
+        r = sandbox__proto_send(p->a, PROTO_DATA, payload, PROTO_MAX_FRAME, &e);
+    assert_int_equal(r, -1);
+    ASSERT_ERR_CONTAINS(&e, ERR_TIMEOUT, "took nothing for 0.1 s");
+    free(payload);
+}
+
+/* Keep-alives are read past; one with a payload is refused (it is not a frame to skip). */
+static void
+test_recv_skips_alive(void **state)
+{
+    struct pair *p = *state;
+    struct proto_frame f = { 0 };
+    struct err *e = NULL;
+
+    raw_header(p->b, PROTO_ALIVE, 0);
+    raw_header(p->b, PROTO_ALIVE, 0);
+    ASSERT_NO_ERR(sandbox__proto_send(p->b, PROTO_STDOUT, "out", 3, &e), &e);
+    ASSERT_NO_ERR(sandbox__proto_recv(p->a, &f, &e), &e);
+    assert_int_equal(f.type, PROTO_STDOUT);
+    assert_string_equal(f.data, "out");
+    sandbox__proto_frame_free(&f);
+
+    raw_header(p->b, PROTO_ALIVE, 3);
+    raw_write(p->b, "abc", 3);
+    assert_int_equal(sandbox__proto_recv(p->a, &f, &e), -1);
+    assert_null(f.data);
+    ASSERT_ERR_CONTAINS(&e, ERR_IO, "keep-alive");
+}
+
+/* The first call only starts the clock; one that is due sends an empty PROTO_ALIVE. */
+static void
+test_alive(void **state)
+{
+    struct pair *p = *state;
+    struct proto_alive a = { p->b, 0 };
+    uint32_t hdr[2];
+
+    sandbox__proto_alive(&a);
+    assert_true(a.next_ns > util_mono_ns());
+    assert_true(a.next_ns <= util_mono_ns() + PROTO_ALIVE_NS);
+    sandbox__proto_alive(&a); /* not due */
+    a.next_ns = 1;            /* due */
+    sandbox__proto_alive(&a);
+    assert_true(a.next_ns > util_mono_ns());
+    assert_int_equal(recv(p->a, hdr, sizeof(hdr), MSG_DONTWAIT), (ssize_t)sizeof(hdr));
+    assert_int_equal(hdr[0], PROTO_ALIVE);
+    assert_int_equal(hdr[1], 0);
+    assert_int_equal(recv(p->a, hdr, sizeof(hdr), MSG_DONTWAIT), -1); /* only the one */
 }
 
 /* ---------------------------------------------------------------- JSON */
@@ -700,6 +817,11 @@ test_proto_run(void)
         T(test_recv_short_header),
         T(test_recv_clean_eof),
         T(test_send_to_closed_peer),
+        T(test_recv_timeout),
+        T(test_recv_slow_payload_is_not_a_timeout),
+        T(test_send_timeout),
+        T(test_recv_skips_alive),
+        T(test_alive),
         cmocka_unit_test(test_parse_json),
         cmocka_unit_test(test_parse_json_len_bounded),
         cmocka_unit_test(test_result_ok),
