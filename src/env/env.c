@@ -75,6 +75,9 @@ env_ctx_close(struct env_ctx *c)
     free(c->locks_dir);
     free(c->uploads_dir);
     free(c->image_host);
+    for (size_t i = 0; i < c->n_backoffs; i++)
+        free(c->backoffs[i].id);
+    free(c->backoffs);
     free(c);
 }
 
@@ -1131,6 +1134,73 @@ uploads_gc(struct env_ctx *c, int64_t max_age_ms)
             env_upload_abort(c, v[i].id);
 }
 
+/*
+ * The janitor runs on the server's main thread, and a count that times out (a sandbox whose
+ * handler a process inside stopped, say) holds it for the control socket's timeout. Such an
+ * environment is not counted again for this long, and the warning is not repeated meanwhile.
+ */
+#define ENV_COUNT_BACKOFF_MS (10 * 60 * 1000LL)
+
+static struct count_backoff *
+backoff_find(struct env_ctx *c, const char *id)
+{
+    for (size_t i = 0; i < c->n_backoffs; i++)
+        if (strcmp(c->backoffs[i].id, id) == 0)
+            return &c->backoffs[i];
+    return NULL;
+}
+
+static void
+backoff_drop(struct env_ctx *c, struct count_backoff *b)
+{
+    free(b->id);
+    *b = c->backoffs[--c->n_backoffs];
+}
+
+/* Forgets environments left alone for a whole period after theirs (deleted, or idle since). */
+static void
+backoff_prune(struct env_ctx *c)
+{
+    int64_t now = util_mono_ms();
+
+    for (size_t i = 0; i < c->n_backoffs;) {
+        if (now - c->backoffs[i].until_ms > ENV_COUNT_BACKOFF_MS)
+            backoff_drop(c, &c->backoffs[i]); /* moves the last one to i */
+        else
+            i++;
+    }
+}
+
+/* Counts id's files for the janitor, unless a count of it timed out not long ago. */
+static void
+janitor_count(struct env_ctx *c, const char *id)
+{
+    struct count_backoff *b = backoff_find(c, id);
+    struct err *er = NULL;
+
+    if (b != NULL && util_mono_ms() < b->until_ms)
+        return;
+    if (env_count(c, id, &er) == 0) {
+        if (b != NULL) {
+            log_info("janitor: environment %s answers again; its files are counted", id);
+            backoff_drop(c, b);
+        }
+        return;
+    }
+    if (er->code != ERR_TIMEOUT) {
+        log_warnx("janitor: count %s: %s", id, er->msg);
+    } else if (b == NULL) {
+        log_warnx("janitor: count %s: %s; not counted again for %lld min", id, er->msg,
+                  ENV_COUNT_BACKOFF_MS / 60000);
+        c->backoffs = xrealloc(c->backoffs, (c->n_backoffs + 1) * sizeof(*c->backoffs));
+        c->backoffs[c->n_backoffs++] =
+            (struct count_backoff){ xstrdup(id), util_mono_ms() + ENV_COUNT_BACKOFF_MS };
+    } else {
+        b->until_ms = util_mono_ms() + ENV_COUNT_BACKOFF_MS; /* still stalled; said once */
+    }
+    err_free(er);
+}
+
 /* Looks again just before an idle stop: the count above can take a while, and a command
  * started meanwhile must not be killed by it. */
 static bool
@@ -1175,12 +1245,8 @@ env_janitor(struct env_ctx *c, const struct env_lifecycle *lc)
             store_env_touch(c->store, e->id, NULL);
             idle_for = 0;
         }
-        if (e->last_used_ms > e->counted_ms && now - e->counted_ms >= lc->count_ms &&
-            env_count(c, e->id, &er) < 0) {
-            log_warnx("janitor: count %s: %s", e->id, er->msg);
-            err_free(er);
-            er = NULL;
-        }
+        if (e->last_used_ms > e->counted_ms && now - e->counted_ms >= lc->count_ms)
+            janitor_count(c, e->id);
         if (idle_for >= lc->idle_ms && still_idle(c, e->id, lc)) {
             if (env_stop(c, e->id, &er) < 0) {
                 log_warnx("janitor: idle %s: %s", e->id, er->msg);
@@ -1191,6 +1257,7 @@ env_janitor(struct env_ctx *c, const struct env_lifecycle *lc)
             }
         }
     }
+    backoff_prune(c);
     uploads_gc(c, 7LL * 24 * 3600 * 1000);
 }
 

@@ -184,7 +184,8 @@ struct env_lifecycle {
 /**
  * One pass of the janitor over every environment: counts activity (processes still running
  * in a sandbox), idles, takes offline and expires as the timings say, refreshes file counts,
- * and removes abandoned upload sessions. Errors of one environment are logged, not fatal.
+ * and removes abandoned upload sessions. Errors of one environment are logged, not fatal; an
+ * environment whose count timed out is not counted again for 10 minutes (logged once).
  */
 void env_janitor(struct env_ctx *ctx, const struct env_lifecycle *lc);
 

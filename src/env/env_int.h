@@ -6,6 +6,12 @@
 
 #include "env.h"
 
+/* An environment whose file count timed out, and when the janitor may count it again. */
+struct count_backoff {
+    char *id;
+    int64_t until_ms; /* monotonic */
+};
+
 struct env_ctx {
     char *data_dir;
     char *envs_dir;
@@ -15,6 +21,9 @@ struct env_ctx {
     char *image_host; /* set once storage is ready */
     uint64_t storage_size;
     struct store *store;
+    /* The janitor's: counts that timed out (env.c, janitor_count()). */
+    struct count_backoff *backoffs;
+    size_t n_backoffs;
 };
 
 /** Takes the environment's lock (flock on DATA/locks/<id>): blocking, or -2 when busy and

@@ -203,3 +203,37 @@ def test_stopped_handlers_stall_neither_requests_nor_the_server(api):
     assert r.status == 200, r
     api.server.proc.send_signal(signal.SIGTERM)
     assert api.server.proc.wait(10 * SLOWDOWN) == 0
+
+
+@pytest.mark.slow
+def test_janitor_backs_off_an_environment_whose_count_stalls(api):
+    """A process inside stops every handler that takes a connection, so the janitor's count of
+    that busy environment gets no answer: it gives up after the control socket's timeout, says
+    so once and leaves that count alone for a while. Meanwhile other environments are served,
+    and SIGTERM stops the server at once."""
+    a = api.http.create()["id"]
+    b = api.http.create()["id"]
+    # Enough files that a count outlasts a round of the process that stops the handlers.
+    api.pd.ok("env", "exec", a, "-c", "mkdir /workspace/m && cd /workspace/m && "
+              "seq 50000 | xargs touch", timeout=120)
+    since = len(api.server.log_lines())
+    left_to_init(api, a, "sleep 0.3; while :; do for p in /proc/[0-9]*; do "
+                         "read c < $p/comm && [ \"$c\" = paddock-handler ] && "
+                         "kill -STOP ${p#/proc/}; done 2>/dev/null; sleep 0.01; done")
+
+    def stalled(line):
+        return a in line and "count" in line
+    hits = api.server.wait_log(stalled, since=since, timeout=3 * CTL_TIMEOUT_S)
+    assert hits, "the janitor never gave up on the stalled count:\n" + \
+        "\n".join(api.server.log_lines(since)[-20:])
+    assert f"did not answer within {CTL_TIMEOUT_S} s" in hits[0], hits
+    assert "not counted again" in hits[0], hits
+    r = api.http.get(f"/v1beta/environments/{b}/files/workspace")
+    assert r.status == 200, r
+    time.sleep(6 * SLOWDOWN)  # three more passes of the janitor
+    assert len([l for l in api.server.log_lines(since) if stalled(l)]) == 1, \
+        api.server.log_lines(since)
+    t0 = time.monotonic()
+    api.server.proc.send_signal(signal.SIGTERM)
+    assert api.server.proc.wait(10 * SLOWDOWN) == 0
+    assert time.monotonic() - t0 < 3 * SLOWDOWN
