@@ -1090,7 +1090,8 @@ upload_chunk(struct api_req *r, struct env_ctx *ctx)
         return api_reply_response(r, 200, resp);
     }
     if (env_upload_finish(ctx, &r->up, &er) < 0) {
-        /* A bad archive or a full disk ends the session: nothing was written. */
+        /* A bad archive or a full disk ends the session. An extraction is all or nothing
+         * (docs/internals/SANDBOX.md): the environment's files are as they were. */
         if (er->code != ERR_INVALID || strstr(er->msg, "upload ended after") == NULL)
             env_upload_abort(ctx, r->up.id);
         return api_reply_err(r, er);

@@ -12,6 +12,8 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <search.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -384,6 +386,23 @@ link_destination(const struct seen_set *s, const char *name, const char *target)
     return buf_steal(&b, NULL);
 }
 
+/* True when an entry of the sorted set lies inside name ("name/..."). */
+static bool
+has_entries_inside(const struct seen_set *s, const char *name)
+{
+    cleanup_free char *key = xasprintf("%s/", name);
+    size_t lo = 0, hi = s->n;
+
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (strcmp(s->v[mid].name, key) < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < s->n && strncmp(s->v[lo].name, key, strlen(key)) == 0;
+}
+
 /* Checks the whole archive once every entry is known; the first bad entry refuses it all. */
 static int
 check_seen(struct seen_set *s, struct err **errp)
@@ -414,6 +433,13 @@ check_seen(struct seen_set *s, struct err **errp)
                                "the archive",
                                e->name, e->link);
         }
+        /* A name that is a file and a directory has no one result; the second pass stages
+         * every entry before any replaces another, so it could not order them as a tape. */
+        if (e->kind != 'l' && ((i > 0 && strcmp(s->v[i - 1].name, e->name) == 0 &&
+                                (e->kind == 'd') != (s->v[i - 1].kind == 'd')) ||
+                               (e->kind != 'd' && has_entries_inside(s, e->name))))
+            return err_set(errp, ERR_INVALID, 0,
+                           "archive entry '%s' is both a directory and something else", e->name);
     }
     return 0;
 }
@@ -477,7 +503,7 @@ see_entry(struct seen_set *s, struct archive_entry *ent, struct err **errp)
  * nothing else until the result.
  */
 struct spool {
-    int fd;
+    int *fd; /* the caller's: extract_archive closes it once read */
     struct proto_alive alive;
     char *buf; /* TAR_BLOCK bytes */
 };
@@ -490,7 +516,7 @@ spool_read(struct archive *a, void *arg, const void **buf)
 
     sandbox__proto_alive(&s->alive);
     do
-        n = read(s->fd, s->buf, TAR_BLOCK);
+        n = read(*s->fd, s->buf, TAR_BLOCK);
     while (n < 0 && errno == EINTR);
     if (n < 0)
         archive_set_error(a, errno, "read the spooled archive");
@@ -503,8 +529,8 @@ static la_int64_t
 spool_skip(struct archive *a, void *arg, la_int64_t request)
 {
     struct spool *s = arg;
-    off_t from = lseek(s->fd, 0, SEEK_CUR);
-    off_t to = from < 0 ? -1 : lseek(s->fd, request, SEEK_CUR);
+    off_t from = lseek(*s->fd, 0, SEEK_CUR);
+    off_t to = from < 0 ? -1 : lseek(*s->fd, request, SEEK_CUR);
 
     (void)a;
     return to < 0 ? 0 : to - from;
@@ -514,7 +540,7 @@ static la_int64_t
 spool_seek(struct archive *a, void *arg, la_int64_t offset, int whence)
 {
     struct spool *s = arg;
-    off_t r = lseek(s->fd, offset, whence);
+    off_t r = lseek(*s->fd, offset, whence);
 
     if (r < 0) {
         archive_set_error(a, errno, "seek in the spooled archive");
@@ -536,7 +562,7 @@ open_spool(struct spool *s, struct err **errp)
     archive_read_set_read_callback(a, spool_read);
     archive_read_set_skip_callback(a, spool_skip);
     archive_read_set_seek_callback(a, spool_seek);
-    if (lseek(s->fd, 0, SEEK_SET) < 0 || archive_read_open1(a) != ARCHIVE_OK) {
+    if (lseek(*s->fd, 0, SEEK_SET) < 0 || archive_read_open1(a) != ARCHIVE_OK) {
         err_set(errp, ERR_INVALID, 0, "not a tar or zip archive: %s",
                 archive_error_string(a) ? archive_error_string(a) : "unreadable");
         archive_read_free(a);
@@ -580,55 +606,443 @@ check_archive(struct spool *s, uint64_t *entries, struct err **errp)
     return rc;
 }
 
+/*
+ * The second pass replaces nothing while it writes. Every file, link or fifo of the archive is
+ * written under a temporary name in the directory it belongs in (the same file system, so a
+ * rename(2) at the end replaces the old one atomically); a missing directory is made where it
+ * belongs (it replaces nothing); a directory where the environment has a symlink, or a
+ * non-directory the archive names as a directory, is made under a temporary name and
+ * exchanged for it at the end. Only once the last entry has been written does stage_commit()
+ * move everything into place; a failure before that removes every temporary and every
+ * directory the extraction made, so the environment's files are as they were.
+ */
+enum stage_kind {
+    STAGE_FILE,  /* tmp is renamed over dest */
+    STAGE_MKDIR, /* dest was made where it belongs; removed again if still empty */
+    STAGE_XDIR,  /* tmp, a new directory, is exchanged with the non-directory at dest */
+};
+
+struct stage_op {
+    enum stage_kind kind;
+    char *tmp;  /* the temporary name; NULL once gone or moved into place */
+    char *dest; /* where it belongs, relative to the target directory */
+};
+
+/* A name of the archive, as far as the second pass has got with it. */
+struct stage_node {
+    char *name; /* normalised, as in struct seen */
+    char *path; /* a directory: where it is until commit (inside a temporary one, maybe) */
+    size_t op;  /* a non-directory: its STAGE_FILE */
+    bool dir;
+    bool meta; /* a directory entry of the archive: its mode and time are set at commit */
+    mode_t mode;
+    struct timespec times[2];
+};
+
+struct stage {
+    void *names; /* tsearch(3) tree of struct stage_node, by name */
+    struct stage_op *ops;
+    size_t n_ops, cap_ops;
+    struct stage_node **metas;
+    size_t n_metas, cap_metas;
+    char tag[17]; /* random: a temporary name never meets a name of the archive */
+    uint64_t seq;
+};
+
 static int
-disk_fail(struct archive *disk, struct archive_entry *ent, struct err **errp)
+cmp_node(const void *a, const void *b)
 {
-    return err_set(errp, ERR_IO, archive_errno(disk), "extract %s: %s",
-                   archive_entry_pathname(ent),
+    return strcmp(((const struct stage_node *)a)->name, ((const struct stage_node *)b)->name);
+}
+
+static struct stage_node *
+stage_find(struct stage *st, const char *name)
+{
+    struct stage_node key = { .name = (char *)(uintptr_t)name };
+    struct stage_node **hit = tfind(&key, &st->names, cmp_node);
+
+    return hit != NULL ? *hit : NULL;
+}
+
+static struct stage_node *
+stage_add(struct stage *st, const char *name, bool dir)
+{
+    struct stage_node *n = xcalloc(1, sizeof(*n));
+
+    n->name = xstrdup(name);
+    n->dir = dir;
+    ASSERT(tsearch(n, &st->names, cmp_node) != NULL); /* fails only without memory */
+    return n;
+}
+
+/* Records one step; takes ownership of tmp and dest. */
+static size_t
+stage_op_add(struct stage *st, enum stage_kind kind, char *tmp, char *dest)
+{
+    if (st->n_ops == st->cap_ops) {
+        st->cap_ops = st->cap_ops ? st->cap_ops * 2 : 64;
+        st->ops = xrealloc(st->ops, st->cap_ops * sizeof(*st->ops));
+    }
+    st->ops[st->n_ops] = (struct stage_op){ .kind = kind, .tmp = tmp, .dest = dest };
+    return st->n_ops++;
+}
+
+/* "dir" and "base" -> "dir/base", where the target directory itself is ".". Owned. */
+static char *
+path_join(const char *dir, const char *base)
+{
+    return strcmp(dir, ".") == 0 ? xstrdup(base) : xasprintf("%s/%s", dir, base);
+}
+
+/* A fresh temporary name in directory dir. Owned. */
+static char *
+stage_tmp(struct stage *st, const char *dir)
+{
+    cleanup_free char *base =
+        xasprintf(".paddock-extract-%s.%llu", st->tag, (unsigned long long)st->seq++);
+
+    return path_join(dir, base);
+}
+
+/*
+ * Finds or makes the directory name at path (inside its parent's place until commit), looking
+ * at what is there without following it. A regular file in the way of a directory the archive
+ * only implies is a conflict; a symlink, or any non-directory where the archive has a
+ * directory entry, is replaced at commit (what libarchive's ARCHIVE_EXTRACT_UNLINK does).
+ * Takes ownership of path; returns where the directory is until commit (owned), NULL on
+ * failure.
+ */
+static char *
+stage_mkdir(struct stage *st, const char *parent, const char *name, char *path, bool explicit,
+            struct err **errp)
+{
+    struct stat sb;
+    char *tmp;
+    int en;
+
+    if (lstat(path, &sb) == 0) {
+        if (S_ISDIR(sb.st_mode))
+            return path;
+        if (!S_ISLNK(sb.st_mode) && !explicit) {
+            free(path);
+            err_set(errp, ERR_CONFLICT, 0,
+                    "extract: %s exists and is not a directory, but the archive has entries "
+                    "in it",
+                    name);
+            return NULL;
+        }
+        tmp = stage_tmp(st, parent);
+        if (mkdir(tmp, 0755) < 0) {
+            en = errno;
+            free(tmp);
+            free(path);
+            err_set(errp, sandbox__errno_code(en), en, "extract: mkdir %s", name);
+            return NULL;
+        }
+        stage_op_add(st, STAGE_XDIR, tmp, path);
+        return xstrdup(tmp);
+    }
+    if (errno != ENOENT || mkdir(path, 0755) < 0) {
+        en = errno;
+        free(path);
+        err_set(errp, sandbox__errno_code(en), en, "extract: mkdir %s", name);
+        return NULL;
+    }
+    stage_op_add(st, STAGE_MKDIR, NULL, xstrdup(path));
+    return path;
+}
+
+/*
+ * The directory for the archive's name (normalised; "" is the target), found or made as the
+ * second pass reaches it, parents first. Borrowed from the stage.
+ */
+static struct stage_node *
+stage_dir(struct stage *st, const char *name, bool explicit, struct err **errp)
+{
+    struct stage_node *n = stage_find(st, name);
+    struct stage_node *parent;
+    cleanup_free char *pname = NULL;
+    const char *slash = strrchr(name, '/');
+    char *path;
+
+    if (n != NULL) {
+        if (!n->dir) /* check_seen refuses a name that is both */
+            return err_set(errp, ERR_INTERNAL, 0, "extract %s: not a directory", name), NULL;
+        return n;
+    }
+    if (name[0] == '\0') {
+        n = stage_add(st, name, true);
+        n->path = xstrdup(".");
+        return n;
+    }
+    pname = slash != NULL ? xstrndup(name, (size_t)(slash - name)) : xstrdup("");
+    parent = stage_dir(st, pname, false, errp);
+    if (parent == NULL)
+        return NULL;
+    path = stage_mkdir(st, parent->path, name,
+                       path_join(parent->path, slash != NULL ? slash + 1 : name), explicit, errp);
+    if (path == NULL)
+        return NULL;
+    n = stage_add(st, name, true);
+    n->path = path;
+    return n;
+}
+
+static int
+disk_fail(struct archive *disk, const char *name, struct err **errp)
+{
+    int en = archive_errno(disk);
+
+    return err_set(errp, en > 0 ? sandbox__errno_code(en) : ERR_IO, en, "extract %s: %s", name,
                    archive_error_string(disk) ? archive_error_string(disk) : "failed");
 }
 
-/* Second pass: write, with libarchive's own guards on as well (symlinks, "..", "/"). */
+/* Writes one entry, header and data, where ent's (rewritten) pathname says. */
+static int
+write_entry(struct archive *a, struct archive *disk, struct archive_entry *ent, const char *name,
+            struct err **errp)
+{
+    const void *block;
+    size_t size;
+    la_int64_t off;
+    int r;
+
+    if (archive_write_header(disk, ent) < ARCHIVE_WARN)
+        return disk_fail(disk, name, errp);
+    while ((r = archive_read_data_block(a, &block, &size, &off)) == ARCHIVE_OK) {
+        if (archive_write_data_block(disk, block, size, off) < ARCHIVE_WARN)
+            return disk_fail(disk, name, errp);
+    }
+    if (r != ARCHIVE_EOF)
+        return err_set(errp, ERR_INVALID, 0, "bad archive data for %s: %s", name,
+                       archive_error_string(a) ? archive_error_string(a) : "unreadable");
+    if (archive_write_finish_entry(disk) < ARCHIVE_WARN)
+        return disk_fail(disk, name, errp);
+    return 0;
+}
+
+/* Points a hard link of the archive at the temporary of the member it names. */
+static int
+stage_hardlink(struct stage *st, struct archive_entry *ent, const char *name, struct err **errp)
+{
+    const char *hard = archive_entry_hardlink(ent);
+    cleanup_free char *t = norm_name(hard);
+    const struct stage_node *to = t != NULL ? stage_find(st, t) : NULL;
+
+    if (to == NULL || to->dir || st->ops[to->op].tmp == NULL)
+        return err_set(errp, ERR_INVALID, 0,
+                       "archive entry '%s' hard-links to '%s', which is not an earlier file of "
+                       "the archive",
+                       name, hard);
+    archive_entry_copy_hardlink(ent, st->ops[to->op].tmp);
+    return 0;
+}
+
+/* Writes a file, link or fifo of the archive under a temporary name next to where it goes. */
+static int
+stage_file(struct stage *st, struct archive *a, struct archive *disk, struct archive_entry *ent,
+           const char *name, struct err **errp)
+{
+    const char *slash = strrchr(name, '/');
+    const char *base = slash != NULL ? slash + 1 : name;
+    cleanup_free char *pname = slash != NULL ? xstrndup(name, (size_t)(slash - name)) : NULL;
+    cleanup_free char *dest = NULL;
+    struct stage_node *parent, *n;
+    struct stat sb;
+    char *tmp;
+
+    /* Found now rather than by the rename at commit, when earlier entries are in place. */
+    if (strlen(base) > NAME_MAX)
+        return err_set(errp, ERR_INVALID, ENAMETOOLONG,
+                       "archive entry '%s' has a name longer than %d bytes", name, NAME_MAX);
+    parent = stage_dir(st, pname != NULL ? pname : "", false, errp);
+    if (parent == NULL)
+        return -1;
+    dest = path_join(parent->path, base);
+    if (strlen(dest) >= PATH_MAX)
+        return err_set(errp, ERR_INVALID, ENAMETOOLONG, "archive entry '%s' is too deep", name);
+    if (lstat(dest, &sb) == 0 && S_ISDIR(sb.st_mode))
+        return err_set(errp, ERR_CONFLICT, EISDIR,
+                       "extract %s: a directory is there, and the archive has a file", name);
+    if (archive_entry_hardlink(ent) != NULL && stage_hardlink(st, ent, name, errp) < 0)
+        return -1;
+    n = stage_find(st, name);
+    if (n == NULL) {
+        n = stage_add(st, name, false);
+    } else if (n->dir) {
+        return err_set(errp, ERR_INTERNAL, 0, "extract %s: not a directory", name);
+    } else {
+        /* The same name again: the later entry wins, as on a tape. */
+        unlink(st->ops[n->op].tmp);
+        free(st->ops[n->op].tmp);
+        st->ops[n->op].tmp = NULL;
+    }
+    tmp = stage_tmp(st, parent->path);
+    n->op = stage_op_add(st, STAGE_FILE, tmp, steal_ptr(&dest));
+    archive_entry_copy_pathname(ent, tmp);
+    return write_entry(a, disk, ent, name, errp);
+}
+
+/* Stages one entry of the second pass. */
+static int
+stage_entry(struct stage *st, struct archive *a, struct archive *disk, struct archive_entry *ent,
+            struct err **errp)
+{
+    cleanup_free char *name = norm_name(archive_entry_pathname(ent));
+    struct stage_node *n;
+
+    if (name == NULL) /* the first pass refused it */
+        return err_set(errp, ERR_INVALID, 0, "archive entry without a usable name");
+    if (archive_entry_filetype(ent) != AE_IFDIR || archive_entry_hardlink(ent) != NULL)
+        return stage_file(st, a, disk, ent, name, errp);
+    n = stage_dir(st, name, true, errp);
+    if (n == NULL)
+        return -1;
+    if (!n->meta) {
+        if (st->n_metas == st->cap_metas) {
+            st->cap_metas = st->cap_metas ? st->cap_metas * 2 : 64;
+            st->metas = xrealloc(st->metas, st->cap_metas * sizeof(*st->metas));
+        }
+        st->metas[st->n_metas++] = n;
+        n->meta = true;
+    }
+    n->mode = archive_entry_perm(ent) & 07777;
+    n->times[0].tv_nsec = n->times[1].tv_nsec = UTIME_OMIT;
+    if (archive_entry_atime_is_set(ent))
+        n->times[0] = (struct timespec){ archive_entry_atime(ent), archive_entry_atime_nsec(ent) };
+    if (archive_entry_mtime_is_set(ent))
+        n->times[1] = (struct timespec){ archive_entry_mtime(ent), archive_entry_mtime_nsec(ent) };
+    return 0;
+}
+
+static int
+commit_fail(const char *dest, size_t done, struct err **errp)
+{
+    int en = errno;
+
+    if (done == 0) /* the rollback then leaves everything as it was */
+        return err_set(errp, sandbox__errno_code(en), en,
+                       "extract: moving %s into place; nothing was replaced", dest);
+    return err_set(errp, sandbox__errno_code(en), en,
+                   "extract: moving %s into place; the %zu entries before it were, the rest "
+                   "were not",
+                   dest, done);
+}
+
+/*
+ * Moves everything into place: the files over what was there, then the directories that
+ * replace a non-directory; then the directory entries get their mode and times (after the
+ * renames, which change a directory's mtime; best effort, as libarchive's were). A rename
+ * here fails only when the file system does (the names and types were checked when staged).
+ */
+static int
+stage_commit(struct stage *st, struct err **errp)
+{
+    size_t done = 0;
+
+    for (int pass = 0; pass < 2; pass++) {
+        for (size_t i = 0; i < st->n_ops; i++) {
+            struct stage_op *o = &st->ops[i];
+            if (o->tmp == NULL || o->kind != (pass == 0 ? STAGE_FILE : STAGE_XDIR))
+                continue;
+            if (pass == 0 ? rename(o->tmp, o->dest) < 0
+                          : renameat2(AT_FDCWD, o->tmp, AT_FDCWD, o->dest, RENAME_EXCHANGE) < 0)
+                return commit_fail(o->dest, done, errp);
+            if (pass == 1)
+                unlink(o->tmp); /* what the directory replaced */
+            free(o->tmp);
+            o->tmp = NULL;
+            done++;
+        }
+    }
+    for (size_t i = st->n_metas; i-- > 0;) {
+        const struct stage_node *n = st->metas[i];
+        cleanup_close int fd = open(n->name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd >= 0 && fchmod(fd, n->mode) == 0)
+            futimens(fd, n->times);
+    }
+    return 0;
+}
+
+/* Removes every temporary and every directory the extraction made (if still empty). */
+static void
+stage_rollback(struct stage *st)
+{
+    for (size_t i = st->n_ops; i-- > 0;) {
+        const struct stage_op *o = &st->ops[i];
+        if (o->kind == STAGE_FILE && o->tmp != NULL)
+            unlink(o->tmp);
+        else if (o->kind == STAGE_XDIR && o->tmp != NULL)
+            rmdir(o->tmp);
+        else if (o->kind == STAGE_MKDIR)
+            rmdir(o->dest);
+    }
+}
+
+static void
+node_free(void *p)
+{
+    struct stage_node *n = p;
+
+    free(n->name);
+    free(n->path);
+    free(n);
+}
+
+static void
+stage_free(struct stage *st)
+{
+    tdestroy(st->names, node_free);
+    for (size_t i = 0; i < st->n_ops; i++) {
+        free(st->ops[i].tmp);
+        free(st->ops[i].dest);
+    }
+    free(st->ops);
+    free(st->metas);
+}
+
+/*
+ * Second pass: write, with libarchive's own guards on as well (symlinks, "..", "/"), and
+ * ARCHIVE_EXTRACT_NO_OVERWRITE: it only ever creates a temporary, never unlinks.
+ */
 static int
 extract_archive(struct spool *s, struct err **errp)
 {
-    struct archive *a = open_spool(s, errp);
-    struct archive *disk;
+    struct stage st = { 0 };
+    struct archive *a = NULL, *disk;
     struct archive_entry *ent;
-    int r, rc = 0;
+    unsigned char rnd[8];
+    int r = ARCHIVE_OK, rc = 0;
 
+    if (util_random(rnd, sizeof(rnd), errp) < 0)
+        return -1;
+    for (size_t i = 0; i < sizeof(rnd); i++)
+        snprintf(st.tag + 2 * i, 3, "%02x", rnd[i]);
+    a = open_spool(s, errp);
     if (a == NULL)
         return -1;
     disk = archive_write_disk_new();
-    archive_write_disk_set_options(disk, ARCHIVE_EXTRACT_SECURE_SYMLINKS |
-                                             ARCHIVE_EXTRACT_SECURE_NODOTDOT |
-                                             ARCHIVE_EXTRACT_SECURE_NOABSOLUTEPATHS |
-                                             ARCHIVE_EXTRACT_TIME | ARCHIVE_EXTRACT_PERM |
-                                             ARCHIVE_EXTRACT_UNLINK);
-    while (rc == 0 &&
-           ((r = archive_read_next_header(a, &ent)) == ARCHIVE_OK || r == ARCHIVE_WARN)) {
-        const void *block;
-        size_t size;
-        la_int64_t off;
-
-        if (archive_write_header(disk, ent) < ARCHIVE_WARN) {
-            rc = disk_fail(disk, ent, errp);
-            break;
-        }
-        while ((r = archive_read_data_block(a, &block, &size, &off)) == ARCHIVE_OK) {
-            if (archive_write_data_block(disk, block, size, off) < ARCHIVE_WARN) {
-                rc = disk_fail(disk, ent, errp);
-                break;
-            }
-        }
-        if (rc == 0 && r != ARCHIVE_EOF)
-            rc = err_set(errp, ERR_INVALID, 0, "bad archive data for %s",
-                         archive_entry_pathname(ent));
-        if (rc == 0 && archive_write_finish_entry(disk) < ARCHIVE_WARN)
-            rc = disk_fail(disk, ent, errp);
-    }
-    archive_read_free(a);
+    archive_write_disk_set_options(
+        disk, ARCHIVE_EXTRACT_SECURE_SYMLINKS | ARCHIVE_EXTRACT_SECURE_NODOTDOT |
+                  ARCHIVE_EXTRACT_SECURE_NOABSOLUTEPATHS | ARCHIVE_EXTRACT_TIME |
+                  ARCHIVE_EXTRACT_PERM | ARCHIVE_EXTRACT_NO_OVERWRITE);
+    while (rc == 0 && ((r = archive_read_next_header(a, &ent)) == ARCHIVE_OK || r == ARCHIVE_WARN))
+        rc = stage_entry(&st, a, disk, ent, errp);
+    if (rc == 0 && r != ARCHIVE_EOF)
+        rc = err_set(errp, ERR_INVALID, 0, "bad archive: %s",
+                     archive_error_string(a) ? archive_error_string(a) : "unreadable");
+    /* Freed before commit: it may still hold fixups for the temporaries' names. */
     archive_write_free(disk);
+    archive_read_free(a);
+    /* The spool has been read. Closing it (it is unlinked) gives its room back to the quota
+     * before the renames, which on btrfs reserve metadata space: with the quota full they
+     * failed with EDQUOT (and so did an ftruncate). */
+    close_and_reset(s->fd);
+    if (rc == 0)
+        rc = stage_commit(&st, errp);
+    if (rc < 0)
+        stage_rollback(&st);
+    stage_free(&st);
     return rc;
 }
 
@@ -637,8 +1051,8 @@ sandbox__handle_extract(int conn, json_t *req)
 {
     struct pull p = {.conn = conn};
     cleanup_free char *dir = NULL;
-    cleanup_free char *buf = NULL;
     cleanup_close int spool = -1;
+    cleanup_free char *buf = NULL;
     struct spool sp;
     struct err *e = NULL;
     uint64_t entries = 0;
@@ -691,7 +1105,7 @@ sandbox__handle_extract(int conn, json_t *req)
         }
     }
     buf = xmalloc(TAR_BLOCK);
-    sp = (struct spool){ spool, { conn, 0 }, buf };
+    sp = (struct spool){ &spool, { conn, 0 }, buf };
     if (check_archive(&sp, &entries, &e) < 0 || extract_archive(&sp, &e) < 0)
         goto fail;
     res = json_pack("{s:b, s:I}", "ok", 1, "entries", (json_int_t)entries);

@@ -343,6 +343,126 @@ def test_archive_failing_in_the_write_pass_is_400_and_leaves_nothing(mapi, xenv,
     assert not [l for l in sandbox_ls(mapi, xenv, "/" + target) if l in ("mem", "sda", "wh")]
 
 
+# An environment's files before an extraction over them: path -> content (None: a directory,
+# ("->", target): a symlink).
+EXISTING = {"a.txt": b"old a\n", "dir": None, "dir/b.txt": b"old b\n", "keep.txt": b"keep\n",
+            "plain": b"a file where the archive has a directory\n", "lnk": ("->", "a.txt"),
+            "full": None, "full/x.txt": b"x\n"}
+
+
+def plant_existing(api, env_id, target):
+    script = [f"rm -rf /{target}", f"mkdir -p /{target}", f"cd /{target}"]
+    for p, v in EXISTING.items():
+        if v is None:
+            script.append(f"mkdir -p {p}")
+        elif isinstance(v, tuple):
+            script.append(f"ln -s {v[1]} {p}")
+        else:
+            script.append(f"printf '%s' '{v.decode()}' > {p}")
+    sh_ok(api.pd, env_id, " && ".join(script))
+    return tree_of(api, env_id, target)
+
+
+def tree_of(api, env_id, target):
+    """Every path under target, seen from inside, with its type and content or link target."""
+    out = sh_ok(api.pd, env_id,
+                f"cd /{target} && find . -mindepth 1 | sort | while read f; do "
+                "if [ -L \"$f\" ]; then echo \"$f L $(readlink \"$f\")\"; "
+                "elif [ -d \"$f\" ]; then echo \"$f D\"; "
+                "else echo \"$f F $(od -An -tx1 \"$f\" | tr -d ' \\n')\"; fi; done").text
+    return out.splitlines()
+
+
+def late_bad_member():
+    """Members that replace every existing file (and turn the file `plain` into a directory),
+    then a last member whose data is bad."""
+    return [("a.txt", b"new a\n"), ("dir/b.txt", b"new b\n"), ("new/n.txt", b"new\n"),
+            ("plain/", None), ("plain/inner.txt", b"inner\n"), ("lnk", b"a file now\n")]
+
+
+def zip_with_bad_last(kind):
+    b = io.BytesIO()
+    last = ("last.bin", b"compressible " * 4000)
+    with zipfile.ZipFile(b, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for name, data in late_bad_member() + [last]:
+            if data is None:
+                z.writestr(zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0)), b"")
+                continue
+            z.writestr(zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0)), data,
+                       compress_type=zipfile.ZIP_DEFLATED if kind == "zip-bad-deflate"
+                       else zipfile.ZIP_STORED)
+        zi = z.getinfo(last[0])
+    data = bytearray(b.getvalue())
+    start = zi.header_offset + 30 + len(zi.filename.encode()) + len(zi.extra)
+    if kind == "zip-bad-deflate":
+        # Garbage in the middle of the deflate stream: zlib refuses it, or the CRC does.
+        mid = start + zi.compress_size // 2
+        data[mid:mid + 64] = b"\xff" * 64
+    else:
+        # Stored data that no longer matches the CRC both directories give.
+        data[start + 100] ^= 0x55
+    return bytes(data)
+
+
+def tar_with_bad_last(kind):
+    members = [t_dir(n.rstrip("/")) if d is None else t_reg(n, d) for n, d in late_bad_member()]
+    if kind == "tar-truncated":
+        # The last member's data stops half-way, and the archive with it.
+        raw = tar_bytes(members + [t_reg("last.bin", bytes(range(256)) * 64)])
+        return raw[:raw.index(b"last.bin") + 1024 + 4000]
+    if kind == "tar-name-too-long":
+        # A name no file system takes: only creating it finds that out.
+        return tar_bytes(members + [t_reg("last.bin-" + "n" * 300, b"long\n")])
+    # A file where the environment has a directory that is not empty.
+    return tar_bytes(members + [t_reg("full", b"not a directory\n")])
+
+
+@pytest.mark.parametrize("kind,status,names", [
+    ("zip-bad-deflate", 400, ("last.bin",)), ("zip-bad-crc", 400, ("last.bin",)),
+    ("tar-truncated", 400, ("archive",)), ("tar-name-too-long", 400, ("last.bin-nnn",)),
+    ("tar-dir-in-the-way", 409, ("full",))])
+def test_archive_failing_late_leaves_existing_files_untouched(mapi, xenv, kind, status, names):
+    """An archive found bad only while its last member is written: the files it would have
+    replaced keep their content, and nothing of it (no temporary either) stays behind."""
+    target = f"workspace/late-{kind}"
+    before = plant_existing(mapi, xenv, target)
+    data = zip_with_bad_last(kind) if kind.startswith("zip") else tar_with_bad_last(kind)
+    r = mapi.http.upload(xenv, target, data, query="extract=true")
+    assert_names(r, *names, status=status)
+    after = tree_of(mapi, xenv, target)
+    assert after == before, (r, before, after)
+    for p, v in EXISTING.items():
+        if isinstance(v, bytes):
+            assert mapi.http.download(xenv, f"{target}/{p}").body == v, p
+
+
+def test_extract_over_existing_files_replaces_them(mapi, xenv):
+    target = "workspace/late-ok"
+    plant_existing(mapi, xenv, target)
+    members = [(n, b"" if d is None else d) for n, d in late_bad_member()]
+    r = mapi.http.upload(xenv, target, zip_bytes(members), query="extract=true")
+    assert r.status == 200, r
+    got = tree_of(mapi, xenv, target)
+    hexof = lambda b: b.hex()  # noqa: E731
+    assert got == ["./a.txt F " + hexof(b"new a\n"), "./dir D", "./dir/b.txt F " + hexof(b"new b\n"),
+                   "./full D", "./full/x.txt F " + hexof(b"x\n"), "./keep.txt F " + hexof(b"keep\n"), "./lnk F " + hexof(b"a file now\n"),
+                   "./new D", "./new/n.txt F " + hexof(b"new\n"), "./plain D",
+                   "./plain/inner.txt F " + hexof(b"inner\n")], got
+    # A tar over the result: a later member of the same name wins, a hard link follows the
+    # member it names, and a symlink replaces a file.
+    r = mapi.http.upload(xenv, target, tar_bytes([t_reg("a.txt", b"first\n"),
+                                                   t_hard("hard", "a.txt"),
+                                                   t_reg("a.txt", b"second\n"),
+                                                   t_sym("keep.txt", "a.txt"),
+                                                   t_dir("dir", 0o700)]),
+                         query="extract=true")
+    assert r.status == 200, r
+    out = sh_ok(mapi.pd, xenv, f"cd /{target} && cat a.txt hard && readlink keep.txt && "
+                "stat -c %a dir && ls -A dir plain && ls -A | grep -c paddock; true").text
+    assert out.splitlines() == ["second", "first", "a.txt", "700", "dir:", "b.txt", "",
+                                "plain:", "inner.txt", "0"], out
+
+
 # ============================================================ 2. the snapshot, planted links
 
 def _make_host_marker():
