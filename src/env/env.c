@@ -129,6 +129,29 @@ env__init_of(const struct store_env *e)
 }
 
 /* Brings a row in line with reality; ERR_NOT_FOUND when it turned out to be a dead create. */
+/*
+ * Removes what a create that did not finish left: its sandbox, its volume, then its row. A
+ * sandbox or volume that cannot be removed keeps its row ("creating"), so that the next
+ * reconcile tries again, and one log line says why: a row deleted over a volume left behind
+ * would leak the volume for good (nothing looks for volumes without a row).
+ */
+static void
+discard_unfinished(struct env_ctx *c, const struct store_env *e)
+{
+    struct sandbox_init init = env__init_of(e);
+    struct err *er = NULL;
+
+    if (sandbox_stop(e->id, &init, &er) < 0 || env__ensure_storage(c, &er) < 0 ||
+        sandbox_volume_destroy(c->envs_dir, e->id, &er) < 0) {
+        log_warnx("environment %s: removing an unfinished create: %s (kept for the next "
+                  "reconcile)",
+                  e->id, er->msg);
+        err_free(er);
+        return;
+    }
+    store_env_delete(c->store, e->id, NULL);
+}
+
 static int
 reconcile(struct env_ctx *c, struct store_env *e, struct err **errp)
 {
@@ -160,11 +183,7 @@ reconcile(struct env_ctx *c, struct store_env *e, struct err **errp)
             return -1;
         if (e->state != STORE_ENV_CREATING)
             return 0;
-        init = env__init_of(e);
-        if (env__ensure_storage(c, NULL) == 0)
-            sandbox_volume_destroy(c->envs_dir, e->id, NULL);
-        sandbox_stop(e->id, &init, NULL);
-        store_env_delete(c->store, e->id, NULL);
+        discard_unfinished(c, e);
         return err_set(errp, ERR_NOT_FOUND, 0, "environment %s was never finished", e->id);
     }
     return 0;
@@ -648,17 +667,15 @@ create_cold(struct env_ctx *c, const struct env_create_opts *o, struct store_env
             ? sandbox_volume_fork(c->envs_dir, src->id, e->id, env_host_id(src), env_host_id(e),
                                   e->disk_bytes, errp) < 0
             : sandbox_volume_create(c->envs_dir, e->id, env_host_id(e), e->disk_bytes, errp) < 0)
-        goto rollback_row;
+        goto rollback;
     close_and_reset(src_lock);
     if (env__start_locked(c, e, st, errp) < 0)
-        goto rollback_volume;
+        goto rollback;
     *lock_out = steal_fd(&lock);
     return 0;
 
-rollback_volume:
-    sandbox_volume_destroy(c->envs_dir, e->id, NULL);
-rollback_row:
-    store_env_delete(c->store, e->id, NULL);
+rollback:
+    discard_unfinished(c, e);
     return -1;
 }
 
@@ -712,10 +729,7 @@ env_create(struct env_ctx *c, const struct env_create_opts *o, struct store_env 
     if (has_sources && (place_sources(c, e.id, o, errp) < 0 ||
                         store_env_set_state(c->store, e.id, STORE_ENV_RUNNING, e.init_pid,
                                             e.init_start, errp) < 0)) {
-        struct sandbox_init init = env__init_of(&e);
-        sandbox_stop(e.id, &init, NULL);
-        sandbox_volume_destroy(c->envs_dir, e.id, NULL);
-        store_env_delete(c->store, e.id, NULL);
+        discard_unfinished(c, &e);
         return err_wrap(errp, "create environment");
     }
     e.state = STORE_ENV_RUNNING;

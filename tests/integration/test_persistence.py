@@ -3,6 +3,7 @@ writing process; 100 stop/start cycles keep every file intact."""
 
 import os
 import signal
+import sqlite3
 import subprocess
 import time
 
@@ -197,6 +198,33 @@ def test_create_killed_midway_leaves_consistent_state(pd, delay):
     assert r.rc == 0, r
     for e in envs:
         pd.ok("env", "rm", e["id"])
+
+
+def test_an_unfinished_create_whose_volume_cannot_go_is_kept(pd):
+    """A create that never finished (its row still "creating", its creator gone) is removed by
+    the next reconcile; when its volume cannot be removed (here: immutable), the row stays and
+    a warning says why, so the volume is not leaked; the next reconcile after that removes
+    both."""
+    env = pd.create()
+    pd.ids.add(env.id)
+    db = sqlite3.connect(str(pd.data / "paddock.db"), timeout=10)
+    db.execute("UPDATE environments SET state = 0 WHERE id = ?", (env.id,))
+    db.commit()
+    db.close()
+    vol = pd.data / "envs" / env.id
+    subprocess.run(["chattr", "+i", str(vol)], check=True)
+    try:
+        r = pd.ok("env", "ls", "--json")
+        assert vol.exists()
+        assert "removing an unfinished create" in r.errtext and env.id in r.errtext, r
+        db = sqlite3.connect(str(pd.data / "paddock.db"), timeout=10)
+        rows = db.execute("SELECT state FROM environments WHERE id = ?", (env.id,)).fetchall()
+        db.close()
+        assert rows == [(0,)], rows
+    finally:
+        subprocess.run(["chattr", "-i", str(vol)], check=True)
+    assert env.id not in [e["id"] for e in pd.ls()]
+    assert not vol.exists()
 
 
 @pytest.mark.slow
