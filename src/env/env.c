@@ -812,6 +812,15 @@ env_destroy(struct env_ctx *c, const char *id, struct err **errp)
         return -1;
     lockpath = xasprintf("%s/%s", c->locks_dir, id);
     unlink(lockpath);
+    {
+        /* Its unfinished uploads go with it: nothing could finish them now. */
+        cleanup_free struct store_upload *v = NULL;
+        size_t n = 0;
+        if (store_upload_list(c->store, &v, &n, NULL) == 0)
+            for (size_t i = 0; i < n; i++)
+                if (strcmp(v[i].env_id, id) == 0)
+                    env_upload_abort(c, v[i].id);
+    }
     return 0;
 }
 
@@ -1283,12 +1292,77 @@ staged_path(struct env_ctx *c, const char *id)
     return xasprintf("%s/%s", c->uploads_dir, id);
 }
 
+/* What the open sessions may still write (announced less staged); *n how many there are. */
+static uint64_t
+uploads_promised(struct env_ctx *c, size_t *n)
+{
+    cleanup_free struct store_upload *v = NULL;
+    uint64_t promised = 0;
+
+    *n = 0;
+    if (store_upload_list(c->store, &v, n, NULL) < 0)
+        return 0;
+    for (size_t i = 0; i < *n; i++) {
+        cleanup_free char *path = staged_path(c, v[i].id);
+        struct stat st;
+        uint64_t have = stat(path, &st) == 0 ? (uint64_t)st.st_size : 0;
+        promised += v[i].total > have ? v[i].total - have : 0;
+    }
+    return promised;
+}
+
+/* What the storage image may still take of its disk: a sparse file grows up to its size. */
+static uint64_t
+image_growth(struct env_ctx *c)
+{
+    cleanup_free char *path = xasprintf("%s/storage.img", c->data_dir);
+    struct stat st;
+    uint64_t used;
+
+    if (stat(path, &st) < 0)
+        return c->storage_size; /* made at the first create, this size */
+    used = (uint64_t)st.st_blocks * 512;
+    return (uint64_t)st.st_size > used ? (uint64_t)st.st_size - used : 0;
+}
+
+/*
+ * Staged uploads live on the data directory's disk, outside every environment's quota and
+ * beside the storage image and the database. An upload is refused at its start when its
+ * announced size, what the open sessions may still write and what the image may still grow
+ * by would leave less than ENV_UPLOAD_RESERVE free: unfinished uploads cannot fill the disk
+ * under the image (btrfs goes read-only for every environment) or the database.
+ */
+static int
+upload_room(struct env_ctx *c, uint64_t total, struct err **errp)
+{
+    struct statvfs vfs;
+    size_t n;
+    uint64_t avail, promised, growth;
+
+    if (statvfs(c->uploads_dir, &vfs) < 0)
+        return err_set(errp, ERR_IO, errno, "stage upload: statvfs");
+    avail = (uint64_t)vfs.f_bavail * vfs.f_frsize;
+    promised = uploads_promised(c, &n);
+    growth = image_growth(c);
+    if (total + promised + growth + ENV_UPLOAD_RESERVE > avail)
+        return err_set(errp, ERR_LIMIT, 0,
+                       "no room to stage an upload of %llu bytes: the data directory's disk has "
+                       "%llu bytes free, %llu of them promised to %zu open uploads and %llu to "
+                       "the storage image",
+                       (unsigned long long)total, (unsigned long long)avail,
+                       (unsigned long long)promised, n, (unsigned long long)growth);
+    return 0;
+}
+
 int
 env_upload_begin(struct env_ctx *c, const struct store_upload *u, struct err **errp)
 {
     cleanup_free char *path = staged_path(c, u->id);
-    cleanup_close int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+    cleanup_close int fd = -1;
 
+    if (upload_room(c, u->total, errp) < 0)
+        return -1;
+    fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (fd < 0)
         return err_set(errp, ERR_IO, errno, "stage upload");
     if (store_upload_insert(c->store, u, errp) < 0) {

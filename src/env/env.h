@@ -19,6 +19,8 @@
 #define ENV_DEFAULT_PIDS 4096u
 #define ENV_DEFAULT_DISK (10ULL << 30)
 #define ENV_DEFAULT_STORAGE (64ULL << 30)
+/* Free disk an upload's staging must leave beside what is promised (env_upload_begin). */
+#define ENV_UPLOAD_RESERVE (256ULL << 20)
 
 struct env_ctx;
 

@@ -5,6 +5,7 @@ download, upload, extract and the snapshot, and a slow client being cut off."""
 import io
 import json
 import os
+import subprocess
 import re
 import socket
 import tarfile
@@ -587,3 +588,43 @@ def test_oversized_headers_are_refused_with_a_json_error(mapi):
     err = json.loads(body)["error"]
     assert err["code"] == int(head.split()[1]) and err["message"], err
     assert mapi.server.http(None).get("/healthz").status == 200
+
+
+def test_upload_staging_leaves_room_and_goes_with_its_environment(tmp_path):
+    """Uploads stage on the data directory's disk, outside every quota: a start whose announced
+    bytes, with what open sessions may still write and what the storage image may still grow
+    by, would leave less than 256 MiB free is a 413 that says so. An environment's unfinished
+    sessions go when it is deleted. (A 3 GiB tmpfs holds the data directory; its image is
+    2 GiB, sparse.)"""
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3G", "tmpfs", str(small)], check=True)
+    pd = pdk.Paddock(small / "data")
+    s = None
+    try:
+        s = ApiServer(pd).start()
+        h = s.http(s.make_key("staging", scopes=("environments",)))
+        eid = h.create({})["id"]
+        r = h.upload_start(eid, "workspace/huge.bin", 2 * pdk.GiB)
+        assert_error_shape(r, 413)
+        assert "no room to stage" in r.json()["error"]["message"], r.json()
+        # Announced bytes count before they arrive: 300 MiB sessions until the room is gone.
+        sessions = []
+        for _ in range(8):
+            r = h.upload_start(eid, "workspace/part.bin", 300 * pdk.MiB)
+            if r.status != 200:
+                break
+            sessions.append(h.session_path(r))
+        assert_error_shape(r, 413)
+        assert 1 <= len(sessions) < 8, len(sessions)
+        assert "open uploads" in r.json()["error"]["message"], r.json()
+        staged = pd.data / "uploads"
+        assert len(list(staged.iterdir())) == len(sessions)
+        assert h.delete(f"/v1beta/environments/{eid}").status == 200
+        assert list(staged.iterdir()) == []
+        assert h.upload_chunk(sessions[0], b"x", 0, finalize=True).status == 404
+    finally:
+        if s is not None:
+            finish(s)
+        pd.teardown()
+        subprocess.run(["umount", "-l", str(small)], check=False)
