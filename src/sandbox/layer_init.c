@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <search.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -279,13 +280,16 @@ struct seen_set {
     size_t n, cap;
 };
 
-/* "./a//b/" -> "a/b"; NULL for an absolute name, a ".." component, or nothing at all. */
+/*
+ * "./a//b/" -> "a/b"; "." or "./" -> "" (the target directory itself); NULL for an absolute
+ * name, a ".." component, or no name at all.
+ */
 static char *
 norm_name(const char *in)
 {
     struct buf b;
 
-    if (in == NULL || in[0] == '/')
+    if (in == NULL || in[0] == '/' || in[0] == '\0')
         return NULL;
     buf_init(&b, 8192);
     for (const char *p = in; *p != '\0';) {
@@ -305,7 +309,7 @@ norm_name(const char *in)
     }
     if (b.len == 0) {
         buf_free(&b);
-        return NULL;
+        return xstrdup("");
     }
     return buf_steal(&b, NULL);
 }
@@ -403,14 +407,18 @@ has_entries_inside(const struct seen_set *s, const char *name)
     return lo < s->n && strncmp(s->v[lo].name, key, strlen(key)) == 0;
 }
 
-/* Checks the whole archive once every entry is known; the first bad entry refuses it all. */
+/*
+ * Checks the whole archive once every entry is known; the first bad entry refuses it all.
+ * Keeps the caller waiting with keep-alives: an archive of a million entries takes seconds.
+ */
 static int
-check_seen(struct seen_set *s, struct err **errp)
+check_seen(struct seen_set *s, struct proto_alive *alive, struct err **errp)
 {
     if (s->n > 0)
         qsort(s->v, s->n, sizeof(*s->v), cmp_seen);
     for (size_t i = 0; i < s->n; i++) {
         const struct seen *e = &s->v[i];
+        sandbox__proto_alive(alive);
         if (i > 0 && strcmp(s->v[i - 1].name, e->name) == 0 && (e->kind == 'l' ||
                                                                 s->v[i - 1].kind == 'l'))
             return err_set(errp, ERR_INVALID, 0, "archive entry '%s' is both a link and "
@@ -469,6 +477,15 @@ see_entry(struct seen_set *s, struct archive_entry *ent, struct err **errp)
         return err_set(errp, ERR_INVALID, 0,
                        "archive entry '%s' has an absolute path, a '..' component or no name",
                        raw != NULL ? raw : "");
+    if (name[0] == '\0') {
+        /* "./", which tar -C dir -c . writes first: the target itself, which is left as it is
+         * (its mode and times are the environment's, not the archive's). */
+        free(name);
+        if (type == AE_IFDIR && hard == NULL)
+            return 0;
+        return err_set(errp, ERR_INVALID, 0,
+                       "archive entry '%s' names the target directory but is not a directory", raw);
+    }
     if (hard != NULL)
         kind = 'h';
     else if (type == AE_IFLNK)
@@ -508,13 +525,40 @@ struct spool {
     char *buf; /* TAR_BLOCK bytes */
 };
 
+/*
+ * True once the caller has gone (it gave up after PROTO_TIMEOUT_MS without a frame: the handler
+ * was stopped, say). It sends nothing after the archive, so a readable connection is its end.
+ */
+static bool
+caller_gone(int conn)
+{
+    struct pollfd pfd = { .fd = conn, .events = POLLIN | POLLRDHUP };
+    int r = poll(&pfd, 1, 0);
+
+    return r > 0 || (r < 0 && errno != EINTR);
+}
+
+/* Sends a keep-alive when one is due and then looks whether the caller is still there. */
+static bool
+alive_or_gone(struct proto_alive *a)
+{
+    int64_t due = a->next_ns;
+
+    sandbox__proto_alive(a);
+    return a->next_ns != due && caller_gone(a->conn);
+}
+
 static la_ssize_t
 spool_read(struct archive *a, void *arg, const void **buf)
 {
     struct spool *s = arg;
     ssize_t n;
 
-    sandbox__proto_alive(&s->alive);
+    if (alive_or_gone(&s->alive)) {
+        /* Nobody waits for the result: stop, and the extraction rolls back. */
+        archive_set_error(a, ECONNRESET, "the caller went away");
+        return -1;
+    }
     do
         n = read(*s->fd, s->buf, TAR_BLOCK);
     while (n < 0 && errno == EINTR);
@@ -600,7 +644,7 @@ check_archive(struct spool *s, uint64_t *entries, struct err **errp)
         rc = err_set(errp, ERR_INVALID, 0, "bad archive: %s",
                      archive_error_string(a) ? archive_error_string(a) : "unreadable");
     if (rc == 0)
-        rc = check_seen(&seen, errp);
+        rc = check_seen(&seen, &s->alive, errp);
     seen_free(&seen);
     archive_read_free(a);
     return rc;
@@ -617,15 +661,28 @@ check_archive(struct spool *s, uint64_t *entries, struct err **errp)
  * directory the extraction made, so the environment's files are as they were.
  */
 enum stage_kind {
-    STAGE_FILE,  /* tmp is renamed over dest */
+    STAGE_FILE,  /* tmp goes to dest, replacing a non-directory or an empty directory */
     STAGE_MKDIR, /* dest was made where it belongs; removed again if still empty */
-    STAGE_XDIR,  /* tmp, a new directory, is exchanged with the non-directory at dest */
+    STAGE_XDIR,  /* tmp, a new directory, goes to dest, replacing a non-directory */
+};
+
+/* What a STAGE_FILE or STAGE_XDIR put in its place did with what was at dest. */
+enum stage_old {
+    STAGE_OLD_NONE,      /* nothing was there */
+    STAGE_OLD_AT_TMP,    /* exchanged: the old non-directory is at tmp until the commit ends */
+    STAGE_OLD_EMPTY_DIR, /* an empty directory, removed (put back with its mode on undo) */
 };
 
 struct stage_op {
     enum stage_kind kind;
-    char *tmp;  /* the temporary name; NULL once gone or moved into place */
-    char *dest; /* where it belongs, relative to the target directory */
+    char *tmp;   /* the temporary name; NULL once gone, or once in place for good */
+    char *dest;  /* where it belongs, relative to the target directory */
+    bool hidden; /* dest is inside a directory that is itself under a temporary name */
+    bool placed; /* at dest, and undone (put back to tmp) if the commit fails */
+    enum stage_old old;
+    mode_t old_mode; /* STAGE_OLD_EMPTY_DIR: its permissions */
+    ino_t ino;       /* what was placed, so an undo moves only that */
+    dev_t dev;
 };
 
 /* A name of the archive, as far as the second pass has got with it. */
@@ -634,7 +691,8 @@ struct stage_node {
     char *path; /* a directory: where it is until commit (inside a temporary one, maybe) */
     size_t op;  /* a non-directory: its STAGE_FILE */
     bool dir;
-    bool meta; /* a directory entry of the archive: its mode and time are set at commit */
+    bool hidden; /* a directory whose path is, or is inside, a temporary directory */
+    bool meta;   /* a directory entry of the archive: its mode and time are set at commit */
     mode_t mode;
     struct timespec times[2];
 };
@@ -647,6 +705,8 @@ struct stage {
     size_t n_metas, cap_metas;
     char tag[17]; /* random: a temporary name never meets a name of the archive */
     uint64_t seq;
+    struct proto_alive *alive; /* the caller's keep-alives, borrowed from the spool */
+    size_t undo_failed;        /* entries the commit could not put back */
 };
 
 static int
@@ -675,15 +735,17 @@ stage_add(struct stage *st, const char *name, bool dir)
     return n;
 }
 
-/* Records one step; takes ownership of tmp and dest. */
+/* Records one step in directory parent; takes ownership of tmp and dest. */
 static size_t
-stage_op_add(struct stage *st, enum stage_kind kind, char *tmp, char *dest)
+stage_op_add(struct stage *st, const struct stage_node *parent, enum stage_kind kind, char *tmp,
+             char *dest)
 {
     if (st->n_ops == st->cap_ops) {
         st->cap_ops = st->cap_ops ? st->cap_ops * 2 : 64;
         st->ops = xrealloc(st->ops, st->cap_ops * sizeof(*st->ops));
     }
-    st->ops[st->n_ops] = (struct stage_op){ .kind = kind, .tmp = tmp, .dest = dest };
+    st->ops[st->n_ops] =
+        (struct stage_op){ .kind = kind, .tmp = tmp, .dest = dest, .hidden = parent->hidden };
     return st->n_ops++;
 }
 
@@ -704,52 +766,67 @@ stage_tmp(struct stage *st, const char *dir)
     return path_join(dir, base);
 }
 
-/*
- * Finds or makes the directory name at path (inside its parent's place until commit), looking
- * at what is there without following it. A regular file in the way of a directory the archive
- * only implies is a conflict; a symlink, or any non-directory where the archive has a
- * directory entry, is replaced at commit (what libarchive's ARCHIVE_EXTRACT_UNLINK does).
- * Takes ownership of path; returns where the directory is until commit (owned), NULL on
- * failure.
- */
-static char *
-stage_mkdir(struct stage *st, const char *parent, const char *name, char *path, bool explicit,
-            struct err **errp)
+/* Makes the directory name under a temporary name in parent, to replace what is at path
+ * (owned) at commit. Returns the new node, borrowed from the stage. */
+static struct stage_node *
+stage_xdir(struct stage *st, const struct stage_node *parent, const char *name, char *path,
+           struct err **errp)
 {
-    struct stat sb;
-    char *tmp;
+    char *tmp = stage_tmp(st, parent->path);
+    struct stage_node *n;
     int en;
 
-    if (lstat(path, &sb) == 0) {
-        if (S_ISDIR(sb.st_mode))
-            return path;
-        if (!S_ISLNK(sb.st_mode) && !explicit) {
-            free(path);
-            err_set(errp, ERR_CONFLICT, 0,
-                    "extract: %s exists and is not a directory, but the archive has entries "
-                    "in it",
-                    name);
-            return NULL;
-        }
-        tmp = stage_tmp(st, parent);
-        if (mkdir(tmp, 0755) < 0) {
-            en = errno;
-            free(tmp);
-            free(path);
-            err_set(errp, sandbox__errno_code(en), en, "extract: mkdir %s", name);
-            return NULL;
-        }
-        stage_op_add(st, STAGE_XDIR, tmp, path);
-        return xstrdup(tmp);
-    }
-    if (errno != ENOENT || mkdir(path, 0755) < 0) {
+    if (mkdir(tmp, 0755) < 0) {
         en = errno;
+        free(tmp);
         free(path);
-        err_set(errp, sandbox__errno_code(en), en, "extract: mkdir %s", name);
-        return NULL;
+        return err_set(errp, sandbox__errno_code(en), en, "extract: mkdir %s", name), NULL;
     }
-    stage_op_add(st, STAGE_MKDIR, NULL, xstrdup(path));
-    return path;
+    stage_op_add(st, parent, STAGE_XDIR, tmp, path);
+    n = stage_add(st, name, true);
+    n->path = xstrdup(tmp);
+    n->hidden = true;
+    return n;
+}
+
+/*
+ * Finds or makes the directory name (base its last component) in parent, looking at what is
+ * there without following it. A regular file in the way of a directory the archive only
+ * implies is refused (400: sending the archive again would not help); a symlink, or any
+ * non-directory where the archive has a directory entry, is replaced at commit (what
+ * libarchive's ARCHIVE_EXTRACT_UNLINK does). Returns the node, borrowed from the stage.
+ */
+static struct stage_node *
+stage_mkdir(struct stage *st, const struct stage_node *parent, const char *name, bool explicit,
+            struct err **errp)
+{
+    const char *slash = strrchr(name, '/');
+    cleanup_free char *path = path_join(parent->path, slash != NULL ? slash + 1 : name);
+    struct stage_node *n;
+    struct stat sb;
+    int r = lstat(path, &sb);
+    int en = errno;
+
+    if (r == 0 && !S_ISDIR(sb.st_mode)) {
+        if (!S_ISLNK(sb.st_mode) && !explicit)
+            return err_set(errp, ERR_INVALID, ENOTDIR,
+                           "extract: %s exists and is not a directory, but the archive has "
+                           "entries in it",
+                           name),
+                   NULL;
+        return stage_xdir(st, parent, name, steal_ptr(&path), errp);
+    }
+    if (r < 0) {
+        if (en != ENOENT || mkdir(path, 0755) < 0) {
+            en = en != ENOENT ? en : errno;
+            return err_set(errp, sandbox__errno_code(en), en, "extract: mkdir %s", name), NULL;
+        }
+        stage_op_add(st, parent, STAGE_MKDIR, NULL, xstrdup(path));
+    }
+    n = stage_add(st, name, true);
+    n->path = steal_ptr(&path);
+    n->hidden = parent->hidden;
+    return n;
 }
 
 /*
@@ -763,7 +840,6 @@ stage_dir(struct stage *st, const char *name, bool explicit, struct err **errp)
     struct stage_node *parent;
     cleanup_free char *pname = NULL;
     const char *slash = strrchr(name, '/');
-    char *path;
 
     if (n != NULL) {
         if (!n->dir) /* check_seen refuses a name that is both */
@@ -779,13 +855,7 @@ stage_dir(struct stage *st, const char *name, bool explicit, struct err **errp)
     parent = stage_dir(st, pname, false, errp);
     if (parent == NULL)
         return NULL;
-    path = stage_mkdir(st, parent->path, name,
-                       path_join(parent->path, slash != NULL ? slash + 1 : name), explicit, errp);
-    if (path == NULL)
-        return NULL;
-    n = stage_add(st, name, true);
-    n->path = path;
-    return n;
+    return stage_mkdir(st, parent, name, explicit, errp);
 }
 
 static int
@@ -838,6 +908,21 @@ stage_hardlink(struct stage *st, struct archive_entry *ent, const char *name, st
     return 0;
 }
 
+/* True when path is a directory with nothing in it (it could then be replaced by a file). */
+static bool
+dir_is_empty(const char *path)
+{
+    DIR *d = opendir(path);
+    struct dirent *de;
+    bool empty = d != NULL;
+
+    while (empty && (de = readdir(d)) != NULL)
+        empty = strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0;
+    if (d != NULL)
+        closedir(d);
+    return empty;
+}
+
 /* Writes a file, link or fifo of the archive under a temporary name next to where it goes. */
 static int
 stage_file(struct stage *st, struct archive *a, struct archive *disk, struct archive_entry *ent,
@@ -861,9 +946,13 @@ stage_file(struct stage *st, struct archive *a, struct archive *disk, struct arc
     dest = path_join(parent->path, base);
     if (strlen(dest) >= PATH_MAX)
         return err_set(errp, ERR_INVALID, ENAMETOOLONG, "archive entry '%s' is too deep", name);
-    if (lstat(dest, &sb) == 0 && S_ISDIR(sb.st_mode))
-        return err_set(errp, ERR_CONFLICT, EISDIR,
-                       "extract %s: a directory is there, and the archive has a file", name);
+    /* An empty directory is replaced at commit, as libarchive did; one with files in it would
+     * lose them, and sending the archive again would not help: 400, not 409. */
+    if (lstat(dest, &sb) == 0 && S_ISDIR(sb.st_mode) && !dir_is_empty(dest))
+        return err_set(errp, ERR_INVALID, EISDIR,
+                       "extract %s: a directory that is not empty is there, and the archive "
+                       "has a file",
+                       name);
     if (archive_entry_hardlink(ent) != NULL && stage_hardlink(st, ent, name, errp) < 0)
         return -1;
     n = stage_find(st, name);
@@ -878,7 +967,7 @@ stage_file(struct stage *st, struct archive *a, struct archive *disk, struct arc
         st->ops[n->op].tmp = NULL;
     }
     tmp = stage_tmp(st, parent->path);
-    n->op = stage_op_add(st, STAGE_FILE, tmp, steal_ptr(&dest));
+    n->op = stage_op_add(st, parent, STAGE_FILE, tmp, steal_ptr(&dest));
     archive_entry_copy_pathname(ent, tmp);
     return write_entry(a, disk, ent, name, errp);
 }
@@ -893,8 +982,13 @@ stage_entry(struct stage *st, struct archive *a, struct archive *disk, struct ar
 
     if (name == NULL) /* the first pass refused it */
         return err_set(errp, ERR_INVALID, 0, "archive entry without a usable name");
-    if (archive_entry_filetype(ent) != AE_IFDIR || archive_entry_hardlink(ent) != NULL)
+    if (archive_entry_filetype(ent) != AE_IFDIR || archive_entry_hardlink(ent) != NULL) {
+        if (name[0] == '\0') /* the first pass refused it */
+            return err_set(errp, ERR_INVALID, 0, "archive entry '.' is not a directory");
         return stage_file(st, a, disk, ent, name, errp);
+    }
+    if (name[0] == '\0')
+        return 0; /* "./": the target itself, left as it is (see_entry) */
     n = stage_dir(st, name, true, errp);
     if (n == NULL)
         return -1;
@@ -915,46 +1009,182 @@ stage_entry(struct stage *st, struct archive *a, struct archive *disk, struct ar
     return 0;
 }
 
+/*
+ * Why o cannot go into place: what is at dest changed during the extraction (only the
+ * sandbox's own processes can have done that; 409, as sending the archive again may well
+ * succeed), or the file system refused.
+ */
 static int
-commit_fail(const char *dest, size_t done, struct err **errp)
+place_fail(const struct stage_op *o, int en, struct err **errp)
 {
-    int en = errno;
-
-    if (done == 0) /* the rollback then leaves everything as it was */
-        return err_set(errp, sandbox__errno_code(en), en,
-                       "extract: moving %s into place; nothing was replaced", dest);
-    return err_set(errp, sandbox__errno_code(en), en,
-                   "extract: moving %s into place; the %zu entries before it were, the rest "
-                   "were not",
-                   dest, done);
+    if (en == EISDIR || en == ENOTEMPTY || en == EEXIST)
+        return err_set(errp, ERR_CONFLICT, en,
+                       "%s changed during the extraction (a directory is there)", o->dest);
+    return err_set(errp, sandbox__errno_code(en), en, "moving %s into place", o->dest);
 }
 
 /*
- * Moves everything into place: the files over what was there, then the directories that
- * replace a non-directory; then the directory entries get their mode and times (after the
- * renames, which change a directory's mtime; best effort, as libarchive's were). A rename
- * here fails only when the file system does (the names and types were checked when staged).
+ * Puts o back at tmp, and what it replaced back at dest, if o is still what is at dest (the
+ * sandbox's processes could have replaced it: theirs is left alone). False when it could not.
+ */
+static bool
+op_undo(struct stage_op *o)
+{
+    struct stat sb;
+    bool ok = false;
+
+    if (!o->placed)
+        return true;
+    if (lstat(o->dest, &sb) < 0 || sb.st_ino != o->ino || sb.st_dev != o->dev)
+        return false;
+    switch (o->old) {
+    case STAGE_OLD_AT_TMP:
+        ok = renameat2(AT_FDCWD, o->tmp, AT_FDCWD, o->dest, RENAME_EXCHANGE) == 0;
+        break;
+    case STAGE_OLD_NONE:
+    case STAGE_OLD_EMPTY_DIR:
+        ok = renameat2(AT_FDCWD, o->dest, AT_FDCWD, o->tmp, RENAME_NOREPLACE) == 0;
+        /* The directory is made again empty, with its mode (not its owner or times). */
+        if (ok && o->old == STAGE_OLD_EMPTY_DIR && mkdir(o->dest, 0700) == 0)
+            chmod(o->dest, o->old_mode);
+        break;
+    }
+    if (ok)
+        o->placed = false;
+    return ok;
+}
+
+/*
+ * Puts one file or new directory in place so that it can be undone: a rename that replaces
+ * nothing, or an exchange that keeps the old non-directory at tmp until the commit ends. An
+ * empty directory in the way of a file is removed (and made again on undo). A directory
+ * anywhere else, which only the sandbox's own processes can have put there since staging
+ * (a user's populated directory where a symlink was), stops the commit: replacing it would
+ * hide the user's files under a temporary name.
+ */
+static int
+op_place(struct stage_op *o, struct err **errp)
+{
+    struct stat sb;
+    int en;
+
+    if (lstat(o->tmp, &sb) < 0)
+        return place_fail(o, errno, errp);
+    o->ino = sb.st_ino;
+    o->dev = sb.st_dev;
+    if (renameat2(AT_FDCWD, o->tmp, AT_FDCWD, o->dest, RENAME_NOREPLACE) == 0) {
+        o->old = STAGE_OLD_NONE;
+    } else if (errno != EEXIST || lstat(o->dest, &sb) < 0) {
+        return place_fail(o, errno, errp);
+    } else if (S_ISDIR(sb.st_mode)) {
+        if (o->kind == STAGE_XDIR)
+            return place_fail(o, EISDIR, errp);
+        if (rmdir(o->dest) < 0)
+            return place_fail(o, errno, errp);
+        if (renameat2(AT_FDCWD, o->tmp, AT_FDCWD, o->dest, RENAME_NOREPLACE) < 0) {
+            en = errno;
+            if (mkdir(o->dest, 0700) == 0)
+                chmod(o->dest, sb.st_mode & 07777);
+            return place_fail(o, en, errp);
+        }
+        o->old = STAGE_OLD_EMPTY_DIR;
+        o->old_mode = sb.st_mode & 07777;
+    } else {
+        if (renameat2(AT_FDCWD, o->tmp, AT_FDCWD, o->dest, RENAME_EXCHANGE) < 0)
+            return place_fail(o, errno, errp);
+        o->old = STAGE_OLD_AT_TMP;
+        o->placed = true;
+        /* What went out is what lstat saw, unless it was swapped for a directory since. */
+        if (lstat(o->tmp, &sb) == 0 && S_ISDIR(sb.st_mode)) {
+            op_undo(o);
+            return place_fail(o, EISDIR, errp);
+        }
+    }
+    o->placed = true;
+    return 0;
+}
+
+/*
+ * Places the ops inside directories still under a temporary name (hidden), or the others.
+ * Keeps the caller waiting, and stops as soon as it has gone: nobody would learn the result.
+ */
+static int
+stage_place(struct stage *st, bool hidden, struct err **errp)
+{
+    for (size_t i = 0; i < st->n_ops; i++) {
+        struct stage_op *o = &st->ops[i];
+        if (o->kind == STAGE_MKDIR || o->tmp == NULL || o->hidden != hidden)
+            continue;
+        if (alive_or_gone(st->alive))
+            return err_set(errp, ERR_TIMEOUT, ECONNRESET, "the caller went away");
+        if (op_place(o, errp) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* Removes what the placed ops (hidden, or the others) replaced: the commit can no longer fail. */
+static void
+stage_drop_old(struct stage *st, bool hidden)
+{
+    for (size_t i = 0; i < st->n_ops; i++) {
+        struct stage_op *o = &st->ops[i];
+        if (o->kind == STAGE_MKDIR || !o->placed || o->hidden != hidden)
+            continue;
+        sandbox__proto_alive(st->alive);
+        /* A non-directory (checked after the exchange): unlink cannot take a directory. */
+        if (o->old == STAGE_OLD_AT_TMP)
+            unlink(o->tmp);
+        o->old = STAGE_OLD_NONE;
+        if (!hidden) {
+            free(o->tmp);
+            o->tmp = NULL;
+            o->placed = false;
+        }
+    }
+}
+
+/* True when the caller is still there: a keep-alive goes out, and the connection is open. */
+static bool
+caller_still_there(const struct stage *st)
+{
+    return sandbox__proto_send(st->alive->conn, PROTO_ALIVE, NULL, 0, NULL) == 0 &&
+           !caller_gone(st->alive->conn);
+}
+
+/*
+ * Moves everything into place in two steps that can both be undone: first what goes inside the
+ * directories still under a temporary name, then what the environment sees (files, and the
+ * directories that replace a non-directory). Only when all of it is in place, and the caller
+ * is still there to learn it, does it remove what was replaced; then the directory entries get
+ * their mode and times (after the renames, which change a directory's mtime; best effort, as
+ * libarchive's were). On failure everything placed is put back.
  */
 static int
 stage_commit(struct stage *st, struct err **errp)
 {
-    size_t done = 0;
+    int rc = stage_place(st, true, errp);
 
-    for (int pass = 0; pass < 2; pass++) {
-        for (size_t i = 0; i < st->n_ops; i++) {
-            struct stage_op *o = &st->ops[i];
-            if (o->tmp == NULL || o->kind != (pass == 0 ? STAGE_FILE : STAGE_XDIR))
-                continue;
-            if (pass == 0 ? rename(o->tmp, o->dest) < 0
-                          : renameat2(AT_FDCWD, o->tmp, AT_FDCWD, o->dest, RENAME_EXCHANGE) < 0)
-                return commit_fail(o->dest, done, errp);
-            if (pass == 1)
-                unlink(o->tmp); /* what the directory replaced */
-            free(o->tmp);
-            o->tmp = NULL;
-            done++;
-        }
+    if (rc == 0) {
+        stage_drop_old(st, true);
+        rc = stage_place(st, false, errp);
     }
+    if (rc == 0 && !caller_still_there(st))
+        rc = err_set(errp, ERR_TIMEOUT, ECONNRESET, "the caller went away");
+    if (rc < 0) {
+        for (size_t i = st->n_ops; i-- > 0;) {
+            sandbox__proto_alive(st->alive);
+            if (!st->ops[i].hidden && !op_undo(&st->ops[i]))
+                st->undo_failed++;
+        }
+        if (st->undo_failed == 0)
+            return err_wrap(errp, "extract: nothing was replaced");
+        return err_wrap(errp,
+                        "extract: %zu entries could not be put back; what they replaced is "
+                        "under .paddock-extract-%s.* names",
+                        st->undo_failed, st->tag);
+    }
+    stage_drop_old(st, false);
     for (size_t i = st->n_metas; i-- > 0;) {
         const struct stage_node *n = st->metas[i];
         cleanup_close int fd = open(n->name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
@@ -964,18 +1194,35 @@ stage_commit(struct stage *st, struct err **errp)
     return 0;
 }
 
-/* Removes every temporary and every directory the extraction made (if still empty). */
+/*
+ * Removes every temporary and every directory the extraction made (if still empty), after a
+ * failure before the commit or the commit's undo. An entry that could not be put back is left
+ * where it is, and so is everything under a temporary directory then: that name may now be
+ * what the directory replaced (a symlink, which must not be followed).
+ */
 static void
 stage_rollback(struct stage *st)
 {
     for (size_t i = st->n_ops; i-- > 0;) {
         const struct stage_op *o = &st->ops[i];
-        if (o->kind == STAGE_FILE && o->tmp != NULL)
-            unlink(o->tmp);
-        else if (o->kind == STAGE_XDIR && o->tmp != NULL)
-            rmdir(o->tmp);
-        else if (o->kind == STAGE_MKDIR)
-            rmdir(o->dest);
+        const char *path;
+        sandbox__proto_alive(st->alive);
+        if (o->hidden && st->undo_failed > 0)
+            continue;
+        if (o->kind == STAGE_MKDIR)
+            path = o->dest;
+        else if (!o->placed)
+            path = o->tmp;
+        else if (o->hidden)
+            path = o->dest;
+        else
+            continue;
+        if (path == NULL)
+            continue;
+        if (o->kind == STAGE_FILE)
+            unlink(path);
+        else
+            rmdir(path);
     }
 }
 
@@ -1018,6 +1265,7 @@ extract_archive(struct spool *s, struct err **errp)
         return -1;
     for (size_t i = 0; i < sizeof(rnd); i++)
         snprintf(st.tag + 2 * i, 3, "%02x", rnd[i]);
+    st.alive = &s->alive;
     a = open_spool(s, errp);
     if (a == NULL)
         return -1;

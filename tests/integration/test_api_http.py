@@ -415,6 +415,38 @@ def test_upload_extract(mapi, tmp_path):
     assert h.delete(f"/v1beta/environments/{eid}").status == 200
 
 
+def test_upload_extract_archive_of_dot(mapi, tmp_path):
+    """`tar -C dir -czf x.tgz .` (the usual way to pack a directory) writes "./" first: the
+    target itself, skipped (the target keeps its own mode). A non-directory "." is refused."""
+    h = mapi.http
+    eid = h.create({})["id"]
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "top.txt").write_bytes(b"top\n")
+    (src / "sub" / "x.txt").write_bytes(b"x\n")
+    os.chmod(src, 0o700)
+    subprocess.run(["tar", "-C", str(src), "-czf", str(tmp_path / "x.tgz"), "."], check=True)
+    data = (tmp_path / "x.tgz").read_bytes()
+    with tarfile.open(fileobj=io.BytesIO(data)) as t:
+        assert t.getnames()[0] in ("./", "."), t.getnames()
+    r = h.upload(eid, "workspace/dot", data, query="extract=true")
+    assert r.status == 200, r
+    assert h.download(eid, "workspace/dot/top.txt").body == b"top\n"
+    assert h.download(eid, "workspace/dot/sub/x.txt").body == b"x\n"
+    r = mapi.pd.run("env", "exec", eid, "--", "stat", "-c", "%a", "/workspace/dot")
+    assert r.rc == 0 and r.text.strip() == "755", r
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
+        for name in ("ok.txt", "."):
+            ti = tarfile.TarInfo(name)
+            ti.size = 2
+            t.addfile(ti, io.BytesIO(b"ok"))
+    r = h.upload(eid, "workspace/dot-file", buf.getvalue(), query="extract=true")
+    assert r.status == 400 and "target directory" in r.json()["error"]["message"], r
+    assert h.download(eid, "workspace/dot-file/ok.txt").status == 404
+    assert h.delete(f"/v1beta/environments/{eid}").status == 200
+
+
 def test_from_environment(mapi, env):
     h = mapi.http
     for ref in (env["id"], f"environments/{env['id']}"):

@@ -15,6 +15,7 @@ import os
 import secrets
 import stat
 import tarfile
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -420,7 +421,7 @@ def tar_with_bad_last(kind):
 @pytest.mark.parametrize("kind,status,names", [
     ("zip-bad-deflate", 400, ("last.bin",)), ("zip-bad-crc", 400, ("last.bin",)),
     ("tar-truncated", 400, ("archive",)), ("tar-name-too-long", 400, ("last.bin-nnn",)),
-    ("tar-dir-in-the-way", 409, ("full",))])
+    ("tar-dir-in-the-way", 400, ("full",))])
 def test_archive_failing_late_leaves_existing_files_untouched(mapi, xenv, kind, status, names):
     """An archive found bad only while its last member is written: the files it would have
     replaced keep their content, and nothing of it (no temporary either) stays behind."""
@@ -461,6 +462,128 @@ def test_extract_over_existing_files_replaces_them(mapi, xenv):
                 "stat -c %a dir && ls -A dir plain && ls -A | grep -c paddock; true").text
     assert out.splitlines() == ["second", "first", "a.txt", "700", "dir:", "b.txt", "",
                                 "plain:", "inner.txt", "0"], out
+
+
+def test_empty_directory_in_the_way_of_a_file_is_replaced(mapi, xenv):
+    """As libarchive did: an empty directory where the archive has a file gives way to it. One
+    with files in it is refused with a 400 (not 409: sending it again would not help), and the
+    archive's other entries, the empty directory among them, are not applied either."""
+    target = "workspace/empty-in-the-way"
+    sh_ok(mapi.pd, xenv, f"rm -rf /{target} && mkdir -p /{target}/e /{target}/sub/e2 "
+          f"/{target}/full && echo keep > /{target}/full/k && chmod 0700 /{target}/e")
+    before = tree_of(mapi, xenv, target)
+    r = mapi.http.upload(xenv, target, tar_bytes([t_reg("e", b"one\n"), t_reg("full", b"no\n")]),
+                         query="extract=true")
+    assert_names(r, "full", status=400)
+    assert r.json()["error"]["status"] == "INVALID_ARGUMENT", r
+    assert tree_of(mapi, xenv, target) == before
+    # A file where the archive has entries inside (and no directory entry): 400 too.
+    r = mapi.http.upload(xenv, target, tar_bytes([t_reg("e", b"one\n"), t_reg("full/k/x", b"x")]),
+                         query="extract=true")
+    assert_names(r, "full/k", status=400)
+    assert tree_of(mapi, xenv, target) == before
+    r = mapi.http.upload(xenv, target, tar_bytes([t_reg("e", b"one\n"), t_reg("sub/e2", b"two\n"),
+                                                  t_reg("sub/f", b"f\n")]),
+                         query="extract=true")
+    assert r.status == 200, r
+    hexof = lambda b: b.hex()  # noqa: E731
+    assert tree_of(mapi, xenv, target) == [
+        "./e F " + hexof(b"one\n"), "./full D", "./full/k F " + hexof(b"keep\n"), "./sub D",
+        "./sub/e2 F " + hexof(b"two\n"), "./sub/f F " + hexof(b"f\n")]
+
+
+class Zeros(io.RawIOBase):
+    """n zero bytes, read without holding them."""
+
+    def __init__(self, n):
+        self.left = n
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        k = min(len(b), self.left)
+        b[:k] = bytes(k)
+        self.left -= k
+        return k
+
+
+def tgz_with_big_tail(entries, big=256 << 20):
+    """entries, then a member of big zero bytes: the write pass takes a while, the upload not."""
+    b = io.BytesIO()
+    with tarfile.open(fileobj=b, mode="w:gz", compresslevel=1, format=tarfile.PAX_FORMAT) as t:
+        for ti, data in entries:
+            t.addfile(ti, io.BytesIO(data) if data is not None else None)
+        ti, _ = t_reg("big.bin", b"")
+        ti.size = big
+        t.addfile(ti, io.BufferedReader(Zeros(big)))
+    return b.getvalue()
+
+
+def in_sandbox_during(api, env_id, script):
+    """Runs script inside the sandbox in a thread; returns a function that waits for its
+    result."""
+    box = {}
+    th = threading.Thread(target=lambda: box.setdefault("r", sh(api.pd, env_id, script,
+                                                                timeout=120)))
+    th.start()
+
+    def wait():
+        th.join(150)
+        return box.get("r")
+    return wait
+
+
+WAIT_FOR_TEMP = ("n=0; until ls -A | grep -q paddock-extract; do n=$((n+1)); "
+                 "[ $n -gt 12000 ] && exit 3; sleep 0.005; done")
+
+
+def test_directory_swapped_in_during_the_write_pass_is_not_hidden(mapi, xenv):
+    """A symlink the archive replaces with a directory is swapped, by a process of the sandbox
+    while the archive is written, for a directory with the user's files. The commit must not
+    exchange that directory away to a temporary name: 409, the user's directory where it was,
+    and nothing of the archive in place."""
+    target = "workspace/swap-dir"
+    sh_ok(mapi.pd, xenv, f"rm -rf /{target} && mkdir -p /{target} && cd /{target} && "
+          "echo a > a.txt && ln -s a.txt lnk")
+    wait = in_sandbox_during(mapi, xenv, f"cd /{target} && {WAIT_FOR_TEMP}; "
+                             "rm lnk && mkdir lnk && echo mine > lnk/mine && echo swapped")
+    data = tgz_with_big_tail([t_dir("lnk"), t_reg("lnk/in.txt", b"in\n"),
+                              t_reg("a.txt", b"new a\n")])
+    r = mapi.http.upload(xenv, target, data, query="extract=true")
+    swapped = wait()
+    assert swapped is not None and swapped.text.strip() == "swapped", (swapped, r)
+    assert_names(r, "lnk", status=409)
+    hexof = lambda b: b.hex()  # noqa: E731
+    assert tree_of(mapi, xenv, target) == ["./a.txt F " + hexof(b"a\n"), "./lnk D",
+                                           "./lnk/mine F " + hexof(b"mine\n")]
+
+
+def test_extraction_whose_caller_gave_up_is_rolled_back(mapi, xenv):
+    """The handler is stopped from inside the sandbox during the write pass for longer than the
+    caller waits (10 s without a frame): the caller answers 504, and the handler, continued,
+    must not commit an archive whose result nobody learns."""
+    target = "workspace/gave-up"
+    sh_ok(mapi.pd, xenv, f"rm -rf /{target} && mkdir -p /{target} && echo old > /{target}/a.txt")
+    # The extracting handler is the busy one that is not serving this shell (its parent).
+    stop = (f"cd /{target} && {WAIT_FOR_TEMP}; h=; for p in /proc/[0-9]*; do "
+            "[ \"$(cat $p/comm 2>/dev/null)\" = paddock-handler ] && [ ${p#/proc/} != $PPID ] "
+            "&& h=\"$h ${p#/proc/}\"; done; [ $(echo $h | wc -w) = 1 ] || exit 4; "
+            "kill -STOP $h; sleep 13; kill -CONT $h; echo stopped $h")
+    wait = in_sandbox_during(mapi, xenv, stop)
+    data = tgz_with_big_tail([t_reg("a.txt", b"new\n"), t_reg("b.txt", b"b\n")])
+    r = mapi.http.upload(xenv, target, data, query="extract=true")
+    stopped = wait()
+    assert stopped is not None and stopped.text.startswith("stopped"), (stopped, r)
+    assert r.status == 504, r
+    deadline = time.monotonic() + 60 * pdk.SLOWDOWN
+    while True:  # the continued handler finishes (or undoes) its work
+        left = sandbox_ls(mapi, xenv, "/" + target)
+        if not any("paddock-extract" in n for n in left) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert left == ["a.txt"], left
+    assert mapi.http.download(xenv, f"{target}/a.txt").body == b"old\n"
 
 
 # ============================================================ 2. the snapshot, planted links
