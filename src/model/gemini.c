@@ -107,8 +107,35 @@ function_response(struct conv *cv, const json_t *msg)
     return json_pack("{s:o}", "functionResponse", fr);
 }
 
+/*
+ * Gemini 3 refuses a model turn whose first functionCall part has no thoughtSignature (a 400
+ * "missing a thought_signature"). A turn rebuilt from another format, or made by a Gemini
+ * that did not think, has none: its first call gets the placeholder Gemini documents for
+ * histories it did not make, "skip_thought_signature_validator". A signature the model gave
+ * is never touched. Returns the turn (owned), a copy when it had to change.
+ */
 static json_t *
-encode_contents(const json_t *messages, struct err **errp)
+sign_first_call(json_t *turn)
+{
+    json_t *parts = json_object_get(turn, "parts"), *p, *copy;
+    size_t i;
+
+    json_array_foreach(parts, i, p) {
+        if (json_object_get(p, "functionCall") == NULL)
+            continue;
+        if (json_object_get(p, "thoughtSignature") != NULL)
+            return turn;
+        copy = json_deep_copy(turn);
+        json_decref(turn);
+        json_object_set_new(json_array_get(json_object_get(copy, "parts"), i), "thoughtSignature",
+                            json_string("skip_thought_signature_validator"));
+        return copy;
+    }
+    return turn;
+}
+
+static json_t *
+encode_contents(const json_t *messages, bool signed_calls, struct err **errp)
 {
     struct conv cv = { .contents = json_array(), .sent_ids = json_object() };
     size_t i;
@@ -141,6 +168,8 @@ encode_contents(const json_t *messages, struct err **errp)
         } else {
             turn = rebuild_model_turn(&cv, m);
         }
+        if (turn != NULL && signed_calls && strcmp(role, "user") != 0)
+            turn = sign_first_call(turn);
         if (turn != NULL)
             json_array_append_new(cv.contents, turn);
     }
@@ -223,7 +252,9 @@ model__gemini_encode(const struct model_enc *enc, struct err **errp)
     const struct model_request *req = enc->req;
     json_t *root, *contents, *gc;
 
-    contents = encode_contents(req->messages, errp);
+    /* Gemini 2 takes calls without signatures; every later model wants them (as for
+     * thinkingLevel below). */
+    contents = encode_contents(req->messages, strncmp(req->model->name, "gemini-2.", 9) != 0, errp);
     if (contents == NULL)
         return NULL;
     root = json_object();

@@ -248,6 +248,53 @@ test_anthropic_native_replay(void **state)
     json_decref(body);
 }
 
+/*
+ * Gemini 3 refuses a model turn whose first call has no thoughtSignature: a turn from another
+ * format gets Gemini's placeholder on its first call, a Gemini turn without a signature on its
+ * calls too (its text's signature is not the call's), and a signed call keeps its signature.
+ * Gemini 2 gets the turns as they were.
+ */
+static void
+test_gemini3_unsigned_calls(void **state)
+{
+    static const char signed_turn[] =
+        "[{'role':'user','text':'go'},"
+        " {'role':'assistant','calls':[{'id':'c1','name':'bash','args':{}},"
+        "                              {'id':'c2','name':'ls','args':{}}],"
+        "  'native':{'format':'gemini','message':{'role':'model','parts':["
+        "    {'functionCall':{'name':'bash','args':{}},'thoughtSignature':'REAL'},"
+        "    {'functionCall':{'name':'ls','args':{}}}]}}},"
+        " {'role':'tool','call_id':'c1','name':'bash','output':'a'},"
+        " {'role':'tool','call_id':'c2','name':'ls','output':'b'}]";
+    json_t *body = encode("gemini-3-pro-preview", anthropic_turn, true, NULL);
+    (void)state;
+
+    ASSERT_JSON_EQ(json_array_get(json_object_get(body, "contents"), 1),
+                   "{'role':'model','parts':[{'functionCall':{'name':'bash',"
+                   "   'args':{'command':'ls'},'id':'toolu_1'},"
+                   "  'thoughtSignature':'skip_thought_signature_validator'}]}");
+    json_decref(body);
+    body = encode("gemini-3-flash-preview", gemini_turn, true, NULL);
+    ASSERT_JSON_EQ(json_array_get(json_object_get(body, "contents"), 1),
+                   "{'role':'model','parts':[{'text':'hi','thoughtSignature':'SIG'},"
+                   " {'functionCall':{'name':'bash','args':{}},"
+                   "  'thoughtSignature':'skip_thought_signature_validator'},"
+                   " {'futurePart':{'x':1}}]}");
+    json_decref(body);
+    body = encode("gemini-3-pro-preview", signed_turn, true, NULL);
+    ASSERT_JSON_EQ(json_array_get(json_object_get(body, "contents"), 1),
+                   "{'role':'model','parts':["
+                   " {'functionCall':{'name':'bash','args':{}},'thoughtSignature':'REAL'},"
+                   " {'functionCall':{'name':'ls','args':{}}}]}");
+    json_decref(body);
+    body = encode("gemini-2.5-pro", anthropic_turn, true, NULL);
+    assert_null(json_object_get(
+        json_array_get(
+            json_object_get(json_array_get(json_object_get(body, "contents"), 1), "parts"), 0),
+        "thoughtSignature"));
+    json_decref(body);
+}
+
 /* An OpenAI turn from a local server: no tool-call id, arguments that are not JSON. */
 static const char openai_turn[] =
     "[{'role':'user','text':'go'},"
@@ -410,11 +457,17 @@ int
 test_wire_run(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_gemini_encode),        cmocka_unit_test(test_gemini_thinking),
-        cmocka_unit_test(test_openai_encode),        cmocka_unit_test(test_anthropic_encode),
-        cmocka_unit_test(test_gemini_native_replay), cmocka_unit_test(test_anthropic_native_replay),
-        cmocka_unit_test(test_openai_native_replay), cmocka_unit_test(test_ids_and_empty_turns),
-        cmocka_unit_test(test_bad_messages),         cmocka_unit_test(test_model_parse),
+        cmocka_unit_test(test_gemini_encode),
+        cmocka_unit_test(test_gemini_thinking),
+        cmocka_unit_test(test_openai_encode),
+        cmocka_unit_test(test_anthropic_encode),
+        cmocka_unit_test(test_gemini_native_replay),
+        cmocka_unit_test(test_anthropic_native_replay),
+        cmocka_unit_test(test_gemini3_unsigned_calls),
+        cmocka_unit_test(test_openai_native_replay),
+        cmocka_unit_test(test_ids_and_empty_turns),
+        cmocka_unit_test(test_bad_messages),
+        cmocka_unit_test(test_model_parse),
     };
     return cmocka_run_group_tests_name("wire", tests, NULL, NULL);
 }
