@@ -468,6 +468,15 @@ static const char preamble[] =
     "is /workspace and files you leave there persist for later interactions. Work step by "
     "step, check the results of what you run, and finish with a short answer for the user.";
 
+/*
+ * The prompt's reads from the sandbox (AGENTS.md, the skills and their SKILL.md) take at
+ * most this long in all: a process of the sandbox that stops and resumes the handler in
+ * turn would otherwise hold the worker for as long as it likes, each of the handler's
+ * keep-alives restarting the control socket's 10 s timeout. What
+ * did not come in time is left out of the prompt, as a missing file is.
+ */
+#define AGENT_PROMPT_DEADLINE_MS (30 * 1000)
+
 static char *
 build_system(struct agent_run *r, const struct agent_plan *p, bool have_env)
 {
@@ -483,14 +492,17 @@ build_system(struct agent_run *r, const struct agent_plan *p, bool have_env)
     if (have_env) {
         cleanup_free char *dir = NULL;
         if (env_dir(r, &dir, NULL) == 0) {
-            cleanup_free char *agents = read_small(r, dir, "/workspace/AGENTS.md");
+            cleanup_free char *agents = NULL;
             struct buf sk;
             struct skills st = { &sk, dir, 0 };
+            sandbox_deadline_set(AGENT_PROMPT_DEADLINE_MS);
+            agents = read_small(r, dir, "/workspace/AGENTS.md");
             if (agents != NULL)
                 buf_printf(&b, NULL, "\n\n# Instructions from /workspace/AGENTS.md\n\n%s", agents);
             buf_init(&sk, 64u * 1024);
             sandbox_file_list(dir, "/.agent/skills", false, NULL, AGENT_SKILLS_MAX * 4, skill_entry,
                               &st, NULL);
+            sandbox_deadline_set(0);
             if (sk.len > 0)
                 buf_printf(&b, NULL,
                            "\n\n# Skills\n\nThese skills are installed; read a skill's "

@@ -1101,14 +1101,25 @@ env_exec_vars(struct env_ctx *c, const char *id, const char *interaction_id, cha
     return 0;
 }
 
+/*
+ * A count walks every file, sending keep-alives, so the control socket's inactivity timeout
+ * alone would let a process of the sandbox that stops and resumes the handler in turn keep
+ * it going for ever, on the server's main thread (the janitor). The whole count gets this.
+ */
+#define ENV_COUNT_DEADLINE_MS (60 * 1000)
+
 int
 env_count(struct env_ctx *c, const char *id, struct err **errp)
 {
     cleanup_free char *dir = env__volume_dir(c, id);
     uint64_t files = 0, bytes = 0;
     int64_t now = util_now_ms();
+    int r;
 
-    if (sandbox_snapshot(dir, true, NULL, NULL, &files, &bytes, errp) < 0)
+    sandbox_deadline_set(ENV_COUNT_DEADLINE_MS);
+    r = sandbox_snapshot(dir, true, NULL, NULL, &files, &bytes, errp);
+    sandbox_deadline_set(0);
+    if (r < 0)
         return -1;
     return store_env_set_counts(c->store, id, files, bytes, now, errp);
 }
@@ -1159,7 +1170,8 @@ uploads_gc(struct env_ctx *c, int64_t max_age_ms)
 
 /*
  * The janitor runs on the server's main thread, and a count that times out (a sandbox whose
- * handler a process inside stopped, say) holds it for the control socket's timeout. Such an
+ * handler a process inside stopped, say) holds it for the control socket's 10 s timeout, or
+ * up to ENV_COUNT_DEADLINE_MS when the handler is stopped and resumed in turn. Such an
  * environment is not counted again for this long, and the warning is not repeated meanwhile.
  */
 #define ENV_COUNT_BACKOFF_MS (10 * 60 * 1000LL)

@@ -172,7 +172,11 @@ void env_proxy_tag(const char *data_dir, const char *env_id, const char *interac
 bool env_proxy_tag_ok(const char *data_dir, const char *env_id, const char *interaction_id,
                       const char *tag);
 
-/** Counts the environment's own files (when running) and stores the counts. */
+/**
+ * Counts the environment's own files (when running) and stores the counts. The count takes
+ * at most 60 s in all (ERR_TIMEOUT past it), whatever the sandbox does; the calling thread's
+ * sandbox_deadline_set() is cleared on return.
+ */
 int env_count(struct env_ctx *ctx, const char *id, struct err **errp);
 
 /** Lifecycle timings of the janitor, in milliseconds of inactivity. */

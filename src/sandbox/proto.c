@@ -5,6 +5,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -24,6 +25,101 @@ timeout_s(int fd, int optname)
     if (getsockopt(fd, SOL_SOCKET, optname, &tv, &n) < 0)
         return 0;
     return (double)tv.tv_sec + (double)tv.tv_usec / 1e6;
+}
+
+/*
+ * The calling thread's deadline (sandbox_deadline_set): an instant of util_mono_ns() past
+ * which no send or receive of this thread waits, whatever keep-alives came; 0 for none.
+ */
+static _Thread_local int64_t deadline_ns;
+static _Thread_local int64_t deadline_ms; /* its length, for errors */
+
+void
+sandbox_deadline_set(int64_t ms)
+{
+    deadline_ms = ms > 0 ? ms : 0;
+    deadline_ns = ms > 0 ? util_mono_ns() + ms * 1000000 : 0;
+}
+
+/* The error for a call that reached the thread's deadline. */
+static int
+deadline_fail(struct err **errp)
+{
+    return err_set(errp, ERR_TIMEOUT, 0,
+                   "the sandbox's control socket did not finish within the caller's limit of "
+                   "%g s (its keep-alives do not extend it)",
+                   (double)deadline_ms / 1000);
+}
+
+/*
+ * With a deadline set, waits until fd is ready for events, at most the socket's own timeout
+ * (optname) for inactivity and never past the deadline; then the caller's send or recv must
+ * not block (MSG_DONTWAIT), since a blocking one restarts the socket's timeout on each byte.
+ * Returns 0 when ready or with no deadline, else -1 with errno EAGAIN (the socket's timeout)
+ * or ETIME (the deadline).
+ */
+static int
+deadline_wait(int fd, short events, int optname)
+{
+    while (deadline_ns != 0) {
+        struct pollfd pfd = { .fd = fd, .events = events };
+        int64_t left_ms = (deadline_ns - util_mono_ns() + 999999) / 1000000;
+        int64_t sock_ms = (int64_t)(timeout_s(fd, optname) * 1000);
+        bool by_sock = sock_ms > 0 && sock_ms < left_ms;
+        int n;
+
+        if (left_ms <= 0) {
+            errno = ETIME;
+            return -1;
+        }
+        n = poll(&pfd, 1, (int)(by_sock ? sock_ms : left_ms));
+        if (n > 0)
+            return 0;
+        if (n < 0 && errno != EINTR)
+            return -1;
+        if (n == 0 && by_sock) {
+            errno = EAGAIN;
+            return -1;
+        }
+        /* Interrupted, or the deadline came: the next round tells which. */
+    }
+    return 0;
+}
+
+/*
+ * One sendmsg() or recv() that waits at most the socket's timeout and never past the
+ * thread's deadline, retried when interrupted. -1 with errno EAGAIN for the timeout, ETIME
+ * for the deadline.
+ */
+static ssize_t
+send_some(int fd, struct msghdr *mh)
+{
+    for (;;) {
+        ssize_t w;
+
+        if (deadline_wait(fd, POLLOUT, SO_SNDTIMEO) < 0)
+            return -1;
+        w = sendmsg(fd, mh, MSG_NOSIGNAL | (deadline_ns != 0 ? MSG_DONTWAIT : 0));
+        /* With a deadline, EAGAIN after poll() said ready only means another round. */
+        if (w < 0 && (errno == EINTR || (deadline_ns != 0 && errno == EAGAIN)))
+            continue;
+        return w;
+    }
+}
+
+static ssize_t
+recv_some(int fd, void *data, size_t len, int flags)
+{
+    for (;;) {
+        ssize_t r;
+
+        if (deadline_wait(fd, POLLIN, SO_RCVTIMEO) < 0)
+            return -1;
+        r = recv(fd, data, len, deadline_ns != 0 ? MSG_DONTWAIT : flags);
+        if (r < 0 && (errno == EINTR || (deadline_ns != 0 && errno == EAGAIN)))
+            continue;
+        return r;
+    }
 }
 
 int
@@ -48,9 +144,9 @@ sandbox__proto_send(int fd, uint32_t type, const void *data, size_t len, struct 
 
     ASSERT(len <= PROTO_MAX_FRAME);
     while (total > 0) {
-        ssize_t w = sendmsg(fd, &mh, MSG_NOSIGNAL);
-        if (w < 0 && errno == EINTR)
-            continue;
+        ssize_t w = send_some(fd, &mh);
+        if (w < 0 && errno == ETIME)
+            return deadline_fail(errp);
         if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
             return err_set(errp, ERR_TIMEOUT, 0,
                            "the sandbox's control socket took nothing for %g s (is its "
@@ -89,7 +185,8 @@ sandbox__proto_send_json(int fd, uint32_t type, json_t *obj, struct err **errp)
 
 /*
  * Reads exactly len bytes. Every recv() waits at most the socket's receive timeout, so the
- * limit is on inactivity: a frame that arrives slowly but steadily is read to its end.
+ * limit is on inactivity: a frame that arrives slowly but steadily is read to its end, unless
+ * the thread's deadline passes first.
  * Returns how many bytes came before the peer closed, or -1 (errno set).
  */
 static ssize_t
@@ -98,9 +195,7 @@ recv_full(int fd, void *data, size_t len)
     size_t got = 0;
 
     while (got < len) {
-        ssize_t r = recv(fd, (char *)data + got, len - got, MSG_WAITALL);
-        if (r < 0 && errno == EINTR)
-            continue;
+        ssize_t r = recv_some(fd, (char *)data + got, len - got, MSG_WAITALL);
         if (r < 0)
             return -1;
         if (r == 0)
@@ -114,6 +209,8 @@ recv_full(int fd, void *data, size_t len)
 static int
 recv_fail(int fd, const char *what, struct err **errp)
 {
+    if (errno == ETIME)
+        return deadline_fail(errp);
     if (errno == EAGAIN || errno == EWOULDBLOCK)
         return err_set(errp, ERR_TIMEOUT, 0,
                        "the sandbox's control socket did not answer within %g s (is its "
@@ -128,6 +225,7 @@ sandbox__proto_recv_header(int fd, uint32_t *type, uint32_t *len, struct err **e
     uint32_t hdr[2];
     ssize_t r;
 
+    /* A keep-alive restarts the socket's timeout, as any byte does, but not the deadline. */
     do {
         r = recv_full(fd, hdr, sizeof(hdr));
         if (r < 0)
@@ -164,11 +262,8 @@ sandbox__proto_recv_payload(int fd, void *data, size_t len, struct err **errp)
 ssize_t
 sandbox__proto_recv_some(int fd, void *data, size_t len, struct err **errp)
 {
-    ssize_t r;
+    ssize_t r = recv_some(fd, data, len, 0);
 
-    do
-        r = recv(fd, data, len, 0);
-    while (r < 0 && errno == EINTR);
     if (r < 0)
         return recv_fail(fd, "a frame's payload", errp);
     if (r == 0 && len > 0)
@@ -342,7 +437,15 @@ sandbox__connect(const char *env_dir, struct err **errp)
     cleanup_close int dirfd = open(env_dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
     cleanup_close int fd = -1;
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    int64_t timeout_ms = PROTO_TIMEOUT_MS;
 
+    /* The connect() waits as long as the send timeout: within the deadline too. */
+    if (deadline_ns != 0) {
+        int64_t left_ms = (deadline_ns - util_mono_ns() + 999999) / 1000000;
+        if (left_ms <= 0)
+            return deadline_fail(errp);
+        timeout_ms = left_ms < timeout_ms ? left_ms : timeout_ms;
+    }
     if (dirfd < 0)
         return err_set(errp, errno == ENOENT ? ERR_NOT_FOUND : ERR_IO, errno, "open %s", env_dir);
     /* Going through /proc/self/fd keeps the path short whatever the data directory is. */
@@ -350,7 +453,7 @@ sandbox__connect(const char *env_dir, struct err **errp)
     fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return err_set(errp, ERR_IO, errno, "socket");
-    if (sandbox__proto_set_timeout(fd, PROTO_TIMEOUT_MS, errp) < 0)
+    if (sandbox__proto_set_timeout(fd, (int)timeout_ms, errp) < 0)
         return -1;
     if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
         if (errno == ECONNREFUSED || errno == ENOENT)

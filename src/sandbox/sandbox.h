@@ -165,12 +165,26 @@ int sandbox_stop(const char *id, const struct sandbox_init *init, struct err **e
 /* ------------------------------------------------------ exec and files */
 
 /*
- * Every call below talks to the sandbox's init over its control socket and never waits on
- * it without a limit: a connect, send or read that makes no progress for 10 s fails with
- * ERR_TIMEOUT naming the operation (processes of the sandbox can stop its handlers). The
- * limit is on inactivity: a transfer of any size goes on while bytes flow. Exec waits for
- * output as long as the command runs, and for its result at most 10 s past its timeout.
+ * Every call below talks to the sandbox's init over its control socket. Each connect, send
+ * or read that makes no progress for 10 s fails with ERR_TIMEOUT naming the operation
+ * (processes of the sandbox can stop its handlers). That limit is on inactivity only: a
+ * transfer of any size goes on while bytes flow, and so does a long walk (a count, a listing,
+ * an extraction) whose handler sends keep-alives. A process of the sandbox that stops the
+ * busy handler and lets it go again every few seconds can thus keep one call going for ever;
+ * only a caller that set a deadline (sandbox_deadline_set) is bounded in total. Exec waits
+ * for output as long as the command runs, and for its result at most 10 s past its timeout.
  */
+
+/**
+ * Bounds the calling thread's control-socket calls below: from now on no connect, send or
+ * read of this thread waits past ms milliseconds from now in all, whatever the sandbox sends
+ * (keep-alives included), and one that would fails with ERR_TIMEOUT (exec's own wait for a
+ * command's output is not bounded by it). Every call started
+ * until the next sandbox_deadline_set() shares the one budget; 0 removes it. Set it around
+ * calls made where nobody may wait long (the server's main loop, the agent's prompt), never
+ * around user-driven transfers, and remove it after them.
+ */
+void sandbox_deadline_set(int64_t ms);
 
 /** Called for each chunk of output; stream is 1 (stdout) or 2 (stderr). */
 typedef int sandbox_output_cb(int stream, const void *data, size_t len, void *arg);

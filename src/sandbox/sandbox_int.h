@@ -41,8 +41,11 @@ enum proto_type {
  * connect, each send and each read. It bounds inactivity, not the whole operation: a
  * transfer of any size goes on while bytes move, and a handler busy without sending (a
  * walk, an extraction, a recursive delete) sends PROTO_ALIVE every PROTO_ALIVE_NS. A
- * handler stopped by a process of the sandbox (SIGSTOP) then costs its caller this long,
- * never a hang. Exec waits for the command's output without this limit (exec_client.c).
+ * handler stopped by a process of the sandbox (SIGSTOP) then costs its caller this long
+ * each time it stops, so a handler stopped and let go in turn (each keep-alive restarting the
+ * timeout) can stretch an operation without end: a caller that must not wait long also sets a
+ * deadline (sandbox_deadline_set), which bounds the whole operation. Exec waits for the
+ * command's output without this limit (exec_client.c).
  */
 #define PROTO_TIMEOUT_MS 10000
 #define PROTO_ALIVE_NS   (1000 * 1000000LL)

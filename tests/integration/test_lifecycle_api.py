@@ -30,15 +30,19 @@ def state(api, env_id):
     return r.json()
 
 
-@pytest.fixture
-def fast(pd):
-    """A server whose environments idle after 2 s, go offline after 4 s, expire after 8 s."""
-    server = ApiServer(pd, args=["--idle-after", "2s", "--offline-after", "4s",
-                                 "--expire-after", "8s"]).start()
+def serving(pd, *args):
+    """An Api on a server started with args, finished when the test is."""
+    server = ApiServer(pd, args=list(args)).start()
     try:
         yield Api(server)
     finally:
         finish(server)
+
+
+@pytest.fixture
+def fast(pd):
+    """A server whose environments idle after 2 s, go offline after 4 s, expire after 8 s."""
+    yield from serving(pd, "--idle-after", "2s", "--offline-after", "4s", "--expire-after", "8s")
 
 
 @pytest.mark.slow
@@ -205,6 +209,18 @@ def test_stopped_handlers_stall_neither_requests_nor_the_server(api):
     assert api.server.proc.wait(10 * SLOWDOWN) == 0
 
 
+def warned_once_then_sigterm(api, stalled, since):
+    """Three more passes of the janitor repeat no stalled line; SIGTERM then ends the server
+    at once."""
+    time.sleep(6 * SLOWDOWN)
+    assert len([l for l in api.server.log_lines(since) if stalled(l)]) == 1, \
+        api.server.log_lines(since)
+    t0 = time.monotonic()
+    api.server.proc.send_signal(signal.SIGTERM)
+    assert api.server.proc.wait(10 * SLOWDOWN) == 0
+    assert time.monotonic() - t0 < 3 * SLOWDOWN
+
+
 @pytest.mark.slow
 def test_janitor_backs_off_an_environment_whose_count_stalls(api):
     """A process inside stops every handler that takes a connection, so the janitor's count of
@@ -230,10 +246,57 @@ def test_janitor_backs_off_an_environment_whose_count_stalls(api):
     assert "not counted again" in hits[0], hits
     r = api.http.get(f"/v1beta/environments/{b}/files/workspace")
     assert r.status == 200, r
-    time.sleep(6 * SLOWDOWN)  # three more passes of the janitor
-    assert len([l for l in api.server.log_lines(since) if stalled(l)]) == 1, \
-        api.server.log_lines(since)
-    t0 = time.monotonic()
-    api.server.proc.send_signal(signal.SIGTERM)
-    assert api.server.proc.wait(10 * SLOWDOWN) == 0
-    assert time.monotonic() - t0 < 3 * SLOWDOWN
+    warned_once_then_sigterm(api, stalled, since)
+
+
+COUNT_DEADLINE_S = 60  # ENV_COUNT_DEADLINE_MS in src/env/env.c
+
+
+@pytest.fixture
+def idling(pd):
+    """A server whose environments idle after 4 s."""
+    yield from serving(pd, "--idle-after", "4s")
+
+
+@pytest.mark.slow
+def test_janitor_count_has_a_deadline_keep_alives_do_not_extend(idling):
+    """A process inside a busy environment stops the handler that counts its files and lets
+    it go for a moment every few seconds: each time it sends a keep-alive, which restarts the
+    control socket's 10 s timeout, and the count advances a few milliseconds. The janitor
+    gives that count up at its deadline, says so once and goes on: another environment idles
+    by its timeout, and SIGTERM stops the server at once. (The main loop used to stay in the
+    count for as long as the process kept at it.)"""
+    api = idling
+    a = api.http.create()["id"]
+    # Enough files that a count needs many of the stopper's short windows, in directories
+    # small enough that reading one (silent: no keep-alive) takes far less than a window.
+    api.pd.ok("env", "exec", a, "-c", "mkdir /workspace/m && cd /workspace/m && "
+              "for d in $(seq 400); do mkdir $d && (cd $d && seq 500 | xargs touch); done",
+              timeout=180)
+    since = len(api.server.log_lines())
+    # For 3 s, every 5 ms: stop each handler at work (state R or D; idle ones wait in S). Then
+    # let them all go for 10 ms: the busy one sends a keep-alive and walks on a little. The process itself keeps the environment busy, so the janitor
+    # counts it again and again.
+    left_to_init(api, a, "sleep 0.3; "
+                         "now() { read u x < /proc/uptime; echo ${u%.*}${u#*.}; }; "
+                         "hs() { for p in /proc/[0-9]*; do "
+                         "read c < $p/comm && [ \"$c\" = paddock-handler ] && "
+                         "read x y s z < $p/stat && "
+                         "[ $1 = all -o \"$s\" = R -o \"$s\" = D ] && "
+                         "echo ${p#/proc/}; done 2>/dev/null; }; "
+                         "while :; do e=$(($(now) + 300)); while [ $(now) -lt $e ]; do "
+                         "kill -STOP $(hs busy) 2>/dev/null; sleep 0.005; done; "
+                         "kill -CONT $(hs all) 2>/dev/null; sleep 0.01; done")
+    time.sleep(4 * SLOWDOWN)  # the janitor's count of a starts, and is caught
+    b = api.http.create()["id"]
+    wait_for(lambda: state(api, b)["state"] == "idle", COUNT_DEADLINE_S + 30,
+             "the janitor to idle another environment")
+
+    def stalled(line):
+        return a in line and "count" in line
+    hits = api.server.wait_log(stalled, since=since, timeout=5)
+    assert hits, "no warning about the count:\n" + "\n".join(api.server.log_lines(since)[-20:])
+    assert f"limit of {COUNT_DEADLINE_S} s" in hits[0], hits
+    assert "not counted again" in hits[0], hits
+    assert state(api, a)["state"] == "running"
+    warned_once_then_sigterm(api, stalled, since)

@@ -329,6 +329,35 @@ test_recv_timeout(void **state)
     ASSERT_ERR(&e, ERR_TIMEOUT);
 }
 
+/*
+ * From a child, one step every every_ms: a keep-alive (alive), after n of them a STDOUT frame
+ * "late"; or else one byte of an n-byte DATA frame. Returns the child.
+ */
+static pid_t
+child_trickle(int fd, bool alive, int n, int every_ms)
+{
+    uint32_t ka[2] = { PROTO_ALIVE, 0 }, hdr[2] = { PROTO_DATA, (uint32_t)n };
+    pid_t pid;
+
+    fflush(stdout);
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid != 0)
+        return pid;
+    if (!alive)
+        (void)!write(fd, hdr, sizeof(hdr));
+    for (int i = 0; i < n; i++) {
+        usleep((useconds_t)every_ms * 1000);
+        if (alive)
+            (void)!write(fd, ka, sizeof(ka));
+        else
+            (void)!write(fd, "x", 1);
+    }
+    if (alive)
+        sandbox__proto_send(fd, PROTO_STDOUT, "late", 4, NULL);
+    _exit(0);
+}
+
 /* A payload that arrives slowly but steadily is read to its end: the limit is on inactivity. */
 static void
 test_recv_slow_payload_is_not_a_timeout(void **state)
@@ -339,18 +368,8 @@ test_recv_slow_payload_is_not_a_timeout(void **state)
     pid_t pid;
 
     ASSERT_NO_ERR(sandbox__proto_set_timeout(p->a, 200, &e), &e);
-    fflush(stdout);
-    pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        uint32_t hdr[2] = { PROTO_DATA, 8 };
-        (void)!write(p->b, hdr, sizeof(hdr));
-        for (int i = 0; i < 8; i++) {
-            usleep(60 * 1000); /* 480 ms in all, each byte well within the timeout */
-            (void)!write(p->b, "x", 1);
-        }
-        _exit(0);
-    }
+    /* 480 ms in all, each byte well within the timeout. */
+    pid = child_trickle(p->b, false, 8, 60);
     ASSERT_NO_ERR(sandbox__proto_recv(p->a, &f, &e), &e);
     reap_ok(pid);
     assert_int_equal(f.len, 8);
@@ -397,6 +416,82 @@ test_recv_skips_alive(void **state)
     assert_int_equal(sandbox__proto_recv(p->a, &f, &e), -1);
     assert_null(f.data);
     ASSERT_ERR_CONTAINS(&e, ERR_IO, "keep-alive");
+}
+
+/*
+ * Keep-alives restart the socket's timeout but never the thread's deadline: a handler that
+ * says it is alive for ever (stopped and resumed in turn) is given up on at the deadline, and
+ * so is a payload trickling in byte by byte. Without a deadline both are waited through.
+ */
+static void
+test_deadline_not_extended(void **state)
+{
+    static const struct {
+        bool alive;      /* keep-alives, else a slow DATA payload */
+        int deadline_ms; /* 0: none */
+        const char *msg; /* the error, or NULL for a frame received */
+    } cases[] = {
+        { true, 0, NULL },
+        { true, 500, "caller's limit of 0.5 s" },
+        { false, 0, NULL },
+        { false, 400, "caller's limit of 0.4 s" },
+    };
+    struct pair *p = *state;
+    struct err *e = NULL;
+    int sv[2];
+
+    ASSERT_NO_ERR(sandbox__proto_set_timeout(p->a, 200, &e), &e);
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct proto_frame f = { 0 };
+        /* 40 steps of 50 ms: 2 s in all, each well within the socket's timeout. */
+        pid_t pid = child_trickle(p->b, cases[i].alive, 40, 50);
+        int64_t t0 = util_mono_ms();
+        int r;
+
+        sandbox_deadline_set(cases[i].deadline_ms);
+        r = sandbox__proto_recv(p->a, &f, &e);
+        sandbox_deadline_set(0);
+        if (cases[i].msg == NULL) {
+            ASSERT_NO_ERR(r, &e);
+            assert_int_equal(f.len, cases[i].alive ? 4 : 40);
+            sandbox__proto_frame_free(&f);
+        } else {
+            assert_int_equal(r, -1);
+            assert_true(util_mono_ms() - t0 >= cases[i].deadline_ms - 10);
+            assert_true(util_mono_ms() - t0 < cases[i].deadline_ms + 1000);
+            assert_null(f.data);
+            ASSERT_ERR_CONTAINS(&e, ERR_TIMEOUT, cases[i].msg);
+        }
+        reap_ok(pid); /* it ends on its own after its 2 s */
+        /* What the child sent after the deadline is still queued: start afresh. */
+        close_and_reset(&p->a);
+        close_and_reset(&p->b);
+        assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+        p->a = sv[0];
+        p->b = sv[1];
+        ASSERT_NO_ERR(sandbox__proto_set_timeout(p->a, 200, &e), &e);
+    }
+}
+
+/* A send waits no longer than the deadline for a peer that takes nothing. */
+static void
+test_deadline_bounds_send(void **state)
+{
+    struct pair *p = *state;
+    struct err *e = NULL;
+    char *payload = xcalloc(1, PROTO_MAX_FRAME);
+    int64_t t0 = util_mono_ms();
+    int r = 0;
+
+    ASSERT_NO_ERR(sandbox__proto_set_timeout(p->a, 5000, &e), &e);
+    sandbox_deadline_set(200);
+    for (int i = 0; i < 16 && r == 0; i++)
+        r = sandbox__proto_send(p->a, PROTO_DATA, payload, PROTO_MAX_FRAME, &e);
+    sandbox_deadline_set(0);
+    assert_int_equal(r, -1);
+    assert_true(util_mono_ms() - t0 < 1500);
+    ASSERT_ERR_CONTAINS(&e, ERR_TIMEOUT, "caller's limit of 0.2 s");
+    free(payload);
 }
 
 /* The first call only starts the clock; one that is due sends an empty PROTO_ALIVE. */
@@ -822,6 +917,8 @@ test_proto_run(void)
         T(test_send_timeout),
         T(test_recv_skips_alive),
         T(test_alive),
+        T(test_deadline_not_extended),
+        T(test_deadline_bounds_send),
         cmocka_unit_test(test_parse_json),
         cmocka_unit_test(test_parse_json_len_bounded),
         cmocka_unit_test(test_result_ok),
