@@ -670,7 +670,9 @@ enum stage_kind {
 enum stage_old {
     STAGE_OLD_NONE,      /* nothing was there */
     STAGE_OLD_AT_TMP,    /* exchanged: the old non-directory is at tmp until the commit ends */
-    STAGE_OLD_EMPTY_DIR, /* an empty directory, removed (put back with its mode on undo) */
+    STAGE_OLD_DIR_AT_TMP, /* exchanged: the old empty directory is at tmp until the commit ends */
+    STAGE_OLD_EMPTY_DIR,  /* an empty directory of a lower layer, removed (made again on undo) */
+    STAGE_OLD_LOWER,      /* a file of a lower layer: replaced by a rename, after the last check */
 };
 
 struct stage_op {
@@ -678,6 +680,7 @@ struct stage_op {
     char *tmp;   /* the temporary name; NULL once gone, or once in place for good */
     char *dest;  /* where it belongs, relative to the target directory */
     bool hidden; /* dest is inside a directory that is itself under a temporary name */
+    size_t xdir; /* hidden: the STAGE_XDIR whose temporary directory dest is inside */
     bool placed; /* at dest, and undone (put back to tmp) if the commit fails */
     enum stage_old old;
     mode_t old_mode; /* STAGE_OLD_EMPTY_DIR: its permissions */
@@ -690,6 +693,7 @@ struct stage_node {
     char *name; /* normalised, as in struct seen */
     char *path; /* a directory: where it is until commit (inside a temporary one, maybe) */
     size_t op;  /* a non-directory: its STAGE_FILE */
+    size_t xdir; /* hidden: the STAGE_XDIR whose temporary directory this is, or is inside */
     bool dir;
     bool hidden; /* a directory whose path is, or is inside, a temporary directory */
     bool meta;   /* a directory entry of the archive: its mode and time are set at commit */
@@ -707,6 +711,7 @@ struct stage {
     uint64_t seq;
     struct proto_alive *alive; /* the caller's keep-alives, borrowed from the spool */
     size_t undo_failed;        /* entries the commit could not put back */
+    bool committed;            /* past the point of no return: nothing to roll back */
 };
 
 static int
@@ -744,8 +749,9 @@ stage_op_add(struct stage *st, const struct stage_node *parent, enum stage_kind 
         st->cap_ops = st->cap_ops ? st->cap_ops * 2 : 64;
         st->ops = xrealloc(st->ops, st->cap_ops * sizeof(*st->ops));
     }
-    st->ops[st->n_ops] =
-        (struct stage_op){ .kind = kind, .tmp = tmp, .dest = dest, .hidden = parent->hidden };
+    st->ops[st->n_ops] = (struct stage_op){
+        .kind = kind, .tmp = tmp, .dest = dest, .hidden = parent->hidden, .xdir = parent->xdir
+    };
     return st->n_ops++;
 }
 
@@ -774,6 +780,7 @@ stage_xdir(struct stage *st, const struct stage_node *parent, const char *name, 
 {
     char *tmp = stage_tmp(st, parent->path);
     struct stage_node *n;
+    size_t op;
     int en;
 
     if (mkdir(tmp, 0755) < 0) {
@@ -782,10 +789,11 @@ stage_xdir(struct stage *st, const struct stage_node *parent, const char *name, 
         free(path);
         return err_set(errp, sandbox__errno_code(en), en, "extract: mkdir %s", name), NULL;
     }
-    stage_op_add(st, parent, STAGE_XDIR, tmp, path);
+    op = stage_op_add(st, parent, STAGE_XDIR, tmp, path);
     n = stage_add(st, name, true);
     n->path = xstrdup(tmp);
     n->hidden = true;
+    n->xdir = op;
     return n;
 }
 
@@ -826,6 +834,7 @@ stage_mkdir(struct stage *st, const struct stage_node *parent, const char *name,
     n = stage_add(st, name, true);
     n->path = steal_ptr(&path);
     n->hidden = parent->hidden;
+    n->xdir = parent->xdir;
     return n;
 }
 
@@ -1020,12 +1029,17 @@ place_fail(const struct stage_op *o, int en, struct err **errp)
     if (en == EISDIR || en == ENOTEMPTY || en == EEXIST)
         return err_set(errp, ERR_CONFLICT, en,
                        "%s changed during the extraction (a directory is there)", o->dest);
+    /* Everything was there when it was staged: it or its directory was removed since. */
+    if (en == ENOENT || en == ENOTDIR)
+        return err_set(errp, ERR_CONFLICT, en,
+                       "%s changed during the extraction (it or its directory went away)", o->dest);
     return err_set(errp, sandbox__errno_code(en), en, "moving %s into place", o->dest);
 }
 
 /*
  * Puts o back at tmp, and what it replaced back at dest, if o is still what is at dest (the
- * sandbox's processes could have replaced it: theirs is left alone). False when it could not.
+ * sandbox's processes could have replaced it: theirs is left alone). False when it could not
+ * (what it replaced is then under the temporary name, or, for a removed empty directory, gone).
  */
 static bool
 op_undo(struct stage_op *o)
@@ -1039,15 +1053,23 @@ op_undo(struct stage_op *o)
         return false;
     switch (o->old) {
     case STAGE_OLD_AT_TMP:
+    case STAGE_OLD_DIR_AT_TMP:
         ok = renameat2(AT_FDCWD, o->tmp, AT_FDCWD, o->dest, RENAME_EXCHANGE) == 0;
         break;
     case STAGE_OLD_NONE:
-    case STAGE_OLD_EMPTY_DIR:
+    case STAGE_OLD_LOWER: /* never placed before the commit's last check */
         ok = renameat2(AT_FDCWD, o->dest, AT_FDCWD, o->tmp, RENAME_NOREPLACE) == 0;
-        /* The directory is made again empty, with its mode (not its owner or times). */
-        if (ok && o->old == STAGE_OLD_EMPTY_DIR && mkdir(o->dest, 0700) == 0)
-            chmod(o->dest, o->old_mode);
         break;
+    case STAGE_OLD_EMPTY_DIR:
+        if (renameat2(AT_FDCWD, o->dest, AT_FDCWD, o->tmp, RENAME_NOREPLACE) < 0)
+            return false;
+        /* o is back at tmp (removed with the temporaries); the directory is made again with
+         * its mode (the overlay's lower one it was keeps its owner and times underneath). */
+        o->placed = false;
+        if (mkdir(o->dest, 0700) < 0)
+            return false;
+        chmod(o->dest, o->old_mode);
+        return true;
     }
     if (ok)
         o->placed = false;
@@ -1055,52 +1077,116 @@ op_undo(struct stage_op *o)
 }
 
 /*
- * Puts one file or new directory in place so that it can be undone: a rename that replaces
- * nothing, or an exchange that keeps the old non-directory at tmp until the commit ends. An
- * empty directory in the way of a file is removed (and made again on undo). A directory
- * anywhere else, which only the sandbox's own processes can have put there since staging
- * (a user's populated directory where a symlink was), stops the commit: replacing it would
- * hide the user's files under a temporary name.
+ * True when old (at o's dest) is a non-directory that only a lower layer of the overlay has:
+ * on the same mount as o's temporary (just made, so in the upper layer), yet another device.
+ * Without metacopy, an exchange would copy it up, data and all, and a rollback would leave
+ * the copy in the environment's layer; a rename only hides it. When the layers share a device
+ * (or xino), this says false and the exchange is used: correct, only dearer.
+ */
+static bool
+op_over_lower(const struct stage_op *o, const struct stat *old)
+{
+    struct statx t, d;
+
+    if (o->kind != STAGE_FILE || old->st_dev == o->dev)
+        return false;
+    return statx(AT_FDCWD, o->tmp, AT_SYMLINK_NOFOLLOW, STATX_MNT_ID, &t) == 0 &&
+           statx(AT_FDCWD, o->dest, AT_SYMLINK_NOFOLLOW, STATX_MNT_ID, &d) == 0 &&
+           (t.stx_mask & d.stx_mask & STATX_MNT_ID) && t.stx_mnt_id == d.stx_mnt_id &&
+           makedev(d.stx_dev_major, d.stx_dev_minor) == old->st_dev &&
+           !(d.stx_attributes & STATX_ATTR_MOUNT_ROOT);
+}
+
+/*
+ * An empty directory in the way of a file: exchanged out, so that it waits under the
+ * temporary name with its owner and times until the commit ends. overlayfs cannot move a
+ * directory of a lower layer (EXDEV): that one is removed, and made again on undo.
  */
 static int
-op_place(struct stage_op *o, struct err **errp)
+op_place_over_dir(struct stage *st, struct stage_op *o, const struct stat *old, struct err **errp)
 {
     struct stat sb;
     int en;
+
+    if (renameat2(AT_FDCWD, o->tmp, AT_FDCWD, o->dest, RENAME_EXCHANGE) == 0) {
+        o->old = STAGE_OLD_DIR_AT_TMP;
+        o->placed = true;
+        /* A process of the sandbox may have put files in it since it was staged. */
+        if (lstat(o->tmp, &sb) < 0 || !S_ISDIR(sb.st_mode) || !dir_is_empty(o->tmp)) {
+            op_undo(o);
+            return place_fail(o, ENOTEMPTY, errp);
+        }
+        return 0;
+    }
+    if (errno != EXDEV)
+        return place_fail(o, errno, errp);
+    if (rmdir(o->dest) < 0)
+        return place_fail(o, errno, errp);
+    if (renameat2(AT_FDCWD, o->tmp, AT_FDCWD, o->dest, RENAME_NOREPLACE) < 0) {
+        en = errno;
+        if (mkdir(o->dest, 0700) < 0)
+            st->undo_failed++;
+        else
+            chmod(o->dest, old->st_mode & 07777);
+        return place_fail(o, en, errp);
+    }
+    o->old = STAGE_OLD_EMPTY_DIR;
+    o->old_mode = old->st_mode & 07777;
+    o->placed = true;
+    return 0;
+}
+
+/*
+ * Puts one file or new directory in place so that it can be undone: a rename that replaces
+ * nothing, or an exchange that keeps the old non-directory (or empty directory) at tmp until
+ * the commit ends. A file of the overlay's lower layer is left for the commit's end
+ * (op_over_lower). A directory anywhere else, which only the sandbox's own processes can have
+ * put there since staging (a user's populated directory where a symlink was), stops the
+ * commit: replacing it would hide the user's files under a temporary name.
+ */
+static int
+op_place(struct stage *st, struct stage_op *o, struct err **errp)
+{
+    struct stat sb;
+    bool retried = false;
 
     if (lstat(o->tmp, &sb) < 0)
         return place_fail(o, errno, errp);
     o->ino = sb.st_ino;
     o->dev = sb.st_dev;
-    if (renameat2(AT_FDCWD, o->tmp, AT_FDCWD, o->dest, RENAME_NOREPLACE) == 0) {
-        o->old = STAGE_OLD_NONE;
-    } else if (errno != EEXIST || lstat(o->dest, &sb) < 0) {
-        return place_fail(o, errno, errp);
-    } else if (S_ISDIR(sb.st_mode)) {
+    for (;;) {
+        if (renameat2(AT_FDCWD, o->tmp, AT_FDCWD, o->dest, RENAME_NOREPLACE) == 0) {
+            o->old = STAGE_OLD_NONE;
+            o->placed = true;
+            return 0;
+        }
+        if (errno != EEXIST)
+            return place_fail(o, errno, errp);
+        if (lstat(o->dest, &sb) == 0)
+            break;
+        /* Removed since the rename found it (by a process of the sandbox): once more. */
+        if (errno != ENOENT || retried)
+            return place_fail(o, errno, errp);
+        retried = true;
+    }
+    if (S_ISDIR(sb.st_mode)) {
         if (o->kind == STAGE_XDIR)
             return place_fail(o, EISDIR, errp);
-        if (rmdir(o->dest) < 0)
-            return place_fail(o, errno, errp);
-        if (renameat2(AT_FDCWD, o->tmp, AT_FDCWD, o->dest, RENAME_NOREPLACE) < 0) {
-            en = errno;
-            if (mkdir(o->dest, 0700) == 0)
-                chmod(o->dest, sb.st_mode & 07777);
-            return place_fail(o, en, errp);
-        }
-        o->old = STAGE_OLD_EMPTY_DIR;
-        o->old_mode = sb.st_mode & 07777;
-    } else {
-        if (renameat2(AT_FDCWD, o->tmp, AT_FDCWD, o->dest, RENAME_EXCHANGE) < 0)
-            return place_fail(o, errno, errp);
-        o->old = STAGE_OLD_AT_TMP;
-        o->placed = true;
-        /* What went out is what lstat saw, unless it was swapped for a directory since. */
-        if (lstat(o->tmp, &sb) == 0 && S_ISDIR(sb.st_mode)) {
-            op_undo(o);
-            return place_fail(o, EISDIR, errp);
-        }
+        return op_place_over_dir(st, o, &sb, errp);
     }
+    if (op_over_lower(o, &sb)) {
+        o->old = STAGE_OLD_LOWER;
+        return 0;
+    }
+    if (renameat2(AT_FDCWD, o->tmp, AT_FDCWD, o->dest, RENAME_EXCHANGE) < 0)
+        return place_fail(o, errno, errp);
+    o->old = STAGE_OLD_AT_TMP;
     o->placed = true;
+    /* What went out is what lstat saw, unless it was swapped for a directory since. */
+    if (lstat(o->tmp, &sb) == 0 && S_ISDIR(sb.st_mode)) {
+        op_undo(o);
+        return place_fail(o, EISDIR, errp);
+    }
     return 0;
 }
 
@@ -1117,7 +1203,7 @@ stage_place(struct stage *st, bool hidden, struct err **errp)
             continue;
         if (alive_or_gone(st->alive))
             return err_set(errp, ERR_TIMEOUT, ECONNRESET, "the caller went away");
-        if (op_place(o, errp) < 0)
+        if (op_place(st, o, errp) < 0)
             return -1;
     }
     return 0;
@@ -1132,9 +1218,12 @@ stage_drop_old(struct stage *st, bool hidden)
         if (o->kind == STAGE_MKDIR || !o->placed || o->hidden != hidden)
             continue;
         sandbox__proto_alive(st->alive);
-        /* A non-directory (checked after the exchange): unlink cannot take a directory. */
+        /* Checked after the exchange: a non-directory, or a directory that was empty (one a
+         * process of the sandbox has filled since stays, under its temporary name). */
         if (o->old == STAGE_OLD_AT_TMP)
             unlink(o->tmp);
+        else if (o->old == STAGE_OLD_DIR_AT_TMP)
+            rmdir(o->tmp);
         o->old = STAGE_OLD_NONE;
         if (!hidden) {
             free(o->tmp);
@@ -1142,6 +1231,45 @@ stage_drop_old(struct stage *st, bool hidden)
             o->placed = false;
         }
     }
+}
+
+/*
+ * After the point of no return: replaces the files of the overlay's lower layer, by renames
+ * that copy nothing up. One that fails (only a change by the sandbox's own processes, or a
+ * full disk, can make it) leaves that file as it was and its temporary removed; the rest of
+ * the archive stays in place, and the error names the first and counts them.
+ */
+static int
+stage_place_lower(struct stage *st, struct err **errp)
+{
+    size_t failed = 0;
+    const char *first = NULL;
+    int en = 0;
+
+    for (size_t i = 0; i < st->n_ops; i++) {
+        struct stage_op *o = &st->ops[i];
+        if (o->kind != STAGE_FILE || o->tmp == NULL || o->old != STAGE_OLD_LOWER)
+            continue;
+        sandbox__proto_alive(st->alive);
+        if (renameat2(AT_FDCWD, o->tmp, AT_FDCWD, o->dest, 0) < 0) {
+            if (failed++ == 0) {
+                en = errno;
+                first = o->dest;
+            }
+            unlink(o->tmp);
+        }
+        free(o->tmp);
+        o->tmp = NULL;
+        o->old = STAGE_OLD_NONE;
+    }
+    if (failed == 0)
+        return 0;
+    return err_set(
+        errp,
+        en == ENOENT || en == ENOTDIR || en == EISDIR ? ERR_CONFLICT : sandbox__errno_code(en), en,
+        "extract: the archive is in place except %zu entries over files of the "
+        "base image, which are as they were; the first: %s",
+        failed, first);
 }
 
 /* True when the caller is still there: a keep-alive goes out, and the connection is open. */
@@ -1156,9 +1284,10 @@ caller_still_there(const struct stage *st)
  * Moves everything into place in two steps that can both be undone: first what goes inside the
  * directories still under a temporary name, then what the environment sees (files, and the
  * directories that replace a non-directory). Only when all of it is in place, and the caller
- * is still there to learn it, does it remove what was replaced; then the directory entries get
- * their mode and times (after the renames, which change a directory's mtime; best effort, as
- * libarchive's were). On failure everything placed is put back.
+ * is still there to learn it, does it remove what was replaced and rename the archive's files
+ * over those of the base image; then the directory entries get their mode and times (after
+ * the renames, which change a directory's mtime; best effort, as libarchive's were). On
+ * failure before that point everything placed is put back.
  */
 static int
 stage_commit(struct stage *st, struct err **errp)
@@ -1181,33 +1310,51 @@ stage_commit(struct stage *st, struct err **errp)
             return err_wrap(errp, "extract: nothing was replaced");
         return err_wrap(errp,
                         "extract: %zu entries could not be put back; what they replaced is "
-                        "under .paddock-extract-%s.* names",
+                        "under .paddock-extract-%s.* names, or was an empty directory that "
+                        "could not be made again",
                         st->undo_failed, st->tag);
     }
+    st->committed = true;
     stage_drop_old(st, false);
+    rc = stage_place_lower(st, errp);
     for (size_t i = st->n_metas; i-- > 0;) {
         const struct stage_node *n = st->metas[i];
-        cleanup_close int fd = open(n->name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        cleanup_close int fd = -1;
+        sandbox__proto_alive(st->alive);
+        fd = open(n->name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         if (fd >= 0 && fchmod(fd, n->mode) == 0)
             futimens(fd, n->times);
     }
-    return 0;
+    return rc;
+}
+
+/* True while a temporary directory that o is inside is at its destination, not put back: its
+ * temporary name may then be what it replaced (a symlink, which must not be followed). */
+static bool
+op_under_placed_xdir(const struct stage *st, const struct stage_op *o)
+{
+    for (; o->hidden; o = &st->ops[o->xdir]) {
+        if (st->ops[o->xdir].placed)
+            return true;
+    }
+    return false;
 }
 
 /*
  * Removes every temporary and every directory the extraction made (if still empty), after a
  * failure before the commit or the commit's undo. An entry that could not be put back is left
- * where it is, and so is everything under a temporary directory then: that name may now be
- * what the directory replaced (a symlink, which must not be followed).
+ * where it is, and so is everything under a temporary directory that could not be.
  */
 static void
 stage_rollback(struct stage *st)
 {
+    if (st->committed)
+        return;
     for (size_t i = st->n_ops; i-- > 0;) {
         const struct stage_op *o = &st->ops[i];
         const char *path;
         sandbox__proto_alive(st->alive);
-        if (o->hidden && st->undo_failed > 0)
+        if (op_under_placed_xdir(st, o))
             continue;
         if (o->kind == STAGE_MKDIR)
             path = o->dest;

@@ -586,6 +586,43 @@ def test_extraction_whose_caller_gave_up_is_rolled_back(mapi, xenv):
     assert mapi.http.download(xenv, f"{target}/a.txt").body == b"old\n"
 
 
+def test_rolled_back_commit_leaves_base_files_and_empty_directories_as_they_were(mapi):
+    """A commit undone (a process of the sandbox makes a directory where the archive puts a
+    file) after it had replaced a file only the base image has, and an empty directory of the
+    environment: no copy of the base file stays in the environment's own layer (an exchange
+    would have copied it up, data and all), and the empty directory comes back with its owner,
+    mode and times. Extracted again without the race, the archive replaces the base file."""
+    env_id = new_env(mapi)
+    t = tok()
+    base = "etc/ethertypes"
+    upper = mapi.pd.data / "envs" / env_id / "upper" / "root"
+    assert not (upper / base).exists()
+    old = mapi.http.download(env_id, base).body
+    assert old
+    sh_ok(mapi.pd, env_id, f"mkdir /etc/e-{t} && chown 1000:1000 /etc/e-{t} && "
+          f"chmod 0750 /etc/e-{t} && touch -d @1600000000 /etc/e-{t}")
+    meta = f"stat -c '%u %g %a %Y %F' /etc/e-{t}"
+    before = sh_ok(mapi.pd, env_id, meta).text
+    wait = in_sandbox_during(mapi, env_id, f"cd /etc && {WAIT_FOR_TEMP}; "
+                             f"mkdir z-{t} && echo mine > z-{t}/f && echo raced")
+    data = tgz_with_big_tail([t_reg("ethertypes", b"new\n"), t_reg(f"e-{t}", b"file\n"),
+                              t_reg(f"z-{t}", b"z\n")])
+    r = mapi.http.upload(env_id, "etc", data, query="extract=true")
+    raced = wait()
+    assert raced is not None and raced.text.strip() == "raced", (raced, r)
+    assert_names(r, f"z-{t}", status=409)
+    assert mapi.http.download(env_id, base).body == old
+    assert not os.path.lexists(upper / base), "a copy of the base file stayed in the layer"
+    assert sh_ok(mapi.pd, env_id, meta).text == before
+    assert not [n for n in sandbox_ls(mapi, env_id, "/etc") if "paddock" in n and t not in n
+                and n.startswith(".")]
+    r = mapi.http.upload(env_id, "etc", tar_bytes([t_reg("ethertypes", b"new\n")]),
+                         query="extract=true")
+    assert r.status == 200, r
+    assert mapi.http.download(env_id, base).body == b"new\n"
+    assert (upper / base).read_bytes() == b"new\n"
+
+
 # ============================================================ 2. the snapshot, planted links
 
 def _make_host_marker():
