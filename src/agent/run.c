@@ -963,19 +963,26 @@ run_calls(struct loop *l, const struct model_turn *t, struct err **errp)
 
 /*
  * Waits ms, or less once the server stops, the run is cancelled (when cancels counts) or its
- * deadline (wall clock; 0: none) comes. Neither the cancel flag nor the server's stop has a
- * condition variable a run could wait on: they are looked at every 50 ms.
+ * deadline (wall clock; 0: none) comes. A cancel and a stop both wake agent_wait(); a run of
+ * `paddock run` (no service) has neither, and sleeps.
  */
 static void
 pause_run(struct agent_run *r, int64_t deadline, int64_t ms, bool cancels)
 {
     int64_t until = util_mono_ms() + ms;
 
-    while (util_mono_ms() < until && !(cancels && r->cancel) &&
-           !(deadline != 0 && util_now_ms() >= deadline) &&
-           !(r->svc != NULL && agent_stopping(r->svc))) {
-        struct timespec ts = { 0, 50 * 1000000L };
-        nanosleep(&ts, NULL);
+    for (;;) {
+        int64_t left = until - util_mono_ms();
+        if (deadline != 0 && deadline - util_now_ms() < left)
+            left = deadline - util_now_ms();
+        if (left <= 0 || (cancels && r->cancel) || (r->svc != NULL && agent_stopping(r->svc)))
+            return;
+        if (r->svc != NULL) {
+            agent_wait(r->svc, r->it.id, 0, (int)(left < 1000 ? left : 1000));
+        } else {
+            struct timespec ts = { (time_t)(left / 1000), (long)(left % 1000) * 1000000L };
+            nanosleep(&ts, NULL);
+        }
     }
 }
 
@@ -1254,6 +1261,17 @@ load_history(struct loop *l, json_t *steps, struct err **errp)
     return 0;
 }
 
+/* Ends the run failed with e (freed) as its error: "paddock/invalid" when the request named
+ * something wrong or missing, else code. */
+static void
+fail_with(struct loop *l, const char *code, const char *prefix, struct err *e)
+{
+    add_error(l, e->code == ERR_INVALID || e->code == ERR_NOT_FOUND ? "paddock/invalid" : code,
+              "%s%s", prefix, e->msg);
+    err_free(e);
+    l->end = "failed";
+}
+
 /*
  * The final write, tried again while the database stays busy or full for a while: an
  * interaction left in_progress by a failed write looks alive to every client (and to a cancel)
@@ -1318,12 +1336,7 @@ agent__run(struct agent_run *r)
         load_history(&l, steps, &e);
     json_decref(steps);
     if (e != NULL) {
-        add_error(&l,
-                  e->code == ERR_INVALID || e->code == ERR_NOT_FOUND ? "paddock/invalid"
-                                                                     : "paddock/internal",
-                  "%s", e->msg);
-        err_free(e);
-        l.end = "failed";
+        fail_with(&l, "paddock/internal", "", e);
         goto finish;
     }
     if (agent__plan(r->st, r->it.project, r->o->default_model, r->req, &l.plan, &e) < 0) {
@@ -1340,12 +1353,7 @@ agent__run(struct agent_run *r)
         char id[40] = "";
         if (r->o->resolve_env(r->o->resolve_arg, r->ctx, r->it.project, l.plan.env_spec, false, id,
                               &e) < 0) {
-            add_error(&l,
-                      e->code == ERR_INVALID || e->code == ERR_NOT_FOUND ? "paddock/invalid"
-                                                                         : "paddock/environment",
-                      "environment: %s", e->msg);
-            err_free(e);
-            l.end = "failed";
+            fail_with(&l, "paddock/environment", "environment: ", e);
             goto finish;
         }
         snprintf(r->it.env_id, sizeof(r->it.env_id), "%s", id);

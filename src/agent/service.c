@@ -1318,6 +1318,10 @@ agent_cancel(struct agent_service *svc, struct store *s, const char *project, co
             r->cancel = 1;
             found = true;
         }
+    if (found) { /* a run pausing between tries waits in agent_wait() */
+        svc->gen++;
+        pthread_cond_broadcast(&svc->news);
+    }
     if (!found) {
         /* Still queued: take it out of the queue and end it here. */
         for (struct job **p = &svc->head; *p != NULL; p = &(*p)->next)

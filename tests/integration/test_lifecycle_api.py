@@ -275,8 +275,8 @@ def test_janitor_count_has_a_deadline_keep_alives_do_not_extend(idling):
               timeout=180)
     since = len(api.server.log_lines())
     # For 3 s, every 5 ms: stop each handler at work (state R or D; idle ones wait in S). Then
-    # let them all go for 10 ms: the busy one sends a keep-alive and walks on a little. The process itself keeps the environment busy, so the janitor
-    # counts it again and again.
+    # let them all go for 10 ms: the busy one sends a keep-alive and walks on a little. The
+    # process itself keeps the environment busy, so the janitor counts it again and again.
     left_to_init(api, a, "sleep 0.3; "
                          "now() { read u x < /proc/uptime; echo ${u%.*}${u#*.}; }; "
                          "hs() { for p in /proc/[0-9]*; do "
@@ -287,7 +287,7 @@ def test_janitor_count_has_a_deadline_keep_alives_do_not_extend(idling):
                          "while :; do e=$(($(now) + 300)); while [ $(now) -lt $e ]; do "
                          "kill -STOP $(hs busy) 2>/dev/null; sleep 0.005; done; "
                          "kill -CONT $(hs all) 2>/dev/null; sleep 0.01; done")
-    time.sleep(4 * SLOWDOWN)  # the janitor's count of a starts, and is caught
+    time.sleep(4 * SLOWDOWN)  # the janitor starts counting a, and the loop catches it
     b = api.http.create()["id"]
     wait_for(lambda: state(api, b)["state"] == "idle", COUNT_DEADLINE_S + 30,
              "the janitor to idle another environment")
