@@ -555,6 +555,9 @@ def main():
     ap.add_argument("--https-bulk-mib", type=int, default=256,
                     help="MiB per HTTPS download (tunnel vs interception)")
     ap.add_argument("--https-workers", type=int, default=8)
+    ap.add_argument("--only", help="comma-separated starts of tunnel modes (e.g. "
+                    "'direct,paddock (client'): run just those, report their tunnel lines "
+                    "and CPU, and skip the HTTPS sections (bench/egress_upstream_profile.sh)")
     ap.add_argument("--upstream", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.upstream:
@@ -619,6 +622,10 @@ def main():
         if hp is not None:
             modes["haproxy splice relay (host)"] = (None, lambda: host_client(
                 work, "bulk", "-", f"127.0.0.1:{hp_port}", str(nbytes)))
+        if a.only:
+            modes = {k: v for k, v in modes.items() if k.startswith(tuple(a.only.split(",")))}
+            if not modes:
+                raise SystemExit(f"--only {a.only!r} names no tunnel mode")
         splits = {k: Split(up.pid, {"tinyproxy (host)": tp.pid,
                                     "haproxy splice relay (host)": hp.pid if hp else 0}.get(
                                         k, 0 if k.startswith("direct") else s.proc.pid))
@@ -636,6 +643,12 @@ def main():
                         tput[k].append(mbps(splits[k].measure(f)))
         moved_gb = a.runs * nbytes / 1e9
         proxy_cpu = {"paddock": pcpu.total / (2 * moved_gb), "tinyproxy": tcpu.total / moved_gb}
+        if a.only:
+            print(f"Tunnel throughput (CONNECT), {a.bulk_mib} MiB per run, median of {a.runs} "
+                  f"rounds, only {a.only}:")
+            for k, v in tput.items():
+                print(f"  {k:31s} {statistics.median(v):7.0f} MB/s   {splits[k].line()}")
+            return 0
 
         # ---- 2. HTTPS, one request per connection, tunnel and interception interleaved
         per = max(1, a.requests // a.blocks)
