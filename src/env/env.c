@@ -95,21 +95,28 @@ env__ensure_storage(struct env_ctx *c, struct err **errp)
     return 0;
 }
 
-/* Takes the environment's lock: blocking, or returns -2 when busy and !wait. */
-int
-env__lock(struct env_ctx *c, const char *id, bool wait, struct err **errp)
+/* Takes the environment's lock as op says (LOCK_EX or LOCK_SH, | LOCK_NB: -2 when busy). */
+static int
+lock_op(struct env_ctx *c, const char *id, int op, struct err **errp)
 {
     cleanup_free char *path = xasprintf("%s/%s", c->locks_dir, id);
     cleanup_close int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
 
     if (fd < 0)
         return err_set(errp, ERR_IO, errno, "lock %s", id);
-    if (flock(fd, LOCK_EX | (wait ? 0 : LOCK_NB)) < 0) {
+    if (flock(fd, op) < 0) {
         if (errno == EWOULDBLOCK)
             return -2;
         return err_set(errp, ERR_IO, errno, "lock %s", id);
     }
     return steal_fd(&fd);
+}
+
+/* Takes the environment's lock: blocking, or returns -2 when busy and !wait. */
+int
+env__lock(struct env_ctx *c, const char *id, bool wait, struct err **errp)
+{
+    return lock_op(c, id, LOCK_EX | (wait ? 0 : LOCK_NB), errp);
 }
 
 char *
@@ -754,27 +761,49 @@ lock_and_load(struct env_ctx *c, const char *id, struct store_env *e, struct err
     return steal_fd(&lock);
 }
 
-int
-env_start(struct env_ctx *c, const char *id, struct store_env *out, struct err **errp)
+/* env_start(), returning the lock it took (its fd), still held. */
+static int
+start_and_hold(struct env_ctx *c, const char *id, struct store_env *e, struct err **errp)
 {
-    struct store_env e;
-    cleanup_close int lock = lock_and_load(c, id, &e, errp);
+    cleanup_close int lock = lock_and_load(c, id, e, errp);
     struct sandbox_init init;
 
     if (lock < 0)
         return -1;
-    if (e.state == STORE_ENV_EXPIRED)
+    if (e->state == STORE_ENV_EXPIRED)
         return err_set(errp, ERR_NOT_FOUND, 0, "environment %s has expired", id);
-    init = env__init_of(&e);
-    if (!(e.state == STORE_ENV_RUNNING && sandbox_alive(&init))) {
-        if (e.state == STORE_ENV_RUNNING)
+    init = env__init_of(e);
+    if (!(e->state == STORE_ENV_RUNNING && sandbox_alive(&init))) {
+        if (e->state == STORE_ENV_RUNNING)
             sandbox_stop(id, &init, NULL);
-        if (env__start_locked(c, &e, STORE_ENV_RUNNING, errp) < 0)
+        if (env__start_locked(c, e, STORE_ENV_RUNNING, errp) < 0)
             return -1;
     }
+    return steal_fd(&lock);
+}
+
+int
+env_start(struct env_ctx *c, const char *id, struct store_env *out, struct err **errp)
+{
+    struct store_env e;
+    cleanup_close int lock = start_and_hold(c, id, &e, errp);
+
+    if (lock < 0)
+        return -1;
     if (out != NULL)
         *out = e;
     return 0;
+}
+
+/* Stops a running sandbox whose row e was read under its lock. */
+static int
+stop_locked(struct env_ctx *c, const struct store_env *e, struct err **errp)
+{
+    struct sandbox_init init = env__init_of(e);
+
+    if (sandbox_stop(e->id, &init, errp) < 0)
+        return -1;
+    return store_env_set_state(c->store, e->id, STORE_ENV_STOPPED, 0, 0, errp);
 }
 
 int
@@ -782,16 +811,12 @@ env_stop(struct env_ctx *c, const char *id, struct err **errp)
 {
     struct store_env e;
     cleanup_close int lock = lock_and_load(c, id, &e, errp);
-    struct sandbox_init init;
 
     if (lock < 0)
         return -1;
     if (e.state != STORE_ENV_RUNNING)
         return 0;
-    init = env__init_of(&e);
-    if (sandbox_stop(id, &init, errp) < 0)
-        return -1;
-    return store_env_set_state(c->store, id, STORE_ENV_STOPPED, 0, 0, errp);
+    return stop_locked(c, &e, errp);
 }
 
 int
@@ -824,15 +849,31 @@ env_destroy(struct env_ctx *c, const char *id, struct err **errp)
     return 0;
 }
 
+/*
+ * A use is recorded under the environment's lock, shared with other uses; the janitor decides
+ * an idle stop under it too, exclusively (stop_if_idle()). So a stop either ends before the
+ * use looks at the row, and the use starts the sandbox again, or it sees the use and leaves
+ * the sandbox alone. Unlocked, a stop could kill the sandbox between a use's look at the row
+ * and the request it was made for (a 500 "connection reset" from a file read).
+ */
 int
 env_use(struct env_ctx *c, const char *id, char **dir_out, struct err **errp)
 {
     struct store_env e;
+    cleanup_close int lock = -1;
 
     if (env_get(c, id, &e, errp) < 0)
         return -1;
-    if (e.state != STORE_ENV_RUNNING && env_start(c, id, &e, errp) < 0)
-        return -1;
+    if (e.state == STORE_ENV_RUNNING) {
+        lock = lock_op(c, id, LOCK_SH, errp);
+        if (lock < 0 || store_env_get(c->store, id, &e, errp) < 0)
+            return -1;
+    }
+    if (e.state != STORE_ENV_RUNNING) {
+        close_and_reset(&lock);
+        if ((lock = start_and_hold(c, id, &e, errp)) < 0)
+            return -1;
+    }
     store_env_touch(c->store, id, NULL);
     *dir_out = env__volume_dir(c, id);
     return 0;
@@ -1236,19 +1277,25 @@ janitor_count(struct env_ctx *c, const char *id)
     err_free(er);
 }
 
-/* Looks again just before an idle stop: the count above can take a while, and a command
- * started meanwhile must not be killed by it. */
-static bool
-still_idle(struct env_ctx *c, const char *id, const struct env_lifecycle *lc)
+/*
+ * Stops a sandbox left idle, deciding again under the environment's lock: the count above can
+ * take a while, and a use (env_use()) or a command started meanwhile must not be cut off.
+ * 1 when it stopped the sandbox.
+ */
+static int
+stop_if_idle(struct env_ctx *c, const char *id, const struct env_lifecycle *lc, struct err **errp)
 {
     struct store_env e;
     struct sandbox_init init;
+    cleanup_close int lock = lock_and_load(c, id, &e, errp);
 
-    if (store_env_get(c->store, id, &e, NULL) < 0 || e.state != STORE_ENV_RUNNING ||
-        util_now_ms() - e.last_used_ms < lc->idle_ms)
-        return false;
+    if (lock < 0)
+        return -1;
     init = env__init_of(&e);
-    return !sandbox_busy(&init);
+    if (e.state != STORE_ENV_RUNNING || util_now_ms() - e.last_used_ms < lc->idle_ms ||
+        sandbox_busy(&init))
+        return 0;
+    return stop_locked(c, &e, errp) < 0 ? -1 : 1;
 }
 
 void
@@ -1282,12 +1329,13 @@ env_janitor(struct env_ctx *c, const struct env_lifecycle *lc)
         }
         if (e->last_used_ms > e->counted_ms && now - e->counted_ms >= lc->count_ms)
             janitor_count(c, e->id);
-        if (idle_for >= lc->idle_ms && still_idle(c, e->id, lc)) {
-            if (env_stop(c, e->id, &er) < 0) {
+        if (idle_for >= lc->idle_ms) {
+            int r = stop_if_idle(c, e->id, lc, &er);
+            if (r < 0) {
                 log_warnx("janitor: idle %s: %s", e->id, er->msg);
                 err_free(er);
                 er = NULL;
-            } else {
+            } else if (r > 0) {
                 log_info("environment %s idle: sandbox stopped", e->id);
             }
         }

@@ -3,7 +3,9 @@ stopped, files kept) -> offline -> expired (files deleted, the record kept), wit
 running counting as activity, any use resuming an idle or offline environment, and file counts
 refreshed after changes. The timings are made short with the server's flags."""
 
+import random
 import signal
+import threading
 import time
 
 import pytest
@@ -300,3 +302,42 @@ def test_janitor_count_has_a_deadline_keep_alives_do_not_extend(idling):
     assert "not counted again" in hits[0], hits
     assert state(api, a)["state"] == "running"
     warned_once_then_sigterm(api, stalled, since)
+
+
+@pytest.fixture
+def brisk(pd):
+    """A server whose environments idle after 0.2 s: the janitor stops one on nearly every pass."""
+    yield from serving(pd, "--idle-after", "0.2s")
+
+
+@pytest.mark.slow
+def test_uses_racing_idle_stops_all_succeed(brisk):
+    """The janitor stops idle sandboxes while file reads keep arriving at random moments. A use
+    that looked at the row just before a stop used to find its sandbox killed under it: a 500
+    "receive a frame from sandbox init: Connection reset by peer" (one in ~200 reads here
+    before env_use() took the environment's lock). Every read must get its file, and the
+    sandboxes must really have been stopped and resumed along the way."""
+    api = brisk
+    eids = [api.http.create({"sources": [{"type": "inline", "target": "/workspace/k.txt",
+                                          "content": "kept"}]})["id"] for _ in range(3)]
+    since = len(api.server.log_lines())
+    bad, reads = [], []
+
+    def reader(eid):
+        rng = random.Random(eid)
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            r = api.http.get(f"/v1beta/environments/{eid}/files/workspace/k.txt?alt=media")
+            reads.append(eid)
+            if r.status != 200 or r.body != b"kept":
+                bad.append((eid, r.status, r.body[:300]))
+            time.sleep(rng.uniform(0.15, 1.1))
+
+    threads = [threading.Thread(target=reader, args=(e,)) for e in eids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not bad, bad
+    stops = [ln for ln in api.server.log_lines(since) if "idle: sandbox stopped" in ln]
+    assert len(stops) >= 10, f"the janitor stopped only {len(stops)} sandboxes in {len(reads)} reads"
