@@ -2191,6 +2191,11 @@ start_mitm(struct conn *c)
         refuse(c, 502, "deny", "TLS with the client failed to start");
         return;
     }
+    /* The filter hands what it encrypts straight to the socket's buffer, unless that has a
+     * high watermark: without one, the checks on the filter's own output (RELAY_HIGH) would
+     * never see a client that stopped reading, and an intercepted download would pile up
+     * here at the upstream's speed. */
+    bufferevent_setwatermark(c->cl, EV_WRITE, 0, RELAY_HIGH);
     c->cl = tls;
     c->is_connect = false;
     c->st = C_HEAD;

@@ -120,6 +120,9 @@ class TlsUp:
                 return
             if (read_head(s, c) if self.early else read_request(s, c)):
                 out = self.respond(c.raw)
+                if callable(out):  # writes to the socket itself (a stream)
+                    out(s)
+                    out = []
                 for part in out if isinstance(out, list) else [out]:
                     if isinstance(part, float):
                         time.sleep(part)
@@ -735,6 +738,83 @@ def test_bytes_past_a_response_are_no_answer(tl, respond, linger, later_s):
     assert g.raw.count(b"\r\n\r\nok") == 2 and b"forged" not in g.raw, g
     settle()
     assert [r.raw.split(b" ")[1] for r in tl.hostile.requests()[n:]] == [b"/one", b"/two"]
+
+
+# Inside a sandbox: an intercepted GET of an endless download, whose head is read and then
+# nothing for argv[3] seconds; then argv[4] bytes more are read, to show the download resumes.
+STALL_READER = r'''
+import json, socket, ssl, sys, time
+host, port, stall, more = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+s = socket.create_connection(("127.0.0.1", 3128), timeout=30)
+s.sendall(("CONNECT %s:%d HTTP/1.1\r\n\r\n" % (host, port)).encode())
+d = b""
+while b"\r\n\r\n" not in d:
+    d += s.recv(1)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+c = ssl.create_default_context(cafile="/etc/paddock/ca.pem").wrap_socket(s, server_hostname=host)
+c.sendall(("GET /endless HTTP/1.1\r\nHost: %s:%d\r\n\r\n" % (host, port)).encode())
+got = b""
+while b"\r\n\r\n" not in got:
+    got += c.recv(65536)
+status = got.split(b" ")[1].decode()
+print("stalled", flush=True)
+time.sleep(stall)
+n = 0
+while n < more:
+    x = c.recv(1 << 20)
+    if not x:
+        break
+    n += len(x)
+print(json.dumps({"status": status, "more": n}))
+'''
+
+
+def test_client_that_stops_reading_an_intercepted_download_holds_it_back(tl):
+    """An endless intercepted download whose client stops reading: the proxy stops reading the
+    upstream once about a megabyte waits for the client, so the upstream's TCP window pushes
+    back; the server's memory stays flat; and once the client reads again, the download goes
+    on. The client side's TLS filter used to pass every encrypted byte straight on to its
+    socket's buffer, unbounded, so the check on the filter's own output never fired: the
+    daemon took in the upstream at full speed (gigabytes in seconds) while the client slept."""
+    sent = [0]
+    chunk = b"x" * (256 << 10)
+
+    def stream(s):
+        s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1099511627776\r\n\r\n")
+        end = time.monotonic() + 60 * SLOWDOWN
+        while time.monotonic() < end and sent[0] < (4 << 30):
+            s.sendall(chunk)
+            sent[0] += len(chunk)
+
+    hostile(tl, stream)
+    pid = tl.server.proc.pid
+
+    def rss():
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) << 10
+    r0 = rss()
+    stall = 6 * SLOWDOWN
+    done = {}
+    t = threading.Thread(target=lambda: done.update(r=tl.e.exec(
+        "python3", "-c", STALL_READER, "api.test", str(tl.hostile.port), str(stall),
+        str(64 << 20), timeout=stall + 60 * SLOWDOWN)))
+    t.start()
+    try:
+        assert pdk.wait_until(lambda: sent[0] > 0, 15), "the upstream was never asked"
+        time.sleep(stall / 2)
+        held, grown = sent[0], rss() - r0
+        time.sleep(stall / 4)
+        assert sent[0] - held < (4 << 20), \
+            f"the upstream kept sending while the client read nothing: {held} then {sent[0]}"
+        assert held < (64 << 20), f"{held} bytes taken in while the client read nothing"
+        assert grown < (48 << 20), f"the server grew by {grown} bytes"
+    finally:
+        t.join()
+    r = done["r"]
+    assert r.rc == 0, r
+    got = json.loads(r.text.strip().splitlines()[-1])
+    assert got == {"status": "200", "more": 64 << 20}, got
 
 
 def test_early_response_ends_the_tunnel(tl):
