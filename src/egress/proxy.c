@@ -581,12 +581,15 @@ relay_read(struct bufferevent *bev, void *arg)
 
     touch(c);
     if (from_client && !c->is_connect) {
-        /* A forwarded request's body is exactly Content-Length bytes; nothing follows it. */
+        /* A request's body is exactly Content-Length bytes. What follows it is the next
+         * request, pipelined: inside interception it waits, unread, for this one's answer
+         * (resp_done); a forwarded request is its connection's only one. */
         if (n > c->body_left)
             n = (size_t)c->body_left;
         evbuffer_remove_buffer(in, bufferevent_get_output(to), n);
         c->body_left -= n;
-        evbuffer_drain(in, evbuffer_get_length(in));
+        if (!c->mitm)
+            evbuffer_drain(in, evbuffer_get_length(in));
         if (c->body_left == 0)
             bufferevent_disable(bev, EV_READ);
     } else {
@@ -1282,7 +1285,8 @@ start_relay(struct conn *c)
     }
     bufferevent_enable(c->up, EV_READ | EV_WRITE);
     if (!c->is_connect && c->body_left == 0) {
-        evbuffer_drain(cin, evbuffer_get_length(cin));
+        if (!c->mitm) /* see relay_read */
+            evbuffer_drain(cin, evbuffer_get_length(cin));
         bufferevent_disable(c->cl, EV_READ);
     } else {
         bufferevent_enable(c->cl, EV_READ | EV_WRITE);

@@ -388,6 +388,7 @@ def tl(mpd, tmp_path_factory):
     good = make_leaf(ca, "good", ["api.test", "other.test", "api.test.evil.test", "git.test",
                                   "*.many.test"])
     t = TlsLab()
+    t.good = good
     t.ca_pem = ca / "ca.pem"
     t.api, t.other, t.evil = (TlsUp(good) for _ in range(3))
     t.many = TlsUp(good, linger=0)
@@ -631,6 +632,66 @@ def test_h2_cannot_carry_another_authority(tl):
     assert tl.api.count() == n
 
 
+class KeepAliveUp:
+    """A TLS upstream on 127.0.0.2 that answers any number of GETs on one connection, each
+    with its path as the body; .seen lists (connection number, request head) in order."""
+
+    def __init__(self, ctx):
+        self.ctx, self.seen, self.n = ctx, [], 0
+        self.sock = socket.socket()
+        self.sock.bind((UP_IP, 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.acceptor = Acceptor(self.sock, lambda s: threading.Thread(
+            target=self._serve, args=(s,), daemon=True).start())
+
+    def _serve(self, s):
+        self.n += 1
+        k, buf = self.n, b""
+        try:
+            s.settimeout(10 * SLOWDOWN)
+            s = self.ctx.wrap_socket(s, server_side=True)
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    d = s.recv(65536)
+                    if not d:
+                        return
+                    buf += d
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                self.seen.append((k, head))
+                path = head.split(b" ")[1]
+                s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(path), path))
+        except (OSError, ssl.SSLError):
+            pass
+        finally:
+            s.close()
+
+    def close(self):
+        self.acceptor.stop()
+
+
+def test_pipelined_requests_in_an_intercepted_tunnel_are_each_answered(tl):
+    """Three GETs sent in one write, before any answer: each is decided and injected on its
+    own, reaches the upstream in order over the one kept-alive connection, and gets its own
+    answer. The bytes behind the first request used to be thrown away, so the second and
+    third were never answered and the client waited for the header timeout."""
+    up = KeepAliveUp(tl.good)
+    try:
+        e = make_env(tl, {"network": {"allowlist": [
+            {"domain": f"api.test:{up.port}", "credential": "gh"}]}})
+        reqs = (req("api.test", up.port, path="/one") + req("api.test", up.port, path="/two") +
+                req("api.test", up.port, path="/three", headers=[("Connection", "close")]))
+        g = e.tls("api.test", up.port, reqs)
+        bodies = re.findall(rb"HTTP/1\.1 200 OK\r\n(?:[^\r]+\r\n)*\r\n(/[a-z]+)", g.raw)
+        assert bodies == [b"/one", b"/two", b"/three"], g
+        assert [h.split(b" ")[1] for _, h in up.seen] == [b"/one", b"/two", b"/three"], up.seen
+        assert len({k for k, _ in up.seen}) == 1, up.seen
+        for _, h in up.seen:
+            assert h.count(f"Authorization: Bearer {SECRET}".encode()) == 1, h
+    finally:
+        up.close()
+
+
 def test_second_request_in_an_intercepted_tunnel_is_not_forwarded(tl):
     """A valid request with a second one (Host other.test) pipelined behind it in the same TLS
     stream: the upstream gets exactly the first; the second is never injected or forwarded."""
@@ -729,8 +790,8 @@ def test_bytes_past_a_response_are_no_answer(tl, respond, linger, later_s):
     """An upstream that sends a second response behind the first, or later while the tunnel
     waits for the client's next request: that request is answered by a new connection, never
     by bytes sent before it was asked, and such bytes are not buffered (without bound) for it.
-    (A request pipelined behind another inside interception is dropped, docs/EGRESS.md; this
-    one follows the first answer.)"""
+    (This request follows the first answer; one pipelined behind it is decided only once
+    that answer is out, test_pipelined_requests_in_an_intercepted_tunnel_are_each_answered.)"""
     n = hostile(tl, respond, linger=linger)
     g = tl.e.tls("api.test", tl.hostile.port, req("api.test", tl.hostile.port, path="/one"),
                  later=req("api.test", tl.hostile.port, path="/two",
