@@ -680,10 +680,12 @@ egress_addr_class(const struct sockaddr *sa)
         if (memcmp(b, zero, 15) == 0 && (b[15] == 0 || b[15] == 1))
             return b[15] == 0 ? "unspecified (::)" : "loopback (::1)";
     }
-    /* IPv4 inside IPv6: mapped ::ffff:0:0/96, compatible ::/96, NAT64 64:ff9b::/96 and
-     * 64:ff9b:1::/48, 6to4 2002::/16. The embedded address decides; Teredo is refused. */
+    /* IPv4 inside IPv6: mapped ::ffff:0:0/96, SIIT's translated ::ffff:0:0:0/96, compatible
+     * ::/96, NAT64 64:ff9b::/96 and 64:ff9b:1::/48, 6to4 2002::/16. The embedded address
+     * decides; Teredo is refused. */
     {
         static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+        static const unsigned char siit[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0 };
         static const unsigned char compat[12] = {0};
         static const unsigned char nat64[12] = {0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0};
         const char *c;
@@ -691,12 +693,12 @@ egress_addr_class(const struct sockaddr *sa)
          * network chose, so no single reading is safe; refused whole. */
         if (b[0] == 0 && b[1] == 0x64 && b[2] == 0xff && b[3] == 0x9b && b[4] == 0 && b[5] == 1)
             return "NAT64 local use (64:ff9b:1::/48)";
-        if (memcmp(b, mapped, 12) == 0 || memcmp(b, compat, 12) == 0 ||
+        if (memcmp(b, mapped, 12) == 0 || memcmp(b, siit, 12) == 0 || memcmp(b, compat, 12) == 0 ||
             memcmp(b, nat64, 12) == 0) {
             memcpy(&v4, b + 12, 4);
             c = class4(ntohl(v4));
-            return c != NULL ? "IPv4 inside IPv6 (mapped, compatible or NAT64) of a refused "
-                               "address"
+            return c != NULL ? "IPv4 inside IPv6 (mapped, translated, compatible or NAT64) of "
+                               "a refused address"
                              : NULL;
         }
         if (b[0] == 0x20 && b[1] == 0x02) {
@@ -706,8 +708,18 @@ egress_addr_class(const struct sockaddr *sa)
     }
     if (b[0] == 0x20 && b[1] == 0x01 && b[2] == 0 && b[3] == 0)
         return "Teredo (2001::/32)";
+    if (b[0] == 0x20 && b[1] == 0x01 && b[2] == 0 && b[3] == 0x02 && b[4] == 0 && b[5] == 0)
+        return "benchmarking (2001:2::/48)";
+    if (b[0] == 0x20 && b[1] == 0x01 && b[2] == 0 && (b[3] & 0xf0) == 0x10)
+        return "ORCHID (2001:10::/28)";
+    if (b[0] == 0x20 && b[1] == 0x01 && b[2] == 0 && (b[3] & 0xf0) == 0x20)
+        return "ORCHIDv2 (2001:20::/28)";
     if (b[0] == 0x20 && b[1] == 0x01 && b[2] == 0x0d && b[3] == 0xb8)
         return "documentation (2001:db8::/32)";
+    if (b[0] == 0x3f && b[1] == 0xff && (b[2] & 0xf0) == 0)
+        return "documentation (3fff::/20)";
+    if (b[0] == 0x5f && b[1] == 0)
+        return "segment routing SIDs (5f00::/16)";
     if ((b[0] & 0xfe) == 0xfc)
         return "unique local (fc00::/7)";
     if (b[0] == 0xfe && (b[1] & 0xc0) == 0x80)
