@@ -177,7 +177,7 @@ struct cmd {
 /*
  * This host's own addresses but loopback, kept current by a netlink watch (and the sweep);
  * read by any thread through egress_vet(). Apart from struct egress so that a const egress
- * can still take the lock.
+ * can still take the lock, which also guards cfg.self (egress_set_self()).
  */
 struct local_addrs {
     pthread_mutex_t lock;
@@ -1373,6 +1373,7 @@ is_self(const struct egress *eg, const struct sockaddr *sa)
 {
     uint32_t a;
     uint16_t port;
+    bool hit = false;
 
     if (sa->sa_family == AF_INET6 &&
         IN6_IS_ADDR_LOOPBACK(&((const struct sockaddr_in6 *)sa)->sin6_addr)) {
@@ -1381,15 +1382,16 @@ is_self(const struct egress *eg, const struct sockaddr *sa)
     } else if (!as_v4(sa, &a, &port)) {
         return false;
     }
-    for (size_t i = 0; i < eg->cfg.n_self; i++) {
+    pthread_mutex_lock(&eg->local->lock); /* egress_set_self() may be writing */
+    for (size_t i = 0; i < eg->cfg.n_self && !hit; i++) {
         uint32_t s;
         uint16_t sp;
         if (!as_v4((const struct sockaddr *)&eg->cfg.self[i], &s, &sp) || sp != port)
             continue;
-        if (s == a || s == INADDR_ANY || ((s >> 24) == 127 && (a >> 24) == 127))
-            return true;
+        hit = s == a || s == INADDR_ANY || ((s >> 24) == 127 && (a >> 24) == 127);
     }
-    return false;
+    pthread_mutex_unlock(&eg->local->lock);
+    return hit;
 }
 
 /* Reads this host's addresses (getifaddrs: the proxy's own network namespace), loopback left
@@ -2642,11 +2644,11 @@ egress_start(const struct egress_config *cfg, struct egress **out, struct err **
 void
 egress_set_self(struct egress *eg, const struct sockaddr *sa)
 {
-    pthread_mutex_lock(&eg->lock);
+    pthread_mutex_lock(&eg->local->lock); /* is_self() reads it from any thread */
     if (eg->cfg.n_self > 0)
         memcpy(&eg->cfg.self[0], sa,
                sa->sa_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6));
-    pthread_mutex_unlock(&eg->lock);
+    pthread_mutex_unlock(&eg->local->lock);
 }
 
 void
