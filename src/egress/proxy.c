@@ -1861,6 +1861,38 @@ attribute(struct conn *c, const char *v)
  * request inside an intercepted tunnel (origin form), whose Host must name the tunnel's
  * destination. Returns false when the connection was refused.
  */
+/* libevent's cleanup for a piece of a request head that holds a secret (arg: the same
+ * memory, writable): wiped, then freed. */
+static void
+wipe_piece(const void *data, size_t len, void *arg)
+{
+    (void)data;
+    explicit_bzero(arg, len);
+    free(arg);
+}
+
+/*
+ * Appends "name: value\r\n" (value NULL: "name\r\n") to out in an allocation of its own, which
+ * is wiped when out lets it go: once written to the upstream's TLS, or with the connection.
+ * Written with evbuffer_add_printf, a credential stays in buffer memory freed unwiped.
+ */
+static void
+add_secret_line(struct evbuffer *out, const char *name, const char *value)
+{
+    size_t ln = strlen(name), lv = value != NULL ? strlen(value) : 0;
+    size_t n = ln + (value != NULL ? 2 + lv : 0) + 2;
+    char *p = xmalloc(n);
+
+    memcpy(p, name, ln);
+    if (value != NULL) {
+        memcpy(p + ln, ": ", 2);
+        memcpy(p + ln + 2, value, lv);
+    }
+    memcpy(p + n - 2, "\r\n", 2);
+    if (evbuffer_add_reference(out, p, n, wipe_piece, p) < 0)
+        wipe_piece(p, n, p); /* out of memory: the head goes out short and is refused */
+}
+
 static bool
 parse_head(struct conn *c, char *head, bool inner)
 {
@@ -2031,7 +2063,10 @@ parse_head(struct conn *c, char *head, bool inner)
                                        "placeholders are replaced");
                 return false;
             }
-            evbuffer_add_printf(c->head_out, "%s\r\n", swapped != NULL ? swapped : line);
+            if (swapped != NULL)
+                add_secret_line(c->head_out, swapped, NULL);
+            else
+                evbuffer_add_printf(c->head_out, "%s\r\n", line);
             if (swapped != NULL) {
                 explicit_bzero(swapped, strlen(swapped));
                 free(swapped);
@@ -2045,8 +2080,7 @@ parse_head(struct conn *c, char *head, bool inner)
     if (inner && c->rule != NULL) {
         /* The rule's headers replace whatever the client sent under those names. */
         for (size_t i = 0; i < c->rule->n_headers; i++)
-            evbuffer_add_printf(c->head_out, "%s: %s\r\n", c->rule->headers[i].name,
-                                c->rule->headers[i].value);
+            add_secret_line(c->head_out, c->rule->headers[i].name, c->rule->headers[i].value);
     }
     if (c->is_connect && have_cl && cl > 0) {
         refuse(c, 400, "deny", "a CONNECT request has no body");

@@ -488,3 +488,27 @@ def run_with_rusage(argv, env, timeout):
     out.join(10)
     err.join(10)
     return p.returncode, out, err, hwm
+
+
+def memory_count(pid, needle):
+    """How many times needle is in the readable mappings of process pid (under 4 GiB each: under
+    ASan the larger ones are shadow memory)."""
+    n, step = 0, 64 << 20
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", 0) as mem:
+        for line in maps:
+            addr, perms = line.split()[:2]
+            if not perms.startswith("r") or line.rstrip().endswith(("[vvar]", "[vsyscall]")):
+                continue
+            lo, hi = (int(x, 16) for x in addr.split("-"))
+            if hi - lo > 4 << 30:
+                continue
+            tail = b""
+            for at in range(lo, hi, step):
+                try:
+                    mem.seek(at)
+                    piece = tail + mem.read(min(step, hi - at))
+                except OSError:
+                    break
+                n += piece.count(needle)
+                tail = piece[-(len(needle) - 1):]
+    return n

@@ -692,6 +692,42 @@ def test_pipelined_requests_in_an_intercepted_tunnel_are_each_answered(tl):
         up.close()
 
 
+def test_injected_secrets_leave_no_copies_behind(tl):
+    """Every intercepted request carries a credential (a rule's bearer token, and a placeholder
+    replaced in a header); once its connection is gone, the server holds no more copies of
+    either than before: the lines that carried them are wiped when libevent lets them go. They
+    were written into ordinary buffer memory and freed unwiped, one more copy per request (a
+    core dump, or any later read of freed memory, would find them)."""
+    tok, val = "wipe-bearer-SECRET-6161", "wipe-envvar-SECRET-7272"
+    up = KeepAliveUp(tl.good)
+    try:
+        for body in ({"type": "bearer_token", "id": "wipeb", "token": tok},
+                     {"type": "environment_variable", "id": "wipev", "value": val,
+                      "injection_location": "header",
+                      "trusted_domains": [f"api.test:{up.port}"]}):
+            r = tl.creds.post("/v1beta/credentials", json_body=body)
+            assert r.status == 200, r
+        e = make_env(tl, {"env": {"WK": {"credential": "wipev"}}, "network": {"allowlist": [
+            {"domain": f"api.test:{up.port}", "credential": "wipeb"}]}})
+        ph = e.sh_ok("printf %s \"$WK\"").text
+        one = spec("api.test", up.port, req("api.test", up.port, headers=[
+            ("X-K", ph), ("Connection", "close")]))
+        assert e.tls_many([one])[0].status == 200
+        settle()
+        pid = tl.server.proc.pid
+        before = {s: pdk.memory_count(pid, s.encode()) for s in (tok, val)}
+        got = e.tls_many([one] * 40)
+        assert [g.status for g in got] == [200] * 40, got[:2]
+        seen = [h for _, h in up.seen]
+        assert len(seen) == 41 and all(tok.encode() in h and val.encode() in h for h in seen)
+        settle()
+        after = {s: pdk.memory_count(pid, s.encode()) for s in (tok, val)}
+        for s in (tok, val):
+            assert after[s] <= before[s], (s, before, after)
+    finally:
+        up.close()
+
+
 def test_second_request_in_an_intercepted_tunnel_is_not_forwarded(tl):
     """A valid request with a second one (Host other.test) pipelined behind it in the same TLS
     stream: the upstream gets exactly the first; the second is never injected or forwarded."""
