@@ -113,6 +113,14 @@ int agent_delete(struct agent_service *svc, struct store *s, const char *project
  */
 void agent_wait(struct agent_service *svc, const char *id, int64_t after_seq, int timeout_ms);
 
+/**
+ * A copy of a request's or an agent's tools as the API shows them: every mcp_server tool's
+ * header values (its Authorization, typically) replaced by "[redacted]", the names kept.
+ * The values are the MCP server's credentials: written by the caller, used by the run, never
+ * read back. NULL for NULL.
+ */
+json_t *agent_tools_shown(json_t *tools);
+
 /** The interaction of a project (ERR_NOT_FOUND for another project's) as the API shows it. */
 int agent_interaction_json(struct store *s, const char *project, const char *id,
                            bool include_input, json_t **out, struct err **errp);

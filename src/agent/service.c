@@ -607,6 +607,26 @@ static const char *const echoed[] = { "model",
                                       "store",
                                       NULL };
 
+json_t *
+agent_tools_shown(json_t *tools)
+{
+    json_t *out = json_deep_copy(tools), *t, *h, *v;
+    const char *k;
+    size_t i;
+
+    if (!json_is_array(out))
+        return out;
+    json_array_foreach(out, i, t) {
+        const char *type = json_string_value(json_object_get(t, "type"));
+        h = json_object_get(t, "headers");
+        if (type == NULL || strcmp(type, "mcp_server") != 0 || !json_is_object(h))
+            continue;
+        json_object_foreach(h, k, v)
+            json_object_set_new(h, k, json_string("[redacted]"));
+    }
+    return out;
+}
+
 int
 agent_interaction_json(struct store *s, const char *project, const char *id, bool include_input,
                        json_t **out, struct err **errp)
@@ -630,7 +650,11 @@ agent_interaction_json(struct store *s, const char *project, const char *id, boo
     j = agent__brief(&it, req);
     for (size_t i = 0; echoed[i] != NULL; i++) {
         json_t *x = json_object_get(req, echoed[i]);
-        if (x != NULL && json_object_get(j, echoed[i]) == NULL)
+        if (x == NULL || json_object_get(j, echoed[i]) != NULL)
+            continue;
+        if (strcmp(echoed[i], "tools") == 0)
+            json_object_set_new(j, echoed[i], agent_tools_shown(x));
+        else
             json_object_set(j, echoed[i], x);
     }
     if (include_input && json_object_get(req, "input") != NULL)

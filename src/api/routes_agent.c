@@ -366,6 +366,8 @@ agent_json(const struct store_agent *a)
         j = json_object();
     }
     json_object_set_new(j, "id", json_string(a->id));
+    if (json_object_get(j, "tools") != NULL)
+        json_object_set_new(j, "tools", agent_tools_shown(json_object_get(j, "tools")));
     {
         char t[40];
         util_format_time(a->created_ms, t, sizeof(t));

@@ -322,3 +322,46 @@ def test_mcp_server_down_fails_the_run_and_names_it(pd, model):
         assert model.call("GET", "/_requests") == []  # the run stopped before the model
     finally:
         finish(s)
+
+
+def test_mcp_header_values_are_sent_but_never_read_back(pd, model):
+    """An mcp_server tool's headers are the MCP server's credentials: runs send them, but no
+    answer of the API carries their values, neither the interaction (its create answer, a
+    get) nor a stored agent (create, get, list), whose runs still send them. They used to be
+    echoed whole to any key that may read interactions or agents."""
+    mcp = Proc(str(FAKES / "mcp_server.py"), "--port", "0")
+    s, http = serve(pd, model)
+    try:
+        ag = s.http(s.make_key("ag", scopes=("agents", "interactions", "environments")))
+        model.call("POST", "/_script", [{"calls": [{"name": "add", "args": {"a": 1, "b": 2}}]},
+                                        {"text": "3"},
+                                        {"calls": [{"name": "add", "args": {"a": 3, "b": 4}}]},
+                                        {"text": "7"}])
+        env = {"type": "remote", "network": "disabled"}
+        it = run(http, {"agent": AGENT, "input": "x", "environment": env,
+                        "tools": [mcp_tool(mcp.url + "/")]})
+        assert it["status"] == "completed", it
+        assert it["tools"][0]["headers"] == {"Authorization": "[redacted]"}, it["tools"]
+        assert it["tools"][0]["url"] == mcp.url + "/"
+        got = http.get(f"/v1beta/interactions/{it['id']}")
+        assert got.status == 200 and got.json()["tools"][0]["headers"] == \
+            {"Authorization": "[redacted]"}, got
+        a = ag.post("/v1beta/agents", json_body={"id": "mcp-agent",
+                                                 "tools": [mcp_tool(mcp.url + "/")]})
+        assert a.status == 200, a
+        answers = [it, got.json(), a.json(), ag.get("/v1beta/agents/mcp-agent").json(),
+                   ag.get("/v1beta/agents").json()]
+        assert all(x["tools"][0]["headers"] == {"Authorization": "[redacted]"}
+                   for x in answers[2:4]), answers[2:4]
+        assert "mcp-secret-123" not in json.dumps(answers), answers
+        n = len(mcp.call("GET", "/_requests"))
+        r = ag.post("/v1beta/interactions", json_body={"agent": "mcp-agent", "input": "y",
+                                                       "environment": env}, timeout=120)
+        assert r.status == 200 and r.json()["status"] == "completed", r
+        assert "mcp-secret-123" not in r.text, r
+        seen = mcp.call("GET", "/_requests")[n:]
+        assert seen and all(x["headers"].get("authorization") == "Bearer mcp-secret-123"
+                            for x in seen), seen
+    finally:
+        finish(s)
+        mcp.stop()
