@@ -1094,6 +1094,12 @@ upload_chunk(struct api_req *r, struct env_ctx *ctx)
          * (docs/internals/SANDBOX.md): the environment's files are as they were. */
         if (er->code != ERR_INVALID || strstr(er->msg, "upload ended after") == NULL)
             env_upload_abort(ctx, r->up.id);
+        if (er->code == ERR_CONFLICT && !r->up.overwrite && !r->up.extract) {
+            /* Made since the start was answered: as at the start, not a 409 to resend. */
+            err_free(er);
+            return api_reply_status(r, 400, "FAILED_PRECONDITION",
+                                    "%s exists and overwrite is false", r->up.path);
+        }
         return api_reply_err(r, er);
     }
     {

@@ -1494,6 +1494,8 @@ env_upload_finish(struct env_ctx *c, const struct store_upload *u, struct err **
         return -1;
     if (u->extract)
         r = sandbox_extract(dir, u->path, fd, 0, errp);
+    else if (!u->overwrite)
+        r = sandbox_file_create(dir, u->path, 0644, fd, 0, errp);
     else
         r = sandbox_file_write(dir, u->path, 0644, fd, 0, errp);
     if (r < 0)

@@ -196,15 +196,30 @@ send_content(const char *env_dir, const char *op, const char *path, json_t *extr
     return until_result(conn, NULL, NULL, NULL, errp);
 }
 
+static int
+write_file(const char *env_dir, const char *path, unsigned mode, int in_fd, uint64_t max,
+           bool no_replace, struct err **errp)
+{
+    if (send_content(env_dir, "write", path,
+                     json_pack("{s:i, s:I, s:b}", "mode", (int)(mode & 07777), "max",
+                               (json_int_t)max, "no_replace", no_replace),
+                     in_fd, max, errp) < 0)
+        return name_timeout(errp, "write", path);
+    return 0;
+}
+
 int
 sandbox_file_write(const char *env_dir, const char *path, unsigned mode, int in_fd, uint64_t max,
                    struct err **errp)
 {
-    if (send_content(env_dir, "write", path,
-                     json_pack("{s:i, s:I}", "mode", (int)(mode & 07777), "max", (json_int_t)max),
-                     in_fd, max, errp) < 0)
-        return name_timeout(errp, "write", path);
-    return 0;
+    return write_file(env_dir, path, mode, in_fd, max, false, errp);
+}
+
+int
+sandbox_file_create(const char *env_dir, const char *path, unsigned mode, int in_fd, uint64_t max,
+                    struct err **errp)
+{
+    return write_file(env_dir, path, mode, in_fd, max, true, errp);
 }
 
 int

@@ -189,11 +189,14 @@ sandbox__handle_write(int conn, json_t *req)
     struct stat st;
     unsigned mode = (unsigned)json_integer_value(json_object_get(req, "mode")) & 07777;
     uint64_t max = (uint64_t)json_integer_value(json_object_get(req, "max"));
+    bool no_replace = json_is_true(json_object_get(req, "no_replace"));
     uint64_t n = 0;
     char rnd[8];
 
     if (req_path(req, &path, &e) < 0 || make_parents(path, &e) < 0)
         return fail(conn, e);
+    if (no_replace && lstat(path, &st) == 0)
+        return fail(conn, (err_set(&e, ERR_CONFLICT, 0, "write %s: exists", path), e));
     if (lstat(path, &st) == 0 && S_ISDIR(st.st_mode))
         return fail(conn, (err_set(&e, ERR_CONFLICT, 0, "write %s: is a directory", path), e));
     if (util_random(rnd, sizeof(rnd), &e) < 0)
@@ -206,12 +209,17 @@ sandbox__handle_write(int conn, json_t *req)
         return fail(conn, (err_set(&e, sandbox__errno_code(en), en, "write %s", path), e));
     }
     /* Tell the caller to send the content only once the target could be created. */
+    /* Without replacing, the rename is the check: a file made while the content came in
+     * is not overwritten (EEXIST). */
     if (sandbox__proto_send(conn, PROTO_DATA, NULL, 0, NULL) < 0 ||
         receive_into(conn, fd, max, &n, &e) < 0 || fchmod(fd, mode ? mode : 0644) < 0 ||
-        rename(tmp, path) < 0) {
+        renameat2(AT_FDCWD, tmp, AT_FDCWD, path, no_replace ? RENAME_NOREPLACE : 0) < 0) {
+        int en = errno;
         unlink(tmp);
-        if (e == NULL)
-            err_set(&e, sandbox__errno_code(errno), errno, "write %s", path);
+        if (e == NULL && en == EEXIST && no_replace)
+            err_set(&e, ERR_CONFLICT, 0, "write %s: exists", path);
+        else if (e == NULL)
+            err_set(&e, sandbox__errno_code(en), en, "write %s", path);
         return fail(conn, e);
     }
     return ok(conn, json_pack("{s:I}", "bytes", (json_int_t)n));

@@ -255,6 +255,14 @@ int sandbox_file_write(const char *env_dir, const char *path, unsigned mode, int
                        uint64_t max, struct err **errp);
 
 /**
+ * sandbox_file_write() that never replaces: when path exists (a file, a directory, anything),
+ * now or by the time the content is in, ERR_CONFLICT and nothing changes. The check is the
+ * rename itself (RENAME_NOREPLACE), so a file made meanwhile is never overwritten.
+ */
+int sandbox_file_create(const char *env_dir, const char *path, unsigned mode, int in_fd,
+                        uint64_t max, struct err **errp);
+
+/**
  * Lists path: a directory's entries (its whole subtree when recursive, never descending into
  * /proc, /sys or /dev), or a file itself. Entries come in path order (a sorted depth-first
  * walk), starting strictly after the path after (NULL: from the start), at most limit of

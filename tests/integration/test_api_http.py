@@ -382,6 +382,24 @@ def test_upload_overwrite_false_on_an_existing_file_is_a_failed_precondition(map
     assert h.download(eid, "workspace/a.txt").body == b"alpha\n"
 
 
+def test_upload_overwrite_false_holds_until_the_file_is_in(mapi, env):
+    """overwrite=false is kept at the end too: a file made at the path after the start was
+    answered (here by a command in the sandbox) is not replaced when the upload finishes; the
+    finish answers 400 FAILED_PRECONDITION naming the path. Before, only the start looked, and
+    the finish replaced what had been made since."""
+    h, eid = mapi.http, env["id"]
+    s = h.session_path(h.upload_start(eid, "workspace/late.txt", 3, query="overwrite=false"))
+    r = mapi.pd.run("env", "exec", eid, "--", "sh", "-c", "echo mine > /workspace/late.txt")
+    assert r.rc == 0, r
+    r = h.upload_chunk(s, b"new", 0, finalize=True)
+    err = assert_names(r, "workspace/late.txt", status=400)
+    assert err["status"] == "FAILED_PRECONDITION", r
+    assert h.download(eid, "workspace/late.txt").body == b"mine\n"
+    # Without the race the same upload goes in.
+    r = h.upload(eid, "workspace/late2.txt", b"new", query="overwrite=false")
+    assert r.status == 200 and h.download(eid, "workspace/late2.txt").body == b"new", r
+
+
 def test_upload_extract(mapi, tmp_path):
     h = mapi.http
     eid = h.create({})["id"]
