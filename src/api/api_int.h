@@ -138,6 +138,13 @@ void api_outbound_release(void *state);
  * secret and the refresh token (RFC 6749 §2.3.1, §3.2 require TLS).
  */
 bool api_oauth_url_ok(const char *url);
+
+/**
+ * Sets up libcurl for the daemon's own requests, before any thread starts: libcurl's blocks
+ * are wiped when it frees or moves them (its request buffer holds the token form, its
+ * download buffer the answer), and TLS plain text is wiped by OpenSSL (oauth.c). 0, or -1.
+ */
+int api_oauth_init(struct err **errp);
 /** Wipes every string of a JSON value that held secrets, before it is freed. */
 void api_wipe_json(json_t *j);
 /**

@@ -764,15 +764,15 @@ resolve_credentials(struct env_ctx *ctx, const struct store_env *e, json_t *cfg,
             char *v;
             if (px == NULL)
                 px = "Bearer";
-            v = xasprintf("%s%s%s", px, px[0] != '\0' ? " " : "", tok != NULL ? tok : "");
+            /* Made in one allocation of its size: no copy of the token is left behind. */
+            v = xasprintf_secret("%s%s%s", px, px[0] != '\0' ? " " : "", tok != NULL ? tok : "");
             /* Checked when stored; one stored before a check was tightened is refused here. */
             if (!egress_rule_add_header(r, hn != NULL ? hn : "Authorization", v))
                 snprintf(r->cred_error, sizeof(r->cred_error),
                          "credential '%.40s' cannot stand in an HTTP header (a control "
                          "character)",
                          r->credential);
-            explicit_bzero(v, strlen(v));
-            free(v);
+            free_wiped(v);
         } else if (strcmp(meta.type, "oauth2") == 0) {
             char *tok = NULL;
             if (api_oauth_token(dd, e->project, r->credential, wait, &tok, &er) < 0) {
@@ -781,16 +781,14 @@ resolve_credentials(struct env_ctx *ctx, const struct store_env *e, json_t *cfg,
                     log_warnx("egress: %s: credential %s: %s", e->id, r->credential, er->msg);
                 err_free(er);
             } else {
-                char *v = xasprintf("Bearer %s", tok);
+                char *v = xasprintf_secret("Bearer %s", tok);
                 if (!egress_rule_add_header(r, "Authorization", v))
                     snprintf(r->cred_error, sizeof(r->cred_error),
                              "credential '%.40s': its access token cannot stand in an HTTP "
                              "header",
                              r->credential);
-                explicit_bzero(v, strlen(v));
-                explicit_bzero(tok, strlen(tok));
-                free(v);
-                free(tok);
+                free_wiped(v);
+                free_wiped(tok);
             }
         } else {
             snprintf(r->cred_error, sizeof(r->cred_error),
@@ -1115,7 +1113,7 @@ api_serve(const struct api_config *cfg, struct err **errp)
     char addr[INET_ADDRSTRLEN];
     int64_t next_janitor = 0;
 
-    if (parse_listen(cfg->listen, &sa, errp) < 0)
+    if (parse_listen(cfg->listen, &sa, errp) < 0 || api_oauth_init(errp) < 0)
         return -1;
     /* Before any thread: the spawner must be a fork of a single-threaded process. */
     if (sandbox_spawner_start(errp) < 0)

@@ -16,6 +16,8 @@
 
 #include <arpa/inet.h>
 #include <curl/curl.h>
+#include <malloc.h>
+#include <openssl/ssl.h>
 
 #include "api_int.h"
 
@@ -74,6 +76,64 @@ collect(char *data, size_t size, size_t n, void *arg)
     if (size * n > b->max - b->len || buf_append(b, data, size * n, NULL) < 0)
         return 0;
     return size * n;
+}
+
+/*
+ * libcurl's allocator, wiping: the token form sits in its request buffer, the answer (an
+ * access token, maybe a new refresh token) in its download buffer, and neither is wiped by
+ * libcurl. A block is wiped whole (malloc_usable_size) when freed, and when it moves.
+ */
+static void
+curl_free_wiped(void *p)
+{
+    if (p != NULL) {
+        explicit_bzero(p, malloc_usable_size(p));
+        free(p);
+    }
+}
+
+static void *
+curl_realloc_wiped(void *p, size_t n)
+{
+    size_t old;
+    void *q;
+
+    if (p == NULL)
+        return malloc(n);
+    if (n == 0) {
+        curl_free_wiped(p);
+        return NULL;
+    }
+    old = malloc_usable_size(p);
+    if (n <= old)
+        return p; /* it fits: glibc would keep the block too */
+    q = malloc(n);
+    if (q == NULL)
+        return NULL;
+    memcpy(q, p, old);
+    curl_free_wiped(p);
+    return q;
+}
+
+int
+api_oauth_init(struct err **errp)
+{
+    CURLcode rc = curl_global_init_mem(CURL_GLOBAL_DEFAULT, malloc, curl_free_wiped,
+                                       curl_realloc_wiped, strdup, calloc);
+
+    if (rc != CURLE_OK)
+        return err_set(errp, ERR_INTERNAL, 0, "libcurl: %s", curl_easy_strerror(rc));
+    return 0;
+}
+
+/* OpenSSL wipes the plain text it decrypted (the answer) when it frees its buffers. */
+static CURLcode
+tls_cleanse(CURL *c, void *ssl_ctx, void *arg)
+{
+    (void)c;
+    (void)arg;
+    SSL_CTX_set_options(ssl_ctx, SSL_OP_CLEANSE_PLAINTEXT);
+    return CURLE_OK;
 }
 
 /* The proxy's rules for a request the daemon makes itself. */
@@ -151,39 +211,24 @@ api_outbound_release(void *state)
     free(o);
 }
 
-/* s form-encoded, in a copy of ours; curl's is wiped. NULL when it cannot be encoded. */
+/* s form-encoded (RFC 6749 appendix B), or NULL when there is no s. */
 static char *
-form_value(CURL *c, const char *s)
+form_value(const char *s)
 {
-    char *e = curl_easy_escape(c, s, 0);
-    char *out;
-
-    if (e == NULL)
-        return NULL;
-    out = xstrdup(e);
-    explicit_bzero(e, strlen(e));
-    curl_free(e);
-    return out;
-}
-
-static void
-wipe_free(char *s)
-{
-    if (s != NULL) {
-        explicit_bzero(s, strlen(s));
-        free(s);
-    }
+    return s != NULL ? pct_encode_secret(s, strlen(s)) : NULL;
 }
 
 /*
- * The token request's form (RFC 6749 §6), made in one allocation: no intermediate copy of the
- * refresh token or the client secret is left behind. NULL when a field cannot be encoded.
- * The caller wipes and frees it.
+ * The token request's form (RFC 6749 §6). Each piece is encoded into a buffer of its final
+ * size made up front, and the form is measured and then written once into an allocation of
+ * its own size: no grown-and-freed intermediate buffer (curl_easy_escape's, vasprintf's) is
+ * left holding the refresh token or the client secret. NULL when a field is missing. The
+ * caller wipes and frees it.
  */
 static char *
-token_form(CURL *c, const char *rt, const char *cid, const char *csec, json_t *scopes)
+token_form(const char *rt, const char *cid, const char *csec, json_t *scopes)
 {
-    char *a = form_value(c, rt), *b = form_value(c, cid), *d = form_value(c, csec);
+    char *a = form_value(rt), *b = form_value(cid), *d = form_value(csec);
     char *sc = NULL, *e = NULL, *form = NULL;
     size_t n = 0, off = 0, i;
     json_t *v;
@@ -200,15 +245,15 @@ token_form(CURL *c, const char *rt, const char *cid, const char *csec, json_t *s
             off += json_string_length(v);
         }
         sc[off] = '\0';
-        e = form_value(c, sc);
+        e = form_value(sc);
     }
-    if (a != NULL && b != NULL && d != NULL && (n == 0 || e != NULL))
-        form = xasprintf("grant_type=refresh_token&refresh_token=%s&client_id=%s"
-                         "&client_secret=%s%s%s",
-                         a, b, d, e != NULL ? "&scope=" : "", e != NULL ? e : "");
-    wipe_free(a);
-    wipe_free(b);
-    wipe_free(d);
+    if (a != NULL && b != NULL && d != NULL)
+        form = xasprintf_secret("grant_type=refresh_token&refresh_token=%s&client_id=%s"
+                                "&client_secret=%s%s%s",
+                                a, b, d, e != NULL ? "&scope=" : "", e != NULL ? e : "");
+    free_wiped(a);
+    free_wiped(b);
+    free_wiped(d);
     free(sc);
     free(e);
     return form;
@@ -275,7 +320,7 @@ fetch_token(json_t *config, json_t *secret, struct answer *out, struct err **err
                        "client secret is sent only in the request body, encrypted",
                        strchr(url, '@') != NULL ? "(with userinfo, not shown)" : shown);
     }
-    form = token_form(c, rt, cid, csec, json_object_get(config, "scopes"));
+    form = token_form(rt, cid, csec, json_object_get(config, "scopes"));
     if (form == NULL) {
         curl_easy_cleanup(c);
         return err_set(errp, ERR_INTERNAL, 0, "oauth2 token request to %s: cannot encode it",
@@ -296,11 +341,12 @@ fetch_token(json_t *config, json_t *secret, struct answer *out, struct err **err
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &body);
     curl_easy_setopt(c, CURLOPT_NOPROXY, "*");
+    curl_easy_setopt(c, CURLOPT_SSL_CTX_FUNCTION, tls_cleanse);
     state = api_outbound_prepare(c, url);
     rc = curl_easy_perform(c);
     why = api_outbound_why(state);
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-    wipe_free(form);
+    free_wiped(form);
     if (rc != CURLE_OK) {
         err_set(errp, ERR_UPSTREAM, 0, "oauth2 token request to %s failed: %s", shown,
                 why != NULL ? why : curl_easy_strerror(rc));
@@ -405,7 +451,7 @@ run_fetch(const struct job *j, char **token, struct err **errp)
                 err_free(re);
             }
         }
-        wipe_free(a.rotated);
+        free_wiped(a.rotated);
         api_wipe_json(secret);
         json_decref(secret);
         json_decref(config);
@@ -426,7 +472,7 @@ run_fetch(const struct job *j, char **token, struct err **errp)
         /* The credential changed while we asked: this answer is for the old one. */
         rc = err_set(&e, ERR_UPSTREAM, 0, "the credential changed during its token request");
     } else {
-        wipe_free(s->token);
+        free_wiped(s->token);
         s->token = xstrdup(a.token);
         s->refresh_ms = a.refresh_ms;
         s->expires_ms = a.expires_ms;
@@ -435,7 +481,7 @@ run_fetch(const struct job *j, char **token, struct err **errp)
             *token = xstrdup(a.token);
     }
     pthread_mutex_unlock(&cache_lock);
-    wipe_free(a.token);
+    free_wiped(a.token);
     if (e != NULL) {
         if (errp != NULL)
             *errp = e;
@@ -574,7 +620,7 @@ api_oauth_forget(const char *project, const char *id)
     pthread_mutex_lock(&cache_lock);
     for (size_t i = 0; i < ncache; i++)
         if (strcmp(cache[i].key, key) == 0) {
-            wipe_free(cache[i].token);
+            free_wiped(cache[i].token);
             cache[i].token = NULL;
             cache[i].refresh_ms = 0;
             cache[i].expires_ms = 0;

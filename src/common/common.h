@@ -71,6 +71,20 @@ char *xstrdup(const char *s);
 char *xstrndup(const char *s, size_t n);
 /** Returns a newly allocated formatted string (owned). */
 char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/**
+ * Like xasprintf(), for a string that holds a secret: measured first, then formatted once into
+ * an allocation of exactly its size, so no grown-and-freed intermediate buffer (vasprintf's)
+ * leaves a copy behind. The caller wipes it (free_wiped()). Owned.
+ */
+char *xasprintf_secret(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/**
+ * s (len bytes) percent-encoded for a URL query or form (RFC 3986: all but ALPHA DIGIT "-._~"
+ * as %XX), in one allocation of 3 * len + 1 bytes made up front: it never grows, so it leaves
+ * no copy of a secret behind. The caller wipes it (free_wiped()). Owned.
+ */
+char *pct_encode_secret(const char *s, size_t len);
+/** Wipes the string s (up to its NUL) and frees it; NULL is fine. */
+void free_wiped(char *s);
 
 /** Logs file:line and aborts when cond is false. For invariants, never input validation. */
 #define ASSERT(cond)                                                                                \

@@ -67,6 +67,59 @@ xasprintf(const char *fmt, ...)
     return oom_check(s);
 }
 
+char *
+xasprintf_secret(const char *fmt, ...)
+{
+    va_list ap;
+    char *s;
+    int n;
+
+    va_start(ap, fmt);
+    n = vsnprintf(NULL, 0, fmt, ap); /* measures: writes nothing, allocates nothing */
+    va_end(ap);
+    if (n < 0)
+        common_assert_fail("vsnprintf", __FILE__, __LINE__);
+    s = xmalloc((size_t)n + 1);
+    va_start(ap, fmt);
+    if (vsnprintf(s, (size_t)n + 1, fmt, ap) != n)
+        common_assert_fail("vsnprintf", __FILE__, __LINE__);
+    va_end(ap);
+    return s;
+}
+
+char *
+pct_encode_secret(const char *s, size_t len)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    char *out, *o;
+
+    if (len > (SIZE_MAX - 1) / 3)
+        common_assert_fail("pct_encode_secret: too long", __FILE__, __LINE__);
+    out = o = xmalloc(3 * len + 1);
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+            c == '-' || c == '.' || c == '_' || c == '~') {
+            *o++ = (char)c;
+        } else {
+            *o++ = '%';
+            *o++ = hex[c >> 4];
+            *o++ = hex[c & 15];
+        }
+    }
+    *o = '\0';
+    return out;
+}
+
+void
+free_wiped(char *s)
+{
+    if (s != NULL) {
+        explicit_bzero(s, strlen(s));
+        free(s);
+    }
+}
+
 void
 common_cleanup_free(void *p)
 {

@@ -35,6 +35,8 @@ def upstreams(tmp_path_factory):
     other = echo_server(0, *other_cert)
     grants = []
     rotating = {"rt": "RT-rot-1"}   # the one refresh token client "rot" may use now
+    # Clients a test registers: client_id -> {"rt", "cs", "at", optionally "expires_in"}.
+    clients = {}
 
     class Idp(http.server.BaseHTTPRequestHandler):
         def log_message(self, *a):
@@ -54,6 +56,12 @@ def upstreams(tmp_path_factory):
                   (cid in ("cid", "zero", "rot") or cid in BAD_TOKENS))
             token = BAD_TOKENS.get(cid, f"AT-{len(grants)}")
             ans = {"access_token": token, "expires_in": 0 if cid == "zero" else 12}
+            if cid in clients:
+                c = clients[cid]
+                ok = (f.get("grant_type") == ["refresh_token"] and
+                      f.get("refresh_token") == [c["rt"]] and f.get("client_secret") == [c["cs"]])
+                ans = {"access_token": c["at"] or f"AT-{len(grants)}",
+                       "expires_in": c.get("expires_in", 12)}
             if ok and cid == "rot":
                 rotating["rt"] = ans["refresh_token"] = "RT-rot-%d" % (
                     int(want_rt.rsplit("-", 1)[1]) + 1)
@@ -64,7 +72,8 @@ def upstreams(tmp_path_factory):
             self.wfile.write(body)
 
     idp = serve(tls_wrap(http.server.ThreadingHTTPServer((HOST, 0), Idp), *idp_cert))
-    yield {"ca": ca, "api": api, "other": other, "idp": idp, "grants": grants}
+    yield {"ca": ca, "api": api, "other": other, "idp": idp, "grants": grants,
+           "clients": clients}
     for s in (api, other, idp):
         s.shutdown()
 
@@ -292,6 +301,44 @@ def test_a_written_secret_is_not_left_in_the_daemons_memory(capi):
     pid = capi.server.proc.pid
     assert not memory_holds(pid, new.encode()), "the first token is in the daemon's memory"
     assert not memory_holds(pid, rotated.encode()), "the rotated token is in the daemon's memory"
+
+
+def test_secrets_resolved_for_the_proxy_are_not_left_in_the_daemons_memory(capi, upstreams):
+    """A bearer token and an oauth2 credential bound in an environment's allowlist: every
+    reconcile builds the bearer header, the token request carries the refresh token and the
+    client secret, and the access token becomes a header. Each of these strings is made in one
+    allocation of its own size and wiped when freed: once the environment and the credentials
+    are gone, a dump of the daemon's memory holds none of them. Long secrets (as real ones
+    are); a piece past their first bytes is looked for, as a freed block's first bytes are the
+    allocator's own, and a buffer that grew left only a prefix behind."""
+    import secrets
+    bearer, rt, cs, at = (secrets.token_hex(700) for _ in range(4))
+    upstreams["clients"]["mem"] = {"rt": rt, "cs": cs, "at": at}
+    api_host = f"api.test:{port(upstreams['api'])}"
+    other_host = f"other.test:{port(upstreams['other'])}"
+    idp = f"https://idp.test:{port(upstreams['idp'])}/token"
+    assert capi.creds.post("/v1beta/credentials", json_body={
+        "type": "bearer_token", "id": "mem-bt", "token": bearer}).status == 200
+    assert capi.creds.post("/v1beta/credentials", json_body={
+        "type": "oauth2", "id": "mem-oa", "client_id": "mem", "client_secret": cs,
+        "refresh_token": rt, "token_url": idp}).status == 200
+    e = capi.http.create({"network": {"allowlist": [
+        {"domain": api_host, "credential": "mem-bt"},
+        {"domain": other_host, "credential": "mem-oa"}]}})["id"]
+    granted = lambda: any(g.get("client_id") == ["mem"] and g.get("refresh_token") == [rt]  # noqa
+                          for g in upstreams["grants"])
+    assert pdk.wait_until(granted, 15), "the token endpoint was never asked"
+    time.sleep(3)   # a few reconciles, each building both headers
+    assert capi.http.delete(f"/v1beta/environments/{e}").status == 200
+    for cid in ("mem-bt", "mem-oa"):
+        assert capi.creds.delete(f"/v1beta/credentials/{cid}").status == 200
+    time.sleep(2)   # a pass that finds nothing to resolve
+    assert pdk.wait_until(lambda: open_connections(capi.server.port) == 0, 10)
+    pid = capi.server.proc.pid
+    found = [what for what, s in (("bearer token", bearer), ("refresh token", rt),
+                                  ("client secret", cs), ("access token", at))
+             if memory_holds(pid, s[20:84].encode())]
+    assert found == [], f"in the daemon's memory: {', '.join(found)}"
 
 
 def test_bearer_token_is_injected_and_replaces_the_clients(capi, upstreams):

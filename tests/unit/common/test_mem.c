@@ -3,6 +3,8 @@
 
 #include "suites.h"
 
+#include <malloc.h>
+
 static void
 test_buf_init(void **state)
 {
@@ -266,6 +268,40 @@ test_steal_helpers(void **state)
     assert_int_equal(errno, EBADF);
 }
 
+/* Secret strings: formatted or encoded into one allocation of exactly their size. */
+static void
+test_secret_strings(void **state)
+{
+    static const struct {
+        const char *in, *out;
+    } pct[] = {
+        { "", "" },
+        { "abcXYZ019-._~", "abcXYZ019-._~" },
+        { "a b+c&d=e/f", "a%20b%2Bc%26d%3De%2Ff" },
+        { "\x01\xff%", "%01%FF%25" },
+    };
+    char big[3000];
+    char *s;
+    (void)state;
+
+    for (size_t i = 0; i < sizeof(pct) / sizeof(pct[0]); i++) {
+        s = pct_encode_secret(pct[i].in, strlen(pct[i].in));
+        assert_string_equal(s, pct[i].out);
+        free_wiped(s);
+    }
+    s = xasprintf_secret("%s %s", "Bearer", "tok");
+    assert_string_equal(s, "Bearer tok");
+    assert_true(malloc_usable_size(s) < 32); /* its size, not vasprintf's first 100 bytes */
+    free_wiped(s);
+    memset(big, 'k', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    s = xasprintf_secret("Bearer %s", big);
+    assert_int_equal(strlen(s), 7 + sizeof(big) - 1);
+    assert_true(malloc_usable_size(s) < 7 + sizeof(big) + 32);
+    free_wiped(s);
+    free_wiped(NULL);
+}
+
 int
 test_mem_run(void)
 {
@@ -280,6 +316,7 @@ test_mem_run(void)
         cmocka_unit_test(test_buf_max_size_max),
         cmocka_unit_test(test_xalloc),
         cmocka_unit_test(test_steal_helpers),
+        cmocka_unit_test(test_secret_strings),
     };
 
     return cmocka_run_group_tests_name("common/mem", tests, NULL, NULL);
