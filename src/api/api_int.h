@@ -13,6 +13,9 @@
 
 /* Caps on what a client may send. */
 #define API_BODY_MAX      (8u << 20) /* a JSON request body */
+/* A JSON body must arrive at this average rate, after a grace of --header-timeout: at most
+ * that plus 128 s for API_BODY_MAX. (Uploads stream to disk and have their own rules.) */
+#define API_BODY_RATE        (64u << 10) /* bytes per second */
 #define API_HEADERS_MAX   (64u * 1024) /* request line and headers */
 #define API_SEGMENTS_MAX  64
 #define API_QUERY_MAX     32
@@ -49,6 +52,7 @@ struct api_req {
     bool authed;
     struct buf body;        /* JSON bodies */
     bool body_too_large;
+    int64_t body_start_ms;  /* monotonic: when the headers were complete */
     bool started;           /* the handler ran once (headers complete) */
     /* upload chunks stream to the staging file as they arrive */
     bool chunk;

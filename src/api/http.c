@@ -501,6 +501,43 @@ parse_path(struct api_req *r)
 
 static bool ready;
 
+/* Whether the request says a body follows (a Content-Length above 0, or chunked). */
+static bool
+body_announced(const struct api_req *r)
+{
+    const char *cl = api_header(r, "Content-Length");
+
+    return api_header(r, "Transfer-Encoding") != NULL ||
+           (cl != NULL && strspn(cl, "0") != strlen(cl));
+}
+
+/*
+ * The scope a request with a body needs on its route, known from the method and the first
+ * segment; NULL when the route decides later (or there is none). A route checks again, with
+ * what it alone knows (a credential bound in an environment spec needs credentials.write).
+ */
+static const struct {
+    const char *seg, *read, *write;
+} body_scopes[] = {
+    { "environments", "environments.read", "environments.write" },
+    { "credentials", "credentials.read", "credentials.write" },
+    { "interactions", "interactions.read", "interactions.write" },
+    { "agents", "agents.read", "agents.write" },
+};
+
+static const char *
+body_scope(const struct api_req *r)
+{
+    bool read = strcmp(r->method, "GET") == 0 || strcmp(r->method, "HEAD") == 0;
+
+    if (r->nsegs == 0)
+        return NULL;
+    for (size_t i = 0; i < sizeof(body_scopes) / sizeof(body_scopes[0]); i++)
+        if (strcmp(r->segs[0], body_scopes[i].seg) == 0)
+            return read ? body_scopes[i].read : body_scopes[i].write;
+    return NULL;
+}
+
 static enum MHD_Result
 sum_header(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
 {
@@ -568,6 +605,21 @@ begin(struct api_req *r)
     r->chunk = r->upload_route && strcmp(r->method, "POST") == 0;
     if (r->chunk)
         return api_route_environments(r);
+    if (body_announced(r)) {
+        /* Refused before a byte of the body is read: a body over the cap, or one for a
+         * route the key may not use, would only be buffered to be thrown away. */
+        const char *cl = api_header(r, "Content-Length");
+        const char *scope = body_scope(r);
+        uint64_t n = 0;
+        if (cl != NULL && util_parse_u64(cl, UINT64_MAX, &n, NULL) == 0 && n > API_BODY_MAX)
+            return api_reply_status(r, 413, "RESOURCE_EXHAUSTED",
+                                    "request body larger than %u bytes", API_BODY_MAX);
+        if (scope != NULL && !api_require(r, scope, &res))
+            return res;
+        /* The body must keep coming: see API_BODY_RATE. */
+        r->body_start_ms = util_mono_ms();
+        track_set(r->conn, r->body_start_ms + r->srv->cfg->header_timeout_ms);
+    }
     return MHD_YES;
 }
 
@@ -603,9 +655,15 @@ handler(void *cls, struct MHD_Connection *c, const char *url, const char *method
         else if (!r->body_too_large &&
                  buf_append(&r->body, upload_data, *upload_data_size, NULL) < 0)
             r->body_too_large = true;
+        else if (!r->body_too_large && r->body_start_ms != 0)
+            /* Each byte buys 1/API_BODY_RATE s: a body slower than that on average is cut
+             * off by the watchdog once the grace is spent. */
+            track_set(c, r->body_start_ms + r->srv->cfg->header_timeout_ms +
+                             (int64_t)(r->body.len * 1000 / API_BODY_RATE));
         *upload_data_size = 0;
         return MHD_YES;
     }
+    track_set(c, 0); /* the body is complete: the answer may take its time */
     if (r->body_too_large)
         return api_reply_status(r, 413, "RESOURCE_EXHAUSTED", "request body larger than %u bytes",
                                 API_BODY_MAX);

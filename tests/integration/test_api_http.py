@@ -596,6 +596,70 @@ def test_idle_keep_alive_connection_is_closed_at_the_header_timeout(mapi, quick)
         c.close()
 
 
+def body_head(method, path, key, length):
+    """A request head that announces a JSON body of length bytes, which is not sent."""
+    return (f"{method} {path} HTTP/1.1\r\nHost: x\r\nx-goog-api-key: {key}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n").encode()
+
+
+def answer_without_body(server, head):
+    """What the server answers to head alone, the body held back (b"" when it waits)."""
+    return raw_exchange(server.host, server.port, head, timeout=5)
+
+
+def test_a_body_over_the_cap_is_refused_before_it_is_sent(mapi):
+    """A Content-Length over the 8 MiB cap is a 413 at once: the server neither waits for the
+    body nor buffers any of it."""
+    out = answer_without_body(mapi.server, body_head("POST", "/v1beta/environments", mapi.key,
+                                                     9 * pdk.MiB))
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert re.match(rb"HTTP/1\.1 413 ", head), out[:300]
+    assert json.loads(body)["error"]["status"] == "RESOURCE_EXHAUSTED", body
+
+
+def test_a_body_the_key_may_not_send_is_refused_before_it_is_sent(mapi):
+    """A key that lacks the scope a route needs gets its 403 before the body: a read-only key
+    cannot make the server buffer 8 MiB bodies on many connections."""
+    ro = mapi.server.make_key("ro-body", scopes=("environments.read", "credentials.read"))
+    for path in ("/v1beta/environments", "/v1beta/credentials"):
+        out = answer_without_body(mapi.server, body_head("POST", path, ro, 8 * pdk.MiB))
+        head, _, body = out.partition(b"\r\n\r\n")
+        assert re.match(rb"HTTP/1\.1 403 ", head), (path, out[:300])
+        assert ".write" in json.loads(body)["error"]["message"], body
+    # Within its scope the same key's body is read (and answered by the route).
+    out = raw_exchange(mapi.server.host, mapi.server.port,
+                       body_head("GET", "/v1beta/environments", ro, 2) + b"{}", timeout=5)
+    assert re.match(rb"HTTP/1\.1 200 ", out), out[:300]
+
+
+def test_a_body_slower_than_the_minimum_rate_is_cut_off(mapi, quick):
+    """A body must arrive at 64 KiB/s on average once the grace (--header-timeout, 2 s here)
+    is spent: one that trickles a byte every half second is closed, and the server goes on
+    answering others."""
+    s = socket.create_connection((quick.host, quick.port), timeout=5)
+    s.sendall(body_head("POST", "/v1beta/environments", quick.key, 1000))
+    t0 = time.monotonic()
+    s.settimeout(0.5)
+    took = None
+    try:
+        for _ in range(60):
+            try:
+                s.sendall(b" ")
+                if s.recv(4096) == b"":
+                    took = time.monotonic() - t0
+                    break
+            except socket.timeout:
+                continue
+            except OSError:
+                took = time.monotonic() - t0
+                break
+    finally:
+        s.close()
+    assert took is not None, "a body trickled at 2 bytes a second was never cut off"
+    assert 1.5 <= took < 2 + 4 * SLOWDOWN, f"closed after {took:.1f}s"
+    assert quick.http(None).get("/healthz").status == 200
+
+
 @pytest.mark.slow
 def test_slow_client_is_cut_off_by_default(mapi):
     """The default header timeout (10s) applies without any flag."""
