@@ -142,6 +142,12 @@ void api_outbound_release(void *state);
  * secret and the refresh token (RFC 6749 §2.3.1, §3.2 require TLS).
  */
 bool api_oauth_url_ok(const char *url);
+/**
+ * The lifetime in seconds a token answer's expires_in gives: a JSON integer, a real, or a
+ * string of a decimal number ("3599"); 300 when it is missing or anything else; always
+ * taken as at least 10 s and at most a day.
+ */
+int64_t api_oauth_lifetime_s(const json_t *expires_in);
 
 /**
  * Sets up libcurl for the daemon's own requests, before any thread starts: libcurl's blocks

@@ -28,14 +28,18 @@
  * still asked for again daily. */
 #define LIFETIME_MIN_S 10
 #define LIFETIME_MAX_S 86400
+/* When expires_in is missing or not a number: short, so a token that dies sooner is not
+ * injected long after (RFC 6749 §5.1 makes expires_in only RECOMMENDED). */
+#define LIFETIME_DEFAULT_S 300
 
 #define RETRY_MS 30000 /* after a failed token request, the next one waits this long */
 
 struct cached {
     char key[200]; /* project/id */
     char *token;
-    int64_t refresh_ms; /* when to ask again: before it expires */
-    int64_t expires_ms; /* until when it may still be used (while its successor is fetched) */
+    int64_t refresh_ms; /* when to ask again: before it expires (monotonic) */
+    int64_t expires_ms; /* until when it may still be used, while its successor is fetched
+                           (monotonic: a wall clock set back does not stretch it) */
     int64_t failed_ms; /* the last failure (monotonic), 0 none: the IdP is not asked every second */
     char why[200];
     uint64_t gen; /* bumped when the credential changes: a fetch begun before is not kept */
@@ -281,11 +285,43 @@ api_oauth_url_ok(const char *url)
     return auth > 0 && memchr(url + 8, '@', auth) == NULL;
 }
 
+int64_t
+api_oauth_lifetime_s(const json_t *expires_in)
+{
+    double secs = LIFETIME_DEFAULT_S;
+
+    if (json_is_integer(expires_in)) {
+        json_int_t v = json_integer_value(expires_in);
+        secs = v < LIFETIME_MIN_S ? LIFETIME_MIN_S : v > LIFETIME_MAX_S ? LIFETIME_MAX_S : v;
+    } else if (json_is_real(expires_in)) {
+        secs = json_real_value(expires_in);
+    } else if (json_is_string(expires_in)) {
+        /* Some endpoints (Azure AD v1) send "3599": a decimal number, nothing around it. */
+        const char *v = json_string_value(expires_in);
+        char *end = NULL;
+        double d;
+        errno = 0;
+        if (v[0] >= '0' && v[0] <= '9' &&
+            strspn(v, "0123456789.") == json_string_length(expires_in)) {
+            d = strtod(v, &end);
+            if (*end == '\0' && errno == 0)
+                secs = d;
+        }
+    }
+    if (!(secs == secs)) /* NaN */
+        secs = LIFETIME_DEFAULT_S;
+    if (secs < LIFETIME_MIN_S)
+        secs = LIFETIME_MIN_S;
+    if (secs > LIFETIME_MAX_S)
+        secs = LIFETIME_MAX_S;
+    return (int64_t)secs;
+}
+
 /* What one token request brought. */
 struct answer {
     char *token;        /* the access token */
-    int64_t refresh_ms; /* when to ask again */
-    int64_t expires_ms; /* when it expires */
+    int64_t refresh_ms; /* when to ask again (monotonic) */
+    int64_t expires_ms; /* when it expires (monotonic) */
     char *rotated;      /* a new refresh token the endpoint issued, or NULL */
 };
 
@@ -385,15 +421,8 @@ fetch_token(json_t *config, json_t *secret, struct answer *out, struct err **err
         out->rotated = xstrdup(json_string_value(nrt));
     out->token = xstrdup(json_string_value(at));
     {
-        json_t *ex = json_object_get(ans, "expires_in");
-        int64_t secs = json_is_integer(ex) ? json_integer_value(ex) : 3600;
-        int64_t life;
-        if (secs < LIFETIME_MIN_S)
-            secs = LIFETIME_MIN_S;
-        if (secs > LIFETIME_MAX_S)
-            secs = LIFETIME_MAX_S;
-        life = secs * 1000;
-        out->expires_ms = util_now_ms() + life;
+        int64_t life = api_oauth_lifetime_s(json_object_get(ans, "expires_in")) * 1000;
+        out->expires_ms = util_mono_ms() + life;
         out->refresh_ms = out->expires_ms - (EARLY_MS < life / 2 ? EARLY_MS : life / 2);
     }
     ret = 0;
@@ -525,7 +554,7 @@ api_oauth_token(const char *data_dir, const char *project, const char *id, bool 
     snprintf(j.id, sizeof(j.id), "%s", id);
     pthread_mutex_lock(&cache_lock);
     for (;;) {
-        int64_t now = util_now_ms();
+        int64_t now = util_mono_ms();
         s = slot(j.key);
         usable = s->token != NULL && s->expires_ms > now;
         if (usable && s->refresh_ms > now)

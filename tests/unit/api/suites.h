@@ -4,5 +4,6 @@
 
 int test_codec_run(void);
 int test_keys_run(void);
+int test_oauth_run(void);
 
 #endif

@@ -10,5 +10,6 @@ main(void)
 
     failed += test_codec_run();
     failed += test_keys_run();
+    failed += test_oauth_run();
     return failed == 0 ? 0 : 1;
 }
