@@ -105,6 +105,11 @@ void api_ctx_release(struct env_ctx *c);
 int api_page_size(struct api_req *r, size_t dflt, size_t *out, struct err **errp);
 
 /* codec.c */
+/**
+ * Why a body is not JSON, for its 400: jansson's reason without the text it quotes from near
+ * the error (up to 20 bytes of the body, maybe of a secret), then line and column. Owned.
+ */
+char *api_json_error(const json_error_t *je);
 int api_b64_decode(const char *in, size_t len, char **out, size_t *out_len);
 char *api_b64_encode(const void *data, size_t len);
 /** Percent-decodes len bytes of s; NULL when an escape is malformed or decodes to NUL. */

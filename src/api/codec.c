@@ -116,3 +116,18 @@ api_strip_prefix(const char *s, const char *prefix)
 
     return strncmp(s, prefix, n) == 0 ? s + n : s;
 }
+
+char *
+api_json_error(const json_error_t *je)
+{
+    /* "<reason> near '<text>'", "<reason> near end of file", "invalid Unicode '\\uD800'" */
+    size_t n = strcspn(je->text, "'");
+    const char *near = strstr(je->text, " near ");
+
+    if (near != NULL && (size_t)(near - je->text) < n)
+        n = (size_t)(near - je->text);
+    while (n > 0 && je->text[n - 1] == ' ')
+        n--;
+    return xasprintf("request body is not valid JSON: %.*s (line %d, column %d)", (int)n, je->text,
+                     je->line, je->column);
+}

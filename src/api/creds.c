@@ -350,9 +350,10 @@ body_json(struct api_req *r, enum MHD_Result *res)
                                               &je);
 
     if (j == NULL) {
-        *res = api_reply_status(r, 400, "INVALID_ARGUMENT",
-                                "request body is not valid JSON: %s (line %d, column %d)",
-                                je.text, je.line, je.column);
+        /* Not jansson's text: it quotes up to 20 bytes of the body near the error, which may
+         * be a piece of a secret, and the SDK puts the message into its exception. */
+        cleanup_free char *why = api_json_error(&je);
+        *res = api_reply_status(r, 400, "INVALID_ARGUMENT", "%s", why);
         return NULL;
     }
     if (!json_is_object(j)) {

@@ -28,9 +28,8 @@ parse_body(struct api_req *r, enum MHD_Result *res)
     } else {
         body = json_loadb(r->body.data, r->body.len, JSON_REJECT_DUPLICATES, &jerr);
         if (body == NULL) {
-            *res = api_reply_status(r, 400, "INVALID_ARGUMENT",
-                                    "request body is not valid JSON: %s (line %d, column %d)",
-                                    jerr.text, jerr.line, jerr.column);
+            cleanup_free char *why = api_json_error(&jerr);
+            *res = api_reply_status(r, 400, "INVALID_ARGUMENT", "%s", why);
             return NULL;
         }
     }

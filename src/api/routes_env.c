@@ -618,10 +618,10 @@ create_env(struct api_req *r, struct env_ctx *ctx)
         body = json_object();
     } else {
         body = json_loadb(r->body.data, r->body.len, JSON_REJECT_DUPLICATES, &jerr);
-        if (body == NULL)
-            return api_reply_status(r, 400, "INVALID_ARGUMENT",
-                                    "request body is not valid JSON: %s (line %d, column %d)",
-                                    jerr.text, jerr.line, jerr.column);
+        if (body == NULL) {
+            cleanup_free char *why = api_json_error(&jerr);
+            return api_reply_status(r, 400, "INVALID_ARGUMENT", "%s", why);
+        }
     }
     if (!json_is_object(body)) {
         json_decref(body);

@@ -246,6 +246,23 @@ def test_secrets_are_sealed_at_rest_and_never_logged(capi):
         "type": "bearer_token", "id": "e2", "token": "t"}).status == 200
 
 
+def test_a_body_that_is_not_json_is_refused_without_quoting_it(capi):
+    """jansson's error text quotes up to 20 bytes near the error: a short secret pasted with a
+    stray newline would come back in the 400, and the SDK puts that message into its exception.
+    Only the line and column are given (for credentials, and for environment specs, whose env
+    values may be secret too)."""
+    secret = "s3cr3t-t0k"
+    for h, path, body in (
+            (capi.creds, "/v1beta/credentials",
+             '{"type":"bearer_token","id":"b","token":"%s\n"}' % secret),
+            (capi.http, "/v1beta/environments", '{"env":{"K":"%s\n"}}' % secret)):
+        r = h.request("POST", path, body=body.encode(),
+                      headers={"Content-Type": "application/json"})
+        assert r.status == 400, r
+        msg = r.json()["error"]["message"]
+        assert "line 1, column" in msg and "t0k" not in msg and "s3cr" not in msg, msg
+
+
 def memory_holds(pid, needle):
     """Whether any readable mapping of process pid holds needle (as root, through /proc), read
     in 64 MiB pieces. Mappings over 4 GiB are left out: no heap of this daemon is that large,
