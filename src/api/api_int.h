@@ -70,6 +70,8 @@ struct api_server {
 };
 
 /* http.c */
+/** How many times the query parameter key is given. */
+size_t api_query_count(const struct api_req *r, const char *key);
 const char *api_query(const struct api_req *r, const char *key);
 bool api_query_bool(const struct api_req *r, const char *key, bool dflt, struct err **errp);
 const char *api_header(const struct api_req *r, const char *name);

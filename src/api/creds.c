@@ -508,9 +508,21 @@ update_cred(struct api_req *r, struct env_ctx *ctx, const char *id)
     u.r = r;
     u.id = id;
     u.mask = mask != NULL && mask[0] != '\0' ? mask : NULL;
+    /* api_query() sees the first only: a second mask (a field to rotate) would be ignored
+     * while the answer said 200. */
+    if (api_query_count(r, "update_mask") > 1)
+        return api_reply_status(r, 400, "INVALID_ARGUMENT",
+                                "update_mask is given more than once: list the fields in one, "
+                                "separated by commas");
     u.body = body_json(r, &res);
     if (u.body == NULL)
         return res;
+    /* Spec §3.6: an update config carries type (the SDK always sends it). */
+    if (!json_is_string(json_object_get(u.body, "type"))) {
+        json_decref(u.body);
+        return api_reply_status(r, 400, "INVALID_ARGUMENT",
+                                "type is required: the credential's type, which cannot change");
+    }
     if (store_tx(env_store(ctx), update_tx, &u, &er) < 0) {
         json_decref(u.body);
         store_cred_clear(&u.c);

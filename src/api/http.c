@@ -256,6 +256,16 @@ api_reply_errf(struct api_req *r, enum err_code code, const char *fmt, ...)
 
 /* ------------------------------------------------------------------ helpers */
 
+size_t
+api_query_count(const struct api_req *r, const char *key)
+{
+    size_t n = 0;
+
+    for (size_t i = 0; i < r->nq; i++)
+        n += strcmp(r->qk[i], key) == 0;
+    return n;
+}
+
 const char *
 api_query(const struct api_req *r, const char *key)
 {

@@ -187,6 +187,28 @@ def test_crud_and_secrets_are_write_only(capi):
     assert c.get("/v1beta/credentials/b1").status == 404
 
 
+def test_patch_needs_type_and_one_update_mask(capi):
+    """Spec §3.6: an update config must carry type (the SDK sends it on every update,
+    observed-requests.md). A repeated update_mask is refused naming it: the first alone was
+    honoured, so a token named in the second was silently not rotated, with a 200."""
+    c = capi.creds
+    assert c.post("/v1beta/credentials", json_body={
+        "type": "bearer_token", "id": "p1", "token": "OLD"}).status == 200
+    before = c.get("/v1beta/credentials/p1").json()["update_time"]
+    time.sleep(0.01)
+    for body in ({}, {"token": "NEW"}, {"type": None, "token": "NEW"}):
+        r = c.request("PATCH", "/v1beta/credentials/p1?update_mask=token", json_body=body)
+        assert r.status == 400 and "type is required" in r.json()["error"]["message"], (body, r)
+    r = c.request("PATCH", "/v1beta/credentials/p1?update_mask=prefix&update_mask=token",
+                  json_body={"type": "bearer_token", "prefix": "P", "token": "NEW"})
+    assert r.status == 400 and "update_mask" in r.json()["error"]["message"], r
+    assert c.get("/v1beta/credentials/p1").json()["update_time"] == before
+    # One mask listing both fields is the way.
+    r = c.request("PATCH", "/v1beta/credentials/p1?update_mask=prefix,token",
+                  json_body={"type": "bearer_token", "prefix": "P", "token": "NEW"})
+    assert r.status == 200, r
+
+
 def test_concurrent_patches_do_not_undo_each_other(capi, upstreams):
     """Two clients PATCH different fields of one credential at once (one rotates the token,
     the other changes the prefix). Each PATCH reads, changes and writes the credential in one
