@@ -778,6 +778,9 @@ parse_listen(const char *listen, struct sockaddr_in *sa, struct err **errp)
 /* ------------------------------------------------------------------ egress */
 
 static struct egress *egress;
+/* Token requests (oauth.c) may outlive the quiesce at shutdown on threads of their own: they
+ * reach the proxy only under this lock, and shutdown takes it to let the proxy go. */
+static pthread_rwlock_t egress_lock = PTHREAD_RWLOCK_INITIALIZER;
 static const struct api_config *srv_cfg;
 static int64_t ca_made_ms; /* when DATA/ca/ca.pem was written */
 
@@ -982,13 +985,23 @@ api_egress_sync(void)
 const char *
 api_egress_vet(const struct sockaddr *sa)
 {
-    return egress != NULL ? egress_vet(egress, sa) : egress_addr_class(sa);
+    const char *why;
+
+    pthread_rwlock_rdlock(&egress_lock);
+    why = egress != NULL ? egress_vet(egress, sa) : egress_addr_class(sa);
+    pthread_rwlock_unlock(&egress_lock);
+    return why;
 }
 
 bool
 api_egress_override(const char *host, struct sockaddr_storage *out)
 {
-    return egress != NULL && egress_override(egress, host, out);
+    bool r;
+
+    pthread_rwlock_rdlock(&egress_lock);
+    r = egress != NULL && egress_override(egress, host, out);
+    pthread_rwlock_unlock(&egress_lock);
+    return r;
 }
 
 const char *
@@ -1287,8 +1300,14 @@ api_serve(const struct api_config *cfg, struct err **errp)
     /* Token requests under way use the proxy's address rules, and may hold a rotated refresh
      * token not yet stored: they end before the proxy goes. */
     api_oauth_quiesce(20000);
-    egress_stop(egress);
-    egress = NULL;
+    {
+        struct egress *eg;
+        pthread_rwlock_wrlock(&egress_lock);
+        eg = egress;
+        egress = NULL; /* a request still under way now finds no proxy: the fixed rules */
+        pthread_rwlock_unlock(&egress_lock);
+        egress_stop(eg);
+    }
     pthread_join(wd, NULL);
     env_ctx_close(jctx);
     while (npool > 0)
