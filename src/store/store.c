@@ -245,6 +245,15 @@ db_err(struct store *s, struct err **errp, const char *what)
     return err_set(errp, code, 0, "%s: %s", what, sqlite3_errmsg(s->db));
 }
 
+/* Whether the last statement failed on a primary key or a unique index: a duplicate. */
+static bool
+duplicate(struct store *s)
+{
+    int rc = sqlite3_extended_errcode(s->db);
+
+    return rc == SQLITE_CONSTRAINT_PRIMARYKEY || rc == SQLITE_CONSTRAINT_UNIQUE;
+}
+
 static int
 exec_sql(struct store *s, const char *sql, struct err **errp)
 {
@@ -869,7 +878,7 @@ store_key_insert(struct store *s, const struct store_key *k, const char *hash, s
     sqlite3_bind_int64(st, 5, k->created_ms);
     sqlite3_bind_text(st, 6, hash, -1, SQLITE_STATIC);
     if (sqlite3_step(st) != SQLITE_DONE) {
-        if ((sqlite3_errcode(s->db) & 0xff) == SQLITE_CONSTRAINT)
+        if (duplicate(s))
             return err_set(errp, ERR_CONFLICT, 0, "a key named '%s' exists", k->name);
         return db_err(s, errp, "insert key");
     }
@@ -1216,7 +1225,7 @@ store_cred_put(struct store *s, const struct store_cred *c, bool create, struct 
     sqlite3_bind_int64(st, 7, c->created_ms);
     sqlite3_bind_int64(st, 8, c->updated_ms);
     if (sqlite3_step(st) != SQLITE_DONE) {
-        if ((sqlite3_errcode(s->db) & 0xff) == SQLITE_CONSTRAINT)
+        if (duplicate(s))
             return err_set(errp, ERR_CONFLICT, 0, "credential %s already exists", c->id);
         return db_err(s, errp, "store credential");
     }
@@ -1344,7 +1353,7 @@ store_agent_insert(struct store *s, const struct store_agent *a, struct err **er
     sqlite3_bind_int64(st, 4, a->created_ms);
     sqlite3_bind_int64(st, 5, a->updated_ms);
     if (sqlite3_step(st) != SQLITE_DONE) {
-        if ((sqlite3_errcode(s->db) & 0xff) == SQLITE_CONSTRAINT)
+        if (duplicate(s))
             return err_set(errp, ERR_CONFLICT, 0, "agent %s already exists", a->id);
         return db_err(s, errp, "store agent");
     }
