@@ -13,6 +13,10 @@
 
 /* Caps on what a client may send. */
 #define API_BODY_MAX      (8u << 20) /* a JSON request body */
+/* A body over API_BODY_MAX but within this is read and thrown away, then answered 413: a client
+ * that writes its whole body before it reads (most do) gets the 413, not a broken pipe. One
+ * announced longer is answered 413 at once, unread. */
+#define API_BODY_DRAIN_MAX (32u << 20)
 /* A JSON body must arrive at this average rate, after a grace of --header-timeout: at most
  * that plus 128 s for API_BODY_MAX. (Uploads stream to disk and have their own rules.) */
 #define API_BODY_RATE        (64u << 10) /* bytes per second */

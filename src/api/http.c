@@ -621,7 +621,7 @@ begin(struct api_req *r)
         const char *cl = api_header(r, "Content-Length");
         const char *scope = body_scope(r);
         uint64_t n = 0;
-        if (cl != NULL && util_parse_u64(cl, UINT64_MAX, &n, NULL) == 0 && n > API_BODY_MAX)
+        if (cl != NULL && util_parse_u64(cl, UINT64_MAX, &n, NULL) == 0 && n > API_BODY_DRAIN_MAX)
             return api_reply_status(r, 413, "RESOURCE_EXHAUSTED",
                                     "request body larger than %u bytes", API_BODY_MAX);
         if (scope != NULL && !api_require(r, scope, &res))
