@@ -373,14 +373,30 @@ scrub_cmdline(void)
         explicit_bzero((void *)(uintptr_t)v[2], v[3] - v[2]);
 }
 
-/* Opens an upper directory of the volume (the cwd) as O_PATH at a fixed descriptor. */
+/*
+ * Keeps an upper directory of the volume (the cwd) at a fixed descriptor, for the snapshot:
+ * as the root of a detached, read-only clone of its mount, never as a plain descriptor of
+ * the directory. Every handler holds it, and a handler follows /proc/self/fd/N like any
+ * path a caller names; from a plain descriptor, /proc/self/fd/5/.. is the volume's own
+ * directory on the host (ctl.sock, work/, upper/), a symlink away from any sandbox process.
+ * At the root of a detached mount ".." stays where it is: the way leads nowhere but into
+ * this layer, and the layer cannot be written through it.
+ */
 static int
 keep_upper(const char *path, int at, struct err **errp)
 {
-    int fd = open(path, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    struct mount_attr attr = {
+        .attr_set = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC,
+    };
+    int fd = open_tree(AT_FDCWD, path, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_SYMLINK_NOFOLLOW);
 
     if (fd < 0)
-        return err_set(errp, ERR_INTERNAL, errno, "open %s", path);
+        return err_set(errp, ERR_INTERNAL, errno, "clone mount of %s", path);
+    if (mount_setattr(fd, "", AT_EMPTY_PATH, &attr, sizeof(attr)) < 0) {
+        int e = errno;
+        close(fd);
+        return err_set(errp, ERR_INTERNAL, e, "make %s read-only", path);
+    }
     if (fd != at && (dup3(fd, at, O_CLOEXEC) < 0 || close(fd) < 0))
         return err_set(errp, ERR_INTERNAL, errno, "dup3 %s", path);
     return 0;

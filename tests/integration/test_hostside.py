@@ -242,3 +242,33 @@ def test_rm_file_through_planted_symlinks(pd, host):
     assert r.rc == 0, r
     r = env.exec("echo", "alive")
     assert r.rc == 0, r
+
+
+def test_handler_descriptors_lead_nowhere_outside_the_sandbox(pd):
+    """Every handler holds the layer's upper directories open (descriptors 5 and 6, for the
+    snapshot), and follows /proc/self/fd/N like any path a caller names. A link planted at
+    /proc/self/fd/5/../.. used to reach the volume's own directory on the host (ctl.sock, work/,
+    upper/): paddock's reads, listings, writes and deletes went there. Now the descriptors are
+    the roots of detached read-only mounts, where ".." goes nowhere: the volume directory stays
+    as it was, and nothing written reaches it."""
+    env = pd.create()
+    vol = pd.data / "envs" / env.id
+    r = env.sh("for n in 5 6; do ln -s /proc/self/fd/$n/../.. /workspace/v$n; "
+               "ln -s /proc/self/fd/$n/.. /workspace/u$n; done")
+    assert r.rc == 0, r
+    before = sorted(os.listdir(vol))
+    assert "ctl.sock" in before and "work" in before, before
+    for link in ("v5", "v6", "u5", "u6"):
+        r = env.files(f"/workspace/{link}")
+        if r.rc == 0:
+            names = {os.path.basename(e["path"]) for e in r.json()}
+            assert not names & {"ctl.sock", "work", "upper", "root", "usr"} or \
+                "workspace" in names, f"{link} listed the volume directory: {names}"
+        env.write(f"/workspace/{link}/pwned", b"PWNED\n")
+        env.files(f"/workspace/{link}/work", recursive=True)
+    assert sorted(os.listdir(vol)) == before
+    assert not any(p.name == "pwned" for p in vol.rglob("pwned")), list(vol.rglob("pwned"))
+    # The layer still snapshots and counts: the descriptors still serve what they are for.
+    r = env.sh("echo kept > /workspace/after.txt")
+    assert r.rc == 0, r
+    assert env.read("/workspace/after.txt").out == b"kept\n"
