@@ -520,6 +520,7 @@ sandbox_volume_fork(const char *envs_dir, const char *src_id, const char *id,
     cleanup_close int efd = open_parent(envs_dir, id, &va, errp);
     cleanup_close int sfd = -1;
     cleanup_close int vfd = -1;
+    cleanup_close int wfd = -1;
     struct shift sh = {src_host_id, host_id, errp};
     int fd;
 
@@ -543,9 +544,16 @@ sandbox_volume_fork(const char *envs_dir, const char *src_id, const char *id,
     }
     /* A snapshot of a running volume carries its socket and overlay scratch; drop both. */
     unlinkat(vfd, "ctl.sock", 0);
+    /* One component at a time, none a link: O_NOFOLLOW covers only the last one, and a
+     * "work" made a link (the volume's directory is the sandbox's) would have this process,
+     * the host's root, empty whatever directory it names. */
+    wfd = openat(vfd, "work", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (wfd < 0) {
+        err_set(errp, ERR_IO, errno, "open work directory");
+        goto fail;
+    }
     for (int i = 0; i < 2; i++) {
-        fd = openat(vfd, i == 0 ? "work/root" : "work/usr",
-                    O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        fd = openat(wfd, i == 0 ? "root" : "usr", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         if (fd < 0 || empty_dir(fd, 0, errp) < 0) {
             if (fd < 0)
                 err_set(errp, ERR_IO, errno, "open work directory");

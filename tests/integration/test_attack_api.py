@@ -1076,6 +1076,44 @@ def test_from_environment_never_follows_a_planted_etc(mapi):
         victim.rmdir()
 
 
+def test_from_environment_never_empties_where_a_planted_work_link_points(mapi):
+    """The volume's directory belongs to the sandbox's root, so a sandbox that once reached it
+    (test_hostside's /proc/self/fd links did) could make its work/ a link. A copy empties the
+    source's overlay scratch, work/root and work/usr, as the host's root: through such a link
+    it emptied whatever host directory the link named. The copy is refused now, and the
+    directory keeps its files. (The link is planted here from the host: the way in from the
+    sandbox is closed.)"""
+    pd = mapi.pd
+    src = new_env(mapi)
+    t = tok()
+    victim = Path(f"/root/paddock-victim-{t}")
+    vol = pd.data / "envs" / src
+    moved = vol / f"work.{t}"
+    try:
+        for sub in ("root", "usr"):
+            (victim / sub).mkdir(parents=True)
+            (victim / sub / "keep.txt").write_text(f"MARKER-{t}\n")
+        os.rename(vol / "work", moved)
+        os.symlink(victim, vol / "work")
+        vols = set(user_volumes(pd))
+        r = mapi.http.post(f"/{V}/environments",
+                           json_body={"from_environment": f"environments/{src}"})
+        assert r.status >= 400, r
+        for sub in ("root", "usr"):
+            assert (victim / sub / "keep.txt").read_text() == f"MARKER-{t}\n"
+        assert set(user_volumes(pd)) <= vols, "the refused copy left its volume"
+    finally:
+        if (vol / "work").is_symlink():
+            (vol / "work").unlink()
+            os.rename(moved, vol / "work")
+        for sub in ("root", "usr"):
+            if (victim / sub / "keep.txt").exists():
+                (victim / sub / "keep.txt").unlink()
+            if (victim / sub).exists():
+                (victim / sub).rmdir()
+        victim.rmdir()
+
+
 def test_from_environment_with_a_fifo_for_hosts_does_not_hang(mapi):
     """A sandbox that leaves FIFOs where the server writes its copy's /etc/hosts (the name and
     the server's temporary names) is copied all the same, and the copy has its own hosts."""
