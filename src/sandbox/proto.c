@@ -52,27 +52,30 @@ deadline_fail(struct err **errp)
 }
 
 /*
- * With a deadline set, waits until fd is ready for events, at most the socket's own timeout
- * (optname) for inactivity and never past the deadline; then the caller's send or recv must
- * not block (MSG_DONTWAIT), since a blocking one restarts the socket's timeout on each byte.
- * Returns 0 when ready or with no deadline, else -1 with errno EAGAIN (the socket's timeout)
- * or ETIME (the deadline).
+ * Waits until fd is ready for events: at most the socket's own timeout (optname; none when
+ * unset) and never past the thread's deadline. Returns 0 when ready, else -1 with errno
+ * EAGAIN (the socket's timeout) or ETIME (the deadline).
+ *
+ * The socket's timeout is left to poll(), not to a blocking send or recv: the kernel counts
+ * SO_RCVTIMEO from the start of a call, and a recv(MSG_WAITALL) that got part of a frame before
+ * the peer stopped returns that part when the timeout runs out, so the next call waited the
+ * whole timeout again: twice the limit after a stall midway through a frame.
  */
 static int
-deadline_wait(int fd, short events, int optname)
+wait_ready(int fd, short events, int optname)
 {
-    while (deadline_ns != 0) {
+    for (;;) {
         struct pollfd pfd = { .fd = fd, .events = events };
         int64_t left_ms = (deadline_ns - util_mono_ns() + 999999) / 1000000;
         int64_t sock_ms = (int64_t)(timeout_s(fd, optname) * 1000);
-        bool by_sock = sock_ms > 0 && sock_ms < left_ms;
+        bool by_sock = sock_ms > 0 && (deadline_ns == 0 || sock_ms < left_ms);
         int n;
 
-        if (left_ms <= 0) {
+        if (deadline_ns != 0 && left_ms <= 0) {
             errno = ETIME;
             return -1;
         }
-        n = poll(&pfd, 1, (int)(by_sock ? sock_ms : left_ms));
+        n = poll(&pfd, 1, by_sock ? (int)sock_ms : deadline_ns != 0 ? (int)left_ms : -1);
         if (n > 0)
             return 0;
         if (n < 0 && errno != EINTR)
@@ -83,13 +86,23 @@ deadline_wait(int fd, short events, int optname)
         }
         /* Interrupted, or the deadline came: the next round tells which. */
     }
+}
+
+/* -1 with errno ETIME once the thread's deadline has passed, even while bytes still flow. */
+static int
+deadline_check(void)
+{
+    if (deadline_ns != 0 && util_mono_ns() >= deadline_ns) {
+        errno = ETIME;
+        return -1;
+    }
     return 0;
 }
 
 /*
- * One sendmsg() or recv() that waits at most the socket's timeout and never past the
- * thread's deadline, retried when interrupted. -1 with errno EAGAIN for the timeout, ETIME
- * for the deadline.
+ * One sendmsg() or recv() that takes what it can at once and otherwise waits for the socket
+ * (wait_ready): at most the socket's timeout since the last byte moved, and never past the
+ * thread's deadline. -1 with errno EAGAIN for the timeout, ETIME for the deadline.
  */
 static ssize_t
 send_some(int fd, struct msghdr *mh)
@@ -97,28 +110,29 @@ send_some(int fd, struct msghdr *mh)
     for (;;) {
         ssize_t w;
 
-        if (deadline_wait(fd, POLLOUT, SO_SNDTIMEO) < 0)
+        if (deadline_check() < 0)
             return -1;
-        w = sendmsg(fd, mh, MSG_NOSIGNAL | (deadline_ns != 0 ? MSG_DONTWAIT : 0));
-        /* With a deadline, EAGAIN after poll() said ready only means another round. */
-        if (w < 0 && (errno == EINTR || (deadline_ns != 0 && errno == EAGAIN)))
-            continue;
-        return w;
+        w = sendmsg(fd, mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w >= 0 || (errno != EINTR && errno != EAGAIN))
+            return w;
+        if (errno == EAGAIN && wait_ready(fd, POLLOUT, SO_SNDTIMEO) < 0)
+            return -1;
     }
 }
 
 static ssize_t
-recv_some(int fd, void *data, size_t len, int flags)
+recv_some(int fd, void *data, size_t len)
 {
     for (;;) {
         ssize_t r;
 
-        if (deadline_wait(fd, POLLIN, SO_RCVTIMEO) < 0)
+        if (deadline_check() < 0)
             return -1;
-        r = recv(fd, data, len, deadline_ns != 0 ? MSG_DONTWAIT : flags);
-        if (r < 0 && (errno == EINTR || (deadline_ns != 0 && errno == EAGAIN)))
-            continue;
-        return r;
+        r = recv(fd, data, len, MSG_DONTWAIT);
+        if (r >= 0 || (errno != EINTR && errno != EAGAIN))
+            return r;
+        if (errno == EAGAIN && wait_ready(fd, POLLIN, SO_RCVTIMEO) < 0)
+            return -1;
     }
 }
 
@@ -184,10 +198,10 @@ sandbox__proto_send_json(int fd, uint32_t type, json_t *obj, struct err **errp)
 }
 
 /*
- * Reads exactly len bytes. Every recv() waits at most the socket's receive timeout, so the
- * limit is on inactivity: a frame that arrives slowly but steadily is read to its end, unless
- * the thread's deadline passes first.
- * Returns how many bytes came before the peer closed, or -1 (errno set).
+ * Reads exactly len bytes. Each wait is at most the socket's receive timeout since the last
+ * byte came, so the limit is on inactivity: a frame that arrives slowly but steadily is read to its
+ * end, unless the thread's deadline passes first. Returns how many bytes came before the peer
+ * closed, or -1 (errno set).
  */
 static ssize_t
 recv_full(int fd, void *data, size_t len)
@@ -195,7 +209,7 @@ recv_full(int fd, void *data, size_t len)
     size_t got = 0;
 
     while (got < len) {
-        ssize_t r = recv_some(fd, (char *)data + got, len - got, MSG_WAITALL);
+        ssize_t r = recv_some(fd, (char *)data + got, len - got);
         if (r < 0)
             return -1;
         if (r == 0)
@@ -262,7 +276,7 @@ sandbox__proto_recv_payload(int fd, void *data, size_t len, struct err **errp)
 ssize_t
 sandbox__proto_recv_some(int fd, void *data, size_t len, struct err **errp)
 {
-    ssize_t r = recv_some(fd, data, len, 0);
+    ssize_t r = recv_some(fd, data, len);
 
     if (r < 0)
         return recv_fail(fd, "a frame's payload", errp);

@@ -377,6 +377,55 @@ test_recv_slow_payload_is_not_a_timeout(void **state)
     sandbox__proto_frame_free(&f);
 }
 
+/*
+ * A peer that stops midway through a payload it was sending steadily: the read gives up the
+ * socket's timeout after the last byte, not later. (Left to a blocking recv(MSG_WAITALL),
+ * whose timeout the kernel counts from the start of the call, it took up to twice as long:
+ * the call that saw the last byte ran out its own time with what it had, and the next call
+ * waited the whole timeout again.)
+ */
+static void
+test_recv_stall_midway_times_out_once(void **state)
+{
+    struct pair *p = *state;
+    struct proto_frame f = { 0 };
+    struct err *e = NULL;
+    int64_t last_ms = 0, failed_ms;
+    int clock[2];
+    pid_t pid;
+
+    assert_int_equal(pipe2(clock, O_CLOEXEC), 0);
+    ASSERT_NO_ERR(sandbox__proto_set_timeout(p->a, 1000, &e), &e);
+    fflush(stdout);
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        uint32_t hdr[2] = { PROTO_DATA, 100 };
+
+        (void)!write(p->b, hdr, sizeof(hdr));
+        /* 25 bytes 50 ms apart, then nothing: the peer is stopped 1.25 s into the frame. */
+        for (int i = 0; i < 25; i++) {
+            usleep(50 * 1000);
+            (void)!write(p->b, "x", 1);
+        }
+        last_ms = util_mono_ms();
+        (void)!write(clock[1], &last_ms, sizeof(last_ms));
+        pause();
+        _exit(0);
+    }
+    close(clock[1]);
+    assert_int_equal(sandbox__proto_recv(p->a, &f, &e), -1);
+    failed_ms = util_mono_ms();
+    kill(pid, SIGKILL);
+    assert_int_equal(waitpid(pid, NULL, 0), pid);
+    assert_int_equal(read(clock[0], &last_ms, sizeof(last_ms)), (ssize_t)sizeof(last_ms));
+    close(clock[0]);
+    assert_null(f.data);
+    ASSERT_ERR_CONTAINS(&e, ERR_TIMEOUT, "did not answer within 1 s");
+    /* The old way gave up 1.75 s after the last byte here. */
+    assert_in_range(failed_ms - last_ms, 950, 1400);
+}
+
 /* A peer that takes nothing: a send gives up after the socket's timeout. */
 static void
 test_send_timeout(void **state)
@@ -914,6 +963,7 @@ test_proto_run(void)
         T(test_send_to_closed_peer),
         T(test_recv_timeout),
         T(test_recv_slow_payload_is_not_a_timeout),
+        T(test_recv_stall_midway_times_out_once),
         T(test_send_timeout),
         T(test_recv_skips_alive),
         T(test_alive),
