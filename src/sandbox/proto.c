@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -449,9 +450,11 @@ int
 sandbox__connect(const char *env_dir, struct err **errp)
 {
     cleanup_close int dirfd = open(env_dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    cleanup_close int sockfd = -1;
     cleanup_close int fd = -1;
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     int64_t timeout_ms = PROTO_TIMEOUT_MS;
+    struct stat st;
 
     /* The connect() waits as long as the send timeout: within the deadline too. */
     if (deadline_ns != 0) {
@@ -462,8 +465,17 @@ sandbox__connect(const char *env_dir, struct err **errp)
     }
     if (dirfd < 0)
         return err_set(errp, errno == ENOENT ? ERR_NOT_FOUND : ERR_IO, errno, "open %s", env_dir);
-    /* Going through /proc/self/fd keeps the path short whatever the data directory is. */
-    snprintf(sa.sun_path, sizeof(sa.sun_path), "/proc/self/fd/%d/%s", dirfd, PROTO_SOCK_NAME);
+    /* The socket itself, never a link in its place: the volume's directory is the sandbox
+     * root's, and a link there would send this host process's requests to any socket. Going
+     * through /proc/self/fd also keeps the path short whatever the data directory is. */
+    sockfd = openat(dirfd, PROTO_SOCK_NAME, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    if (sockfd < 0 && errno == ENOENT)
+        return err_set(errp, ERR_CONFLICT, 0, "sandbox is not running");
+    if (sockfd < 0 || fstat(sockfd, &st) < 0 || !S_ISSOCK(st.st_mode))
+        return err_set(errp, ERR_IO, sockfd < 0 ? errno : 0,
+                       "the sandbox's control socket %s/%s is not a socket", env_dir,
+                       PROTO_SOCK_NAME);
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "/proc/self/fd/%d", sockfd);
     fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return err_set(errp, ERR_IO, errno, "socket");

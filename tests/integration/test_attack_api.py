@@ -1246,3 +1246,36 @@ def server_api(server, key):
     a = A()
     a.server, a.key = server, key
     return a
+
+
+def test_a_link_in_place_of_the_control_socket_is_not_followed(mapi):
+    """The server reaches a sandbox through DATA/envs/ID/ctl.sock, in a directory that belongs to
+    the sandbox's root. A link put there (from the host here; the ways in from the sandbox are
+    closed) used to be followed, sending this environment's requests, as the host's root, to
+    whatever socket it named: here a socket of the test's own that records a connection. Now
+    the request fails, naming the control socket, and nothing connects."""
+    import socket as sk
+    pd = mapi.pd
+    eid = new_env(mapi)
+    vol = pd.data / "envs" / eid
+    t = tok()
+    lure = Path(f"/tmp/paddock-lure-{t}.sock")
+    ls = sk.socket(sk.AF_UNIX, sk.SOCK_STREAM)
+    ls.bind(str(lure))
+    ls.listen(4)
+    ls.settimeout(0.5)
+    moved = vol / f"ctl.sock.{t}"
+    try:
+        os.rename(vol / "ctl.sock", moved)
+        os.symlink(lure, vol / "ctl.sock")
+        r = mapi.http.get(f"/{V}/environments/{eid}/files/workspace")
+        assert r.status >= 400, r
+        with pytest.raises(sk.timeout):
+            ls.accept()
+    finally:
+        if (vol / "ctl.sock").is_symlink():
+            (vol / "ctl.sock").unlink()
+            os.rename(moved, vol / "ctl.sock")
+        ls.close()
+        lure.unlink()
+    assert mapi.http.get(f"/{V}/environments/{eid}/files/workspace").status == 200
