@@ -135,7 +135,6 @@ env__init_of(const struct store_env *e)
     return i;
 }
 
-/* Brings a row in line with reality; ERR_NOT_FOUND when it turned out to be a dead create. */
 /*
  * Removes what a create that did not finish left: its sandbox, its volume, then its row. A
  * sandbox or volume that cannot be removed keeps its row ("creating"), so that the next
@@ -159,24 +158,44 @@ discard_unfinished(struct env_ctx *c, const struct store_env *e)
     store_env_delete(c->store, e->id, NULL);
 }
 
+static int stop_locked(struct env_ctx *c, const struct store_env *e, struct err **errp);
+
+/*
+ * Brings a row in line with reality: a running row whose init is gone becomes stopped, one
+ * whose sandbox runs code of an older generation (SANDBOX_INIT_GEN) is stopped, and a create
+ * that did not finish is removed (ERR_NOT_FOUND).
+ */
 static int
 reconcile(struct env_ctx *c, struct store_env *e, struct err **errp)
 {
     struct sandbox_init init = env__init_of(e);
     cleanup_close int lock = -1;
 
-    if (e->state == STORE_ENV_RUNNING && !sandbox_alive(&init)) {
+    if (e->state == STORE_ENV_RUNNING &&
+        (!sandbox_alive(&init) || e->init_gen < SANDBOX_INIT_GEN)) {
         lock = env__lock(c, e->id, true, errp);
         if (lock < 0 || store_env_get(c->store, e->id, e, errp) < 0)
             return -1;
         init = env__init_of(e);
         if (e->state == STORE_ENV_RUNNING && !sandbox_alive(&init)) {
             sandbox_stop(e->id, &init, NULL); /* only its cgroups are left to remove */
-            if (store_env_set_state(c->store, e->id, STORE_ENV_STOPPED, 0, 0, errp) < 0)
+            if (store_env_set_state(c->store, e->id, STORE_ENV_STOPPED, 0, 0, 0, errp) < 0)
                 return -1;
             e->state = STORE_ENV_STOPPED;
             e->init_pid = 0;
             e->init_start = 0;
+            e->init_gen = 0;
+        } else if (e->state == STORE_ENV_RUNNING && e->init_gen < SANDBOX_INIT_GEN) {
+            log_warnx("environment %s: stopped: its sandbox runs code of an older paddock "
+                      "(sandbox generation %u, this build's is %u) with a hole since closed; "
+                      "its files are kept, and its next use starts it anew",
+                      e->id, e->init_gen, SANDBOX_INIT_GEN);
+            if (stop_locked(c, e, errp) < 0)
+                return -1;
+            e->state = STORE_ENV_STOPPED;
+            e->init_pid = 0;
+            e->init_start = 0;
+            e->init_gen = 0;
         }
     } else if (e->state == STORE_ENV_CREATING) {
         lock = env__lock(c, e->id, false, errp);
@@ -280,13 +299,15 @@ env__start_locked(struct env_ctx *c, struct store_env *e, enum store_env_state s
     spec.image_dir = c->image_host;
     if (sandbox_start(&spec, &init, errp) < 0)
         return -1;
-    if (store_env_set_state(c->store, e->id, st, init.pid, init.start, errp) < 0) {
+    if (store_env_set_state(c->store, e->id, st, init.pid, init.start, SANDBOX_INIT_GEN, errp) <
+        0) {
         sandbox_stop(e->id, &init, NULL);
         return -1;
     }
     e->state = st;
     e->init_pid = init.pid;
     e->init_start = init.start;
+    e->init_gen = SANDBOX_INIT_GEN;
     if (st != STORE_ENV_POOLED)
         env__run_start_hook(c, e);
     return 0;
@@ -735,7 +756,7 @@ env_create(struct env_ctx *c, const struct env_create_opts *o, struct store_env 
     }
     if (has_sources && (place_sources(c, e.id, o, errp) < 0 ||
                         store_env_set_state(c->store, e.id, STORE_ENV_RUNNING, e.init_pid,
-                                            e.init_start, errp) < 0)) {
+                                            e.init_start, e.init_gen, errp) < 0)) {
         discard_unfinished(c, &e);
         return err_wrap(errp, "create environment");
     }
@@ -803,7 +824,7 @@ stop_locked(struct env_ctx *c, const struct store_env *e, struct err **errp)
 
     if (sandbox_stop(e->id, &init, errp) < 0)
         return -1;
-    return store_env_set_state(c->store, e->id, STORE_ENV_STOPPED, 0, 0, errp);
+    return store_env_set_state(c->store, e->id, STORE_ENV_STOPPED, 0, 0, 0, errp);
 }
 
 int
@@ -1179,14 +1200,14 @@ age(struct env_ctx *c, struct store_env *e, const struct env_lifecycle *lc, int6
         if (lock >= 0 && e->state != STORE_ENV_RUNNING && e->state != STORE_ENV_EXPIRED &&
             util_now_ms() - e->last_used_ms >= lc->expire_ms &&
             sandbox_volume_destroy(c->envs_dir, e->id, &er) == 0 &&
-            store_env_set_state(c->store, e->id, STORE_ENV_EXPIRED, 0, 0, &er) == 0 &&
+            store_env_set_state(c->store, e->id, STORE_ENV_EXPIRED, 0, 0, 0, &er) == 0 &&
             store_env_set_counts(c->store, e->id, 0, 0, util_now_ms(), &er) == 0)
             log_info("environment %s expired: files deleted", e->id);
     } else if (e->state == STORE_ENV_STOPPED && idle_for >= lc->offline_ms) {
         lock = lock_and_load(c, e->id, e, &er);
         if (lock >= 0 && e->state == STORE_ENV_STOPPED &&
             util_now_ms() - e->last_used_ms >= lc->offline_ms &&
-            store_env_set_state(c->store, e->id, STORE_ENV_OFFLINE, 0, 0, &er) == 0)
+            store_env_set_state(c->store, e->id, STORE_ENV_OFFLINE, 0, 0, 0, &er) == 0)
             log_info("environment %s offline", e->id);
     }
     if (er != NULL) {

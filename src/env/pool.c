@@ -131,6 +131,7 @@ claim_locked(struct env_ctx *c, const struct store_env *cand, struct store_env *
     want->uid_slot = cand->uid_slot;
     want->init_pid = cand->init_pid;
     want->init_start = cand->init_start;
+    want->init_gen = cand->init_gen;
     return 0;
 }
 

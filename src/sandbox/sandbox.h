@@ -90,6 +90,19 @@ struct sandbox_spec {
     uint64_t pids;         /* 0: no limit */
 };
 
+/*
+ * The generation of the code that runs inside a sandbox: its init, the handlers init forks,
+ * and what the start set up (mounts, descriptors). Init is forked, never executed afresh, so a
+ * sandbox runs the code of the build that started it for as long as it runs, across upgrades
+ * of paddock. Bump this with a change that closes a hole such a sandbox would keep: an
+ * environment started by an older generation is stopped when a newer build next looks at it
+ * (its files stay; its next use starts it with this build's code). Changes that close no
+ * hole leave it alone, so that an upgrade does not end the processes of every environment.
+ *   1  handlers' layer descriptors (fds 5 and 6) are detached read-only mounts: before, a
+ *      path through /proc/self/fd/5/.. reached the volume's directory on the host.
+ */
+#define SANDBOX_INIT_GEN 1u
+
 /** Identity of a running sandbox's init: host pid plus start time, safe against reuse. */
 struct sandbox_init {
     pid_t pid;

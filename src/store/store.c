@@ -225,6 +225,9 @@ static const char *const migrations[] = {
     " key TEXT PRIMARY KEY,"
     " value TEXT NOT NULL"
     ") STRICT;",
+    /* 10: the generation of the code inside each running sandbox (SANDBOX_INIT_GEN); a
+     * sandbox started before builds recorded it has 0, the oldest there is */
+    "ALTER TABLE environments ADD COLUMN init_gen INTEGER NOT NULL DEFAULT 0;",
 };
 
 _Static_assert(STORE_ENV_POOLED == 5, "migration 6 names the pooled state by its number");
@@ -400,7 +403,8 @@ note_boot_tx(struct store *s, void *arg, struct err **errp)
         return 0; /* another process noted it first */
     if (last[0] != '\0') {
         if (exec_sql(s,
-                     "UPDATE environments SET init_pid = 0, init_start = 0 WHERE init_pid != 0"
+                     "UPDATE environments SET init_pid = 0, init_start = 0, init_gen = 0 WHERE "
+                     "init_pid != 0"
                      " OR init_start != 0",
                      errp) < 0)
             return -1;
@@ -482,7 +486,7 @@ store_env_state_name(enum store_env_state st)
 #define ENV_SET_COLS                                                                             \
     "id, state, network, image, memory_bytes, cpus_milli, pids, disk_bytes, uid_slot, init_pid," \
     " init_start, created_ms, updated_ms, last_used_ms, project, file_count, size_bytes, "       \
-    "counted_ms"
+    "counted_ms, init_gen"
 #define ENV_COLS ENV_SET_COLS ", seq"
 static const char env_cols[] = ENV_COLS;
 
@@ -529,7 +533,8 @@ row_to_env(sqlite3_stmt *st, struct store_env *e)
     e->file_count = (uint64_t)sqlite3_column_int64(st, 15);
     e->size_bytes = (uint64_t)sqlite3_column_int64(st, 16);
     e->counted_ms = sqlite3_column_int64(st, 17);
-    e->seq = sqlite3_column_int64(st, 18);
+    e->init_gen = (uint32_t)sqlite3_column_int64(st, 18);
+    e->seq = sqlite3_column_int64(st, 19);
 }
 
 /* Picks a random slot no row holds; runs inside the caller's write transaction. */
@@ -575,7 +580,7 @@ store_env_insert(struct store *s, struct store_env *env, const char *config, uin
     cleanup_stmt sqlite3_stmt *st = NULL;
     cleanup_free char *sql = xasprintf(
         "INSERT INTO environments (" ENV_SET_COLS ", config, seq) VALUES "
-        "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?, CASE WHEN ?2 = %d THEN NULL ELSE " NEXT_SEQ
+        "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?, CASE WHEN ?2 = %d THEN NULL ELSE " NEXT_SEQ
         " END) RETURNING seq",
         (int)STORE_ENV_POOLED);
 
@@ -605,7 +610,8 @@ store_env_insert(struct store *s, struct store_env *env, const char *config, uin
     sqlite3_bind_int64(st, 16, (int64_t)env->file_count);
     sqlite3_bind_int64(st, 17, (int64_t)env->size_bytes);
     sqlite3_bind_int64(st, 18, env->counted_ms);
-    sqlite3_bind_text(st, 19, config != NULL ? config : "{}", -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 19, env->init_gen);
+    sqlite3_bind_text(st, 20, config != NULL ? config : "{}", -1, SQLITE_STATIC);
     if (sqlite3_step(st) != SQLITE_ROW) {
         db_err(s, errp, "insert environment");
         goto rollback;
@@ -734,7 +740,7 @@ change_one(struct store *s, sqlite3_stmt *st, const char *id, const char *what, 
 
 int
 store_env_set_state(struct store *s, const char *id, enum store_env_state stt, int64_t init_pid,
-                    uint64_t init_start, struct err **errp)
+                    uint64_t init_start, uint32_t init_gen, struct err **errp)
 {
     cleanup_stmt sqlite3_stmt *st = NULL;
     int64_t now = util_now_ms();
@@ -743,7 +749,8 @@ store_env_set_state(struct store *s, const char *id, enum store_env_state stt, i
     if (sqlite3_prepare_v2(s->db,
                            "UPDATE environments SET state = ?, init_pid = ?, init_start = ?,"
                            " updated_ms = ?,"
-                           " last_used_ms = CASE WHEN ?1 = 1 THEN ?4 ELSE last_used_ms END"
+                           " last_used_ms = CASE WHEN ?1 = 1 THEN ?4 ELSE last_used_ms END,"
+                           " init_gen = ?6"
                            " WHERE id = ?5",
                            -1, &st, NULL) != SQLITE_OK)
         return db_err(s, errp, "update environment");
@@ -753,6 +760,7 @@ store_env_set_state(struct store *s, const char *id, enum store_env_state stt, i
     sqlite3_bind_int64(st, 3, (int64_t)init_start);
     sqlite3_bind_int64(st, 4, now);
     sqlite3_bind_text(st, 5, id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 6, init_gen);
     return change_one(s, st, id, "update environment", errp);
 }
 

@@ -18,7 +18,7 @@ struct store;
 #define STORE_BUSY_MS 10000
 
 /** The schema version this paddock writes (PRAGMA user_version): one per migration. */
-#define STORE_SCHEMA_VERSION 9
+#define STORE_SCHEMA_VERSION 10
 
 enum store_env_state {
     STORE_ENV_CREATING = 0, /* row exists, the sandbox is being set up */
@@ -42,6 +42,7 @@ struct store_env {
     uint32_t uid_slot;     /* index of the env's 65536-id host range */
     int64_t init_pid;      /* host pid of the sandbox's init, 0 when none */
     uint64_t init_start;   /* its start time in clock ticks (guards against pid reuse) */
+    uint32_t init_gen;     /* SANDBOX_INIT_GEN of the build that started it; 0 when older */
     int64_t created_ms;
     int64_t updated_ms;
     int64_t last_used_ms;
@@ -131,9 +132,12 @@ int store_env_list_pooled(struct store *s, struct store_env **out, size_t *n_out
 int store_env_claim(struct store *s, const char *id, const struct store_env *want,
                     const char *config, struct err **errp);
 
-/** Records a new state and init identity (pid 0 when none). ERR_NOT_FOUND when missing. */
+/**
+ * Records a new state and init identity (pid 0 when none) with the generation of the code
+ * that runs it (init_gen). ERR_NOT_FOUND when missing.
+ */
 int store_env_set_state(struct store *s, const char *id, enum store_env_state st, int64_t init_pid,
-                        uint64_t init_start, struct err **errp);
+                        uint64_t init_start, uint32_t init_gen, struct err **errp);
 
 /** Records activity now. ERR_NOT_FOUND when missing. */
 int store_env_touch(struct store *s, const char *id, struct err **errp);

@@ -129,6 +129,46 @@ def test_a_new_boot_forgets_the_inits_of_the_last(pd):
         stranger.wait()
 
 
+def test_a_sandbox_running_older_code_is_stopped_and_its_files_kept(pd):
+    """A sandbox runs the code of the build that started it for as long as it runs. One
+    started by a generation of paddock with a hole since closed (its row says so: here, as a
+    row migrated from before generations were recorded) is stopped the first time a newer
+    build looks at it, with one log line saying why; its files are kept, and its next use
+    starts it with this build's code. A sandbox of the current generation is left running."""
+    env = pd.create()
+    assert env.write("kept.txt", b"across the upgrade\n").rc == 0
+    env.sh_ok("setsid sleep 600 </dev/null >/dev/null 2>&1 &")
+    old = env.init_pid
+    db = sqlite3.connect(pd.data / "paddock.db", timeout=10)
+    try:
+        gen = db.execute("SELECT init_gen FROM environments WHERE id = ?", (env.id,)).fetchone()
+        assert gen is not None and gen[0] >= 1, gen
+        # The current generation: adopted as it is, its processes untouched.
+        assert pd.info(env.id)["init_pid"] == old
+        assert env.sh_ok("pgrep -x sleep").out.strip()
+        with db:
+            db.execute("UPDATE environments SET init_gen = 0 WHERE id = ?", (env.id,))
+    finally:
+        db.close()
+    r = pd.run("env", "ls", "--json")
+    assert r.rc == 0, r
+    mine = [x for x in r.json() if x["id"] == env.id]
+    assert mine and mine[0]["state"] == "stopped", mine
+    assert "sandbox generation 0" in r.errtext and env.id in r.errtext, r.errtext
+    assert pdk.wait_until(lambda: not pdk.pid_alive(old), 10), "the old init still runs"
+    assert not pdk.procs_in_cgroup_of(env.id)
+    # Its next use starts it afresh: files kept, the old processes gone, the generation current.
+    assert env.read("kept.txt").out == b"across the upgrade\n"
+    assert env.refresh()["init_pid"] != old
+    assert env.sh("pgrep -x sleep").rc == 1
+    db = sqlite3.connect(f"file:{pd.data / 'paddock.db'}?mode=ro", uri=True, timeout=10)
+    try:
+        assert db.execute("SELECT init_gen FROM environments WHERE id = ?",
+                          (env.id,)).fetchone()[0] == gen[0]
+    finally:
+        db.close()
+
+
 def test_init_killed_then_rm(pd):
     env = pd.create()
     os.kill(env.init_pid, signal.SIGKILL)

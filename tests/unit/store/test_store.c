@@ -305,11 +305,12 @@ test_set_state(void **state)
 
     insert_ok(f->s, &a, 16);
     before = util_now_ms();
-    ASSERT_NO_ERR(store_env_set_state(f->s, "env_s", STORE_ENV_RUNNING, 31337, 555, &e), &e);
+    ASSERT_NO_ERR(store_env_set_state(f->s, "env_s", STORE_ENV_RUNNING, 31337, 555, 7, &e), &e);
     ASSERT_NO_ERR(store_env_get(f->s, "env_s", &out, &e), &e);
     assert_int_equal(out.state, STORE_ENV_RUNNING);
     assert_int_equal(out.init_pid, 31337);
     assert_int_equal(out.init_start, 555);
+    assert_int_equal(out.init_gen, 7);
     assert_true(out.updated_ms >= before);
     assert_true(out.last_used_ms >= before);
     /* The rest of the row is unchanged. */
@@ -317,13 +318,13 @@ test_set_state(void **state)
     assert_int_equal(out.uid_slot, a.uid_slot);
     assert_int_equal(out.memory_bytes, a.memory_bytes);
 
-    ASSERT_NO_ERR(store_env_set_state(f->s, "env_s", STORE_ENV_STOPPED, 0, 0, &e), &e);
+    ASSERT_NO_ERR(store_env_set_state(f->s, "env_s", STORE_ENV_STOPPED, 0, 0, 0, &e), &e);
     ASSERT_NO_ERR(store_env_get(f->s, "env_s", &out, &e), &e);
     assert_int_equal(out.state, STORE_ENV_STOPPED);
     assert_int_equal(out.init_pid, 0);
     assert_int_equal(out.init_start, 0);
 
-    assert_int_equal(store_env_set_state(f->s, "env_missing", STORE_ENV_RUNNING, 1, 1, &e), -1);
+    assert_int_equal(store_env_set_state(f->s, "env_missing", STORE_ENV_RUNNING, 1, 1, 0, &e), -1);
     ASSERT_ERR_CONTAINS(&e, ERR_NOT_FOUND, "env_missing");
 }
 
@@ -445,7 +446,7 @@ test_reopen_persists(void **state)
 
     insert_ok(f->s, &a, 100);
     insert_ok(f->s, &b, 100);
-    ASSERT_NO_ERR(store_env_set_state(f->s, "env_p2", STORE_ENV_STOPPED, 0, 0, &e), &e);
+    ASSERT_NO_ERR(store_env_set_state(f->s, "env_p2", STORE_ENV_STOPPED, 0, 0, 0, &e), &e);
     ASSERT_NO_ERR(store_env_get(f->s, "env_p2", &b, &e), &e);
 
     /* Reopening runs the migrations again: a no-op on an up-to-date database. */

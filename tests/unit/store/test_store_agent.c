@@ -195,7 +195,7 @@ test_boot_forgets_process_names(void **state)
     snprintf(env.network, sizeof(env.network), "disabled");
     snprintf(env.image, sizeof(env.image), "host");
     ASSERT_NO_ERR(store_env_insert(f->s, &env, NULL, 16, &e), &e);
-    ASSERT_NO_ERR(store_env_set_state(f->s, "env_b", STORE_ENV_RUNNING, 4321, 99, &e), &e);
+    ASSERT_NO_ERR(store_env_set_state(f->s, "env_b", STORE_ENV_RUNNING, 4321, 99, 0, &e), &e);
     mk(&it, "int_b", "p", 100);
     snprintf(it.status, sizeof(it.status), "in_progress");
     snprintf(it.runner, sizeof(it.runner), "4321:99");
@@ -229,7 +229,7 @@ test_boot_forgets_process_names(void **state)
     store_interaction_clear(&got);
 
     /* A process of the new boot records its init; the new boot, noted again, keeps it. */
-    ASSERT_NO_ERR(store_env_set_state(f->s, "env_b", STORE_ENV_RUNNING, 777, 5, &e), &e);
+    ASSERT_NO_ERR(store_env_set_state(f->s, "env_b", STORE_ENV_RUNNING, 777, 5, 0, &e), &e);
     ASSERT_NO_ERR(store_note_boot(f->s, "boot-b", &forgot, &e), &e);
     assert_int_equal(forgot, 0);
     ASSERT_NO_ERR(store_env_get(f->s, "env_b", &out, &e), &e);

@@ -478,7 +478,7 @@ test_set_state_last_used(void **state)
         snprintf(id, sizeof(id), "env_state_%zu", i);
         insert_env(f->s, id, "p", 1000, NULL); /* created, updated, last used at 1000 */
         before = util_now_ms();
-        ASSERT_NO_ERR(store_env_set_state(f->s, id, cases[i].st, 77, 88, &e), &e);
+        ASSERT_NO_ERR(store_env_set_state(f->s, id, cases[i].st, 77, 88, 0, &e), &e);
         ASSERT_NO_ERR(store_env_get(f->s, id, &out, &e), &e);
         assert_int_equal(out.state, cases[i].st);
         assert_int_equal(out.init_pid, 77);
@@ -528,7 +528,7 @@ test_new_states_persist(void **state)
     ASSERT_NO_ERR(store_open(f->db, &f->s, &e), &e);
     ASSERT_NO_ERR(store_env_get(f->s, "env_exp", &out, &e), &e);
     assert_int_equal(out.state, STORE_ENV_EXPIRED);
-    ASSERT_NO_ERR(store_env_set_state(f->s, "env_exp", STORE_ENV_OFFLINE, 0, 0, &e), &e);
+    ASSERT_NO_ERR(store_env_set_state(f->s, "env_exp", STORE_ENV_OFFLINE, 0, 0, 0, &e), &e);
     ASSERT_NO_ERR(store_env_get(f->s, "env_exp", &out, &e), &e);
     assert_int_equal(out.state, STORE_ENV_OFFLINE);
 }
@@ -1037,6 +1037,7 @@ test_egress_ids_never_reused(void **state)
                     "CREATE INDEX egress_log_by_time ON egress_log (ts_ms);"
                     "DELETE FROM sqlite_sequence WHERE name = 'egress_log';"
                     "DROP TABLE meta;"
+                    "ALTER TABLE environments DROP COLUMN init_gen;"
                     "PRAGMA user_version = 7;");
     ASSERT_NO_ERR(store_open(f->db, &f->s, &e), &e);
     assert_int_equal(schema_version(f->db), STORE_SCHEMA_VERSION);
@@ -1311,6 +1312,7 @@ test_migrate_numbers_old_rows(void **state)
                     "DROP INDEX environments_by_seq;"
                     "DROP INDEX environments_by_project;"
                     "ALTER TABLE environments DROP COLUMN seq;"
+                    "ALTER TABLE environments DROP COLUMN init_gen;"
                     "CREATE INDEX environments_by_project ON environments"
                     " (project, created_ms, id);"
                     "PRAGMA user_version = 5;");
@@ -1327,6 +1329,7 @@ test_migrate_numbers_old_rows(void **state)
     assert_int_equal(schema_version(f->db), STORE_SCHEMA_VERSION);
     ASSERT_NO_ERR(store_env_get(f->s, "env_pool", &out, &e), &e);
     assert_int_equal(out.seq, 0);
+    assert_int_equal(out.init_gen, 0); /* the oldest generation: a newer build stops it */
     ASSERT_NO_ERR(store_env_insert(f->s, &fresh, NULL, 16, &e), &e);
     assert_int_equal(fresh.seq, 5);
     ASSERT_NO_ERR(store_env_page(f->s, "default", 0, 0, 10, &v, &n, &e), &e);
