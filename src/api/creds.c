@@ -380,6 +380,46 @@ seal_into(const char *data_dir, struct store_cred *c, json_t *secret, struct err
     return rc;
 }
 
+/* The canonical text of a JSON object, for comparing two; free with free_wiped(). */
+static char *
+canonical(json_t *j)
+{
+    return json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS);
+}
+
+/*
+ * Whether the stored credential c->id is the one this create asks for: same type, same
+ * settings, same secret. Then the create is a repeat (the SDK sends a create again after a
+ * connection error, and after any 409), and it answers with what is stored. The secrets are
+ * compared in constant time.
+ */
+static bool
+same_as_stored(struct api_req *r, struct env_ctx *ctx, const struct store_cred *c, json_t *config,
+               json_t *secret, struct store_cred *stored)
+{
+    json_t *sconfig = NULL, *ssecret = NULL;
+    char *a = NULL, *b = NULL;
+    bool same = false;
+
+    if (api_cred_secret(r->srv->cfg->data_dir, env_store(ctx), c->project, c->id, stored, &sconfig,
+                        &ssecret, NULL) < 0)
+        return false;
+    if (strcmp(stored->type, c->type) == 0 && json_equal(sconfig, config)) {
+        a = canonical(secret);
+        b = canonical(ssecret);
+        same =
+            a != NULL && b != NULL && strlen(a) == strlen(b) && CRYPTO_memcmp(a, b, strlen(a)) == 0;
+    }
+    free_wiped(a);
+    free_wiped(b);
+    api_wipe_json(ssecret);
+    json_decref(ssecret);
+    json_decref(sconfig);
+    if (!same)
+        store_cred_clear(stored);
+    return same;
+}
+
 static enum MHD_Result
 create_cred(struct api_req *r, struct env_ctx *ctx)
 {
@@ -387,8 +427,9 @@ create_cred(struct api_req *r, struct env_ctx *ctx)
     json_t *body = body_json(r, &res), *config = NULL, *secret = NULL;
     const struct cred_type *t;
     const char *id;
-    struct store_cred c;
+    struct store_cred c, stored;
     struct err *er = NULL;
+    bool repeat = false;
 
     if (body == NULL)
         return res;
@@ -412,31 +453,46 @@ create_cred(struct api_req *r, struct env_ctx *ctx)
     snprintf(c.type, sizeof(c.type), "%s", t->name);
     snprintf(c.status, sizeof(c.status), "active");
     c.created_ms = c.updated_ms = util_now_ms();
-    if (split(t, body, NULL, config, secret, &er) < 0 ||
-        seal_into(r->srv->cfg->data_dir, &c, secret, &er) < 0) {
+    if (split(t, body, NULL, config, secret, &er) < 0) {
         json_decref(body);
-        json_decref(config);
-        json_decref(secret); /* jansson does not wipe; the body's copy goes with the request */
-        store_cred_clear(&c);
-        return api_reply_err(r, er);
+        goto fail;
     }
+    json_decref(body); /* config and secret hold what they took from it */
+    if (seal_into(r->srv->cfg->data_dir, &c, secret, &er) < 0)
+        goto fail;
     c.config = json_dumps(config, JSON_COMPACT);
-    json_decref(body);
+    if (store_cred_put(env_store(ctx), &c, true, &er) < 0) {
+        if (er->code != ERR_CONFLICT || !same_as_stored(r, ctx, &c, config, secret, &stored))
+            goto fail;
+        err_free(er);
+        er = NULL;
+        store_cred_clear(&c);
+        c = stored;
+        repeat = true;
+    }
+    api_wipe_json(secret);
     json_decref(config);
     json_decref(secret);
-    if (store_cred_put(env_store(ctx), &c, true, &er) < 0) {
-        store_cred_clear(&c);
-        return api_reply_err(r, er);
-    }
     {
         const char *kv[] = {"id", c.id, "type", c.type, "key", r->auth.name};
-        log_fields(LOG_LEVEL_INFO, "credential created", kv, 6);
+        log_fields(LOG_LEVEL_INFO,
+                   repeat ? "credential create repeated: the same one exists"
+                          : "credential created",
+                   kv, 6);
     }
     /* Environments that name it pick it up at the next reconcile (within a second). */
-    api_oauth_forget(c.project, c.id);
+    if (!repeat)
+        api_oauth_forget(c.project, c.id);
     res = api_reply_json(r, 200, cred_json(&c));
     store_cred_clear(&c);
     return res;
+
+fail:
+    api_wipe_json(secret);
+    json_decref(config);
+    json_decref(secret);
+    store_cred_clear(&c);
+    return api_reply_err(r, er);
 }
 
 struct update {

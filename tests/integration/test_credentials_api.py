@@ -145,9 +145,21 @@ def test_crud_and_secrets_are_write_only(capi):
     assert c.get("/v1beta/credentials/b1").json()["type"] == "bearer_token"
     listing = c.get("/v1beta/credentials").json()["credentials"]
     assert [x["id"] for x in listing] == ["b1"] and SECRET_BEARER not in json.dumps(listing)
+    # A create sent again (the SDK re-sends one after a connection error or any 409) finds
+    # the same credential and answers with it; a create that differs in anything, the secret
+    # included, is a conflict and changes nothing.
+    again = c.post("/v1beta/credentials", json_body={"token": SECRET_BEARER, "id": "b1",
+                                                     "type": "bearer_token"})
+    assert again.status == 200, again
+    assert again.json() == r.json()
+    for differs in ({"token": "x"}, {"token": SECRET_BEARER, "prefix": "Token"},
+                    {"token": SECRET_BEARER[:-1]}):
+        d = c.post("/v1beta/credentials", json_body={"type": "bearer_token", "id": "b1",
+                                                     **differs})
+        assert d.status == 409 and d.json()["error"]["status"] == "ALREADY_EXISTS", d
+        assert SECRET_BEARER.encode() not in d.body
+    assert c.get("/v1beta/credentials/b1").json() == r.json()
     # duplicates, bad types, unknown fields, missing secrets, header injection tricks
-    assert c.post("/v1beta/credentials", json_body={"type": "bearer_token", "id": "b1",
-                                                    "token": "x"}).status == 409
     for body, needle in [({"type": "magic", "id": "x"}, "type"),
                          ({"type": "bearer_token", "id": "x"}, "token"),
                          ({"type": "bearer_token", "id": "x", "token": "t", "color": 1}, "color"),
