@@ -120,10 +120,21 @@ api_strip_prefix(const char *s, const char *prefix)
 char *
 api_json_error(const json_error_t *je)
 {
-    /* "<reason> near '<text>'", "<reason> near end of file", "invalid Unicode '\\uD800'" */
-    size_t n = strcspn(je->text, "'");
+    /* "<reason> near '<text>'", "<reason> near end of file", "invalid Unicode '\\uD800'",
+     * "':' expected near '<text>'": the reason ends at " near " or at the first quoted text
+     * of the body; a quoted single character ('[', '{', ':', ...) is jansson's own. */
     const char *near = strstr(je->text, " near ");
+    size_t n = 0;
 
+    while (je->text[n] != '\0') {
+        if (je->text[n] == '\'' && je->text[n + 1] != '\0' && je->text[n + 2] == '\'') {
+            n += 3;
+            continue;
+        }
+        if (je->text[n] == '\'')
+            break;
+        n++;
+    }
     if (near != NULL && (size_t)(near - je->text) < n)
         n = (size_t)(near - je->text);
     while (n > 0 && je->text[n - 1] == ' ')

@@ -394,6 +394,41 @@ test_strip_prefix(void **state)
     }
 }
 
+/* ------------------------------------------------------------ JSON errors */
+
+/*
+ * A parse error names what was wrong and where, and never quotes the body (it may hold a
+ * secret, and the SDK puts the message into its exception).
+ */
+static void
+test_json_error(void **state)
+{
+    static const struct {
+        const char *body, *want;
+    } cases[] = {
+        { "{\"a\" 1}", "request body is not valid JSON: ':' expected (line 1, column 6)" },
+        { "xsecret", "request body is not valid JSON: '[' or '{' expected (line 1, column" },
+        { "[1,", "request body is not valid JSON: ']' expected (line 1, column 3)" },
+        { "{\"k\": \"\\uD800secret\"}", "request body is not valid JSON: invalid Unicode" },
+        { "{\"k\": tsecret}", "request body is not valid JSON: invalid token (line 1" },
+        { "{\"k\": 1", "request body is not valid JSON: '}' expected" },
+    };
+    (void)state;
+
+    for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+        json_error_t je;
+        json_t *j = json_loads(cases[i].body, 0, &je);
+        cleanup_free char *msg = NULL;
+
+        assert_null(j);
+        msg = api_json_error(&je);
+        if (strncmp(msg, cases[i].want, strlen(cases[i].want)) != 0)
+            fail_msg("case %zu: %s", i, msg);
+        assert_null(strstr(msg, "secret"));
+        assert_null(strstr(msg, "D800"));
+    }
+}
+
 int
 test_codec_run(void)
 {
@@ -402,7 +437,7 @@ test_codec_run(void)
         cmocka_unit_test(test_b64_decode_dash),      cmocka_unit_test(test_b64_roundtrip),
         cmocka_unit_test(test_b64_encode_known),     cmocka_unit_test(test_pct_decode),
         cmocka_unit_test(test_pct_decode_len_bound), cmocka_unit_test(test_mime_type),
-        cmocka_unit_test(test_strip_prefix),
+        cmocka_unit_test(test_strip_prefix),         cmocka_unit_test(test_json_error),
     };
 
     return cmocka_run_group_tests_name("api/codec", tests, NULL, NULL);
