@@ -20,6 +20,11 @@
 /* A JSON body must arrive at this average rate, after a grace of --header-timeout: at most
  * that plus 128 s for API_BODY_MAX. (Uploads stream to disk and have their own rules.) */
 #define API_BODY_RATE        (64u << 10) /* bytes per second */
+/* What all JSON bodies being read at once may hold together. Each may be API_BODY_MAX and the
+ * server takes 1024 connections: without this, slow senders with a key could make it hold 8
+ * GiB. A body that would go over it is read to its end and thrown away, and answered 503 with
+ * a Retry-After (the SDK waits and sends it again). */
+#define API_BODY_BUDGET      (256u << 20)
 #define API_HEADERS_MAX   (64u * 1024) /* request line and headers */
 #define API_SEGMENTS_MAX  64
 #define API_QUERY_MAX     32
@@ -56,6 +61,9 @@ struct api_req {
     bool authed;
     struct buf body;        /* JSON bodies */
     bool body_too_large;
+    bool body_over_budget;  /* refused for API_BODY_BUDGET: the rest is thrown away */
+    size_t body_held;       /* bytes of the budget this request holds */
+    unsigned retry_after_s; /* a Retry-After for the answer, 0 for none */
     int64_t body_start_ms;  /* monotonic: when the headers were complete */
     bool started;           /* the handler ran once (headers complete) */
     /* upload chunks stream to the staging file as they arrive */

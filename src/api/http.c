@@ -15,6 +15,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -171,6 +172,11 @@ api_reply_response(struct api_req *r, unsigned status, struct MHD_Response *resp
     enum MHD_Result res;
 
     r->status = status;
+    if (r->retry_after_s > 0) {
+        char ra[16];
+        snprintf(ra, sizeof(ra), "%u", r->retry_after_s);
+        MHD_add_response_header(resp, "Retry-After", ra);
+    }
     res = MHD_queue_response(r->conn, status, resp);
     MHD_destroy_response(resp);
     return res;
@@ -633,6 +639,32 @@ begin(struct api_req *r)
     return MHD_YES;
 }
 
+/* Bytes of JSON bodies held by all requests: see API_BODY_BUDGET. */
+static _Atomic size_t bodies_held;
+
+/* Takes len bytes of the budget for r; false when they would go over it. */
+static bool
+body_reserve(struct api_req *r, size_t len)
+{
+    size_t now = atomic_load(&bodies_held);
+
+    do {
+        if (now + len > API_BODY_BUDGET)
+            return false;
+    } while (!atomic_compare_exchange_weak(&bodies_held, &now, now + len));
+    r->body_held += len;
+    return true;
+}
+
+/* Gives back what r holds of the budget, and its body with it. */
+static void
+body_release(struct api_req *r)
+{
+    atomic_fetch_sub(&bodies_held, r->body_held);
+    r->body_held = 0;
+    buf_free(&r->body);
+}
+
 static enum MHD_Result
 handler(void *cls, struct MHD_Connection *c, const char *url, const char *method,
         const char *version, const char *upload_data, size_t *upload_data_size, void **req_cls)
@@ -660,16 +692,25 @@ handler(void *cls, struct MHD_Connection *c, const char *url, const char *method
         return MHD_YES;
     }
     if (*upload_data_size > 0) {
-        if (r->chunk)
+        if (r->chunk) {
             api_upload_data(r, upload_data, *upload_data_size);
-        else if (!r->body_too_large &&
-                 buf_append(&r->body, upload_data, *upload_data_size, NULL) < 0)
+        } else if (r->body_too_large || r->body_over_budget) {
+            /* read and thrown away */
+        } else if (r->body.len + *upload_data_size > API_BODY_MAX) {
             r->body_too_large = true;
-        else if (!r->body_too_large && r->body_start_ms != 0)
+            body_release(r);
+        } else if (!body_reserve(r, *upload_data_size)) {
+            r->body_over_budget = true;
+            body_release(r);
+        } else if (buf_append(&r->body, upload_data, *upload_data_size, NULL) < 0) {
+            r->body_too_large = true;
+            body_release(r);
+        } else if (r->body_start_ms != 0) {
             /* Each byte buys 1/API_BODY_RATE s: a body slower than that on average is cut
              * off by the watchdog once the grace is spent. */
             track_set(c, r->body_start_ms + r->srv->cfg->header_timeout_ms +
                              (int64_t)(r->body.len * 1000 / API_BODY_RATE));
+        }
         *upload_data_size = 0;
         return MHD_YES;
     }
@@ -677,6 +718,13 @@ handler(void *cls, struct MHD_Connection *c, const char *url, const char *method
     if (r->body_too_large)
         return api_reply_status(r, 413, "RESOURCE_EXHAUSTED", "request body larger than %u bytes",
                                 API_BODY_MAX);
+    if (r->body_over_budget) {
+        r->retry_after_s = 1;
+        return api_reply_status(r, 503, "UNAVAILABLE",
+                                "the server is reading %u MiB of request bodies at once, its "
+                                "limit; send this one again in a moment",
+                                API_BODY_BUDGET >> 20);
+    }
     return dispatch(r);
 }
 
@@ -729,7 +777,7 @@ completed(void *cls, struct MHD_Connection *c, void **req_cls,
     }
     free(r->rest);
     free(r->raw_uri);
-    buf_free(&r->body);
+    body_release(r);
     err_free(r->up_err);
     api_ctx_release(r->ctx);
     free(r);

@@ -247,18 +247,10 @@ create_interaction(struct api_req *r, struct env_ctx *ctx)
     if (agent_create(service, ctx, &who, body, idem, id, &existing, &retry, &er) < 0) {
         json_decref(body);
         if (er->code == ERR_LIMIT) {
-            char ra[16];
-            json_t *j = json_pack("{s:{s:i, s:s, s:s}}", "error", "code", 429, "message", er->msg,
-                                  "status", "RESOURCE_EXHAUSTED");
-            char *text = json_dumps(j, JSON_COMPACT);
-            struct MHD_Response *resp =
-                MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
-            json_decref(j);
+            r->retry_after_s = retry > 0 ? (unsigned)retry : 1;
+            res = api_reply_status(r, 429, "RESOURCE_EXHAUSTED", "%s", er->msg);
             err_free(er);
-            snprintf(ra, sizeof(ra), "%d", retry);
-            MHD_add_response_header(resp, "Content-Type", "application/json; charset=UTF-8");
-            MHD_add_response_header(resp, "Retry-After", ra);
-            return api_reply_response(r, 429, resp);
+            return res;
         }
         return api_reply_err(r, er);
     }

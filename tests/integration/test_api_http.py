@@ -634,6 +634,50 @@ def test_a_body_the_key_may_not_send_is_refused_before_it_is_sent(mapi):
     assert re.match(rb"HTTP/1\.1 200 ", out), out[:300]
 
 
+def server_unread(port):
+    """Bytes the server's sockets on port have received and not yet read (ss's Recv-Q)."""
+    out = subprocess.run(["ss", "-Htn", "state", "established", f"( sport = :{port} )"],
+                         capture_output=True, text=True, check=True).stdout
+    return sum(int(line.split()[0]) for line in out.splitlines() if line.strip())
+
+
+def test_bodies_read_at_once_have_a_budget(mapi):
+    """The server holds at most 256 MiB of request bodies at once. 32 clients each hold 8 MiB
+    (the cap) short of one byte; the next body is read to its end, thrown away and answered 503
+    with a Retry-After; once one of the 32 goes, a body is read and reaches its route again.
+    Without the budget, the server's 1024 connections could make it hold 8 GiB."""
+    port, key = mapi.server.port, mapi.key
+    holders = []
+    try:
+        for _ in range(32):
+            s = socket.create_connection((mapi.server.host, port), timeout=30 * SLOWDOWN)
+            s.sendall(body_head("POST", "/v1beta/environments", key, 8 * pdk.MiB))
+            s.sendall(b" " * (8 * pdk.MiB - 1))
+            holders.append(s)
+        assert pdk.wait_until(lambda: server_unread(port) == 0, 20), server_unread(port)
+        out = raw_exchange(mapi.server.host, port,
+                           body_head("POST", "/v1beta/environments", key, 2 * pdk.MiB) +
+                           b"x" * (2 * pdk.MiB), timeout=30)
+        head, _, body = out.partition(b"\r\n\r\n")
+        assert re.match(rb"HTTP/1\.1 503 ", head), out[:300]
+        assert re.search(rb"(?i)\r\nretry-after: 1\r\n", head), head
+        err = json.loads(body)["error"]
+        assert err["status"] == "UNAVAILABLE" and "256 MiB" in err["message"], err
+        # Requests without a body are not held back.
+        assert mapi.server.http(key).get("/v1beta/environments").status == 200
+        holders.pop().close()
+
+        def dispatched():
+            o = raw_exchange(mapi.server.host, port,
+                             body_head("POST", "/v1beta/environments", key, 2 * pdk.MiB) +
+                             b"x" * (2 * pdk.MiB), timeout=30)
+            return re.match(rb"HTTP/1\.1 400 ", o) is not None
+        assert pdk.wait_until(dispatched, 10), "the budget was not given back"
+    finally:
+        for s in holders:
+            s.close()
+
+
 def test_a_body_slower_than_the_minimum_rate_is_cut_off(mapi, quick):
     """A body must arrive at 64 KiB/s on average once the grace (--header-timeout, 2 s here)
     is spent: one that trickles a byte every half second is closed, and the server goes on
