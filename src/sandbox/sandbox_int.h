@@ -165,6 +165,14 @@ int sandbox__seccomp_load(const struct sock_fprog *prog);
  */
 int sandbox__rootfs_setup(int skel_fd, int usr_fd, struct err **errp);
 
+/**
+ * In the child: opens the directory path beneath at (O_PATH) by a walk that passes through no
+ * symbolic link and never leaves at: the volume and the sandbox's own tree are the
+ * sandbox's to shape, and a link among them must not carry a mount elsewhere. ERR_INTERNAL
+ * naming path otherwise.
+ */
+int sandbox__open_beneath(int at, const char *path, struct err **errp);
+
 /* ---------------------------------------------------------- init (init.c) */
 
 /** pid 1: reaps, and keeps handlers waiting for control connections (init.c). */

@@ -388,8 +388,14 @@ keep_upper(const char *path, int at, struct err **errp)
     struct mount_attr attr = {
         .attr_set = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC,
     };
-    int fd = open_tree(AT_FDCWD, path, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_SYMLINK_NOFOLLOW);
+    cleanup_close int dir = sandbox__open_beneath(AT_FDCWD, path, errp);
+    int fd;
 
+    if (dir < 0)
+        return -1;
+    fd = open_tree(dir, "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH);
+    /* Closed now: it may hold the number at, which dup3() below is to take. */
+    close_and_reset(&dir);
     if (fd < 0)
         return err_set(errp, ERR_INTERNAL, errno, "clone mount of %s", path);
     if (mount_setattr(fd, "", AT_EMPTY_PATH, &attr, sizeof(attr)) < 0) {

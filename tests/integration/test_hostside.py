@@ -272,3 +272,40 @@ def test_handler_descriptors_lead_nowhere_outside_the_sandbox(pd):
     r = env.sh("echo kept > /workspace/after.txt")
     assert r.rc == 0, r
     assert env.read("/workspace/after.txt").out == b"kept\n"
+
+
+@pytest.mark.parametrize("entry,link", [
+    ("upper", "upper.moved"),        # the volume's layer directory, to one beside it
+    ("work", "work.moved"),          # the overlay's scratch
+    ("upper/root/proc", "/"),        # the sandbox's own tree: where /proc is mounted
+])
+def test_a_start_follows_no_link_planted_in_the_volume(pd, entry, link):
+    """A sandbox's start mounts onto and from directories of its volume, and onto entries of
+    the sandbox's own tree (/usr, /proc, /dev): all of them the sandbox's root may shape, and
+    the mounts used to follow a link in their place (the overlay's upperdir, a move_mount
+    target, the proc mount point). A link there now makes the start fail, naming the entry,
+    and changes nothing; with the link gone the environment starts, its files intact. (The
+    links are planted from the host while the environment is stopped.)"""
+    env = pd.create()
+    assert env.write("/workspace/kept.txt", b"kept\n").rc == 0
+    env.stop()
+    vol = pd.data / "envs" / env.id
+    place = vol / entry
+    moved = place.with_name(place.name + ".moved") if not link.startswith("/") else None
+    if moved is not None:
+        os.rename(place, moved)
+    elif place.exists():
+        place.rmdir()
+    os.symlink(link if moved is None else moved.name, place)
+    try:
+        r = pd.run("env", "start", env.id)
+        assert r.rc != 0, "a start went through a link planted in the volume"
+        named = "proc" if entry.endswith("proc") else f"{entry}/root"
+        pdk.one_line_error(r, f"open {named} without following a link")
+        assert pd.info(env.id)["state"] == "stopped"
+    finally:
+        place.unlink()
+        if moved is not None:
+            os.rename(moved, place)
+    env.start()
+    assert env.read("/workspace/kept.txt").out == b"kept\n"
