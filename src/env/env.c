@@ -297,6 +297,12 @@ env__start_locked(struct env_ctx *c, struct store_env *e, enum store_env_state s
     if (env__ensure_storage(c, errp) < 0)
         return -1;
     spec.image_dir = c->image_host;
+    /* Whatever still runs on this volume goes first, recorded or not (a crash between a
+     * start and its record leaves a sandbox the row does not name): its cgroups are emptied.
+     * Two sandboxes on one upper layer would corrupt it. */
+    init = env__init_of(e);
+    if (sandbox_stop(e->id, &init, errp) < 0)
+        return -1;
     if (sandbox_start(&spec, &init, errp) < 0)
         return -1;
     if (store_env_set_state(c->store, e->id, st, init.pid, init.start, SANDBOX_INIT_GEN, errp) <
@@ -779,6 +785,13 @@ lock_and_load(struct env_ctx *c, const char *id, struct store_env *e, struct err
     lock = env__lock(c, id, true, errp);
     if (lock < 0 || store_env_get(c->store, id, e, errp) < 0)
         return -1;
+    /* A create holds the lock until its row is done: one still "creating" under a lock that
+     * came free is a create that died (its sandbox may still run, half-filled), never one to
+     * start, stop or copy. Removed, as reconcile removes it. */
+    if (e->state == STORE_ENV_CREATING) {
+        discard_unfinished(c, e);
+        return err_set(errp, ERR_NOT_FOUND, 0, "environment %s was never finished", id);
+    }
     return steal_fd(&lock);
 }
 
@@ -794,9 +807,8 @@ start_and_hold(struct env_ctx *c, const char *id, struct store_env *e, struct er
     if (e->state == STORE_ENV_EXPIRED)
         return err_set(errp, ERR_NOT_FOUND, 0, "environment %s has expired", id);
     init = env__init_of(e);
+    /* A running row whose init is dead: env__start_locked() removes what is left of it. */
     if (!(e->state == STORE_ENV_RUNNING && sandbox_alive(&init))) {
-        if (e->state == STORE_ENV_RUNNING)
-            sandbox_stop(id, &init, NULL);
         if (env__start_locked(c, e, STORE_ENV_RUNNING, errp) < 0)
             return -1;
     }

@@ -169,6 +169,40 @@ def test_a_sandbox_running_older_code_is_stopped_and_its_files_kept(pd):
         db.close()
 
 
+def test_a_create_that_died_is_never_started_by_a_waiter(pd):
+    """A create holds its environment's lock until the row is done (a `paddock run` cloning a
+    repository holds it for the clone). A request for that environment waits for the lock; when
+    the creator dies and the lock comes free, the row still says creating and its sandbox may
+    still run, half-filled. The waiter used to start a second sandbox on the same volume and
+    mark the environment running. Now it finds a create that never finished: removed, the old
+    sandbox with it, and the request answers that."""
+    import fcntl
+    env = pd.create()
+    old = env.init_pid
+    db = sqlite3.connect(pd.data / "paddock.db", timeout=10)
+    try:
+        with db:
+            db.execute("UPDATE environments SET state = 0 WHERE id = ?", (env.id,))
+    finally:
+        db.close()
+    lock = open(pd.data / "locks" / env.id, "a+")
+    fcntl.flock(lock, fcntl.LOCK_EX)  # the creator, at work
+    try:
+        waiter = subprocess.Popen(pd.argv("env", "exec", env.id, "--", "true"),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=pd.env)
+        time.sleep(0.5)
+        assert waiter.poll() is None, "the request did not wait for the creator"
+    finally:
+        lock.close()  # the creator dies
+    out, err = waiter.communicate(timeout=30)
+    assert waiter.returncode != 0, out
+    assert b"never finished" in err, err
+    assert pdk.wait_until(lambda: not pdk.pid_alive(old), 10), "the creator's sandbox still runs"
+    assert not pdk.procs_in_cgroup_of(env.id)
+    assert env.id not in [x["id"] for x in pd.run("env", "ls", "--json").json()]
+    assert not (pd.data / "envs" / env.id).exists()
+
+
 def test_init_killed_then_rm(pd):
     env = pd.create()
     os.kill(env.init_pid, signal.SIGKILL)
