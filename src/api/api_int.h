@@ -126,7 +126,10 @@ int api_page_size(struct api_req *r, size_t dflt, size_t *out, struct err **errp
 char *api_json_error(const json_error_t *je);
 int api_b64_decode(const char *in, size_t len, char **out, size_t *out_len);
 char *api_b64_encode(const void *data, size_t len);
-/** Percent-decodes len bytes of s; NULL when an escape is malformed or decodes to NUL. */
+/**
+ * Percent-decodes len bytes of s; NULL when an escape is malformed or decodes to NUL, or when
+ * the result is not UTF-8.
+ */
 char *api_pct_decode(const char *s, size_t len, bool plus_is_space);
 const char *api_mime_type(const char *path);
 /** "environments/ID" or "ID" → ID (borrowed from s). */

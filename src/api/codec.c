@@ -74,6 +74,9 @@ api_pct_decode(const char *s, size_t len, bool plus_is_space)
         out[o++] = c;
     }
     out[o] = '\0';
+    /* Paths and ids end up in JSON answers and messages, which must be UTF-8. */
+    if (!util_utf8_valid(out, o))
+        goto bad;
     return out;
 bad:
     free(out);

@@ -185,13 +185,20 @@ api_reply_response(struct api_req *r, unsigned status, struct MHD_Response *resp
 enum MHD_Result
 api_reply_json(struct api_req *r, unsigned status, json_t *j)
 {
-    char *text = json_dumps(j, JSON_COMPACT);
+    char *text = j != NULL ? json_dumps(j, JSON_COMPACT) : NULL;
     size_t len;
     struct MHD_Response *resp;
 
     json_decref(j);
-    if (text == NULL)
-        return MHD_NO;
+    if (text == NULL) {
+        /* An answer that could not be built (json_pack refuses a string that is not UTF-8)
+         * still goes out, as an error; closing the connection would leave the client
+         * guessing whether what it asked was done. */
+        log_error("%s %s: could not encode the answer", r->method, r->raw_uri);
+        status = 500;
+        text = xstrdup("{\"error\":{\"code\":500,\"message\":\"the server could not encode "
+                       "its answer (text that is not UTF-8)\",\"status\":\"INTERNAL\"}}");
+    }
     len = strlen(text);
     text = xrealloc(text, len + 2);
     text[len++] = '\n';
@@ -204,9 +211,14 @@ api_reply_json(struct api_req *r, unsigned status, json_t *j)
 static enum MHD_Result
 reply_error_json(struct api_req *r, unsigned status, const char *gstatus, const char *msg)
 {
+    /* A message quoting a name that is not UTF-8 (a file's, from the sandbox) has its bytes
+     * escaped: JSON cannot carry them, and the answer must go out. */
+    cleanup_free char *esc =
+        util_utf8_valid(msg, strlen(msg)) ? NULL : log_escape(msg, strlen(msg), 4096);
+
     return api_reply_json(r, status,
                           json_pack("{s:{s:i, s:s, s:s}}", "error", "code", (int)status, "message",
-                                    msg, "status", gstatus));
+                                    esc != NULL ? esc : msg, "status", gstatus));
 }
 
 enum MHD_Result
@@ -608,8 +620,8 @@ begin(struct api_req *r)
     pr = parse_path(r);
     if (pr == -2)
         return api_reply_status(r, 400, "INVALID_ARGUMENT",
-                                "malformed path or query (bad percent-encoding, NUL, or too many "
-                                "segments or parameters)");
+                                "malformed path or query (bad percent-encoding, NUL, text that "
+                                "is not UTF-8, or too many segments or parameters)");
     if (pr == -1)
         return api_reply_status(r, 404, "NOT_FOUND", "no such route: %s", r->method);
     if (!authenticate(r, &res))

@@ -919,6 +919,20 @@ empty_response(void)
     return MHD_create_response_from_buffer(0, none, MHD_RESPMEM_PERSISTENT);
 }
 
+/* A media type as a header may carry one, and short enough to be stored whole. */
+static bool
+media_type_ok(const char *s, size_t cap)
+{
+    size_t n = strlen(s);
+
+    if (n == 0 || n >= cap)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (s[i] < 0x20 || s[i] > 0x7e)
+            return false;
+    return true;
+}
+
 static enum MHD_Result
 upload_start(struct api_req *r, struct env_ctx *ctx, const char *id, const char *path)
 {
@@ -955,6 +969,11 @@ upload_start(struct api_req *r, struct env_ctx *ctx, const char *id, const char 
                                 (unsigned long long)r->srv->cfg->max_upload);
     if (strcmp(path, "/") == 0 && !extract)
         return api_reply_status(r, 400, "INVALID_ARGUMENT", "path: name a file to upload to");
+    if (type != NULL && !media_type_ok(type, sizeof(u.mime)))
+        return api_reply_status(r, 400, "INVALID_ARGUMENT",
+                                "X-Goog-Upload-Header-Content-Type must be a media type: printable "
+                                "ASCII, under %zu bytes",
+                                sizeof(u.mime));
     if (env_get_owned(ctx, r->auth.project, id, &e, &er) < 0)
         return api_reply_err(r, er);
     if (e.state == STORE_ENV_EXPIRED)

@@ -225,6 +225,12 @@ char *buf_steal(struct buf *b, size_t *len_out);
 /** The value of a hex digit (either case), or -1. */
 int util_hexval(char c);
 
+/**
+ * Whether s[0..len) is well-formed UTF-8 (RFC 3629): no overlong forms, no surrogates,
+ * nothing above U+10FFFF. JSON text must be, and jansson refuses to encode anything else.
+ */
+bool util_utf8_valid(const char *s, size_t len);
+
 /** Fills buf with n random bytes from getrandom(2). */
 int util_random(void *buf, size_t n, struct err **errp);
 

@@ -393,6 +393,39 @@ util_mkdir_p(const char *path, unsigned mode, struct err **errp)
     return 0;
 }
 
+bool
+util_utf8_valid(const char *s, size_t len)
+{
+    const unsigned char *p = (const unsigned char *)s, *end = p + len;
+
+    while (p < end) {
+        unsigned c = *p++;
+        unsigned need, min, cp;
+
+        if (c < 0x80)
+            continue;
+        if (c >= 0xc2 && c <= 0xdf) {
+            need = 1, min = 0x80, cp = c & 0x1f;
+        } else if (c >= 0xe0 && c <= 0xef) {
+            need = 2, min = 0x800, cp = c & 0x0f;
+        } else if (c >= 0xf0 && c <= 0xf4) {
+            need = 3, min = 0x10000, cp = c & 0x07;
+        } else {
+            return false; /* a continuation byte first, 0xc0/0xc1 (overlong), or above 0xf4 */
+        }
+        if ((size_t)(end - p) < need)
+            return false;
+        for (unsigned i = 0; i < need; i++, p++) {
+            if ((*p & 0xc0) != 0x80)
+                return false;
+            cp = (cp << 6) | (*p & 0x3f);
+        }
+        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+            return false;
+    }
+    return true;
+}
+
 int
 util_hexval(char c)
 {

@@ -199,6 +199,35 @@ def test_forged_env_page_token(same, raw):
     assert_names(r, "page_token")
 
 
+@pytest.mark.parametrize("method,path", [
+    ("GET", "/v1beta/environments/%FF"),
+    ("GET", "/v1beta/files/environment-%C3:download?alt=media"),
+    ("GET", "/v1beta/environments?page_token=%FF"),
+    ("GET", "/v1beta/environments/{env}/files/workspace/%ED%A0%80?alt=media"),
+    ("PUT", "/upload/v1beta/environments/{env}/files/workspace/bad%FFname"),
+    ("DELETE", "/v1beta/environments/{env}/files/workspace/caf%E9"),
+])
+def test_text_that_is_not_utf8_in_a_url_is_400(same, method, path):
+    """A path segment, file path or query value that does not decode to UTF-8 (JSON, every
+    answer's format, cannot carry it) is a 400 naming the problem. It used to reach the route:
+    its answer could not be encoded and the connection was dropped without one, after an
+    upload had already written its file."""
+    hdrs = {"X-Goog-Upload-Protocol": "resumable", "X-Goog-Upload-Command": "start",
+            "X-Goog-Upload-Header-Content-Length": "3"} if method == "PUT" else None
+    r = same.http.request(method, path.format(env=same.env), headers=hdrs)
+    assert_names(r, "utf-8", status=400)
+
+
+def test_upload_content_type_must_be_a_media_type(same):
+    """The upload's content type is stored and answered: one that is not printable ASCII
+    (Latin-1 here) or too long to keep whole is refused at the start, naming the header."""
+    h = same.http
+    for bad in ("text/caf\xe9", "a/" + "b" * 200, "text/plain\x01"):
+        r = h.upload_start(same.env, "workspace/typed.txt", 3,
+                           extra_headers={"X-Goog-Upload-Header-Content-Type": bad})
+        assert_names(r, "x-goog-upload-header-content-type", status=400)
+
+
 # ------------------------------------------------------------------ traversal in file paths
 
 TRAVERSALS = ["workspace/../../etc/passwd", "../etc/passwd", "workspace/..", "..",

@@ -818,11 +818,47 @@ test_key_file(void **state)
     free(dir);
 }
 
+/* Well-formed UTF-8 only (RFC 3629): what JSON may carry. */
+static void
+test_utf8_valid(void **state)
+{
+    static const struct {
+        const char *s;
+        size_t len;
+        bool ok;
+    } cases[] = {
+        { "", 0, true },
+        { "plain ascii", 11, true },
+        { "caf\xc3\xa9", 5, true },
+        { "\xe2\x82\xac", 3, true },     /* U+20AC */
+        { "\xf0\x9f\x98\x80", 4, true }, /* U+1F600 */
+        { "\xf4\x8f\xbf\xbf", 4, true }, /* U+10FFFF, the last */
+        { "\xff", 1, false },
+        { "\x80", 1, false }, /* a continuation byte first */
+        { "\xc3", 1, false }, /* cut short */
+        { "\xe2\x82", 2, false },
+        { "\xc3\x28", 2, false },         /* not a continuation */
+        { "\xc0\xaf", 2, false },         /* overlong '/' */
+        { "\xe0\x80\xaf", 3, false },     /* overlong '/' */
+        { "\xf0\x80\x80\xaf", 4, false }, /* overlong '/' */
+        { "\xed\xa0\x80", 3, false },     /* U+D800, a surrogate */
+        { "\xf4\x90\x80\x80", 4, false }, /* above U+10FFFF */
+        { "\xf5\x80\x80\x80", 4, false },
+        { "ok\xe9", 3, false }, /* Latin-1 */
+    };
+    (void)state;
+
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        if (util_utf8_valid(cases[i].s, cases[i].len) != cases[i].ok)
+            fail_msg("case %zu: want %s", i, cases[i].ok ? "valid" : "invalid");
+}
+
 int
 test_util_run(void)
 {
     static const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_deadline),
+        cmocka_unit_test(test_utf8_valid),
         cmocka_unit_test(test_parse_size_good),
         cmocka_unit_test(test_parse_size_bad),
         cmocka_unit_test(test_parse_size_null),
