@@ -765,8 +765,9 @@ file_path(const char *rest, char **out, struct err **errp)
 
 struct list_acc {
     json_t *arr;
-    size_t n;
-    char *last; /* path of the last entry taken */
+    size_t n;    /* entries listed */
+    size_t seen; /* entries taken from the sandbox: listed, or skipped (not UTF-8) */
+    char *last;  /* path of the last entry taken, where the next page starts after */
     size_t limit;
     bool more;
 };
@@ -778,10 +779,15 @@ list_entry(const struct sandbox_file_entry *e, void *arg)
     const char *base = strrchr(e->path, '/');
     json_t *j;
 
-    if (a->n == a->limit) {
+    /* The sandbox sends limit + 1 entries: the last says there are more. A skipped entry
+     * counts too, or a page with one would end without its token and lose the rest. */
+    if (a->seen == a->limit) {
         a->more = true;
         return 0;
     }
+    a->seen++;
+    free(a->last);
+    a->last = xstrdup(e->path);
     j = json_pack("{s:s, s:s, s:s, s:o}", "name", base != NULL ? base + 1 : e->path, "path",
                   e->path[0] == '/' ? e->path + 1 : e->path, "type",
                   e->type == SANDBOX_FILE_DIR    ? "directory"
@@ -797,8 +803,6 @@ list_entry(const struct sandbox_file_entry *e, void *arg)
     }
     json_array_append_new(a->arr, j);
     a->n++;
-    free(a->last);
-    a->last = xstrdup(e->path);
     return 0;
 }
 
@@ -984,7 +988,7 @@ upload_start(struct api_req *r, struct env_ctx *ctx, const char *id, const char 
             json_decref(a.arr);
             return api_reply_err(r, er);
         }
-        if (sandbox_file_list(dir, path, false, NULL, 1, list_entry, &a, NULL) == 0 && a.n > 0) {
+        if (sandbox_file_list(dir, path, false, NULL, 1, list_entry, &a, NULL) == 0 && a.seen > 0) {
             json_decref(a.arr);
             free(a.last);
             return api_reply_status(r, 400, "FAILED_PRECONDITION",

@@ -320,6 +320,29 @@ def test_recursive_listing_is_ordered_paginated_and_skips_proc(mapi, env):
     assert not inside, inside[:10]
 
 
+def test_a_name_that_is_not_utf8_does_not_end_the_listing(mapi):
+    """A file whose name is not UTF-8 cannot be listed in JSON and is left out; the pages go
+    on past it. (It used to count for nothing: the page that met it ended without its
+    next_page_token, and every file after it was lost to the listing.)"""
+    h = mapi.http
+    e = h.create({})
+    mapi.pd.ids.add(e["id"])
+    r = mapi.pd.run("env", "exec", e["id"], "--", "sh", "-c",
+                    "mkdir /workspace/many && cd /workspace/many && "
+                    "for i in $(seq 100 249); do : > f$i; done && : > \"$(printf 'f150\\377')\"")
+    assert r.rc == 0, r
+    for size in (100, 7):
+        got, token = [], None
+        for _ in range(100):
+            q = f"page_size={size}" + (f"&page_token={token}" if token else "")
+            body = h.files(e["id"], "workspace/many", query=q).json()
+            got += [f["name"] for f in body.get("files", [])]
+            token = body.get("next_page_token")
+            if not token:
+                break
+        assert got == [f"f{i}" for i in range(100, 250)], (size, len(got), got[-3:])
+
+
 def test_download(mapi, env):
     h, eid = mapi.http, env["id"]
     r = h.download(eid, "workspace/d/b.txt")
