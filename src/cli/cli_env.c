@@ -20,11 +20,12 @@ env_json(const struct store_env *e)
     util_format_time(e->created_ms, created, sizeof(created));
     util_format_time(e->last_used_ms, used, sizeof(used));
     return json_pack("{s:s, s:s, s:s, s:s, s:{s:I, s:f, s:I, s:I}, s:I, s:I, s:s, s:s}", "id",
-                     e->id, "state", store_env_state_name(e->state), "network", e->network,
-                     "image", e->image, "limits", "memory", (json_int_t)e->memory_bytes, "cpus",
+                     e->id, "state", store_env_state_name(e->state), "network", e->network, "image",
+                     e->image, "limits", "memory", (json_int_t)e->memory_bytes, "cpus",
                      e->cpus_milli / 1000.0, "pids", (json_int_t)e->pids, "disk",
                      (json_int_t)e->disk_bytes, "init_pid", (json_int_t)e->init_pid, "host_uid",
-                     (json_int_t)env_host_id(e), "created", created, "last_used", used);
+                     e->uid_slot == STORE_NO_SLOT ? -1 : (json_int_t)env_host_id(e), "created",
+                     created, "last_used", used);
 }
 
 static void

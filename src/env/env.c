@@ -1212,8 +1212,7 @@ age(struct env_ctx *c, struct store_env *e, const struct env_lifecycle *lc, int6
         if (lock >= 0 && e->state != STORE_ENV_RUNNING && e->state != STORE_ENV_EXPIRED &&
             util_now_ms() - e->last_used_ms >= lc->expire_ms &&
             sandbox_volume_destroy(c->envs_dir, e->id, &er) == 0 &&
-            store_env_set_state(c->store, e->id, STORE_ENV_EXPIRED, 0, 0, 0, &er) == 0 &&
-            store_env_set_counts(c->store, e->id, 0, 0, util_now_ms(), &er) == 0)
+            store_env_expire(c->store, e->id, &er) == 0)
             log_info("environment %s expired: files deleted", e->id);
     } else if (e->state == STORE_ENV_STOPPED && idle_for >= lc->offline_ms) {
         lock = lock_and_load(c, e->id, e, &er);

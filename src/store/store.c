@@ -523,7 +523,9 @@ row_to_env(sqlite3_stmt *st, struct store_env *e)
     e->cpus_milli = (uint32_t)sqlite3_column_int64(st, 5);
     e->pids = (uint64_t)sqlite3_column_int64(st, 6);
     e->disk_bytes = (uint64_t)sqlite3_column_int64(st, 7);
-    e->uid_slot = (uint32_t)sqlite3_column_int64(st, 8);
+    /* A range given back is stored as -seq: negative, and unique as seq is. */
+    e->uid_slot =
+        sqlite3_column_int64(st, 8) < 0 ? STORE_NO_SLOT : (uint32_t)sqlite3_column_int64(st, 8);
     e->init_pid = sqlite3_column_int64(st, 9);
     e->init_start = (uint64_t)sqlite3_column_int64(st, 10);
     e->created_ms = sqlite3_column_int64(st, 11);
@@ -834,6 +836,24 @@ store_env_config(struct store *s, const char *id, char **out, struct err **errp)
         return db_err(s, errp, "get environment config");
     *out = xstrdup((const char *)sqlite3_column_text(st, 0));
     return 0;
+}
+
+int
+store_env_expire(struct store *s, const char *id, struct err **errp)
+{
+    cleanup_stmt sqlite3_stmt *st = NULL;
+    int64_t now = util_now_ms();
+
+    if (sqlite3_prepare_v2(s->db,
+                           "UPDATE environments SET state = ?, init_pid = 0, init_start = 0,"
+                           " init_gen = 0, file_count = 0, size_bytes = 0, counted_ms = ?2,"
+                           " updated_ms = ?2, uid_slot = -seq WHERE id = ?3",
+                           -1, &st, NULL) != SQLITE_OK)
+        return db_err(s, errp, "expire environment");
+    sqlite3_bind_int(st, 1, STORE_ENV_EXPIRED);
+    sqlite3_bind_int64(st, 2, now);
+    sqlite3_bind_text(st, 3, id, -1, SQLITE_STATIC);
+    return change_one(s, st, id, "expire environment", errp);
 }
 
 int

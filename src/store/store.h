@@ -20,6 +20,9 @@ struct store;
 /** The schema version this paddock writes (PRAGMA user_version): one per migration. */
 #define STORE_SCHEMA_VERSION 10
 
+/* The uid_slot of an environment that holds no id range any more (expired). */
+#define STORE_NO_SLOT UINT32_MAX
+
 enum store_env_state {
     STORE_ENV_CREATING = 0, /* row exists, the sandbox is being set up */
     STORE_ENV_RUNNING,      /* an init was started; liveness is checked by env/ */
@@ -39,7 +42,7 @@ struct store_env {
     uint32_t cpus_milli;   /* CPU quota in thousandths of a CPU */
     uint64_t pids;         /* pids cap */
     uint64_t disk_bytes;   /* disk cap */
-    uint32_t uid_slot;     /* index of the env's 65536-id host range */
+    uint32_t uid_slot;     /* index of the env's 65536-id host range; STORE_NO_SLOT: none */
     int64_t init_pid;      /* host pid of the sandbox's init, 0 when none */
     uint64_t init_start;   /* its start time in clock ticks (guards against pid reuse) */
     uint32_t init_gen;     /* SANDBOX_INIT_GEN of the build that started it; 0 when older */
@@ -107,6 +110,12 @@ int store_env_page(struct store *s, const char *project, int64_t after_created, 
 int store_env_config(struct store *s, const char *id, char **out, struct err **errp);
 
 /** Records the counts of the environment's own files. */
+/**
+ * Records that the environment expired (its files are gone), in one statement: the state, no
+ * init, zero counts as of now, and its uid range given back (STORE_NO_SLOT) for a new
+ * environment to take. ERR_NOT_FOUND when missing.
+ */
+int store_env_expire(struct store *s, const char *id, struct err **errp);
 int store_env_set_counts(struct store *s, const char *id, uint64_t files, uint64_t bytes,
                          int64_t counted_ms, struct err **errp);
 

@@ -532,6 +532,43 @@ test_state_names(void **state)
         assert_string_equal(store_env_state_name(cases[i].st), cases[i].name);
 }
 
+/*
+ * An expired environment gives its uid range back in the same statement that records the
+ * expiry: the ranges are few (16383) and expired rows stay for ever as records, so an
+ * installation that kept them all would refuse every create one day.
+ */
+static void
+test_expire_frees_the_slot(void **state)
+{
+    struct fixture *f = *state;
+    struct store_env a = make_env("env_x1", 1000), b = make_env("env_x2", 2000),
+                     c = make_env("env_x3", 3000), out;
+    struct err *e = NULL;
+
+    insert_ok(f->s, &a, 1);
+    assert_int_equal(store_env_insert(f->s, &b, NULL, 1, &e), -1);
+    ASSERT_ERR(&e, ERR_LIMIT);
+    ASSERT_NO_ERR(store_env_set_counts(f->s, "env_x1", 7, 700, 5, &e), &e);
+    ASSERT_NO_ERR(store_env_set_state(f->s, "env_x1", STORE_ENV_RUNNING, 11, 12, 1, &e), &e);
+    ASSERT_NO_ERR(store_env_expire(f->s, "env_x1", &e), &e);
+    ASSERT_NO_ERR(store_env_get(f->s, "env_x1", &out, &e), &e);
+    assert_int_equal(out.state, STORE_ENV_EXPIRED);
+    assert_int_equal(out.uid_slot, STORE_NO_SLOT);
+    assert_int_equal(out.init_pid, 0);
+    assert_int_equal(out.init_gen, 0);
+    assert_int_equal(out.file_count, 0);
+    assert_int_equal(out.size_bytes, 0);
+    assert_true(out.counted_ms > 5);
+    /* Its range is taken again; two expired rows do not collide over "no range". */
+    insert_ok(f->s, &b, 1);
+    assert_int_equal(b.uid_slot, 0);
+    ASSERT_NO_ERR(store_env_expire(f->s, "env_x2", &e), &e);
+    insert_ok(f->s, &c, 1);
+    assert_int_equal(c.uid_slot, 0);
+    assert_int_equal(store_env_expire(f->s, "env_missing", &e), -1);
+    ASSERT_ERR(&e, ERR_NOT_FOUND);
+}
+
 int
 test_store_run(void)
 {
@@ -549,6 +586,7 @@ test_store_run(void)
         T(test_delete),
         T(test_slots_unique),
         T(test_slots_edge),
+        T(test_expire_frees_the_slot),
         T(test_reopen_persists),
         T(test_newer_schema_refused),
         T(test_not_a_database),
