@@ -1113,9 +1113,15 @@ upload_chunk(struct api_req *r, struct env_ctx *ctx)
         return api_reply_response(r, 200, resp);
     }
     if (env_upload_finish(ctx, &r->up, &er) < 0) {
-        /* A bad archive or a full disk ends the session. An extraction is all or nothing
-         * (docs/internals/SANDBOX.md): the environment's files are as they were. */
-        if (er->code != ERR_INVALID || strstr(er->msg, "upload ended after") == NULL)
+        /* What the content caused (a bad archive, a conflict, a full disk, a path that cannot
+         * be) ends the session. What it did not (the sandbox did not start or stopped
+         * answering, an I/O error) keeps the staged bytes for a finalize sent again: up to
+         * --max-upload bytes need not cross the network twice. An extraction is all or
+         * nothing (docs/internals/SANDBOX.md): the environment's files are as they were. */
+        bool content = er->code == ERR_CONFLICT || er->code == ERR_LIMIT ||
+                       er->code == ERR_NOT_FOUND || er->code == ERR_PERM ||
+                       (er->code == ERR_INVALID && strstr(er->msg, "upload ended after") == NULL);
+        if (content)
             env_upload_abort(ctx, r->up.id);
         if (er->code == ERR_CONFLICT && !r->up.overwrite && !r->up.extract) {
             /* Made since the start was answered: as at the start, not a 409 to resend. */

@@ -343,6 +343,34 @@ def test_a_name_that_is_not_utf8_does_not_end_the_listing(mapi):
         assert got == [f"f{i}" for i in range(100, 250)], (size, len(got), got[-3:])
 
 
+def test_a_finalize_that_times_out_keeps_the_staged_upload(mapi):
+    """A finalize the sandbox did not answer (its processes stopped here: 504) keeps the session and
+    its staged bytes, so that the same finalize sent again completes the upload; only what the
+    content causes (a bad archive, a conflict, a full disk) ends a session. It used to end on
+    any failure, and the whole upload had to cross the network again."""
+    import signal
+    h = mapi.http
+    e = h.create({})
+    mapi.pd.ids.add(e["id"])
+    session = h.session_path(h.upload_start(e["id"], "workspace/late.txt", 5))
+    r = h.upload_chunk(session, b"hello", 0)
+    assert r.status == 200, r
+    # Every process of the sandbox stopped from the host: nothing takes the control
+    # connection, which times out after 10 s.
+    procs = pdk.procs_in_cgroup_of(e["id"])
+    for pid in procs:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        r = h.upload_chunk(session, b"", 5, finalize=True, timeout=60)
+        assert r.status == 504, r
+    finally:
+        for pid in procs:
+            os.kill(pid, signal.SIGCONT)
+    r = h.upload_chunk(session, b"", 5, finalize=True)
+    assert r.status == 200, r
+    assert h.download(e["id"], "workspace/late.txt").body == b"hello"
+
+
 def test_download(mapi, env):
     h, eid = mapi.http, env["id"]
     r = h.download(eid, "workspace/d/b.txt")
