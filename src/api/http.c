@@ -1202,6 +1202,10 @@ recover(const struct api_config *cfg, struct err **errp)
     for (size_t i = 0; i < n; i++)
         running += v[i].state == STORE_ENV_RUNNING;
     log_info("recovered %zu environments, %zu running (adopted)", n, running);
+    if (env_uploads_sweep(ctx, errp) < 0) {
+        env_ctx_close(ctx);
+        return err_wrap(errp, "recover");
+    }
     env_ctx_close(ctx);
     return 0;
 }

@@ -1059,7 +1059,7 @@ upload_chunk(struct api_req *r, struct env_ctx *ctx)
     const char *off = api_header(r, "X-Goog-Upload-Offset");
     struct err *er = NULL;
     uint64_t received = 0, offset = 0;
-    bool finalize, query, upload;
+    bool finalize, query, upload, cancel;
     struct MHD_Response *resp;
     char rec[32];
 
@@ -1070,10 +1070,18 @@ upload_chunk(struct api_req *r, struct env_ctx *ctx)
     finalize = strstr(cmd, "finalize") != NULL;
     query = strstr(cmd, "query") != NULL;
     upload = strstr(cmd, "upload") != NULL;
+    cancel = strcasecmp(cmd, "cancel") == 0;
     if (!r->started || r->up.id[0] == '\0') {
         /* First call: headers only. */
         if (env_upload_get(ctx, r->auth.project, id, &r->up, &received, &er) < 0)
             return api_reply_err(r, er);
+        if (cancel) {
+            /* The resumable protocol's way to give a session up: its bytes go at once. */
+            env_upload_abort(ctx, r->up.id);
+            resp = empty_response();
+            MHD_add_response_header(resp, "X-Goog-Upload-Status", "cancelled");
+            return api_reply_response(r, 200, resp);
+        }
         if (query) {
             snprintf(rec, sizeof(rec), "%llu", (unsigned long long)received);
             resp = empty_response();
@@ -1083,7 +1091,8 @@ upload_chunk(struct api_req *r, struct env_ctx *ctx)
         }
         if (!upload && !finalize)
             return api_reply_status(r, 400, "INVALID_ARGUMENT",
-                                    "X-Goog-Upload-Command must be upload, finalize or query");
+                                    "X-Goog-Upload-Command must be upload, finalize, query or "
+                                    "cancel");
         if (off == NULL || util_parse_u64(off, UINT64_MAX, &offset, NULL) < 0)
             return api_reply_status(r, 400, "INVALID_ARGUMENT",
                                     "X-Goog-Upload-Offset must give the byte offset");

@@ -1227,8 +1227,15 @@ age(struct env_ctx *c, struct store_env *e, const struct env_lifecycle *lc, int6
     }
 }
 
+static char *staged_path(struct env_ctx *c, const char *id);
+
+/*
+ * Ends upload sessions that are older than max_age_ms, or that nothing was sent to for
+ * idle_ms (the staged file's mtime): each holds its announced size of the disk's room
+ * (upload_room) until it ends, and a client that gave up never says so.
+ */
 static void
-uploads_gc(struct env_ctx *c, int64_t max_age_ms)
+uploads_gc(struct env_ctx *c, int64_t max_age_ms, int64_t idle_ms)
 {
     cleanup_free struct store_upload *v = NULL;
     size_t n = 0;
@@ -1236,9 +1243,45 @@ uploads_gc(struct env_ctx *c, int64_t max_age_ms)
 
     if (store_upload_list(c->store, &v, &n, NULL) < 0)
         return;
-    for (size_t i = 0; i < n; i++)
-        if (now - v[i].created_ms > max_age_ms)
+    for (size_t i = 0; i < n; i++) {
+        cleanup_free char *path = staged_path(c, v[i].id);
+        struct stat st;
+        int64_t touched = stat(path, &st) == 0
+                              ? (int64_t)st.st_mtim.tv_sec * 1000 + st.st_mtim.tv_nsec / 1000000
+                              : v[i].created_ms;
+        if (now - v[i].created_ms > max_age_ms || now - touched > idle_ms) {
+            log_info("upload session %s of environment %s ended: nothing sent to it for %lld s",
+                     v[i].id, v[i].env_id, (long long)((now - touched) / 1000));
             env_upload_abort(c, v[i].id);
+        }
+    }
+}
+
+int
+env_uploads_sweep(struct env_ctx *c, struct err **errp)
+{
+    DIR *d = opendir(c->uploads_dir);
+    struct dirent *de;
+    size_t removed = 0;
+
+    if (d == NULL)
+        return err_set(errp, ERR_IO, errno, "open %s", c->uploads_dir);
+    while ((de = readdir(d)) != NULL) {
+        struct store_upload u;
+        struct err *e = NULL;
+
+        if (de->d_name[0] == '.')
+            continue;
+        if (store_upload_get(c->store, de->d_name, &u, &e) == 0)
+            continue;
+        if (e->code == ERR_NOT_FOUND && unlinkat(dirfd(d), de->d_name, 0) == 0)
+            removed++;
+        err_free(e);
+    }
+    closedir(d);
+    if (removed > 0)
+        log_info("removed %zu staged uploads that no session names", removed);
+    return 0;
 }
 
 /*
@@ -1373,7 +1416,7 @@ env_janitor(struct env_ctx *c, const struct env_lifecycle *lc)
         }
     }
     backoff_prune(c);
-    uploads_gc(c, 7LL * 24 * 3600 * 1000);
+    uploads_gc(c, 7LL * 24 * 3600 * 1000, ENV_UPLOAD_IDLE_MS);
 }
 
 /* ------------------------------------------------------------------ uploads */

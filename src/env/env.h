@@ -21,6 +21,8 @@
 #define ENV_DEFAULT_STORAGE (64ULL << 30)
 /* Free disk an upload's staging must leave beside what is promised (env_upload_begin). */
 #define ENV_UPLOAD_RESERVE (256ULL << 20)
+/* An upload session nothing was sent to for this long is ended by the janitor. */
+#define ENV_UPLOAD_IDLE_MS (24LL * 3600 * 1000)
 
 struct env_ctx;
 
@@ -212,6 +214,12 @@ int env_upload_append(struct env_ctx *ctx, const struct store_upload *u, uint64_
 int env_upload_finish(struct env_ctx *ctx, const struct store_upload *u, struct err **errp);
 /** Ends a session and removes its staged bytes. */
 void env_upload_abort(struct env_ctx *ctx, const char *id);
+/**
+ * Removes staged files that no session names: left by a process killed between creating one
+ * and recording its session, or between ending a session and removing its file. For the
+ * server's start, before it takes requests.
+ */
+int env_uploads_sweep(struct env_ctx *ctx, struct err **errp);
 
 /** The store of this context (for keys); borrowed. */
 struct store *env_store(struct env_ctx *ctx);

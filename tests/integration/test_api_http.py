@@ -801,6 +801,40 @@ def test_oversized_headers_are_refused_with_a_json_error(mapi):
     assert mapi.server.http(None).get("/healthz").status == 200
 
 
+def test_upload_sessions_end_when_cancelled_idle_or_orphaned(mapi):
+    """An upload session holds its announced size of the disk's room until it ends. A client
+    ends one with `X-Goog-Upload-Command: cancel`; the janitor ends one nothing was sent to for
+    a day (the staged file's mtime, set back here); and a server's start removes staged files
+    that no session names (a process killed between the two)."""
+    h, pd = mapi.http, mapi.pd
+    e = h.create({})
+    pd.ids.add(e["id"])
+    staged = pd.data / "uploads"
+    # cancel
+    session = h.session_path(h.upload_start(e["id"], "workspace/c.txt", 10))
+    assert h.upload_chunk(session, b"12345", 0).status == 200
+    upl = session.split("upload_id=")[1].split("&")[0]
+    assert (staged / upl).exists()
+    r = h.upload_chunk(session, b"", 5, command="cancel")
+    assert r.status == 200 and r.header("x-goog-upload-status") == "cancelled", r
+    assert not (staged / upl).exists()
+    assert h.upload_chunk(session, b"", 5, command="query").status == 404
+    # idle for a day
+    session = h.session_path(h.upload_start(e["id"], "workspace/i.txt", 10))
+    upl = session.split("upload_id=")[1].split("&")[0]
+    day_ago = time.time() - 25 * 3600
+    os.utime(staged / upl, (day_ago, day_ago))
+    assert pdk.wait_until(lambda: not (staged / upl).exists(), 10), "an idle session was kept"
+    assert h.upload_chunk(session, b"", 0, command="query").status == 404
+    assert any("nothing sent to it for" in str(l) and upl in str(l)
+               for l in mapi.server.log_lines()), "no log line says why the session ended"
+    # orphaned
+    orphan = staged / "upl_orphanorphanorphanorphanorphan"
+    orphan.write_bytes(b"left behind")
+    mapi.server.restart()
+    assert not orphan.exists(), "a staged file no session names survived the start"
+
+
 def test_upload_staging_leaves_room_and_goes_with_its_environment(tmp_path):
     """Uploads stage on the data directory's disk, outside every quota: a start whose announced
     bytes, with what open sessions may still write and what the storage image may still grow
