@@ -212,10 +212,10 @@ decode_blocks(const json_t *blocks, size_t id_base, struct model_turn *out)
         if (type == NULL)
             continue;
         if (strcmp(type, "text") == 0) {
-            model__append_text(&out->text, model__str(b, "text"));
+            model__append_text(out, false, model__str(b, "text"));
         } else if (strcmp(type, "thinking") == 0) {
             const char *sig = model__str(b, "signature");
-            model__append_text(&out->thought, model__str(b, "thinking"));
+            model__append_text(out, true, model__str(b, "thinking"));
             if (sig != NULL && out->thought_signature == NULL)
                 out->thought_signature = xstrdup(sig);
         } else if (strcmp(type, "tool_use") == 0) {

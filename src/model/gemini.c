@@ -296,8 +296,7 @@ decode_parts(const json_t *parts, size_t id_base, struct model_turn *out)
             model__turn_add_call(out, model__str(fc, "id"), model__str(fc, "name"),
                                  args != NULL ? json_incref(args) : json_object(), NULL, id_base);
         } else if (text != NULL) {
-            model__append_text(
-                json_is_true(json_object_get(p, "thought")) ? &out->thought : &out->text, text);
+            model__append_text(out, json_is_true(json_object_get(p, "thought")), text);
         }
     }
 }

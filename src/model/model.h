@@ -108,6 +108,7 @@ struct model_turn {
     enum model_finish finish;
     char *finish_reason;  /* the provider's word for it */
     json_t *message;      /* the neutral assistant message to append to the conversation */
+    size_t text_len, thought_len; /* strlen of text and thought, for appending */
 };
 
 void model_turn_clear(struct model_turn *t);

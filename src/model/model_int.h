@@ -133,7 +133,11 @@ void model__turn_set_finish(struct model_turn *t, const char *word,
                             const struct model_finish_word *map, size_t n);
 
 /** Appends text to *dst (owned, NULL when empty), without a separator. */
-void model__append_text(char **dst, const char *text);
+/**
+ * Appends text to the turn's text (thought false) or thought summary, in amortised constant
+ * time per byte: an answer may come in millions of small parts.
+ */
+void model__append_text(struct model_turn *t, bool thought, const char *text);
 
 /**
  * Builds t->message, the neutral assistant message, from t's fields; takes a reference to

@@ -261,18 +261,33 @@ model__turn_set_finish(struct model_turn *t, const char *word, const struct mode
     t->finish_reason = word != NULL ? xstrdup(word) : NULL;
 }
 
-void
-model__append_text(char **dst, const char *text)
+/* The allocation model__append_text keeps for n bytes and a NUL: a power of two. */
+static size_t
+text_room(size_t n)
 {
-    if (text == NULL || *text == '\0')
+    size_t room = 64;
+
+    while (room < n + 1)
+        room *= 2;
+    return room;
+}
+
+void
+model__append_text(struct model_turn *t, bool thought, const char *text)
+{
+    char **dst = thought ? &t->thought : &t->text;
+    size_t *len = thought ? &t->thought_len : &t->text_len;
+    size_t n = text != NULL ? strlen(text) : 0;
+
+    if (n == 0)
         return;
-    if (*dst == NULL) {
-        *dst = xstrdup(text);
-    } else {
-        char *s = xasprintf("%s%s", *dst, text);
-        free(*dst);
-        *dst = s;
-    }
+    if (*dst == NULL)
+        *len = 0;
+    /* The allocation is text_room(*len) and grows only when that power of two is passed. */
+    if (*dst == NULL || text_room(*len + n) != text_room(*len))
+        *dst = xrealloc(*dst, text_room(*len + n));
+    memcpy(*dst + *len, text, n + 1);
+    *len += n;
 }
 
 void

@@ -233,16 +233,17 @@ model__openai_encode(const struct model_enc *enc, struct err **errp)
 
 /* The text of content: a string, or an array of parts with "text" (some servers). */
 static void
-decode_content(const json_t *content, char **out)
+decode_content(const json_t *content, struct model_turn *out)
 {
     size_t i;
     json_t *p;
 
     if (json_is_string(content)) {
-        model__append_text(out, json_string_value(content));
+        model__append_text(out, false, json_string_value(content));
         return;
     }
-    json_array_foreach(content, i, p) model__append_text(out, model__str(p, "text"));
+    json_array_foreach(content, i, p)
+        model__append_text(out, false, model__str(p, "text"));
 }
 
 static void
@@ -304,9 +305,9 @@ model__openai_decode(const struct model_ref *m, json_t *resp, size_t id_base,
         return err_set(errp, ERR_UPSTREAM, 0, "the answer is not a JSON object");
     if (!json_is_object(msg))
         return err_set(errp, ERR_UPSTREAM, 0, "the answer has no choices[0].message");
-    decode_content(json_object_get(msg, "content"), &out->text);
+    decode_content(json_object_get(msg, "content"), out);
     reasoning = model__str(msg, "reasoning_content");
-    model__append_text(&out->thought, reasoning != NULL ? reasoning : model__str(msg, "reasoning"));
+    model__append_text(out, true, reasoning != NULL ? reasoning : model__str(msg, "reasoning"));
     decode_calls(json_object_get(msg, "tool_calls"), id_base, out);
     model__turn_set_finish(out, fr, finish_words, sizeof(finish_words) / sizeof(finish_words[0]));
     decode_usage(json_object_get(resp, "usage"), &out->usage);
