@@ -150,10 +150,20 @@ vlog(enum log_level level, int errnum, const char *fmt, va_list ap)
         else
             fprintf(stderr, "{\"time\":\"%s\",\"level\":\"%s\",\"msg\":\"%s\"}\n", ts,
                     level_names[level], esc);
-    } else if (errnum != 0) {
-        fprintf(stderr, "%s: %s: %s\n", log_prog, msg, strerror(errnum));
     } else {
-        fprintf(stderr, "%s: %s\n", log_prog, msg);
+        /* One event, one line: a message that carries a line break or a terminal escape (text
+         * from a model, an upstream or a sandbox, quoted somewhere in it) is escaped whole,
+         * so that it can neither forge a line nor drive the terminal. */
+        cleanup_free char *esc = NULL;
+        for (const unsigned char *p = (const unsigned char *)msg; *p != '\0'; p++)
+            if (*p < 0x20 || *p == 0x7f) {
+                esc = escape_impl(msg, strlen(msg), 65536, false);
+                break;
+            }
+        if (errnum != 0)
+            fprintf(stderr, "%s: %s: %s\n", log_prog, esc != NULL ? esc : msg, strerror(errnum));
+        else
+            fprintf(stderr, "%s: %s\n", log_prog, esc != NULL ? esc : msg);
     }
     free(msg);
     errno = saved;

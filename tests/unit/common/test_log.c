@@ -105,6 +105,10 @@ log_text_lines(void)
     errno = ENOENT;
     log_warn("open %s", "/nope");
     log_error("bad %s", "thing");
+    /* Text from outside, quoted in a message: it can neither forge a line nor drive the
+     * terminal, and a quote or UTF-8 in a plain message is left as it is. */
+    log_warnx("the model stopped: %s", "weird\nunit: FORGED line \x1b[31mred");
+    log_warnx("plain \"quoted\" caf\xc3\xa9");
     log_init("paddock", LOG_LEVEL_WARN, LOG_FORMAT_TEXT);
 }
 
@@ -112,8 +116,10 @@ static void
 test_log_text(void **state)
 {
     char *got = capture_stderr(log_text_lines);
-    char *want =
-        xasprintf("unit: shown 3\nunit: open /nope: %s\nunit: bad thing\n", strerror(ENOENT));
+    char *want = xasprintf("unit: shown 3\nunit: open /nope: %s\nunit: bad thing\n"
+                           "unit: the model stopped: weird\\nunit: FORGED line \\x1b[31mred\n"
+                           "unit: plain \"quoted\" caf\xc3\xa9\n",
+                           strerror(ENOENT));
     (void)state;
 
     assert_string_equal(got, want);
