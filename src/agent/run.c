@@ -246,8 +246,10 @@ run_bash(struct agent_run *r, const char *call_id, json_t *args, int64_t deadlin
     int64_t t0;
     int rc;
 
+    /* Clamped before it is multiplied: the model chose the number. */
     if (json_is_integer(tmo) && json_integer_value(tmo) > 0)
-        timeout_ms = json_integer_value(tmo) * 1000;
+        timeout_ms =
+            json_integer_value(tmo) > INT64_MAX / 1000 ? INT64_MAX : json_integer_value(tmo) * 1000;
     if (timeout_ms > remaining_ms(deadline))
         timeout_ms = remaining_ms(deadline);
     if (timeout_ms < 1)
@@ -332,7 +334,7 @@ list_entry(const struct sandbox_file_entry *fe, void *arg)
 }
 
 static void
-run_files(struct agent_run *r, json_t *args, struct tool_out *out)
+run_files(struct agent_run *r, json_t *args, int64_t deadline, struct tool_out *out)
 {
     const char *op = json_string_value(json_object_get(args, "operation"));
     const char *path = json_string_value(json_object_get(args, "path"));
@@ -346,7 +348,13 @@ run_files(struct agent_run *r, json_t *args, struct tool_out *out)
     buf_init(&b, AGENT_TOOL_KEEP_MAX + 1);
     agent__flush(r);
     t0 = util_mono_ns();
-    if (op == NULL || path == NULL) {
+    /* Bounded by what is left of the interaction's wall time as a whole: a handler that a
+     * process of the sandbox stops and lets go in turn keeps an operation alive with each
+     * keep-alive, without end, otherwise (sandbox_int.h). */
+    sandbox_deadline_set(remaining_ms(deadline));
+    if (remaining_ms(deadline) == 0) {
+        err_set(&e, ERR_TIMEOUT, 0, "the interaction's wall time budget is used up");
+    } else if (op == NULL || path == NULL) {
         err_set(&e, ERR_INVALID, 0, "operation and path are required strings");
     } else if (env_dir(r, &dir, &e) < 0) {
         /* e says why */
@@ -376,6 +384,7 @@ run_files(struct agent_run *r, json_t *args, struct tool_out *out)
     } else {
         err_set(&e, ERR_INVALID, 0, "unknown operation '%s' (read, write, delete or list)", op);
     }
+    sandbox_deadline_set(0);
     r->tool_ns += util_mono_ns() - t0;
     if (rc < 0) {
         out->is_error = true;
@@ -849,7 +858,9 @@ run_calls(struct loop *l, const struct model_turn *t, struct err **errp)
         bool builtin = known && r->it.env_id[0] != '\0';
         struct mcp_server *m = builtin ? NULL : mcp_of(l, c->name);
 
-        if (r->cancel) { /* cancelled: no further call starts; the end closes them */
+        /* Cancelled or out of wall time: no further call starts; the end closes them (the
+         * loop's next budget check says why). */
+        if (r->cancel || util_now_ms() >= l->deadline) {
             json_decref(args);
             break;
         }
@@ -914,7 +925,7 @@ run_calls(struct loop *l, const struct model_turn *t, struct err **errp)
                 continue;
             }
         } else if (builtin) {
-            run_files(r, args, &out);
+            run_files(r, args, l->deadline, &out);
         } else if (m != NULL) {
             struct err *me = NULL;
             int64_t t0;
@@ -1094,6 +1105,12 @@ loop_body(struct loop *l)
                           "tools you were given."));
             model_turn_clear(&t);
             continue;
+        }
+        if (t.ncalls == 0 && r->cancel) {
+            /* Cancelled while the answer came: it stays unanswered, as cancelled. */
+            l->end = "cancelled";
+            model_turn_clear(&t);
+            return;
         }
         if (t.ncalls == 0) {
             l->end = t.finish == MODEL_FINISH_LENGTH ? "incomplete" : "completed";

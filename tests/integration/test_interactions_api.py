@@ -891,6 +891,25 @@ def test_budget_time(mag, fake):
     assert steps_of(it, "code_execution_call"), it["steps"]
 
 
+def test_budget_time_holds_between_the_calls_of_one_turn(mag, fake):
+    """The wall time budget is checked before each call of a turn, not only between turns:
+    a bash call that uses it up leaves the turn's later calls unstarted (a file operation, and
+    a second command that would have written a file)."""
+    fake.script([{"calls": [{"name": "bash", "args": {"command": "sleep 30"}},
+                            {"name": "file_system",
+                             "args": {"operation": "write", "path": "/workspace/late.txt",
+                                      "content": "after the budget"}},
+                            {"name": "bash", "args": {"command": "echo x > /workspace/late2"}}]},
+                 {"text": "never"}])
+    it = mag.create(agent_body("slow", agent_config={"type": "antigravity", "timeout_s": 1}),
+                    timeout=60)
+    budget_error(it, "timeout_s", "time")
+    r = mag.pd.run("env", "exec", it["environment_id"], "--", "sh", "-c",
+                   "ls /workspace/late.txt /workspace/late2 2>&1; true")
+    assert "No such file" in r.text and "late.txt" in r.text and "late2" in r.text, r.text
+    assert len(fake.requests()) == 1, "the model is not called past the budget"
+
+
 def test_budget_cost(mag, fake):
     """max_cost_usd against the built-in price of openai:gpt-4o ($2.50/$10 per Mtok): 0.35 a
     turn here, so the second turn crosses 0.5."""
