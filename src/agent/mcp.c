@@ -73,7 +73,9 @@ event_answer(const struct buf *ev, int64_t id)
 
     if (ev->len == 0)
         return NULL;
-    j = json_loadb(ev->data, ev->len, 0, NULL);
+    j = util_json_values_within(ev->data, ev->len, UTIL_JSON_VALUES_MAX)
+            ? json_loadb(ev->data, ev->len, 0, NULL)
+            : NULL;
     if (json_is_integer(json_object_get(j, "id")) &&
         json_integer_value(json_object_get(j, "id")) == id)
         return j;
@@ -224,7 +226,9 @@ rpc(const struct agent_options *o, struct mcp_server *m, const char *method, jso
     if (strstr(rep.ctype, "text/event-stream") != NULL)
         ans = from_sse(rep.body.data != NULL ? rep.body.data : "", rep.body.len, id);
     else
-        ans = json_loadb(rep.body.data != NULL ? rep.body.data : "", rep.body.len, 0, NULL);
+        ans = util_json_values_within(rep.body.data, rep.body.len, UTIL_JSON_VALUES_MAX)
+                  ? json_loadb(rep.body.data != NULL ? rep.body.data : "", rep.body.len, 0, NULL)
+                  : NULL;
     if (!json_is_object(ans)) {
         err_set(errp, ERR_UPSTREAM, 0, "mcp server %s: %s: no JSON-RPC answer", m->name, method);
         goto out;

@@ -231,6 +231,21 @@ int util_hexval(char c);
  */
 bool util_utf8_valid(const char *s, size_t len);
 
+/*
+ * The most values a JSON text from outside (a model's answer, an MCP server's, an error body)
+ * may hold before it is parsed. A byte cap does not bound what parsing takes: 32 MiB of
+ * "[{},{},..." is 8 million objects, 2.5 GB in jansson. 256 Ki values are ~80 MB at worst.
+ */
+#define UTIL_JSON_VALUES_MAX (256u * 1024)
+
+/**
+ * Whether the JSON text s[0..len) holds at most about max values, counted in one pass without
+ * parsing as the openings ('[', '{') and commas outside strings: about one per value (an
+ * array or object, a member, an element). Text that is not JSON counts somehow; the parser
+ * refuses it after.
+ */
+bool util_json_values_within(const char *s, size_t len, size_t max);
+
 /** Fills buf with n random bytes from getrandom(2). */
 int util_random(void *buf, size_t n, struct err **errp);
 

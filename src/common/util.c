@@ -394,6 +394,28 @@ util_mkdir_p(const char *path, unsigned mode, struct err **errp)
 }
 
 bool
+util_json_values_within(const char *s, size_t len, size_t max)
+{
+    size_t n = 0;
+    bool in_str = false;
+
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        if (in_str) {
+            if (c == '\\')
+                i++; /* the escaped character, whatever it is */
+            else if (c == '"')
+                in_str = false;
+        } else if (c == '"') {
+            in_str = true;
+        } else if ((c == ',' || c == '[' || c == '{') && ++n > max) {
+            return false;
+        }
+    }
+    return true;
+}
+
+bool
 util_utf8_valid(const char *s, size_t len)
 {
     const unsigned char *p = (const unsigned char *)s, *end = p + len;

@@ -310,12 +310,20 @@ model__backoff_ms(int64_t base_ms, unsigned attempt)
     return d;
 }
 
+json_t *
+model__load_capped(const char *body, size_t len, json_error_t *je)
+{
+    if (!util_json_values_within(body, len, UTIL_JSON_VALUES_MAX))
+        return NULL;
+    return json_loadb(body, len, 0, je);
+}
+
 /* The upstream's words in a body: its wire's why, else the body's start; the key redacted
  * (the upstream may echo the key it was sent). Owned. */
 static char *
 upstream_message(const struct endpoint *ep, const char *body, size_t len)
 {
-    json_t *root = json_loadb(body, len, 0, NULL);
+    json_t *root = model__load_capped(body, len, NULL);
     cleanup_free char *why = ep->wire->why(root);
 
     json_decref(root);
@@ -381,7 +389,7 @@ model__parse_duration_ms(const char *s)
 int64_t
 model__retry_info_ms(const char *body, size_t len)
 {
-    json_t *root = json_loadb(body, len, 0, NULL);
+    json_t *root = model__load_capped(body, len, NULL);
     /* Some Google endpoints wrap the error object in an array. */
     const json_t *top = json_is_array(root) ? json_array_get(root, 0) : root;
     const json_t *details = json_object_get(json_object_get(top, "error"), "details"), *d;
@@ -568,8 +576,13 @@ model_generate(const struct model_config *cfg, const struct model_request *req,
         endpoint_clear(&ep);
         return -1;
     }
-    root = json_loadb(resp.body, resp.len, 0, &je);
-    if (root == NULL) {
+    root = model__load_capped(resp.body, resp.len, &je);
+    if (root == NULL && !util_json_values_within(resp.body, resp.len, UTIL_JSON_VALUES_MAX)) {
+        err_set(errp, ERR_UPSTREAM, 0,
+                "%s model %s returned an answer of more than %u JSON values, more than any "
+                "answer needs",
+                ep.wire->label, m->spec, UTIL_JSON_VALUES_MAX);
+    } else if (root == NULL) {
         cleanup_free char *start = model__upstream_text(resp.body, resp.len, 100, ep.key);
         err_set(errp, ERR_UPSTREAM, 0, "%s model %s returned a body that is not JSON: \"%s\"",
                 ep.wire->label, m->spec, start);

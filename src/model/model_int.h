@@ -240,6 +240,12 @@ int64_t model__parse_duration_ms(const char *s);
  */
 int64_t model__retry_info_ms(const char *body, size_t len);
 
+/**
+ * json_loadb of an upstream's body, or NULL without parsing it when it holds more than
+ * UTIL_JSON_VALUES_MAX values (its memory would be many times its bytes).
+ */
+json_t *model__load_capped(const char *body, size_t len, json_error_t *je);
+
 /* ------------------------------------------------------------------ prices */
 
 /** Drops the operator's table (tests). */

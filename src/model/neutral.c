@@ -193,6 +193,11 @@ parse_args(struct model_call *c)
         c->args = json_object();
         return;
     }
+    if (!util_json_values_within(s, strlen(s), UTIL_JSON_VALUES_MAX)) {
+        c->args_error =
+            xasprintf("the arguments hold more than %u JSON values", UTIL_JSON_VALUES_MAX);
+        return;
+    }
     v = json_loads(s, JSON_DECODE_ANY, &je);
     if (v == NULL) {
         cleanup_free char *e = model__escape(je.text, strlen(je.text));

@@ -26,7 +26,7 @@ arguments_ok(const json_t *args)
 
     if (!json_is_string(args))
         return false;
-    v = json_loads(json_string_value(args), 0, NULL);
+    v = model__load_capped(json_string_value(args), json_string_length(args), NULL);
     ok = json_is_object(v);
     json_decref(v);
     return ok;

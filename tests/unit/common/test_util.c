@@ -818,6 +818,34 @@ test_key_file(void **state)
     free(dir);
 }
 
+/* Values are counted outside strings only, and the count stops at the cap. */
+static void
+test_json_values_within(void **state)
+{
+    static const struct {
+        const char *s;
+        size_t max;
+        bool ok;
+    } cases[] = {
+        { "{}", 1, true },
+        { "[{},{}]", 4, true },
+        { "[{},{}]", 3, false },
+        { "[1,2,3]", 3, true },
+        { "[1,2,3]", 2, false },
+        { "\"a,b,c,[{\"", 1, true },            /* inside a string: not values */
+        { "\"a\\\",[,[\"", 1, true },           /* an escaped quote keeps the string open */
+        { "{\"k\":\"v\\\\\",[1,2]}", 4, true }, /* an escaped backslash ends nothing */
+        { "{\"k\":\"v\\\\\",[1,2]}", 3, false },
+        { "1", 0, true },
+    };
+    (void)state;
+
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        if (util_json_values_within(cases[i].s, strlen(cases[i].s), cases[i].max) != cases[i].ok)
+            fail_msg("case %zu (%s): want %s", i, cases[i].s, cases[i].ok ? "within" : "over");
+    assert_true(util_json_values_within(NULL, 0, 1));
+}
+
 /* Well-formed UTF-8 only (RFC 3629): what JSON may carry. */
 static void
 test_utf8_valid(void **state)
@@ -859,6 +887,7 @@ test_util_run(void)
     static const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_deadline),
         cmocka_unit_test(test_utf8_valid),
+        cmocka_unit_test(test_json_values_within),
         cmocka_unit_test(test_parse_size_good),
         cmocka_unit_test(test_parse_size_bad),
         cmocka_unit_test(test_parse_size_null),

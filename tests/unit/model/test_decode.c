@@ -115,6 +115,43 @@ test_many_parts(void **state)
     json_decref(r);
 }
 
+/*
+ * Arguments of a call that hold more values than any answer needs are refused unparsed, with
+ * the reason for the model: parsing them would take many times their bytes in memory.
+ */
+static void
+test_too_many_values(void **state)
+{
+    struct buf b;
+    struct model_turn t;
+    struct err *e = NULL;
+    char *args;
+    json_t *r;
+    struct model_ref m;
+    (void)state;
+
+    buf_init(&b, 8u << 20);
+    buf_append(&b, "{\"k\":[", 6, NULL);
+    for (unsigned i = 0; i <= UTIL_JSON_VALUES_MAX; i++)
+        buf_append(&b, "{},", 3, NULL);
+    buf_append(&b, "{}]}", 4, NULL);
+    args = buf_steal(&b, NULL);
+    r = json_pack("{s:[{s:{s:[{s:{s:s, s:s, s:s}}]}, s:s}]}", "choices", "message", "tool_calls",
+                  "function", "name", "bash", "arguments", args, "type", "function",
+                  "finish_reason", "tool_calls");
+    ASSERT_NO_ERR(model_parse("openai:gpt-4o", &m, &e), &e);
+    memset(&t, 0, sizeof(t));
+    ASSERT_NO_ERR(model__wire(m.format)->decode(&m, r, 0, &t, &e), &e);
+    assert_int_equal(t.ncalls, 1);
+    assert_null(t.calls[0].args);
+    assert_non_null(t.calls[0].args_error);
+    assert_non_null(strstr(t.calls[0].args_error, "more than 262144 JSON values"));
+    assert_null(model__load_capped(args, strlen(args), NULL));
+    model_turn_clear(&t);
+    json_decref(r);
+    free(args);
+}
+
 static void
 test_gemini_finish_and_errors(void **state)
 {
@@ -544,17 +581,12 @@ int
 test_decode_run(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_gemini_decode),
-        cmocka_unit_test(test_gemini_finish_and_errors),
-        cmocka_unit_test(test_many_parts),
-        cmocka_unit_test(test_openai_decode),
-        cmocka_unit_test(test_openai_tolerance),
-        cmocka_unit_test(test_anthropic_decode),
-        cmocka_unit_test(test_anthropic_finish_and_errors),
-        cmocka_unit_test(test_turn_round_trip),
-        cmocka_unit_test(test_why),
-        cmocka_unit_test(test_upstream_text),
-        cmocka_unit_test(test_usage_bounds),
+        cmocka_unit_test(test_gemini_decode),    cmocka_unit_test(test_gemini_finish_and_errors),
+        cmocka_unit_test(test_many_parts),       cmocka_unit_test(test_too_many_values),
+        cmocka_unit_test(test_openai_decode),    cmocka_unit_test(test_openai_tolerance),
+        cmocka_unit_test(test_anthropic_decode), cmocka_unit_test(test_anthropic_finish_and_errors),
+        cmocka_unit_test(test_turn_round_trip),  cmocka_unit_test(test_why),
+        cmocka_unit_test(test_upstream_text),    cmocka_unit_test(test_usage_bounds),
     };
     return cmocka_run_group_tests_name("decode", tests, NULL, NULL);
 }
