@@ -13,6 +13,9 @@
 #define AGENT_SKILLS_MAX 64
 #define AGENT_MODEL_RETRIES 2      /* model calls that failed after the client's own retries */
 #define AGENT_FORMAT_ERRORS_MAX 3  /* malformed tool calls in a row before giving up */
+/* Tool calls one model turn may make. Each is recorded as steps and answered, and pairing
+ * calls with results costs calls x results: a turn of 200 000 calls took 30 s per result. */
+#define AGENT_CALLS_PER_TURN_MAX 512
 #define AGENT_FINISH_TRIES      5  /* tries of an interaction's final write, 1 to 8 s apart */
 #define AGENT_CANCEL_WAIT_MS    30000 /* a cancel waits this long for the run to record its end */
 

@@ -1074,6 +1074,19 @@ loop_body(struct loop *l)
             return;
         }
         l->model_retries = 0;
+        if (t.ncalls > AGENT_CALLS_PER_TURN_MAX) {
+            /* No model needs so many at once; recording and pairing them would hold the
+             * worker for minutes. The turn's usage is counted, and the run ends. */
+            add_usage(&l->tot.u, &t.usage);
+            l->tot.cost += model_cost_usd(&l->plan.model, &t.usage);
+            add_error(l, "paddock/model/calls",
+                      "the model made %zu tool calls in one turn, more than the %d a turn "
+                      "may make",
+                      t.ncalls, AGENT_CALLS_PER_TURN_MAX);
+            l->end = "failed";
+            model_turn_clear(&t);
+            return;
+        }
         add_usage(&l->tot.u, &t.usage);
         json_decref(l->usage);
         l->usage = usage_json(&t.usage, model_cost_usd(&l->plan.model, &t.usage));

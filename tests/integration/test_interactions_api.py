@@ -841,17 +841,22 @@ def test_a_tool_call_the_upstream_could_not_read_is_tried_again(mag, fake, fmt):
 
 
 def test_the_step_cap_keeps_the_input(mag, fake):
-    """A turn whose calls reach the 10,000 steps an interaction keeps ends budget_exceeded,
-    with its first step (the input) intact and the command that fell over the cap not run."""
-    calls = [{"name": "no_such_tool", "args": {}}] * 4999
-    calls.append({"name": "bash", "args": {"command": "echo RAN > /workspace/capped.txt"}})
-    fake.script([{"calls": calls}, {"text": "never"}])
-    it = mag.create(agent_body("many calls"), timeout=120)
+    """Turns whose calls reach the 10,000 steps an interaction keeps end it budget_exceeded,
+    with its first step (the input) intact and the command that fell over the cap not run.
+    (Ten turns of 500 calls: a turn may make at most 512.)"""
+    # Calls of a tool the interaction does not allow: each answered at once, none a format
+    # error (three turns of those in a row would end it first).
+    turn = [{"name": "file_system", "args": {"operation": "list", "path": "/"}}] * 500
+    last = turn[:-1] + [{"name": "bash", "args": {"command": "echo RAN > /workspace/capped.txt"}}]
+    fake.script([{"calls": turn}] * 9 + [{"calls": last}, {"text": "never"}])
+    it = mag.create(agent_body("many calls", agent_config={"type": "antigravity",
+                                                           "allowed_tools": ["bash"]}),
+                    timeout=120)
     assert it["status"] == "budget_exceeded", it.get("errors")
     assert it["steps"][0]["type"] == "user_input", it["steps"][0]
     assert "steps" in json.dumps(it["errors"]), it["errors"]
     assert mag.file(it["environment_id"], "workspace/capped.txt").status == 404
-    assert len(fake.requests()) == 1
+    assert len(fake.requests()) == 10
 
 
 # ----------------------------------------------------------------------------- budgets
@@ -908,6 +913,20 @@ def test_budget_time_holds_between_the_calls_of_one_turn(mag, fake):
                    "ls /workspace/late.txt /workspace/late2 2>&1; true")
     assert "No such file" in r.text and "late.txt" in r.text and "late2" in r.text, r.text
     assert len(fake.requests()) == 1, "the model is not called past the budget"
+
+
+def test_a_turn_of_too_many_calls_fails_the_run(mag, fake):
+    """A model turn may make at most 512 tool calls: one that makes more runs none of them and
+    ends the interaction failed, saying how many it made (recording and pairing 200 000 calls
+    held a worker for minutes)."""
+    fake.script([{"calls": [{"name": "bash", "args": {"command": f"echo {i} >> /workspace/ran"}}
+                            for i in range(513)]}, {"text": "never"}])
+    it = mag.create(agent_body("many"), timeout=60)
+    assert it["status"] == "failed", json.dumps(it)[:2000]
+    errs = json.dumps(it.get("errors", []))
+    assert "513 tool calls" in errs and "512" in errs, errs
+    assert not steps_of(it, "code_execution_call"), "a call of the turn ran"
+    assert len(fake.requests()) == 1
 
 
 def test_budget_cost(mag, fake):
