@@ -677,9 +677,16 @@ place_sources(struct env_ctx *c, const char *id, const struct env_create_opts *o
     return 0;
 }
 
+/* sandbox_volume_fork's snapped(): the source's lock (an fd) goes once its snapshot is taken. */
+static void
+release_lock(void *fdp)
+{
+    close_and_reset((int *)fdp);
+}
+
 /*
  * The cold path of env_create(): a new row (locked), a new volume (or a copy of src's, whose
- * lock src_lock is released once copied) and a new sandbox, recorded with state st.
+ * lock src_lock is released once its snapshot is taken) and a new sandbox, recorded with state st.
  */
 static int
 create_cold(struct env_ctx *c, const struct env_create_opts *o, struct store_env *e,
@@ -699,7 +706,7 @@ create_cold(struct env_ctx *c, const struct env_create_opts *o, struct store_env
         return -1;
     if (o->from != NULL
             ? sandbox_volume_fork(c->envs_dir, src->id, e->id, env_host_id(src), env_host_id(e),
-                                  e->disk_bytes, errp) < 0
+                                  e->disk_bytes, release_lock, src_lock, errp) < 0
             : sandbox_volume_create(c->envs_dir, e->id, env_host_id(e), e->disk_bytes, errp) < 0)
         goto rollback;
     close_and_reset(src_lock);
@@ -726,8 +733,8 @@ env_create(struct env_ctx *c, const struct env_create_opts *o, struct store_env 
     if (validate(o, errp) < 0)
         return -1;
     if (o->from != NULL) {
-        /* The source is locked for the instant of its snapshot, so no stop or delete of it
-         * runs in between. */
+        /* The source is locked until the instant of its snapshot, so no stop or delete of it
+         * runs in between; the copy's ownership shift, a walk of every file, runs after. */
         src_lock = lock_and_load(c, o->from, &src, errp);
         if (src_lock < 0)
             return err_wrap(errp, "from_environment");

@@ -44,11 +44,13 @@ int sandbox_volume_create(const char *envs_dir, const char *id, uint32_t host_id
 /**
  * Creates the volume id as a copy of src_id (a btrfs snapshot: instant, sharing blocks), with
  * every owner moved from src_host_id's range to host_id's, capped at disk_bytes. src may be
- * running: the copy is what its disk held at that instant.
+ * running: the copy is what its disk held at that instant. snapped(arg), when not NULL, is
+ * called once that instant is past (the snapshot taken, or failed), before the copy's files
+ * are walked: a caller that holds src still can let it go then.
  */
 int sandbox_volume_fork(const char *envs_dir, const char *src_id, const char *id,
                         uint32_t src_host_id, uint32_t host_id, uint64_t disk_bytes,
-                        struct err **errp);
+                        void (*snapped)(void *arg), void *arg, struct err **errp);
 
 /** Sets the disk cap of the volume envs_dir/id (a running sandbox's too). */
 int sandbox_volume_set_disk(const char *envs_dir, const char *id, uint64_t disk_bytes,

@@ -511,8 +511,8 @@ shift_tree(const struct shift *s, int dfd, int depth)
 }
 
 int
-sandbox_volume_fork(const char *envs_dir, const char *src_id, const char *id,
-                    uint32_t src_host_id, uint32_t host_id, uint64_t disk_bytes,
+sandbox_volume_fork(const char *envs_dir, const char *src_id, const char *id, uint32_t src_host_id,
+                    uint32_t host_id, uint64_t disk_bytes, void (*snapped)(void *arg), void *arg,
                     struct err **errp)
 {
     struct btrfs_ioctl_vol_args va;
@@ -534,9 +534,15 @@ sandbox_volume_fork(const char *envs_dir, const char *src_id, const char *id,
     memset(&args, 0, sizeof(args));
     args.fd = sfd;
     snprintf(args.name, sizeof(args.name), "%s", id);
-    if (ioctl(efd, BTRFS_IOC_SNAP_CREATE_V2, &args) < 0)
-        return err_set(errp, errno == EEXIST ? ERR_CONFLICT : ERR_INTERNAL, errno,
-                       "snapshot volume %s", src_id);
+    if (ioctl(efd, BTRFS_IOC_SNAP_CREATE_V2, &args) < 0) {
+        int e = errno;
+        if (snapped != NULL)
+            snapped(arg);
+        return err_set(errp, e == EEXIST ? ERR_CONFLICT : ERR_INTERNAL, e, "snapshot volume %s",
+                       src_id);
+    }
+    if (snapped != NULL)
+        snapped(arg);
     vfd = openat(efd, id, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (vfd < 0) {
         err_set(errp, ERR_IO, errno, "open volume %s", id);
