@@ -173,8 +173,11 @@ rpc(const struct agent_options *o, struct mcp_server *m, const char *method, jso
         hdrs = curl_slist_append(hdrs, h);
     }
     json_object_foreach(m->headers, k, v) {
-        cleanup_free char *h = xasprintf("%s: %s", k, json_string_value(v));
+        /* Built in one allocation of its size and wiped, as the list is (model_headers_free):
+         * a configured header is usually a token. */
+        char *h = xasprintf_secret("%s: %s", k, json_string_value(v));
         hdrs = curl_slist_append(hdrs, h);
+        free_wiped(h);
     }
     curl_easy_setopt(c, CURLOPT_URL, m->url);
     curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "https,http");
@@ -252,7 +255,7 @@ out:
     json_decref(ans);
     if (out_state != NULL && o->outbound_release != NULL)
         o->outbound_release(out_state);
-    curl_slist_free_all(hdrs);
+    model_headers_free(hdrs);
     curl_easy_cleanup(c);
     buf_free(&rep.body);
     return ret;

@@ -106,9 +106,8 @@ display_url(const char *url)
     return xasprintf("%.*s%.*s", (int)(host - url), url, (int)rest, from);
 }
 
-/* Frees a header list after wiping it: one of its lines holds the key. */
-static void
-headers_free(struct curl_slist *h)
+void
+model_headers_free(struct curl_slist *h)
 {
     for (struct curl_slist *p = h; p != NULL; p = p->next)
         explicit_bzero(p->data, strlen(p->data));
@@ -261,7 +260,7 @@ model__http_post(const struct model_http_req *r, struct model_http_resp *out, st
     curl_easy_setopt(c, CURLOPT_WRITEDATA, NULL);
     curl_easy_setopt(c, CURLOPT_HEADERDATA, NULL);
     curl_easy_setopt(c, CURLOPT_ERRORBUFFER, NULL);
-    headers_free(h);
+    model_headers_free(h);
     if (cancelled < 0 || rc != CURLE_OK)
         buf_free(&x.body);
     if (cancelled < 0)

@@ -31,6 +31,14 @@
 
 #include "common/common.h"
 
+struct curl_slist;
+
+/**
+ * Frees a libcurl header list after wiping every line: a line may hold a key or a token (the
+ * model's, an MCP server's configured headers).
+ */
+void model_headers_free(struct curl_slist *h);
+
 enum model_format {
     MODEL_GEMINI = 0, /* "gemini-…" */
     MODEL_OPENAI,     /* "openai:NAME" */
