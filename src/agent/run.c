@@ -997,6 +997,33 @@ pause_run(struct agent_run *r, int64_t deadline, int64_t ms, bool cancels)
     }
 }
 
+/*
+ * Records the conversation and usage so far with the interaction, before a turn's calls run
+ * and before the next model call: a run that dies with its process (a crash, kill -9, a reboot)
+ * leaves the turns it had, so the interaction that continues it sees the calls that already ran
+ * instead of running them again, and its usage is not lost. The end writes them once more, whole.
+ */
+static void
+save_progress(struct loop *l)
+{
+    struct agent_run *r = l->r;
+    cleanup_free char *history = json_dumps(l->history, JSON_COMPACT);
+    json_t *u = usage_json(&l->tot.u, l->tot.cost);
+    cleanup_free char *usage = NULL;
+    struct err *e = NULL;
+
+    json_object_set_new(u, "initial_input_tokens", json_integer(l->tot.initial_input));
+    usage = json_dumps(u, JSON_COMPACT);
+    json_decref(u);
+    /* In the run's batch of writes, which the flush before any tool runs or model call
+     * commits: no commit of its own. */
+    agent__tx(r);
+    if (store_interaction_set_progress(r->st, r->it.id, history, usage, &e) < 0) {
+        log_warnx("interaction %s: %s", r->it.id, e->msg);
+        err_free(e);
+    }
+}
+
 static void
 loop_body(struct loop *l)
 {
@@ -1015,6 +1042,8 @@ loop_body(struct loop *l)
 
         if (!check_budgets(l))
             return;
+        if (l->turns > 0)
+            save_progress(l); /* the last turn's results, before the next model call */
         if (l->turns >= l->plan.max_steps) {
             add_error(l, "paddock/budget/steps", "step budget of %lld model turns used up",
                       (long long)l->plan.max_steps);
@@ -1139,6 +1168,7 @@ loop_body(struct loop *l)
             model_turn_clear(&t);
             return;
         }
+        save_progress(l); /* the turn's calls, before any runs */
         rc = run_calls(l, &t, &e);
         model_turn_clear(&t);
         if (rc < 0)
@@ -1275,6 +1305,12 @@ load_history(struct loop *l, json_t *steps, struct err **errp)
         if ((h = stored_history(prev.history)) != NULL) {
             json_decref(l->history);
             l->history = h;
+            /* A run that died with its process left its conversation as of its last turn:
+             * the calls of that turn have no result recorded. (One that asks for the
+             * caller's results is answered by this input instead.) */
+            if (strcmp(prev.status, "requires_action") != 0)
+                close_pending(l, "no result: the server stopped while this call ran; it may "
+                                 "have run in part or in full");
             store_interaction_clear(&prev);
             break;
         }

@@ -1674,6 +1674,21 @@ store_interaction_update(struct store *s, const struct store_interaction *it, st
 }
 
 int
+store_interaction_set_progress(struct store *s, const char *id, const char *history,
+                               const char *usage, struct err **errp)
+{
+    cleanup_stmt sqlite3_stmt *st = NULL;
+
+    if (sqlite3_prepare_v2(s->db, "UPDATE interactions SET history = ?, usage = ? WHERE id = ?", -1,
+                           &st, NULL) != SQLITE_OK)
+        return db_err(s, errp, "record interaction progress");
+    bind_text_or_null(st, 1, history);
+    bind_text_or_null(st, 2, usage);
+    sqlite3_bind_text(st, 3, id, -1, SQLITE_STATIC);
+    return change_one(s, st, id, "record interaction progress", errp);
+}
+
+int
 store_interaction_delete(struct store *s, const char *id, struct err **errp)
 {
     cleanup_stmt sqlite3_stmt *st = NULL;

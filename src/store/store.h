@@ -318,6 +318,12 @@ int store_interaction_get(struct store *s, const char *id, struct store_interact
 /** Writes status, env_id, history, usage, errors, updated_ms and runner. */
 int store_interaction_update(struct store *s, const struct store_interaction *it,
                              struct err **errp);
+/**
+ * Records a running interaction's conversation and usage so far, nothing else of its row: a
+ * run that dies with its process leaves them for the interaction that continues it.
+ */
+int store_interaction_set_progress(struct store *s, const char *id, const char *history,
+                                   const char *usage, struct err **errp);
 /** Deletes an interaction with its steps and events. ERR_NOT_FOUND when missing. */
 int store_interaction_delete(struct store *s, const char *id, struct err **errp);
 /** Ids of the interactions in one status, oldest first. *out owned (char[40] each). */

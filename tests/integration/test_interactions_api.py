@@ -1218,6 +1218,21 @@ def test_restart_mid_run_marks_it_failed_with_its_steps(pd, fake):
         types = [s["type"] for s in g["steps"]]
         assert types[:2] == ["user_input", "code_execution_call"], types
         assert a.file(g["environment_id"], "workspace/r.txt").body == b"started\n"
+        # Its conversation was kept as of its last turn: an interaction that continues it
+        # shows the model the call that ran, closed with a result that says what happened,
+        # rather than only the first input (the model would run it again). Its usage is kept.
+        assert g["usage"]["total_tokens"] > 0, g["usage"]
+        fake.reset()
+        fake.script([{"text": "carrying on"}])
+        c = a.create({"model": "openai:fake", "input": "go on", "previous_interaction_id": g["id"]},
+                     timeout=60)
+        assert c["status"] == "completed", c
+        msgs = fake.requests()[0]["body"]["messages"]
+        calls = [m for m in msgs if m.get("tool_calls")]
+        assert calls and "echo started" in json.dumps(calls[0]["tool_calls"]), msgs
+        results = [m for m in msgs if m["role"] == "tool"]
+        assert results and "the server stopped while this call ran" in results[0]["content"], msgs
+        assert msgs[-1]["role"] == "user" and "go on" in json.dumps(msgs[-1]), msgs[-1]
         # The server works on after the restart, in the same environment.
         fake.reset()
         fake.script([bash("cat /workspace/r.txt"), {"text": "after restart"}])
